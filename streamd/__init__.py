@@ -1,0 +1,3 @@
+"""streamd: real-time video stream analysis daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,245 @@
+"""Pipeline configuration: strict pydantic schema and safe YAML loading.
+
+A bad file is refused before anything starts, with the dotted path of the
+offending key and the reason (see :class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from streamd.runtime.redact import redact_url
+
+STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+DropPolicy = Literal["latest", "block"]
+
+
+class ConfigError(Exception):
+    """A pipeline file that cannot be used; ``problems`` are (key path, reason)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {path or '<root>'}: {reason}" for path, reason in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    weights: str = Field(
+        "yolo11n.pt",
+        description="Ultralytics checkpoint: a path (relative to the pipeline file) or a "
+        "name ultralytics can fetch on a machine with internet.",
+    )
+    backend: Literal["auto", "torch", "cpu"] = Field(
+        "auto", description="Detector backend; auto picks torch on CUDA when present, else CPU."
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="Inference size.")
+    conf: float = Field(0.25, gt=0.0, le=1.0, description="Minimum detection confidence.")
+    iou: float = Field(0.7, gt=0.0, le=1.0, description="NMS IoU threshold.")
+    classes: list[str] | None = Field(
+        None, description="Class names to keep (checked against the model at start-up)."
+    )
+
+
+class TrackerConfig(_Strict):
+    """ByteTrack settings; thresholds must suit the detector's confidence range."""
+
+    activation_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    high_conf_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    min_iou: float = Field(0.1, ge=0.0, le=1.0)
+    lost_track_s: float = Field(1.0, gt=0.0, description="Keep a lost track this long.")
+    min_consecutive_frames: int = Field(2, ge=1)
+
+
+class BatchingConfig(_Strict):
+    max_batch: int = Field(8, ge=1, le=256, description="Frames per detector call at most.")
+    max_wait_ms: float = Field(
+        10.0, ge=0.0, le=1000.0, description="Send a partial batch once its oldest frame waited this long."
+    )
+
+
+class PublishConfig(_Strict):
+    endpoint: str = Field("tcp://127.0.0.1:5556", description="ZeroMQ PUB bind endpoint.")
+    hwm: int = Field(1000, ge=1, description="Send high-water mark per subscriber.")
+    heartbeat_s: float = Field(1.0, gt=0.0, le=60.0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _zmq_endpoint(cls, v: str) -> str:
+        if not re.match(r"^(tcp|ipc|inproc)://.+", v):
+            raise ValueError("must look like tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+        return v
+
+
+class StreamConfig(_Strict):
+    id: str = Field(..., pattern=STREAM_ID_PATTERN, description="Unique stream id (topic suffix).")
+    url: str = Field(..., min_length=1, description="rtsp://, http(s)://, file:PATH, a path, or a webcam index.")
+    loop: bool = Field(False, description="Files: start again at the end.")
+    realtime: bool = Field(False, description="Files: pace reading at the file's own frame rate.")
+    drop_policy: DropPolicy | None = Field(
+        None, description="latest (live default) or block (default for files read as fast as possible)."
+    )
+    buffer: int = Field(4, ge=2, le=256, description="Frame ring slots (bounded memory).")
+
+    @property
+    def is_file(self) -> bool:
+        return source_kind(self.url) == "file"
+
+    @property
+    def effective_drop_policy(self) -> DropPolicy:
+        if self.drop_policy is not None:
+            return self.drop_policy
+        return "block" if self.is_file and not self.realtime else "latest"
+
+
+class PipelineConfig(_Strict):
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig())
+    tracker: TrackerConfig = Field(default_factory=lambda: TrackerConfig())
+    batching: BatchingConfig = Field(default_factory=lambda: BatchingConfig())
+    publish: PublishConfig = Field(default_factory=lambda: PublishConfig())
+    streams: Annotated[list[StreamConfig], Field(min_length=1)]
+
+    @field_validator("streams")
+    @classmethod
+    def _unique_ids(cls, streams: list[StreamConfig]) -> list[StreamConfig]:
+        seen: set[str] = set()
+        for s in streams:
+            if s.id in seen:
+                raise ValueError(f"duplicate stream id {s.id!r}")
+            seen.add(s.id)
+        return streams
+
+
+def source_kind(url: str) -> Literal["file", "rtsp", "http", "webcam"]:
+    lower = url.lower()
+    if lower.startswith(("rtsp://", "rtsps://")):
+        return "rtsp"
+    if lower.startswith(("http://", "https://")):
+        return "http"
+    if url.isdigit() or url.startswith("/dev/video"):
+        return "webcam"
+    return "file"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    out: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node)
+        if key in out:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        out[key] = loader.construct_object(value_node)
+    return out
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: list[tuple[str, str]]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute_env(v, f"{path}.{k}" if path else str(k), env, problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_env(v, f"{path}.{i}", env, problems) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append((path, f"environment variable {name} is not set"))
+        return ""
+
+    return _ENV_REF.sub(repl, node)
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Parse and validate pipeline YAML; raise :class:`ConfigError` on any problem."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as e:
+        where = f"line {e.problem_mark.line + 1}" if e.problem_mark else ""
+        reason = e.problem or str(e)
+        if "could not determine a constructor" in reason:
+            reason = f"YAML tags that are not plain data are refused ({reason})"
+        raise ConfigError(source, [(where, reason)]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(source, [("", f"invalid YAML: {e}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("", "the file must be a mapping with at least 'streams'")])
+    problems: list[tuple[str, str]] = []
+    data = _substitute_env(raw, "", os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        errs = [(_loc_to_path(err["loc"]), _redacted_reason(err)) for err in e.errors()]
+        raise ConfigError(source, errs) from None
+
+
+def _redacted_reason(err: Any) -> str:
+    # pydantic echoes the input in some messages; a URL may carry a password.
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return redact_url(msg)
+
+
+def resolve_paths(cfg: PipelineConfig, base_dir: Path) -> PipelineConfig:
+    """Resolve file URLs and weight paths relative to the pipeline file's folder."""
+    streams = [s.model_copy(update={"url": _resolve_file_url(s.url, base_dir)}) for s in cfg.streams]
+    weights = cfg.model.weights
+    candidate = base_dir / weights
+    if not Path(weights).is_absolute() and candidate.exists():
+        weights = str(candidate.resolve())
+    return cfg.model_copy(
+        update={"streams": streams, "model": cfg.model.model_copy(update={"weights": weights})}
+    )
+
+
+def _resolve_file_url(url: str, base_dir: Path) -> str:
+    if source_kind(url) != "file":
+        return url
+    path = Path(url.removeprefix("file://").removeprefix("file:"))
+    if not path.is_absolute():
+        path = base_dir / path
+    return str(path.resolve())
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Load, validate and resolve a pipeline file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(p), [("", f"cannot read file: {e.strerror}")]) from None
+    return resolve_paths(parse_config(text, source=str(p)), p.parent)

@@ -1,0 +1,26 @@
+"""The interface every detector backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import supervision as sv
+
+
+class DetectorError(Exception):
+    """A detector that cannot be built from the configuration (bad weights, unknown class...)."""
+
+
+class Detector(Protocol):
+    """Batched object detector: BGR uint8 frames in, one ``sv.Detections`` per frame out.
+
+    Boxes are in each frame's own pixel coordinates; ``data["class_name"]`` is set.
+    """
+
+    names: dict[int, str]
+    backend: str  # which backend actually runs, e.g. "torch-cpu", "torch-cuda-fp16"
+
+    def detect(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[sv.Detections]: ...

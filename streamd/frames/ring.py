@@ -1,0 +1,165 @@
+"""A single-writer frame ring in POSIX shared memory.
+
+Layout: an int64 header ``[write_count, read_count, slot_seq[0..n-1]]``
+followed by ``n`` BGR frames of one fixed shape. The writer marks a slot
+``-1`` while it writes and stamps the frame's sequence number when done; a
+reader copies the slot and checks the stamp before and after, so a frame the
+writer overwrote mid-copy is detected (seqlock) instead of read torn.
+
+``read_count`` is advanced by the reader after it copied a frame; the
+``block`` drop policy makes the writer wait on it, so no frame is lost.
+
+Ownership: the writer creates and unlinks its segment. Attachers never
+register with the resource tracker (on Python < 3.13 that would unlink the
+segment when the attacher exits). The supervisor sweeps leftovers of dead
+writers by name prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+_HEADER_FIELDS = 2  # write_count, read_count
+_ALIGN = 64
+_SHM_DIR = Path("/dev/shm")
+
+Frame = npt.NDArray[np.uint8]
+
+
+def segment_prefix(run_id: str) -> str:
+    return f"streamd_{run_id}_"
+
+
+def sweep_segments(run_id: str, sub_prefix: str = "") -> list[str]:
+    """Unlink this run's segments (optionally only one writer's) left in /dev/shm."""
+    removed: list[str] = []
+    if not _SHM_DIR.is_dir():
+        return removed
+    for path in _SHM_DIR.glob(segment_prefix(run_id) + sub_prefix + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def _open_untracked(name: str, create: bool, size: int = 0) -> shared_memory.SharedMemory:
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, create=create, size=size, track=False)
+    shm = shared_memory.SharedMemory(name=name, create=create, size=size)
+    # Python < 3.13 registers every segment with the resource tracker, which
+    # unlinks it when this process exits; ownership is explicit here instead.
+    resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    return shm
+
+
+def _layout(slots: int, height: int, width: int) -> tuple[int, int]:
+    header_bytes = (_HEADER_FIELDS + slots) * 8
+    data_offset = (header_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
+    return data_offset, data_offset + slots * height * width * 3
+
+
+class _RingView:
+    def __init__(self, shm: shared_memory.SharedMemory, slots: int, height: int, width: int) -> None:
+        self.shm = shm
+        self.slots = slots
+        self.shape = (height, width, 3)
+        offset, _ = _layout(slots, height, width)
+        self.header: npt.NDArray[np.int64] = np.ndarray(
+            (_HEADER_FIELDS + slots,), dtype=np.int64, buffer=shm.buf
+        )
+        self.data: npt.NDArray[np.uint8] = np.ndarray(
+            (slots, height, width, 3), dtype=np.uint8, buffer=shm.buf, offset=offset
+        )
+
+    @property
+    def name(self) -> str:
+        return self.shm.name
+
+    def release_views(self) -> None:
+        # numpy views must go before the mmap can close.
+        del self.header
+        del self.data
+
+
+class FrameRing(_RingView):
+    """The writer's side: creates, fills and finally unlinks the segment."""
+
+    def __init__(self, name: str, slots: int, height: int, width: int) -> None:
+        _, size = _layout(slots, height, width)
+        super().__init__(_open_untracked(name, create=True, size=size), slots, height, width)
+        self.header[:] = 0
+        self.header[_HEADER_FIELDS:] = -1
+
+    @property
+    def write_count(self) -> int:
+        return int(self.header[0])
+
+    def free_slots(self) -> int:
+        return self.slots - (int(self.header[0]) - int(self.header[1]))
+
+    def wait_for_free_slot(self, should_stop: Callable[[], bool], poll_s: float = 0.002) -> bool:
+        """Block-policy back-pressure: wait until the reader released a slot."""
+        while self.free_slots() <= 0:
+            if should_stop():
+                return False
+            time.sleep(poll_s)
+        return True
+
+    def write(self, frame: Frame) -> tuple[int, int]:
+        """Copy ``frame`` into the next slot; return (slot, seq)."""
+        seq = int(self.header[0])
+        slot = seq % self.slots
+        stamp = _HEADER_FIELDS + slot
+        self.header[stamp] = -1
+        self.data[slot] = frame
+        self.header[stamp] = seq
+        self.header[0] = seq + 1
+        return slot, seq
+
+    def close(self) -> None:
+        self.release_views()
+        self.shm.close()
+        # By path, not shm.unlink(): that would also unregister a name we
+        # never left registered with the resource tracker.
+        with contextlib.suppress(FileNotFoundError):
+            (_SHM_DIR / self.shm.name.lstrip("/")).unlink()
+
+
+class RingReader(_RingView):
+    """The reader's side: attaches without tracking, copies frames out."""
+
+    def __init__(self, name: str, slots: int, height: int, width: int) -> None:
+        super().__init__(_open_untracked(name, create=False), slots, height, width)
+
+    def read(self, slot: int, seq: int) -> Frame | None:
+        """A copy of frame ``seq`` from ``slot``, or None if it was overwritten."""
+        stamp = _HEADER_FIELDS + slot
+        if self.header[stamp] != seq:
+            return None
+        frame = self.data[slot].copy()
+        if self.header[stamp] != seq:
+            return None
+        return frame
+
+    def release(self, seq: int) -> None:
+        """Mark frames up to ``seq`` consumed (frees slots for a blocking writer)."""
+        if seq + 1 > self.header[1]:
+            self.header[1] = seq + 1
+
+    def close(self) -> None:
+        self.release_views()
+        self.shm.close()
+
+
+def ring_name(run_id: str, stream_index: int, generation: int) -> str:
+    # pid keeps names unique across restarts of one stream's worker.
+    return f"{segment_prefix(run_id)}{stream_index}_{os.getpid()}_{generation}"

@@ -1,0 +1,194 @@
+"""The inference worker process: batcher → detector → per-stream tracker → publisher.
+
+One per GPU (or one on the CPU). It is also the single publisher, so every
+``seq`` is assigned in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Event as MpEvent
+
+import numpy as np
+import numpy.typing as npt
+import supervision as sv
+import zmq
+
+from streamd.batching import Batcher
+from streamd.config import PipelineConfig
+from streamd.detect import Detector, DetectorError, create_detector
+from streamd.frames.ring import RingReader
+from streamd.publish import Publisher
+from streamd.publish.events import Latency, det_fields, objects, status_fields
+from streamd.runtime.channel import Inbox, Message
+from streamd.runtime.process import StopFlag, setup_worker
+from streamd.track import StreamTracker
+from streamd.types import FrameRef, SourceState, StatusUpdate
+
+log = logging.getLogger(__name__)
+
+EXIT_SETUP_FAILED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceSpec:
+    config: PipelineConfig
+    inbox: str
+    log_level: str = "INFO"
+
+
+@dataclass(slots=True)
+class _StreamStats:
+    state: SourceState | None = None
+    analysed: int = 0
+    analysed_at_last_beat: int = 0
+    fps: float = 0.0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def inference_main(spec: InferenceSpec, ready: MpEvent) -> None:
+    """Process entry point: bind sockets, load the model, signal ready, loop."""
+    stop = setup_worker("inference", spec.log_level)
+    cfg = spec.config
+    try:
+        publisher = Publisher(cfg.publish.endpoint, cfg.publish.hwm)
+        inbox = Inbox(spec.inbox)
+        detector = create_detector(cfg.model)
+    except (DetectorError, zmq.ZMQError) as e:
+        log.error("inference setup failed: %s", e)
+        sys.exit(EXIT_SETUP_FAILED)
+    worker = InferenceWorker(cfg, detector, inbox, publisher)
+    ready.set()
+    try:
+        worker.run(stop)
+    finally:
+        worker.close()
+
+
+class InferenceWorker:
+    def __init__(self, cfg: PipelineConfig, detector: Detector, inbox: Inbox, publisher: Publisher) -> None:
+        self.cfg = cfg
+        self.detector = detector
+        self.inbox = inbox
+        self.publisher = publisher
+        self.policies = {s.id: s.effective_drop_policy for s in cfg.streams}
+        self.batcher = Batcher(cfg.batching.max_batch, cfg.batching.max_wait_ms / 1000.0, self.policies)
+        self.trackers = {s.id: StreamTracker(cfg.tracker) for s in cfg.streams}
+        self.stats = {s.id: _StreamStats() for s in cfg.streams}
+        self.readers: dict[str, RingReader] = {}
+        self.started = time.time()
+        self._last_beat = self.started
+
+    def run(self, stop: StopFlag) -> None:
+        next_beat = time.time()
+        while not stop.is_set():
+            now = time.time()
+            timeouts = [0.1, max(0.0, next_beat - now)]
+            due = self.batcher.wait_time(now)
+            if due is not None:
+                timeouts.append(due)
+            if self.inbox.poll(min(timeouts)):
+                self._ingest(self.inbox.drain())
+            if self.batcher.wait_time(time.time()) == 0.0:
+                self.process(self.batcher.take())
+            if time.time() >= next_beat:
+                self._heartbeat()
+                next_beat += self.cfg.publish.heartbeat_s
+
+    def _ingest(self, messages: list[Message]) -> None:
+        for msg in messages:
+            if msg.stream not in self.stats:
+                log.warning("message for unknown stream %r ignored", msg.stream)
+            elif isinstance(msg, FrameRef):
+                self.batcher.offer(msg)
+            else:
+                self._publish_status(msg)
+
+    def _publish_status(self, update: StatusUpdate) -> None:
+        self.stats[update.stream].state = update.state
+        self.publisher.publish("status", update.stream, update.ts, status_fields(update))
+
+    def _read(self, ref: FrameRef) -> npt.NDArray[np.uint8] | None:
+        reader = self.readers.get(ref.stream)
+        if reader is None or reader.name != ref.ring:
+            if reader is not None:
+                reader.close()
+                del self.readers[ref.stream]
+            try:
+                reader = RingReader(ref.ring, ref.slots, ref.height, ref.width)
+            except FileNotFoundError:
+                return None  # the writer restarted or resized since
+            self.readers[ref.stream] = reader
+        frame = reader.read(ref.slot, ref.seq)
+        if self.policies[ref.stream] == "block":
+            reader.release(ref.seq)
+        return frame
+
+    def process(self, refs: list[FrameRef]) -> None:
+        """Analyse one batch and publish a ``det`` event per frame."""
+        taken = time.time()
+        frames, kept = [], []
+        for ref in refs:
+            frame = self._read(ref)
+            if frame is None:
+                self.batcher.count_drop(ref.stream)
+            else:
+                frames.append(frame)
+                kept.append(ref)
+        if not frames:
+            return
+        t0 = time.perf_counter()
+        results = self.detector.detect(frames)
+        infer_ms = (time.perf_counter() - t0) * 1000.0
+        for ref, detections in zip(kept, results, strict=True):
+            self._publish_det(ref, detections, taken, infer_ms, len(kept))
+
+    def _publish_det(
+        self, ref: FrameRef, detections: sv.Detections, taken: float, infer_ms: float, batch: int
+    ) -> None:
+        t0 = time.perf_counter()
+        tracked = self.trackers[ref.stream].update(detections, ref.media_ts)
+        track_ms = (time.perf_counter() - t0) * 1000.0
+        stats = self.stats[ref.stream]
+        stats.analysed += 1
+        objs = objects(tracked, self.detector.names)
+        latency = Latency(
+            decode=ref.decode_ms,
+            queue=(taken - ref.ready_ts) * 1000.0,
+            infer=infer_ms,
+            track=track_ms,
+            total=(time.time() - ref.capture_ts) * 1000.0,
+        )
+        fields = det_fields(
+            ref, objs, latency, self.batcher.drops(ref.stream).as_dict(), stats.analysed, batch
+        )
+        self.publisher.publish("det", ref.stream, ref.capture_ts, fields)
+
+    def _heartbeat(self) -> None:
+        now = time.time()
+        elapsed = max(1e-6, now - self._last_beat)
+        self._last_beat = now
+        streams = {}
+        for sid, st in self.stats.items():
+            st.fps = (st.analysed - st.analysed_at_last_beat) / elapsed
+            st.analysed_at_last_beat = st.analysed
+            streams[sid] = {
+                "state": st.state.value if st.state else None,
+                "analysed": st.analysed,
+                "dropped": self.batcher.drops(sid).as_dict(),
+                "fps": round(st.fps, 2),
+            }
+        fields = {"uptime_s": round(now - self.started, 3), "backend": self.detector.backend, "streams": streams}
+        self.publisher.publish("heartbeat", None, now, fields)
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            with contextlib.suppress(Exception):
+                reader.close()
+        self.readers.clear()
+        self.inbox.close()
+        self.publisher.close()

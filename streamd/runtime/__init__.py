@@ -1,0 +1,1 @@
+"""Process plumbing shared by every streamd process: logging, redaction, worker setup."""

@@ -1,0 +1,64 @@
+"""Per-process setup done once in every worker: title, signals, faulthandler, logging."""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import logging
+import signal
+import threading
+from types import FrameType
+
+import setproctitle
+
+from streamd.runtime.logs import configure_logging
+from streamd.runtime.redact import redact_url
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class StopFlag:
+    """Set by SIGTERM (or by code); workers poll it between units of work."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+    def install(self, *signals: signal.Signals) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self.set()
+
+        for sig in signals:
+            signal.signal(sig, handler)
+
+
+def _die_with_parent() -> None:
+    # A worker must not outlive a supervisor that was SIGKILLed (Linux only).
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
+def setup_worker(title: str, log_level: str) -> StopFlag:
+    """Call first thing in a worker process; returns the flag SIGTERM sets."""
+    setproctitle.setproctitle(redact_url(f"streamd: {title}"))
+    configure_logging(log_level, title)
+    faulthandler.enable()
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group; only the supervisor acts on it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = StopFlag()
+    stop.install(signal.SIGTERM)
+    return stop

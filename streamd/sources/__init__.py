@@ -1,0 +1,1 @@
+"""Opening and reading feeds; one worker process per stream."""
