@@ -1,0 +1,60 @@
+"""The batcher: size/wait triggers, drop policies with counted drops, fairness."""
+
+from __future__ import annotations
+
+from streamd.batching import Batcher
+from streamd.types import FrameRef
+
+
+def ref(stream: str, seq: int, ready: float) -> FrameRef:
+    return FrameRef(stream, "ring", 4, 2, 2, seq % 4, seq, ready, ready, 1.0, ready)
+
+
+def test_batch_is_due_when_full_or_when_oldest_waited_max_wait() -> None:
+    b = Batcher(max_batch=3, max_wait_s=0.010, policies={"a": "block", "b": "block"})
+    assert b.wait_time(100.0) is None
+    b.offer(ref("a", 0, 100.000))
+    wait = b.wait_time(100.004)
+    assert wait is not None and abs(wait - 0.006) < 1e-9
+    assert b.wait_time(100.010) == 0.0
+    b.offer(ref("b", 0, 100.001))
+    b.offer(ref("a", 1, 100.002))
+    assert b.wait_time(100.002) == 0.0  # full
+    assert [(r.stream, r.seq) for r in b.take()] == [("a", 0), ("b", 0), ("a", 1)]
+    assert b.pending == 0
+
+
+def test_latest_policy_replaces_and_counts_queue_full() -> None:
+    b = Batcher(max_batch=8, max_wait_s=0.0, policies={"cam": "latest"})
+    for seq in range(5):
+        displaced = b.offer(ref("cam", seq, 1.0 + seq))
+        assert len(displaced) == (0 if seq == 0 else 1)
+    assert [r.seq for r in b.take()] == [4]
+    assert b.drops("cam").queue_full == 4
+    b.count_drop("cam")
+    assert b.drops("cam").as_dict() == {"queue_full": 5}
+
+
+def test_block_policy_keeps_every_frame_in_order() -> None:
+    b = Batcher(max_batch=2, max_wait_s=0.0, policies={"f": "block"})
+    for seq in range(5):
+        assert b.offer(ref("f", seq, 1.0)) == []
+    out = []
+    while b.pending:
+        out += [r.seq for r in b.take()]
+    assert out == [0, 1, 2, 3, 4]
+    assert b.drops("f").queue_full == 0
+
+
+def test_round_robin_does_not_starve_any_stream() -> None:
+    streams = ["a", "b", "c"]
+    b = Batcher(max_batch=2, max_wait_s=0.0, policies={s: "block" for s in streams})
+    counts = dict.fromkeys(streams, 0)
+    seq = 0
+    for _ in range(30):
+        for s in streams:  # every stream always has frames waiting
+            b.offer(ref(s, seq, 1.0))
+        seq += 1
+        for r in b.take():
+            counts[r.stream] += 1
+    assert max(counts.values()) - min(counts.values()) <= 1, counts

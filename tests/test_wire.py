@@ -1,0 +1,154 @@
+"""Wire format, publisher envelopes and the client's gap accounting over real ZeroMQ sockets."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import jsonschema
+import numpy as np
+import pytest
+import supervision as sv
+
+from streamd.client import Subscriber
+from streamd.publish import Publisher, decode, encode, load_schema
+from streamd.publish.events import Latency, det_fields, objects, status_fields
+from streamd.runtime.logs import RedactingFormatter
+from streamd.runtime.redact import redact_url
+from streamd.types import FrameRef, SourceState, StatusUpdate
+
+from .conftest import free_port
+
+VALIDATOR = jsonschema.Draft202012Validator(load_schema())
+
+
+def _connected(endpoint: str, pub: Publisher, topics: list[str], rcvhwm: int = 1000) -> Subscriber:
+    """A subscriber that has provably joined (PUB drops messages sent before that)."""
+    sub = Subscriber(endpoint, topics=[*topics, "heartbeat"], rcvhwm=rcvhwm)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        pub.publish("heartbeat", None, time.time(), {"uptime_s": 0.0, "backend": "x", "streams": {}})
+        if sub.recv(0.05) is not None:
+            while sub.recv(0.2) is not None:  # drain the other probes
+                pass
+            return sub
+    sub.close()
+    raise AssertionError("subscriber never connected")
+
+
+def test_encode_decode_roundtrip_and_refuses_nan() -> None:
+    parts = encode("det.cam", {"a": 1}, b"\xff\xd8jpeg")
+    ev = decode(parts)
+    assert ev.topic == "det.cam" and ev.payload == {"a": 1} and ev.attachment == b"\xff\xd8jpeg"
+    with pytest.raises(ValueError):
+        encode("det.cam", {"x": float("nan")})
+    with pytest.raises(ValueError):
+        decode([b"only-topic"])
+
+
+def test_det_and_status_payloads_validate_and_carry_source_pixels() -> None:
+    d = sv.Detections(
+        xyxy=np.array([[10.04, 20.0, 110.0, 220.0], [1, 2, 3, 4]], dtype=float),
+        confidence=np.array([0.9, 0.3]),
+        class_id=np.array([0, 1]),
+        tracker_id=np.array([7, -1]),
+    )
+    objs = objects(d, {0: "person", 1: "car"})
+    assert objs[0] == {"track_id": 7, "class_id": 0, "class": "person", "conf": 0.9,
+                       "bbox": [10.0, 20.0, 110.0, 220.0]}
+    assert objs[1]["track_id"] is None  # unconfirmed track
+    ref = FrameRef("cam", "r", 4, 360, 640, 1, 41, 100.0, 2.7, 3.0, 100.01)
+    fields = det_fields(ref, objs, Latency(3.0, 5.0, 80.0, 0.4, -0.1), {"queue_full": 2}, 12, 4)
+    payload = {"v": 1, "type": "det", "stream": "cam", "seq": 0, "epoch": 1, "ts": 100.0, **fields}
+    VALIDATOR.validate(payload)
+    assert payload["latency_ms"]["total"] == 0.0  # clamped, never negative
+    status = StatusUpdate("cam", SourceState.FAILED, "open_failed", 1.0, SourceState.CONNECTING, 0.5, 1)
+    VALIDATOR.validate({"v": 1, "type": "status", "stream": "cam", "seq": 0, "epoch": 1, "ts": 1.0,
+                        **status_fields(status)})
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate({**payload, "objects": [{**objs[0], "bbox": [1, 2, 3]}]})
+
+
+def test_seq_is_consecutive_per_stream_and_kind() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pub = Publisher(endpoint, hwm=1000, epoch=42)
+    sub = _connected(endpoint, pub, topics=["det.", "status."])
+    try:
+        for i in range(5):
+            pub.publish("det", "a", 1.0, {"i": i})
+            pub.publish("det", "b", 1.0, {"i": i})
+            if i % 2 == 0:
+                pub.publish("status", "a", 1.0, {"i": i})
+        got = [sub.recv(2.0) for _ in range(13)]
+    finally:
+        sub.close()
+        pub.close()
+    seqs: dict[str, list[int]] = {}
+    for ev in got:
+        assert ev is not None and ev.epoch == 42 and ev.payload["v"] == 1
+        seqs.setdefault(ev.topic, []).append(ev.seq)
+    assert seqs == {"det.a": [0, 1, 2, 3, 4], "det.b": [0, 1, 2, 3, 4], "status.a": [0, 1, 2]}
+    assert sub.gaps == []
+
+
+def test_gaps_account_for_every_message_lost_to_a_slow_subscriber() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pub = Publisher(endpoint, hwm=10, epoch=1)
+    sub = _connected(endpoint, pub, topics=["det."], rcvhwm=10)
+    sent = 5000
+    try:
+        for i in range(sent):  # the subscriber is not reading: queues overflow
+            pub.publish("det", "cam", 1.0, {"pad": "x" * 200, "i": i})
+        received = []
+        while (ev := sub.recv(0.5)) is not None:
+            received.append(ev)
+        # One more after the burst so a loss at the very end shows as a gap too.
+        pub.publish("det", "cam", 1.0, {"i": sent})
+        last = sub.recv(2.0)
+    finally:
+        sub.close()
+        pub.close()
+    assert last is not None and last.seq == sent
+    missing = sum(g.missing for g in sub.gaps)
+    assert 0 < len(received) < sent  # the publisher never blocked; messages were shed
+    assert len(received) + 1 + missing == sent + 1  # every lost message is a visible gap
+
+
+def test_new_epoch_is_a_restart_not_a_gap() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    first = Publisher(endpoint, hwm=100, epoch=1)
+    sub = _connected(endpoint, first, topics=["det."])
+    first.publish("det", "cam", 1.0, {})
+    first.publish("det", "cam", 1.0, {})
+    assert sub.recv(2.0) is not None and sub.recv(2.0) is not None
+    first.close()
+    second = Publisher(endpoint, hwm=100, epoch=2)
+    try:
+        deadline = time.monotonic() + 5
+        ev = None
+        while ev is None and time.monotonic() < deadline:
+            second.publish("det", "cam", 1.0, {})
+            ev = sub.recv(0.1)
+    finally:
+        sub.close()
+        second.close()
+    assert ev is not None and ev.epoch == 2
+    assert sub.gaps == [] and sub.tracker.restarts == [(1, 2)]
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("rtsp://admin:hunter2@10.0.0.5:554/stream1", "hunter2"),
+        ("rtsp://admin:p@ss/w:rd@cam.local/s", "p@ss/w:rd"),
+        ("rtsps://user:a:b@c@host/x?y=1", "a:b@c"),
+        ("http://u:pw@h/video.mjpg", "pw"),
+    ],
+)
+def test_redaction_removes_passwords(url: str, secret: str) -> None:
+    text = f"cannot open '{url}': Connection refused"
+    out = redact_url(text)
+    assert secret not in out and "***@" in out
+    assert "Connection refused" in out
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "open %s failed", (url,), None)
+    assert secret not in RedactingFormatter("%(message)s").format(record)
