@@ -17,6 +17,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 
@@ -79,16 +80,21 @@ class Daemon:
                     inbox=self.inbox,
                     log_level=self.log_level,
                 )
-                self.sources[stream.id] = _Source(spec, self._spawn(source_main, f"source-{stream.id}", spec))
-            log.info("running %d stream(s); publishing on %s", len(self.sources), self.cfg.publish.endpoint)
+                self.sources[stream.id] = _Source(
+                    spec, self._spawn(source_main, f"source-{stream.id}", spec)
+                )
+            log.info(
+                "running %d stream(s); publishing on %s",
+                len(self.sources),
+                self.cfg.publish.endpoint,
+            )
             return self._supervise(duration_s)
         finally:
             self._shutdown()
 
-    def _spawn(self, target: object, name: str, *args: object) -> SpawnProcess:
-        proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)  # type: ignore[attr-defined]
+    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> SpawnProcess:
+        proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
         proc.start()
-        assert isinstance(proc, SpawnProcess)
         return proc
 
     def _start_inference(self) -> int | None:
@@ -100,7 +106,11 @@ class Daemon:
         while not ready.wait(0.2):
             if not self.inference.is_alive():
                 refused = self.inference.exitcode == EXIT_SETUP_FAILED
-                log.error("inference worker %s (exit code %s)", "refused the configuration" if refused else "died", self.inference.exitcode)
+                log.error(
+                    "inference worker %s (exit code %s)",
+                    "refused the configuration" if refused else "died",
+                    self.inference.exitcode,
+                )
                 return EXIT_REFUSED if refused else EXIT_WORKER_DIED
             if self.stop.is_set():
                 return EXIT_OK
@@ -138,7 +148,12 @@ class Daemon:
             log.info("source %s finished", source.spec.stream)
             return
         # A crash cannot report its own state: say it on its behalf.
-        log.error("source worker %s died (exit code %s); %d segment(s) reclaimed", source.spec.stream, code, len(removed))
+        log.error(
+            "source worker %s died (exit code %s); %d segment(s) reclaimed",
+            source.spec.stream,
+            code,
+            len(removed),
+        )
         assert self._outbox is not None
         self._outbox.send(
             StatusUpdate(
@@ -169,5 +184,9 @@ class Daemon:
             self._outbox.close()
         removed = sweep_segments(self.run_id)
         if removed:
-            log.info("reclaimed %d shared-memory segment(s) %s*", len(removed), segment_prefix(self.run_id))
+            log.info(
+                "reclaimed %d shared-memory segment(s) %s*",
+                len(removed),
+                segment_prefix(self.run_id),
+            )
         shutil.rmtree(self._tmp, ignore_errors=True)

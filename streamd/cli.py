@@ -43,9 +43,21 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
     from streamd.client import Gap, Subscriber
 
     def on_gap(gap: Gap) -> None:
-        print(json.dumps({"gap": {"stream": gap.stream, "kind": gap.kind, "missing": gap.missing,
-                                  "expected": gap.expected, "received": gap.received}}),
-              file=sys.stderr, flush=True)
+        print(
+            json.dumps(
+                {
+                    "gap": {
+                        "stream": gap.stream,
+                        "kind": gap.kind,
+                        "missing": gap.missing,
+                        "expected": gap.expected,
+                        "received": gap.received,
+                    }
+                }
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
 
     seen = 0
     with Subscriber(args.endpoint, topics=args.topic or [""], on_gap=on_gap) as sub:
@@ -64,8 +76,14 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from streamd.synth import SceneSpec, write_scene
 
-    spec = SceneSpec(width=args.width, height=args.height, fps=args.fps, seconds=args.seconds,
-                     people=args.people, seed=args.seed)
+    spec = SceneSpec(
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        seconds=args.seconds,
+        people=args.people,
+        seed=args.seed,
+    )
     truth = write_scene(Path(args.out), spec)
     print(f"wrote {args.out} and {truth}")
     return 0

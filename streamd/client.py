@@ -102,7 +102,9 @@ class Subscriber:
             self._on_gap(gap)
         return event
 
-    def events(self, timeout_s: float | None = None, idle_s: float | None = None) -> Iterator[Event]:
+    def events(
+        self, timeout_s: float | None = None, idle_s: float | None = None
+    ) -> Iterator[Event]:
         """Yield events until ``timeout_s`` total or ``idle_s`` without a message."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -130,6 +132,9 @@ class Subscriber:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()

@@ -68,7 +68,10 @@ class TrackerConfig(_Strict):
 class BatchingConfig(_Strict):
     max_batch: int = Field(8, ge=1, le=256, description="Frames per detector call at most.")
     max_wait_ms: float = Field(
-        10.0, ge=0.0, le=1000.0, description="Send a partial batch once its oldest frame waited this long."
+        10.0,
+        ge=0.0,
+        le=1000.0,
+        description="Send a partial batch once its oldest frame waited this long.",
     )
 
 
@@ -87,11 +90,14 @@ class PublishConfig(_Strict):
 
 class StreamConfig(_Strict):
     id: str = Field(..., pattern=STREAM_ID_PATTERN, description="Unique stream id (topic suffix).")
-    url: str = Field(..., min_length=1, description="rtsp://, http(s)://, file:PATH, a path, or a webcam index.")
+    url: str = Field(
+        ..., min_length=1, description="rtsp://, http(s)://, file:PATH, a path, or a webcam index."
+    )
     loop: bool = Field(False, description="Files: start again at the end.")
     realtime: bool = Field(False, description="Files: pace reading at the file's own frame rate.")
     drop_policy: DropPolicy | None = Field(
-        None, description="latest (live default) or block (default for files read as fast as possible)."
+        None,
+        description="latest (live default) or block (default for files read as fast as possible).",
     )
     buffer: int = Field(4, ge=2, le=256, description="Frame ring slots (bounded memory).")
 
@@ -155,9 +161,14 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: list[tuple[str, str]]) -> Any:
+def _substitute_env(
+    node: Any, path: str, env: Mapping[str, str], problems: list[tuple[str, str]]
+) -> Any:
     if isinstance(node, dict):
-        return {k: _substitute_env(v, f"{path}.{k}" if path else str(k), env, problems) for k, v in node.items()}
+        return {
+            k: _substitute_env(v, f"{path}.{k}" if path else str(k), env, problems)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_substitute_env(v, f"{path}.{i}", env, problems) for i, v in enumerate(node)]
     if not isinstance(node, str):
@@ -179,10 +190,12 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> PipelineConfig:
+def parse_config(
+    text: str, source: str = "<string>", env: Mapping[str, str] | None = None
+) -> PipelineConfig:
     """Parse and validate pipeline YAML; raise :class:`ConfigError` on any problem."""
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.constructor.ConstructorError as e:
         where = f"line {e.problem_mark.line + 1}" if e.problem_mark else ""
         reason = e.problem or str(e)
@@ -216,7 +229,9 @@ def _redacted_reason(err: Any) -> str:
 
 def resolve_paths(cfg: PipelineConfig, base_dir: Path) -> PipelineConfig:
     """Resolve file URLs and weight paths relative to the pipeline file's folder."""
-    streams = [s.model_copy(update={"url": _resolve_file_url(s.url, base_dir)}) for s in cfg.streams]
+    streams = [
+        s.model_copy(update={"url": _resolve_file_url(s.url, base_dir)}) for s in cfg.streams
+    ]
     weights = cfg.model.weights
     candidate = base_dir / weights
     if not Path(weights).is_absolute() and candidate.exists():

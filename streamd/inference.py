@@ -70,13 +70,17 @@ def inference_main(spec: InferenceSpec, ready: MpEvent) -> None:
 
 
 class InferenceWorker:
-    def __init__(self, cfg: PipelineConfig, detector: Detector, inbox: Inbox, publisher: Publisher) -> None:
+    def __init__(
+        self, cfg: PipelineConfig, detector: Detector, inbox: Inbox, publisher: Publisher
+    ) -> None:
         self.cfg = cfg
         self.detector = detector
         self.inbox = inbox
         self.publisher = publisher
         self.policies = {s.id: s.effective_drop_policy for s in cfg.streams}
-        self.batcher = Batcher(cfg.batching.max_batch, cfg.batching.max_wait_ms / 1000.0, self.policies)
+        self.batcher = Batcher(
+            cfg.batching.max_batch, cfg.batching.max_wait_ms / 1000.0, self.policies
+        )
         self.trackers = {s.id: StreamTracker(cfg.tracker) for s in cfg.streams}
         self.stats = {s.id: _StreamStats() for s in cfg.streams}
         self.readers: dict[str, RingReader] = {}
@@ -182,7 +186,11 @@ class InferenceWorker:
                 "dropped": self.batcher.drops(sid).as_dict(),
                 "fps": round(st.fps, 2),
             }
-        fields = {"uptime_s": round(now - self.started, 3), "backend": self.detector.backend, "streams": streams}
+        fields = {
+            "uptime_s": round(now - self.started, 3),
+            "backend": self.detector.backend,
+            "streams": streams,
+        }
         self.publisher.publish("heartbeat", None, now, fields)
 
     def close(self) -> None:

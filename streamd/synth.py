@@ -53,7 +53,7 @@ def _assets_dir() -> Path:
 
 def person_crops(height_px: int) -> list[Image]:
     """The shipped people, scaled to ``height_px`` tall."""
-    crops = []
+    crops: list[Image] = []
     for name, y1, y2, x1, x2 in _PEOPLE:
         photo = cv2.imread(str(_assets_dir() / name))
         if photo is None:
@@ -61,7 +61,7 @@ def person_crops(height_px: int) -> list[Image]:
         crop = photo[y1:y2, x1:x2]
         scale = height_px / crop.shape[0]
         size = (max(1, round(crop.shape[1] * scale)), height_px)
-        crops.append(cv2.resize(crop, size, interpolation=cv2.INTER_AREA))
+        crops.append(np.asarray(cv2.resize(crop, size, interpolation=cv2.INTER_AREA), np.uint8))
     return crops
 
 
@@ -75,13 +75,18 @@ def background(width: int, height: int, seed: int) -> Image:
     img[int(height * 0.8) :] *= 0.7  # floor
     for _ in range(6):
         x, y = int(rng.integers(0, width)), int(rng.integers(0, int(height * 0.6)))
-        w, h = int(rng.integers(width // 12, width // 5)), int(rng.integers(height // 12, height // 5))
+        w, h = (
+            int(rng.integers(width // 12, width // 5)),
+            int(rng.integers(height // 12, height // 5)),
+        )
         img[y : y + h, x : x + w] = img[y : y + h, x : x + w] * 0.6 + rng.integers(60, 200, 3) * 0.4
     noise = rng.normal(0, 3, img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
-def _paths(spec: SceneSpec, crops: list[Image]) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+def _paths(
+    spec: SceneSpec, crops: list[Image]
+) -> list[tuple[tuple[float, float], tuple[float, float]]]:
     """Start and far end of each person's walk, one lane per person, no overlaps."""
     lane_w = spec.width / spec.people
     paths = []
@@ -102,7 +107,8 @@ def render_frames(spec: SceneSpec) -> tuple[list[Image], list[list[dict[str, Any
     bg = background(spec.width, spec.height, spec.seed)
     paths = _paths(spec, crops)
     n = round(spec.seconds * spec.fps)
-    frames, truth = [], []
+    frames: list[Image] = []
+    truth: list[list[dict[str, Any]]] = []
     for k in range(n):
         # One smooth back-and-forth walk over the clip.
         u = (1 - math.cos(2 * math.pi * k / max(n, 1))) / 2

@@ -35,14 +35,20 @@ class Score:
         return out
 
 
-def score(dets: list[dict[str, Any]], truth_frames: list[list[dict[str, Any]]], min_iou: float = 0.5) -> Score:
+def score(
+    dets: list[dict[str, Any]], truth_frames: list[list[dict[str, Any]]], min_iou: float = 0.5
+) -> Score:
     """Greedy IoU matching per frame; one detection per ground-truth box at most."""
     s = Score()
     for det in dets:
         truth = truth_frames[det["frame"]]
         s.truths += len(truth)
         pairs = sorted(
-            ((iou(t["bbox"], o["bbox"]), ti, oi) for ti, t in enumerate(truth) for oi, o in enumerate(det["objects"])),
+            (
+                (iou(t["bbox"], o["bbox"]), ti, oi)
+                for ti, t in enumerate(truth)
+                for oi, o in enumerate(det["objects"])
+            ),
             reverse=True,
         )
         used_t: set[int] = set()

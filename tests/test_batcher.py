@@ -50,11 +50,9 @@ def test_round_robin_does_not_starve_any_stream() -> None:
     streams = ["a", "b", "c"]
     b = Batcher(max_batch=2, max_wait_s=0.0, policies={s: "block" for s in streams})
     counts = dict.fromkeys(streams, 0)
-    seq = 0
-    for _ in range(30):
+    for seq in range(30):
         for s in streams:  # every stream always has frames waiting
             b.offer(ref(s, seq, 1.0))
-        seq += 1
         for r in b.take():
             counts[r.stream] += 1
     assert max(counts.values()) - min(counts.values()) <= 1, counts

@@ -37,7 +37,7 @@ def test_unknown_key_is_named() -> None:
 
 
 def test_wrong_type_is_named() -> None:
-    (path, reason), = problems(GOOD.replace("imgsz: 320", "imgsz: big"))
+    ((path, reason),) = problems(GOOD.replace("imgsz: 320", "imgsz: big"))
     assert path == "model.imgsz" and "integer" in reason
 
 
@@ -46,17 +46,17 @@ def test_missing_field_is_named() -> None:
 
 
 def test_no_streams_refused() -> None:
-    (path, _), = problems("model: {imgsz: 320}\n")
+    ((path, _),) = problems("model: {imgsz: 320}\n")
     assert path == "streams"
 
 
 def test_duplicate_stream_ids_refused() -> None:
-    (path, reason), = problems("streams:\n  - {id: a, url: x.mp4}\n  - {id: a, url: y.mp4}\n")
+    ((path, reason),) = problems("streams:\n  - {id: a, url: x.mp4}\n  - {id: a, url: y.mp4}\n")
     assert path == "streams" and "duplicate stream id 'a'" in reason
 
 
 def test_duplicate_yaml_keys_refused() -> None:
-    (path, reason), = problems("streams: []\nstreams:\n  - {id: a, url: x}\n")
+    ((path, reason),) = problems("streams: []\nstreams:\n  - {id: a, url: x}\n")
     assert path == "line 2" and "duplicate key 'streams'" in reason
 
 
@@ -64,7 +64,7 @@ def test_duplicate_yaml_keys_refused() -> None:
     "tag", ["!!python/object/apply:os.system ['echo pwned']", "!!python/name:os.system"]
 )
 def test_non_data_yaml_tags_refused(tag: str) -> None:
-    (_, reason), = problems(f"streams:\n  - id: a\n    url: {tag}\n")
+    ((_, reason),) = problems(f"streams:\n  - id: a\n    url: {tag}\n")
     assert "YAML tags that are not plain data" in reason
 
 
@@ -80,7 +80,9 @@ def test_env_substitution_and_missing_variable() -> None:
     assert problems(text, env={"CAM_USER": "bob"}) == [
         ("streams.0.url", "environment variable CAM_PASS is not set")
     ]
-    assert parse_config('streams: [{id: a, url: "${NOPE:-x.mp4}"}]', env={}).streams[0].url == "x.mp4"
+    assert (
+        parse_config('streams: [{id: a, url: "${NOPE:-x.mp4}"}]', env={}).streams[0].url == "x.mp4"
+    )
 
 
 def test_error_messages_do_not_echo_passwords() -> None:
@@ -101,7 +103,10 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
 def run_validate(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streamd.cli", "validate", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

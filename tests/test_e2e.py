@@ -1,4 +1,4 @@
-"""The real daemon as a subprocess: real detector, real ZeroMQ, synthetic scene with ground truth."""
+"""The real daemon as a subprocess: real detector, real ZeroMQ, a scene with ground truth."""
 
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def stop_and_check_clean(daemon: subprocess.Popen[bytes], sig: signal.Signals, shm_before: set[str],
-                         group: bool = False) -> float:
+def stop_and_check_clean(
+    daemon: subprocess.Popen[bytes], sig: signal.Signals, shm_before: set[str], group: bool = False
+) -> float:
     """Signal the daemon, assert it and all its workers are gone within 5 s with no shm left."""
     children = psutil.Process(daemon.pid).children(recursive=True)
     assert len(children) >= 2, "expected an inference worker and source workers"
@@ -93,27 +94,49 @@ def collect(sub: Subscriber, done: Any, timeout_s: float) -> list[Event]:
     return events
 
 
-def test_daemon_end_to_end(person_model: Path, scene: tuple[Path, Path], daemon_env: tuple[Path, int, set[str]]) -> None:
+def test_daemon_end_to_end(
+    person_model: Path, scene: tuple[Path, Path], daemon_env: tuple[Path, int, set[str]]
+) -> None:
     tmp, port, shm_before = daemon_env
     video, truth_path = scene
     truth = json.loads(truth_path.read_text())["frames"]
-    cfg = write_pipeline(tmp, person_model, port, [
-        {"id": "walk", "url": str(video)},  # file: block policy, every frame analysed
-        {"id": "missing", "url": str(tmp / "no-such-file.mp4")},
-        {"id": "live", "url": str(video), "loop": True, "realtime": True},  # paced, never ends
-    ])
+    cfg = write_pipeline(
+        tmp,
+        person_model,
+        port,
+        [
+            {"id": "walk", "url": str(video)},  # file: block policy, every frame analysed
+            {"id": "missing", "url": str(tmp / "no-such-file.mp4")},
+            {"id": "live", "url": str(video), "loop": True, "realtime": True},  # paced, never ends
+        ],
+    )
     endpoint = f"tcp://127.0.0.1:{port}"
     sub = Subscriber(endpoint)  # connect before the daemon binds: nothing is missed
     cli = subprocess.Popen(
-        [sys.executable, "-m", "streamd.cli", "subscribe", endpoint, "--topic", "det.walk", "--count", "5",
-         "--timeout", "240"], stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "streamd.cli",
+            "subscribe",
+            endpoint,
+            "--topic",
+            "det.walk",
+            "--count",
+            "5",
+            "--timeout",
+            "240",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     daemon = start(cfg, tmp / "daemon.log")
     try:
+
         def done(evs: list[Event]) -> bool:
             walk = sum(1 for e in evs if e.topic == "det.walk")
             live_states = {e.payload["state"] for e in evs if e.topic == "status.live"}
             return walk >= len(truth) and "streaming" in live_states
+
         events = collect(sub, done, timeout_s=240)
         assert daemon.poll() is None, (tmp / "daemon.log").read_text()[-3000:]
         stop_and_check_clean(daemon, signal.SIGTERM, shm_before)
@@ -143,7 +166,9 @@ def test_daemon_end_to_end(person_model: Path, scene: tuple[Path, Path], daemon_
     assert min(consistency.values()) >= 0.9, consistency
 
     # The dead file reports an error state; the other streams keep publishing after it.
-    failed = [e.payload for e in events if e.topic == "status.missing" and e.payload["state"] == "failed"]
+    failed = [
+        e.payload for e in events if e.topic == "status.missing" and e.payload["state"] == "failed"
+    ]
     assert len(failed) == 1 and failed[0]["reason"] == "open_failed"
     assert "No such file" in failed[0]["detail"]
     assert sum(1 for d in walk if d["ts"] > failed[0]["ts"]) >= len(truth) // 2
@@ -172,10 +197,15 @@ def test_ctrl_c_stops_everything_while_streaming(
 ) -> None:
     tmp, port, shm_before = daemon_env
     video, _ = scene
-    cfg = write_pipeline(tmp, person_model, port, [
-        {"id": "a", "url": str(video), "loop": True, "realtime": True},
-        {"id": "b", "url": str(video), "loop": True},  # unpaced, blocking on the detector
-    ])
+    cfg = write_pipeline(
+        tmp,
+        person_model,
+        port,
+        [
+            {"id": "a", "url": str(video), "loop": True, "realtime": True},
+            {"id": "b", "url": str(video), "loop": True},  # unpaced, blocking on the detector
+        ],
+    )
     sub = Subscriber(f"tcp://127.0.0.1:{port}", topics=["det."])
     daemon = start(cfg, tmp / "daemon.log")
     try:

@@ -27,7 +27,9 @@ def _connected(endpoint: str, pub: Publisher, topics: list[str], rcvhwm: int = 1
     sub = Subscriber(endpoint, topics=[*topics, "heartbeat"], rcvhwm=rcvhwm)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        pub.publish("heartbeat", None, time.time(), {"uptime_s": 0.0, "backend": "x", "streams": {}})
+        pub.publish(
+            "heartbeat", None, time.time(), {"uptime_s": 0.0, "backend": "x", "streams": {}}
+        )
         if sub.recv(0.05) is not None:
             while sub.recv(0.2) is not None:  # drain the other probes
                 pass
@@ -54,17 +56,33 @@ def test_det_and_status_payloads_validate_and_carry_source_pixels() -> None:
         tracker_id=np.array([7, -1]),
     )
     objs = objects(d, {0: "person", 1: "car"})
-    assert objs[0] == {"track_id": 7, "class_id": 0, "class": "person", "conf": 0.9,
-                       "bbox": [10.0, 20.0, 110.0, 220.0]}
+    assert objs[0] == {
+        "track_id": 7,
+        "class_id": 0,
+        "class": "person",
+        "conf": 0.9,
+        "bbox": [10.0, 20.0, 110.0, 220.0],
+    }
     assert objs[1]["track_id"] is None  # unconfirmed track
     ref = FrameRef("cam", "r", 4, 360, 640, 1, 41, 100.0, 2.7, 3.0, 100.01)
     fields = det_fields(ref, objs, Latency(3.0, 5.0, 80.0, 0.4, -0.1), {"queue_full": 2}, 12, 4)
     payload = {"v": 1, "type": "det", "stream": "cam", "seq": 0, "epoch": 1, "ts": 100.0, **fields}
     VALIDATOR.validate(payload)
     assert payload["latency_ms"]["total"] == 0.0  # clamped, never negative
-    status = StatusUpdate("cam", SourceState.FAILED, "open_failed", 1.0, SourceState.CONNECTING, 0.5, 1)
-    VALIDATOR.validate({"v": 1, "type": "status", "stream": "cam", "seq": 0, "epoch": 1, "ts": 1.0,
-                        **status_fields(status)})
+    status = StatusUpdate(
+        "cam", SourceState.FAILED, "open_failed", 1.0, SourceState.CONNECTING, 0.5, 1
+    )
+    VALIDATOR.validate(
+        {
+            "v": 1,
+            "type": "status",
+            "stream": "cam",
+            "seq": 0,
+            "epoch": 1,
+            "ts": 1.0,
+            **status_fields(status),
+        }
+    )
     with pytest.raises(jsonschema.ValidationError):
         VALIDATOR.validate({**payload, "objects": [{**objs[0], "bbox": [1, 2, 3]}]})
 

@@ -39,7 +39,9 @@ class Batcher:
     Batches take streams round-robin, so one busy stream cannot starve others.
     """
 
-    def __init__(self, max_batch: int, max_wait_s: float, policies: Mapping[str, DropPolicy]) -> None:
+    def __init__(
+        self, max_batch: int, max_wait_s: float, policies: Mapping[str, DropPolicy]
+    ) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._lanes = {stream: _Lane(policy) for stream, policy in policies.items()}

@@ -33,7 +33,7 @@ def resolve_device(device: str, backend: str) -> str:
 
 class UltralyticsDetector:
     def __init__(self, cfg: ModelConfig) -> None:
-        from ultralytics import YOLO
+        from ultralytics.models import YOLO
 
         self.device = resolve_device(cfg.device, cfg.backend)
         self.half = self.device.startswith("cuda")

@@ -68,7 +68,9 @@ def _layout(slots: int, height: int, width: int) -> tuple[int, int]:
 
 
 class _RingView:
-    def __init__(self, shm: shared_memory.SharedMemory, slots: int, height: int, width: int) -> None:
+    def __init__(
+        self, shm: shared_memory.SharedMemory, slots: int, height: int, width: int
+    ) -> None:
         self.shm = shm
         self.slots = slots
         self.shape = (height, width, 3)
@@ -145,7 +147,7 @@ class RingReader(_RingView):
         stamp = _HEADER_FIELDS + slot
         if self.header[stamp] != seq:
             return None
-        frame = self.data[slot].copy()
+        frame: Frame = self.data[slot].copy()
         if self.header[stamp] != seq:
             return None
         return frame

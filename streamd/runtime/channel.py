@@ -60,7 +60,7 @@ class Inbox:
             except zmq.Again:
                 break
             # Only our own workers connect to this private ipc socket (0700 dir).
-            msg = pickle.loads(data)  # noqa: S301
+            msg = pickle.loads(data)
             if isinstance(msg, FrameRef | StatusUpdate):
                 out.append(msg)
         return out

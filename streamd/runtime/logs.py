@@ -21,7 +21,9 @@ def configure_logging(level: str | int = "INFO", process: str = "main") -> None:
         root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        RedactingFormatter(f"%(asctime)s %(levelname)s {process}[%(process)d] %(name)s: %(message)s")
+        RedactingFormatter(
+            f"%(asctime)s %(levelname)s {process}[%(process)d] %(name)s: %(message)s"
+        )
     )
     root.addHandler(handler)
     root.setLevel(level)

@@ -47,7 +47,9 @@ def open_source(url: str) -> av.container.InputContainer:
     return av.open(target, format=fmt, options=options, timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S))
 
 
-def decode_frames(container: av.container.InputContainer, counters: DecodeCounters) -> Iterator[DecodedFrame]:
+def decode_frames(
+    container: av.container.InputContainer, counters: DecodeCounters
+) -> Iterator[DecodedFrame]:
     """Yield decoded BGR frames; corrupt packets are skipped and counted."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -55,12 +57,14 @@ def decode_frames(container: av.container.InputContainer, counters: DecodeCounte
         t0 = time.perf_counter()
         try:
             frames = packet.decode()
-        except (av.error.InvalidDataError, av.error.ValueError) as e:
+        except av.FFmpegError as e:  # a corrupt packet is skipped, not fatal
             counters.decode_errors += 1
             log.debug("skipping undecodable packet: %s", e)
             continue
         for frame in frames:
-            image = frame.to_ndarray(format="bgr24")
+            image: npt.NDArray[np.uint8] = np.asarray(
+                frame.to_ndarray(format="bgr24"), dtype=np.uint8
+            )
             counters.decoded += 1
             yield DecodedFrame(image, (time.perf_counter() - t0) * 1000.0, frame.time)
             t0 = time.perf_counter()

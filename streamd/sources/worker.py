@@ -163,7 +163,10 @@ class SourceWorker:
             in_prev_state_s=round(now - self._state_since, 3) if self._state else 0.0,
             attempt=1,
             detail=detail,
-            counters={"decoded": self.counters.decoded, "decode_errors": self.counters.decode_errors},
+            counters={
+                "decoded": self.counters.decoded,
+                "decode_errors": self.counters.decode_errors,
+            },
         )
         log_fn = log.warning if state is SourceState.FAILED else log.info
         log_fn("%s -> %s (%s) %s", self._state, state, reason, detail)
