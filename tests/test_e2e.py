@@ -160,8 +160,9 @@ def test_daemon_end_to_end(
 
     # Detection and tracking quality against ground truth.
     s = score(walk, truth)
-    assert s.recall >= 0.9, f"recall {s.recall:.3f}"
     consistency = s.id_consistency()
+    print(f"recall={s.recall:.3f} ({s.matched}/{s.truths}) id_consistency={consistency}")
+    assert s.recall >= 0.9, f"recall {s.recall:.3f}"
     assert set(consistency) == {0, 1}
     assert min(consistency.values()) >= 0.9, consistency
 

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import quote, unquote
 
 import av
 import av.container
@@ -33,12 +34,34 @@ class DecodeCounters:
     decode_errors: int = 0
 
 
+def escape_credentials(url: str) -> str:
+    """Percent-encode the user and password of a network URL for ffmpeg.
+
+    Users write passwords as they are (``rtsp://admin:p@ss/w:rd@cam/s``);
+    ffmpeg splits such a URL at the wrong ``@`` or ``/``. The userinfo is
+    everything before the *last* ``@`` ahead of any query string, and the user
+    ends at its first ``:``. Already-encoded values stay as they are.
+    """
+    scheme, sep, rest = url.partition("://")
+    query = rest.find("?")
+    at = rest.rfind("@", 0, query if query >= 0 else len(rest))
+    if not sep or at < 0:
+        return url
+    user, colon, password = rest[:at].partition(":")
+    userinfo = quote(unquote(user), safe="") + (
+        colon + quote(unquote(password), safe="") if colon else ""
+    )
+    return f"{scheme}://{userinfo}@{rest[at + 1 :]}"
+
+
 def open_source(url: str) -> av.container.InputContainer:
     """Open ``url`` with bounded open/read timeouts (ffmpeg's RTSP default is none)."""
     kind = source_kind(url)
     options: dict[str, str] = {}
     fmt: str | None = None
     target = url
+    if kind in ("rtsp", "http"):
+        target = escape_credentials(url)
     if kind == "rtsp":
         options["rtsp_transport"] = "tcp"
     elif kind == "webcam":
