@@ -101,7 +101,8 @@ class InferenceWorker:
                 self.process(self.batcher.take())
             if time.time() >= next_beat:
                 self._heartbeat()
-                next_beat += self.cfg.publish.heartbeat_s
+                # From now, not from the missed slot: a slow batch must not cause a burst.
+                next_beat = time.time() + self.cfg.publish.heartbeat_s
 
     def _ingest(self, messages: list[Message]) -> None:
         for msg in messages:
