@@ -10,7 +10,7 @@ import contextlib
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.synchronize import Event as MpEvent
 
 import numpy as np
@@ -47,7 +47,6 @@ class _StreamStats:
     analysed: int = 0
     analysed_at_last_beat: int = 0
     fps: float = 0.0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def inference_main(spec: InferenceSpec, ready: MpEvent) -> None:

@@ -101,10 +101,6 @@ class FrameRing(_RingView):
         self.header[:] = 0
         self.header[_HEADER_FIELDS:] = -1
 
-    @property
-    def write_count(self) -> int:
-        return int(self.header[0])
-
     def free_slots(self) -> int:
         return self.slots - (int(self.header[0]) - int(self.header[1]))
 
