@@ -54,14 +54,16 @@ class Daemon:
         self.ctx = mp.get_context("spawn")
         self.run_id = f"{os.getpid():x}{secrets.token_hex(2)}"
         self.stop = StopFlag()
-        self._tmp = tempfile.mkdtemp(prefix="streamd-")  # 0700: private ipc sockets
-        self.inbox = f"ipc://{self._tmp}/inbox"
+        self._tmp = ""
+        self.inbox = ""
         self.inference: SpawnProcess | None = None
         self.sources: dict[str, _Source] = {}
         self._outbox: Outbox | None = None
 
     def run(self, duration_s: float | None = None) -> int:
         self.stop.install(signal.SIGINT, signal.SIGTERM)
+        self._tmp = tempfile.mkdtemp(prefix="streamd-")  # 0700: private ipc sockets
+        self.inbox = f"ipc://{self._tmp}/inbox"
         try:
             code = self._start_inference()
             if code is not None:

@@ -115,11 +115,10 @@ class Subscriber:
                     return
                 wait = left if wait is None else min(wait, left)
             event = self.recv(wait)
-            if event is None:
-                if idle_s is not None and (deadline is None or time.monotonic() < deadline):
-                    return
-                continue
-            yield event
+            if event is not None:
+                yield event
+            elif idle_s is not None:  # idle, or the deadline cut the wait short: done either way
+                return
 
     def __iter__(self) -> Iterator[Event]:
         return self.events()

@@ -18,11 +18,10 @@ def _writer(name: str, n_frames: int, block: bool) -> None:
     try:
         for i in range(n_frames):
             if block:
-                ring.wait_for_free_slot(lambda: False)
+                ring.wait_free(1, lambda: False)
             ring.write(np.full((8, 16, 3), i % 256, dtype=np.uint8))
         if block:  # keep the segment until the reader is done
-            while ring.free_slots() < ring.slots:
-                time.sleep(0.001)
+            ring.wait_free(ring.slots, lambda: False)
         else:
             time.sleep(0.5)
     finally:

@@ -104,10 +104,21 @@ class FrameRing(_RingView):
     def free_slots(self) -> int:
         return self.slots - (int(self.header[0]) - int(self.header[1]))
 
-    def wait_for_free_slot(self, should_stop: Callable[[], bool], poll_s: float = 0.002) -> bool:
-        """Block-policy back-pressure: wait until the reader released a slot."""
-        while self.free_slots() <= 0:
-            if should_stop():
+    def wait_free(
+        self,
+        count: int,
+        should_stop: Callable[[], bool],
+        timeout_s: float | None = None,
+        poll_s: float = 0.002,
+    ) -> bool:
+        """Wait until the reader has released ``count`` slots; False on stop or timeout.
+
+        ``count=1`` is block-policy back-pressure; ``count=slots`` waits for the
+        reader to have taken every frame written.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.free_slots() < count:
+            if should_stop() or (deadline is not None and time.monotonic() > deadline):
                 return False
             time.sleep(poll_s)
         return True

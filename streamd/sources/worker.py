@@ -79,11 +79,9 @@ class SourceWorker:
         # the reader has copied the last one (or we are told to stop).
         if self.ring is None or self.spec.drop_policy != "block":
             return
-        deadline = time.monotonic() + timeout_s
-        while self.ring.free_slots() < self.ring.slots and not self.stop.wait(0.01):
-            if time.monotonic() > deadline:
-                log.warning("reader did not consume the last frames within %.0fs", timeout_s)
-                return
+        ring = self.ring
+        if not ring.wait_free(ring.slots, self.stop.is_set, timeout_s) and not self.stop.is_set():
+            log.warning("reader did not consume the last frames within %.0fs", timeout_s)
 
     def _run(self) -> None:
         self._transition(SourceState.CONNECTING, "start")
@@ -131,7 +129,7 @@ class SourceWorker:
 
     def _publish(self, decoded: DecodedFrame) -> bool:
         ring = self._ring_for(decoded.image)
-        if self.spec.drop_policy == "block" and not ring.wait_for_free_slot(self.stop.is_set):
+        if self.spec.drop_policy == "block" and not ring.wait_free(1, self.stop.is_set):
             return False
         capture_ts = time.time()
         slot, seq = ring.write(decoded.image)
