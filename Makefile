@@ -9,9 +9,21 @@ CLIPS  := build/demo/lobby.mp4 build/demo/street.mp4
 export YOLO_OFFLINE   ?= 1
 export YOLO_AUTOINSTALL = 0
 
-.PHONY: setup demo test lint clips clean
+.PHONY: setup demo test lint clips clean system-deps
+
+# Debian packages the tests use: ffmpeg (clip corruption, HLS), and GStreamer's
+# RTSP server (a real server for the RTSP tests, run with the system python3).
+APT_PKGS := ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 setup: $(STAMP) $(MODEL)
+
+system-deps:
+	@dpkg -s $(APT_PKGS) >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; }
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,7 +47,7 @@ clips: $(CLIPS)
 demo: setup $(CLIPS)
 	$(VENV)/bin/streamd run pipelines/demo.yaml $(if $(DURATION),--duration $(DURATION))
 
-test: setup
+test: setup system-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: setup

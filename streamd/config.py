@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from streamd.runtime.redact import redact_url
 
@@ -21,6 +29,7 @@ STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 DropPolicy = Literal["latest", "block"]
+SourceKind = Literal["file", "rtsp", "http", "webcam"]
 
 
 class ConfigError(Exception):
@@ -83,9 +92,61 @@ class PublishConfig(_Strict):
     @field_validator("endpoint")
     @classmethod
     def _zmq_endpoint(cls, v: str) -> str:
-        if not re.match(r"^(tcp|ipc|inproc)://.+", v):
-            raise ValueError("must look like tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+        # inproc:// cannot work: the publisher lives in the inference process.
+        if not re.match(r"^(tcp|ipc)://.+", v):
+            raise ValueError("must look like tcp://HOST:PORT or ipc://PATH")
         return v
+
+
+class HttpConfig(_Strict):
+    """The daemon's control endpoint: ``GET /status`` (and ``/healthz``)."""
+
+    listen: str | None = Field(
+        "127.0.0.1:8090",
+        description="HOST:PORT to serve on (loopback by default); null turns it off.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$", v):
+            raise ValueError("must look like HOST:PORT, e.g. 127.0.0.1:8090")
+        return v
+
+
+class SupervisorConfig(_Strict):
+    """Restart policy for crashed source workers."""
+
+    max_restarts: int = Field(
+        5, ge=0, description="Restarts allowed within restart_window_s before 'failed'."
+    )
+    restart_window_s: float = Field(60.0, gt=0.0)
+
+
+class ReconnectConfig(_Strict):
+    """Capped exponential backoff with jitter between connection attempts."""
+
+    initial_s: float = Field(1.0, gt=0.0, le=3600.0, description="First retry delay.")
+    max_s: float = Field(30.0, gt=0.0, le=3600.0, description="Delay cap.")
+    max_attempts: int = Field(
+        -1, ge=-1, description="Retries after a failure before 'failed'; -1 = forever."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectConfig:
+        if self.max_s < self.initial_s:
+            raise ValueError("max_s must be >= initial_s")
+        return self
+
+
+_KIND_OF_OPTION: dict[str, SourceKind] = {
+    "loop": "file",
+    "realtime": "file",
+    "transport": "rtsp",
+    "width": "webcam",
+    "height": "webcam",
+    "fps": "webcam",
+}
 
 
 class StreamConfig(_Strict):
@@ -100,10 +161,51 @@ class StreamConfig(_Strict):
         description="latest (live default) or block (default for files read as fast as possible).",
     )
     buffer: int = Field(4, ge=2, le=256, description="Frame ring slots (bounded memory).")
+    transport: Literal["tcp", "udp"] | None = Field(
+        None, description="RTSP only: RTP over the RTSP TCP connection (default) or UDP."
+    )
+    width: int | None = Field(None, ge=16, le=8192, description="Webcams: capture width.")
+    height: int | None = Field(None, ge=16, le=8192, description="Webcams: capture height.")
+    fps: float | None = Field(None, gt=0.0, le=1000.0, description="Webcams: capture rate.")
+    open_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="Give up opening (connect + probe) after this."
+    )
+    stall_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="No frame for this long: 'stalled', then reconnect."
+    )
+    on_corrupt: Literal["drop", "conceal"] = Field(
+        "drop",
+        description="drop: a frame the decoder reports damaged is skipped and counted; "
+        "conceal: keep the decoder's error-concealed picture.",
+    )
+    reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig())
+
+    @field_validator("loop", "realtime", "transport", "width", "height", "fps")
+    @classmethod
+    def _applies_to_kind(cls, v: object, info: ValidationInfo) -> object:
+        # Checked per key so the error names the key the user wrote.
+        url = info.data.get("url")
+        if url is None or v in (None, False):
+            return v
+        kind = source_kind(url)
+        wanted = _KIND_OF_OPTION[str(info.field_name)]
+        if kind != wanted:
+            raise ValueError(f"applies to {wanted} sources only (this url is a {kind} source)")
+        return v
+
+    @model_validator(mode="after")
+    def _size_pairs(self) -> StreamConfig:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height go together")
+        return self
+
+    @property
+    def kind(self) -> SourceKind:
+        return source_kind(self.url)
 
     @property
     def is_file(self) -> bool:
-        return source_kind(self.url) == "file"
+        return self.kind == "file"
 
     @property
     def effective_drop_policy(self) -> DropPolicy:
@@ -117,6 +219,8 @@ class PipelineConfig(_Strict):
     tracker: TrackerConfig = Field(default_factory=lambda: TrackerConfig())
     batching: BatchingConfig = Field(default_factory=lambda: BatchingConfig())
     publish: PublishConfig = Field(default_factory=lambda: PublishConfig())
+    http: HttpConfig = Field(default_factory=lambda: HttpConfig())
+    supervisor: SupervisorConfig = Field(default_factory=lambda: SupervisorConfig())
     streams: Annotated[list[StreamConfig], Field(min_length=1)]
 
     @field_validator("streams")
@@ -130,7 +234,7 @@ class PipelineConfig(_Strict):
         return streams
 
 
-def source_kind(url: str) -> Literal["file", "rtsp", "http", "webcam"]:
+def source_kind(url: str) -> SourceKind:
     lower = url.lower()
     if lower.startswith(("rtsp://", "rtsps://")):
         return "rtsp"
@@ -224,7 +328,7 @@ def _redacted_reason(err: Any) -> str:
         return "unknown key"
     if err["type"] == "missing":
         return "required key is missing"
-    return redact_url(msg)
+    return redact_url(msg.removeprefix("Value error, "))
 
 
 def resolve_paths(cfg: PipelineConfig, base_dir: Path) -> PipelineConfig:

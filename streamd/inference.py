@@ -47,6 +47,8 @@ class _StreamStats:
     analysed: int = 0
     analysed_at_last_beat: int = 0
     fps: float = 0.0
+    decoded: int = 0  # the source's totals, from its latest frame or status update
+    decode_errors: int = 0
 
 
 def inference_main(spec: InferenceSpec, ready: MpEvent) -> None:
@@ -108,12 +110,18 @@ class InferenceWorker:
             if msg.stream not in self.stats:
                 log.warning("message for unknown stream %r ignored", msg.stream)
             elif isinstance(msg, FrameRef):
+                stats = self.stats[msg.stream]
+                stats.decoded, stats.decode_errors = msg.decoded, msg.decode_errors
                 self.batcher.offer(msg)
             else:
                 self._publish_status(msg)
 
     def _publish_status(self, update: StatusUpdate) -> None:
-        self.stats[update.stream].state = update.state
+        stats = self.stats[update.stream]
+        stats.state = update.state
+        if "decoded" in update.counters:  # the supervisor's updates carry none
+            stats.decoded = update.counters["decoded"]
+            stats.decode_errors = update.counters.get("decode_errors", 0)
         self.publisher.publish("status", update.stream, update.ts, status_fields(update))
 
     def _read(self, ref: FrameRef) -> npt.NDArray[np.uint8] | None:
@@ -185,6 +193,8 @@ class InferenceWorker:
                 "analysed": st.analysed,
                 "dropped": self.batcher.drops(sid).as_dict(),
                 "fps": round(st.fps, 2),
+                "decoded": st.decoded,
+                "decode_errors": st.decode_errors,
             }
         fields = {
             "uptime_s": round(now - self.started, 3),

@@ -30,6 +30,8 @@ class FrameRef:
     media_ts: float  # the stream's own clock (pts), made monotonic across loops/jumps
     decode_ms: float
     ready_ts: float  # wall time the frame was fully written into the ring
+    decoded: int = 0  # the source's running totals, so the bus sees them without a transition
+    decode_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,4 +46,5 @@ class StatusUpdate:
     in_prev_state_s: float = 0.0
     attempt: int = 0
     detail: str = ""
+    retry_in_s: float | None = None  # reconnecting: the backoff delay before the next attempt
     counters: dict[str, int] = field(default_factory=dict)

@@ -84,5 +84,6 @@ def status_fields(update: StatusUpdate) -> dict[str, Any]:
         "prev_state": update.prev_state.value if update.prev_state else None,
         "in_prev_state_s": round(max(0.0, update.in_prev_state_s), 3),
         "attempt": update.attempt,
+        "retry_in_s": update.retry_in_s,
         "counters": dict(update.counters),
     }

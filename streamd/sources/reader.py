@@ -6,10 +6,12 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 import av
 import av.container
+import av.error
 import numpy as np
 import numpy.typing as npt
 
@@ -17,8 +19,25 @@ from streamd.config import source_kind
 
 log = logging.getLogger(__name__)
 
-OPEN_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 10.0
+MAX_DEMUX_ERRORS_IN_ROW = 100  # past this the input is garbage, not a damaged patch
+
+
+class SourceStalled(Exception):
+    """No decodable frame for ``stall_timeout_s`` (no data, or only undecodable data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOptions:
+    """How to open one source; built from a stream's config."""
+
+    url: str
+    transport: Literal["tcp", "udp"] = "tcp"
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    open_timeout_s: float = 10.0
+    stall_timeout_s: float = 10.0
+    on_corrupt: Literal["drop", "conceal"] = "drop"
 
 
 @dataclass(slots=True)
@@ -54,36 +73,80 @@ def escape_credentials(url: str) -> str:
     return f"{scheme}://{userinfo}@{rest[at + 1 :]}"
 
 
-def open_source(url: str) -> av.container.InputContainer:
-    """Open ``url`` with bounded open/read timeouts (ffmpeg's RTSP default is none)."""
-    kind = source_kind(url)
+def ffmpeg_input(opts: OpenOptions) -> tuple[str, str | None, dict[str, str]]:
+    """The (target, format, options) ffmpeg is opened with for ``opts``."""
+    kind = source_kind(opts.url)
     options: dict[str, str] = {}
     fmt: str | None = None
-    target = url
+    target = opts.url
     if kind in ("rtsp", "http"):
-        target = escape_credentials(url)
+        target = escape_credentials(opts.url)
     if kind == "rtsp":
-        options["rtsp_transport"] = "tcp"
+        options["rtsp_transport"] = opts.transport
     elif kind == "webcam":
         fmt = "v4l2"
-        target = f"/dev/video{url}" if url.isdigit() else url
-    return av.open(target, format=fmt, options=options, timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S))
+        target = f"/dev/video{opts.url}" if opts.url.isdigit() else opts.url
+        if opts.width is not None and opts.height is not None:
+            options["video_size"] = f"{opts.width}x{opts.height}"
+        if opts.fps is not None:
+            options["framerate"] = f"{opts.fps:g}"
+    return target, fmt, options
+
+
+def open_source(opts: OpenOptions) -> av.container.InputContainer:
+    """Open a source with bounded open and read timeouts (ffmpeg's RTSP default is none).
+
+    The read timeout is the stall timeout: a read that waits longer than that
+    for data is aborted by PyAV's interrupt callback (``av.ExitError``).
+    """
+    target, fmt, options = ffmpeg_input(opts)
+    container = av.open(
+        target, format=fmt, options=options, timeout=(opts.open_timeout_s, opts.stall_timeout_s)
+    )
+    if not container.streams.video:
+        container.close()
+        raise av.error.InvalidDataError(22, "no video stream in source")  # EINVAL
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    if opts.on_corrupt == "drop":
+        # Make the decoder report damaged pictures instead of concealing them silently.
+        stream.codec_context.options = {"err_detect": "explode"}
+    return container
 
 
 def decode_frames(
-    container: av.container.InputContainer, counters: DecodeCounters
+    container: av.container.InputContainer, counters: DecodeCounters, stall_timeout_s: float
 ) -> Iterator[DecodedFrame]:
-    """Yield decoded BGR frames; corrupt packets are skipped and counted."""
+    """Yield decoded BGR frames until the end of the input.
+
+    Corrupt packets and undecodable data are skipped and counted in
+    ``counters.decode_errors``. Raises :class:`SourceStalled` when no frame
+    could be decoded for ``stall_timeout_s`` (a read that got no data at all
+    for that long is aborted by the container's read timeout).
+    """
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    for packet in container.demux(stream):
-        t0 = time.perf_counter()
+    last_frame = time.monotonic()
+    demux_errors_in_row = 0
+    packets = container.demux(stream)
+    while True:
         try:
-            frames = packet.decode()
-        except av.FFmpegError as e:  # a corrupt packet is skipped, not fatal
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.ExitError:  # PyAV's interrupt callback: the read timed out
+            raise SourceStalled(f"no data for {stall_timeout_s:g}s") from None
+        except av.error.InvalidDataError as e:
+            # A demuxer error ends PyAV's generator; a new one resumes after the bad data.
             counters.decode_errors += 1
-            log.debug("skipping undecodable packet: %s", e)
+            demux_errors_in_row += 1
+            if demux_errors_in_row > MAX_DEMUX_ERRORS_IN_ROW:
+                raise
+            log.debug("skipping undemuxable data: %s", e)
+            packets = container.demux(stream)
             continue
+        demux_errors_in_row = 0
+        t0 = time.perf_counter()
+        frames = _decode_packet(packet, counters)
         for frame in frames:
             image: npt.NDArray[np.uint8] = np.asarray(
                 frame.to_ndarray(format="bgr24"), dtype=np.uint8
@@ -91,6 +154,20 @@ def decode_frames(
             counters.decoded += 1
             yield DecodedFrame(image, (time.perf_counter() - t0) * 1000.0, frame.time)
             t0 = time.perf_counter()
+            last_frame = time.monotonic()
+        if not frames and time.monotonic() - last_frame > stall_timeout_s:
+            raise SourceStalled(f"no decodable frame for {stall_timeout_s:g}s")
+
+
+def _decode_packet(packet: av.Packet[Any], counters: DecodeCounters) -> list[av.VideoFrame]:
+    bad = packet.is_corrupt  # e.g. the last packet of a truncated file
+    try:
+        frames = packet.decode()
+    except av.FFmpegError as e:  # a corrupt packet is skipped, not fatal
+        log.debug("skipping undecodable packet: %s", e)
+        frames, bad = [], True
+    counters.decode_errors += bad
+    return [f for f in frames if isinstance(f, av.VideoFrame)]
 
 
 class Pacer:

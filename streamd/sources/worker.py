@@ -7,21 +7,26 @@ the others. Every state change is sent as a :class:`StatusUpdate`.
 from __future__ import annotations
 
 import logging
+import random
+import sys
 import time
 from dataclasses import dataclass
 
 import av
 
-from streamd.config import DropPolicy
+from streamd.config import DropPolicy, ReconnectConfig, source_kind
 from streamd.frames.ring import Frame, FrameRing, ring_name
 from streamd.runtime.channel import Outbox
 from streamd.runtime.process import StopFlag, setup_worker
 from streamd.runtime.redact import redact_url
+from streamd.runtime.watchdog import Watchdog
 from streamd.sources.reader import (
     DecodeCounters,
     DecodedFrame,
     MediaClock,
+    OpenOptions,
     Pacer,
+    SourceStalled,
     decode_frames,
     open_source,
 )
@@ -30,40 +35,92 @@ from streamd.types import FrameRef, SourceState, StatusUpdate
 log = logging.getLogger(__name__)
 
 
+EXIT_HUNG = 4  # the watchdog ended a worker stuck inside ffmpeg
+EXIT_STOPPED = 5  # stopped by a signal before reaching ended/failed
+WATCHDOG_GRACE_S = 5.0  # on top of ffmpeg's own timeouts
+
+
 @dataclass(frozen=True, slots=True)
 class SourceSpec:
     """Everything a source worker needs; picklable for the spawn start method."""
 
     stream: str
     index: int
-    url: str
+    open: OpenOptions
     loop: bool
     realtime: bool
     drop_policy: DropPolicy
     buffer: int
+    reconnect: ReconnectConfig
     run_id: str
     inbox: str
     log_level: str = "INFO"
+    restarts: int = 0  # how many times the supervisor restarted this stream's worker
+    resumed_from: SourceState | None = None  # the state published for the dead worker
+    resumed_since: float = 0.0  # wall time that state began
+
+    @property
+    def is_file(self) -> bool:
+        return source_kind(self.open.url) == "file"
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """Why one open-and-read session ended."""
+
+    reason: str
+    detail: str = ""
+    streamed: bool = False  # at least one frame came through
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: attempt n waits up to min(max, initial * 2^(n-1)).
+
+    The jitter (a random 50-100% of that) keeps many cameras behind one
+    failed switch from reconnecting in lockstep.
+    """
+
+    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._rng = rng or random.Random()
+
+    def delay(self, failures: int) -> float:
+        base = min(self.max_s, self.initial_s * 2.0 ** min(max(failures - 1, 0), 30))
+        return base * self._rng.uniform(0.5, 1.0)
 
 
 def source_main(spec: SourceSpec) -> None:
     """Process entry point."""
     stop = setup_worker(f"source {spec.stream}", spec.log_level)
-    SourceWorker(spec, stop).run()
+    worker = SourceWorker(spec, stop)
+    worker.run()
+    # 0 only for a stream that is over (ended/failed); anything else is restarted.
+    sys.exit(0 if worker.finished else EXIT_STOPPED)
 
 
 class SourceWorker:
+    """The per-source state machine; see docs/architecture.md for the diagram."""
+
     def __init__(self, spec: SourceSpec, stop: StopFlag) -> None:
         self.spec = spec
         self.stop = stop
         self.counters = DecodeCounters()
         self.outbox = Outbox(spec.inbox)
         self.ring: FrameRing | None = None
+        self.watchdog = Watchdog(EXIT_HUNG)
+        self.backoff = Backoff(spec.reconnect.initial_s, spec.reconnect.max_s)
         self._generation = 0
-        self._state: SourceState | None = None
-        self._state_since = time.monotonic()
+        self._state: SourceState | None = spec.resumed_from
+        self._state_since = time.monotonic() - max(0.0, time.time() - spec.resumed_since)
+        self._attempt = 1
+        self._reconnects = 0
         self._pacer = Pacer()
         self._media = MediaClock()
+
+    @property
+    def finished(self) -> bool:
+        return self._state in (SourceState.ENDED, SourceState.FAILED)
 
     def run(self) -> None:
         try:
@@ -84,37 +141,74 @@ class SourceWorker:
             log.warning("reader did not consume the last frames within %.0fs", timeout_s)
 
     def _run(self) -> None:
-        self._transition(SourceState.CONNECTING, "start")
+        self._transition(SourceState.CONNECTING, "restart" if self.spec.restarts else "start")
+        failures = 0
         while not self.stop.is_set():
-            try:
-                container = open_source(self.spec.url)
-            except (av.FFmpegError, OSError) as e:
-                self._transition(SourceState.FAILED, "open_failed", redact_url(str(e)))
-                return
-            try:
-                self._pump(container)
-            except av.FFmpegError as e:
-                self._transition(SourceState.FAILED, "read_error", redact_url(str(e)))
-                return
-            finally:
-                container.close()
+            outcome = self._session()
             if self.stop.is_set():
                 return
-            if not self.spec.loop:
-                self._transition(SourceState.ENDED, "end_of_stream")
+            if self.spec.is_file:
+                if outcome.reason != "end_of_stream":
+                    # A file that cannot be opened or read does not heal by retrying.
+                    self._transition(SourceState.FAILED, outcome.reason, outcome.detail)
+                    return
+                if not self.spec.loop:
+                    self._transition(SourceState.ENDED, "end_of_stream")
+                    return
+                self._pacer.reset()
+                continue
+            failures = 1 if outcome.streamed else failures + 1
+            if not self._retry(outcome, failures):
                 return
-            self._pacer.reset()
 
-    def _pump(self, container: av.container.InputContainer) -> None:
-        for decoded in decode_frames(container, self.counters):
-            if self.stop.is_set():
-                return
-            if self._state is not SourceState.STREAMING:
-                self._transition(SourceState.STREAMING, "first_frame")
-            if self.spec.realtime and self.stop.wait(self._pacer.delay(decoded.pts_s)):
-                return
-            if not self._publish(decoded):
-                return
+    def _retry(self, outcome: _Outcome, failures: int) -> bool:
+        """Back off before the next attempt; False if the stream gives up or must stop."""
+        limit = self.spec.reconnect.max_attempts
+        if 0 <= limit < failures:
+            detail = f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason
+            self._transition(
+                SourceState.FAILED, "max_attempts", f"{detail} (after {failures} attempt(s))"
+            )
+            return False
+        delay = self.backoff.delay(failures)
+        self._attempt = failures + 1
+        self._reconnects += 1
+        self._transition(SourceState.RECONNECTING, outcome.reason, outcome.detail, delay)
+        if self.stop.wait(delay):
+            return False
+        self._transition(SourceState.CONNECTING, "retry")
+        return True
+
+    def _session(self) -> _Outcome:
+        opts = self.spec.open
+        try:
+            with self.watchdog.armed(opts.open_timeout_s + WATCHDOG_GRACE_S, "open"):
+                container = open_source(opts)
+        except (av.FFmpegError, OSError) as e:
+            return _Outcome("open_failed", redact_url(str(e)))
+        streamed = False
+        try:
+            frames = decode_frames(container, self.counters, opts.stall_timeout_s)
+            while not self.stop.is_set():
+                with self.watchdog.armed(opts.stall_timeout_s + WATCHDOG_GRACE_S, "read"):
+                    decoded = next(frames, None)
+                if decoded is None:
+                    return _Outcome("end_of_stream", "", streamed)
+                if self._state is not SourceState.STREAMING:
+                    self._transition(SourceState.STREAMING, "first_frame")
+                streamed = True
+                if self.spec.realtime and self.stop.wait(self._pacer.delay(decoded.pts_s)):
+                    break
+                if not self._publish(decoded):
+                    break
+            return _Outcome("stopped", "", streamed)
+        except SourceStalled as e:
+            self._transition(SourceState.STALLED, "no_frames", str(e))
+            return _Outcome("stalled", str(e), streamed)
+        except av.FFmpegError as e:
+            return _Outcome("read_error", redact_url(str(e)), streamed)
+        finally:
+            container.close()
 
     def _ring_for(self, frame: Frame) -> FrameRing:
         h, w = frame.shape[:2]
@@ -145,12 +239,16 @@ class SourceWorker:
             media_ts=self._media.stamp(decoded.pts_s, capture_ts),
             decode_ms=decoded.decode_ms,
             ready_ts=time.time(),
+            decoded=self.counters.decoded,
+            decode_errors=self.counters.decode_errors,
         )
         if not self.outbox.send(ref):
             log.warning("descriptor channel full; frame %d not announced", seq)
         return True
 
-    def _transition(self, state: SourceState, reason: str, detail: str = "") -> None:
+    def _transition(
+        self, state: SourceState, reason: str, detail: str = "", retry_in_s: float | None = None
+    ) -> None:
         now = time.monotonic()
         update = StatusUpdate(
             stream=self.spec.stream,
@@ -159,14 +257,20 @@ class SourceWorker:
             ts=time.time(),
             prev_state=self._state,
             in_prev_state_s=round(now - self._state_since, 3) if self._state else 0.0,
-            attempt=1,
+            attempt=self._attempt,
             detail=detail,
-            counters={
-                "decoded": self.counters.decoded,
-                "decode_errors": self.counters.decode_errors,
-            },
+            retry_in_s=None if retry_in_s is None else round(retry_in_s, 3),
+            counters=self._counters(),
         )
-        log_fn = log.warning if state is SourceState.FAILED else log.info
+        log_fn = log.warning if state in (SourceState.FAILED, SourceState.STALLED) else log.info
         log_fn("%s -> %s (%s) %s", self._state, state, reason, detail)
         self._state, self._state_since = state, now
         self.outbox.send(update)
+
+    def _counters(self) -> dict[str, int]:
+        return {
+            "decoded": self.counters.decoded,
+            "decode_errors": self.counters.decode_errors,
+            "reconnects": self._reconnects,
+            "restarts": self.spec.restarts,
+        }
