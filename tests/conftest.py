@@ -40,3 +40,17 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     video = tmp_path_factory.mktemp("scene") / "walk.mp4"
     truth = write_scene(video, SceneSpec(width=640, height=360, fps=15, seconds=4.0, people=2))
     return video, truth
+
+
+@pytest.fixture(scope="session")
+def live_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 60 s, 4 fps H.264 scene: long enough to outlast every live-source test.
+
+    4 fps keeps two or three live streams under the CPU detector's capacity,
+    so one stream's outage cannot speed another up (rates are compared).
+    """
+    from streamd.synth import SceneSpec, write_scene
+
+    video = tmp_path_factory.mktemp("live") / "live.mp4"
+    truth = write_scene(video, SceneSpec(width=640, height=360, fps=4, seconds=60.0, people=2))
+    return video, truth

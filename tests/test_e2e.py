@@ -3,95 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import jsonschema
-import psutil
 import pytest
 
 from streamd.client import Event, Subscriber
 from streamd.publish import load_schema
 
 from .conftest import free_port, shm_segments
+from .daemon import collect, start, stop_and_check_clean, write_pipeline
 from .groundtruth import score
 
 pytestmark = pytest.mark.e2e
 VALIDATOR = jsonschema.Draft202012Validator(load_schema())
 
 
-def write_pipeline(tmp: Path, model: Path, port: int, streams: list[dict[str, Any]]) -> Path:
-    cfg = {
-        "model": {"weights": str(model), "imgsz": 320, "conf": 0.25},
-        "batching": {"max_batch": 4, "max_wait_ms": 20},
-        "publish": {"endpoint": f"tcp://127.0.0.1:{port}"},
-        "streams": streams,
-    }
-    path = tmp / "pipeline.yaml"
-    path.write_text(json.dumps(cfg))  # JSON is YAML
-    return path
-
-
-def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "streamd.cli", "run", str(cfg)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # so a test can play Ctrl-C to the whole group
-    )
-
-
-def stop_and_check_clean(
-    daemon: subprocess.Popen[bytes], sig: signal.Signals, shm_before: set[str], group: bool = False
-) -> float:
-    """Signal the daemon, assert it and all its workers are gone within 5 s with no shm left."""
-    children = psutil.Process(daemon.pid).children(recursive=True)
-    assert len(children) >= 2, "expected an inference worker and source workers"
-    t0 = time.monotonic()
-    if group:
-        os.killpg(daemon.pid, sig)
-    else:
-        daemon.send_signal(sig)
-    code = daemon.wait(timeout=10)
-    elapsed = time.monotonic() - t0
-    assert code == 0
-    assert elapsed < 5.0, f"took {elapsed:.1f}s to stop"
-    _, alive = psutil.wait_procs(children, timeout=0.5)
-    # An exited worker re-parented to PID 1 may linger as a zombie until reaped: it is not running.
-    running = [p for p in alive if _running(p)]
-    assert running == [], f"workers left behind: {running}"
-    assert shm_segments() - shm_before == set()
-    return elapsed
-
-
-def _running(p: psutil.Process) -> bool:
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 @pytest.fixture
 def daemon_env(tmp_path: Path) -> Iterator[tuple[Path, int, set[str]]]:
     yield tmp_path, free_port(), shm_segments()
-
-
-def collect(sub: Subscriber, done: Any, timeout_s: float) -> list[Event]:
-    events: list[Event] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ev = sub.recv(0.5)
-        if ev is not None:
-            events.append(ev)
-            if done(events):
-                break
-    return events
 
 
 def test_daemon_end_to_end(

@@ -1,0 +1,67 @@
+"""Drive the real RTSP server (tests/rtsp_server.py under the system python3)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from urllib.parse import quote
+
+from .conftest import free_port
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+SERVER = Path(__file__).with_name("rtsp_server.py")
+
+
+class RtspServer:
+    def __init__(
+        self, clip: Path, user: str | None = None, password: str | None = None, port: int = 0
+    ) -> None:
+        self.clip = clip
+        self.user = user
+        self.password = password
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def url(self, user: str | None = None, password: str | None = None) -> str:
+        """The stream's URL; credentials are written raw, as users write them."""
+        auth = f"{user}:{password}@" if user is not None else ""
+        return f"rtsp://{auth}127.0.0.1:{self.port}/cam"
+
+    def start(self) -> RtspServer:
+        cmd = [SYSTEM_PYTHON, str(SERVER), "--port", str(self.port), "--file", str(self.clip)]
+        env = dict(os.environ)
+        if self.user is not None:
+            cmd += ["--user", self.user]
+            env["RTSP_PASSWORD"] = self.password or ""
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()  # blocks until ready or exit
+        if line != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"RTSP server did not start (exit {self.proc.wait()})")
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(5)
+        self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.resume()
+            self.kill()
+
+
+def encoded(password: str) -> str:
+    return quote(password, safe="")
