@@ -25,11 +25,12 @@ class FrameRef:
     height: int
     width: int
     slot: int
-    seq: int  # frame index within the stream since the worker started
+    seq: int  # the ring's write sequence number (checked against the slot stamp)
     capture_ts: float  # wall time the frame was captured/decoded (seconds since the epoch)
     media_ts: float  # the stream's own clock (pts), made monotonic across loops/jumps
     decode_ms: float
     ready_ts: float  # wall time the frame was fully written into the ring
+    frame: int = 0  # frame index in the stream since the worker started (across rings)
     decoded: int = 0  # the source's running totals, so the bus sees them without a transition
     decode_errors: int = 0
 

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from .util import free_port, shm_segments
 
 ROOT = Path(__file__).resolve().parents[1]
 PERSON_MODEL = ROOT / "models" / "person-yolov8s.pt"
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ["YOLO_AUTOINSTALL"] = "0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def shm_segments() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("streamd_*")}
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +47,27 @@ def live_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     video = tmp_path_factory.mktemp("live") / "live.mp4"
     truth = write_scene(video, SceneSpec(width=640, height=360, fps=4, seconds=60.0, people=2))
     return video, truth
+
+
+@pytest.fixture
+def run_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A daemon slot: tmp dir, a publish port, an event log, and cleanup of what a test started."""
+    from .daemon import EventLog
+
+    port = free_port()
+    env: dict[str, Any] = {
+        "tmp": tmp_path,
+        "port": port,
+        "shm": shm_segments(),
+        "log": EventLog(f"tcp://127.0.0.1:{port}"),
+        "servers": [],
+        "daemon": None,
+    }
+    yield env
+    daemon = env["daemon"]
+    if daemon is not None and daemon.poll() is None:
+        daemon.kill()
+        daemon.wait(10)
+    for server in env["servers"]:
+        server.close()
+    env["log"].close()

@@ -18,7 +18,7 @@ import psutil
 
 from streamd.client import Event, Subscriber
 
-from .conftest import free_port, shm_segments
+from .util import free_port, shm_segments
 
 
 def write_pipeline(

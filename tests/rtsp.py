@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
-from .conftest import free_port
+from .util import free_port
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = Path(__file__).with_name("rtsp_server.py")

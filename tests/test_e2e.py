@@ -15,9 +15,9 @@ import pytest
 from streamd.client import Event, Subscriber
 from streamd.publish import load_schema
 
-from .conftest import free_port, shm_segments
 from .daemon import collect, start, stop_and_check_clean, write_pipeline
 from .groundtruth import score
+from .util import free_port, shm_segments
 
 pytestmark = pytest.mark.e2e
 VALIDATOR = jsonschema.Draft202012Validator(load_schema())

@@ -10,7 +10,7 @@ import numpy as np
 
 from streamd.frames.ring import FrameRing, RingReader, sweep_segments
 
-from .conftest import shm_segments
+from .util import shm_segments
 
 
 def _writer(name: str, n_frames: int, block: bool) -> None:

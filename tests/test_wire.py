@@ -17,7 +17,7 @@ from streamd.runtime.logs import RedactingFormatter
 from streamd.runtime.redact import redact_url
 from streamd.types import FrameRef, SourceState, StatusUpdate
 
-from .conftest import free_port
+from .util import free_port
 
 VALIDATOR = jsonschema.Draft202012Validator(load_schema())
 

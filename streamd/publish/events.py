@@ -65,7 +65,7 @@ def det_fields(
 ) -> dict[str, Any]:
     return {
         "media_ts": round(ref.media_ts, 6),
-        "frame": ref.seq,
+        "frame": ref.frame,
         "width": ref.width,
         "height": ref.height,
         "objects": objs,

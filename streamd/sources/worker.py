@@ -115,6 +115,7 @@ class SourceWorker:
         self._state_since = time.monotonic() - max(0.0, time.time() - spec.resumed_since)
         self._attempt = 1
         self._reconnects = 0
+        self._frames = 0
         self._pacer = Pacer()
         self._media = MediaClock()
 
@@ -239,9 +240,11 @@ class SourceWorker:
             media_ts=self._media.stamp(decoded.pts_s, capture_ts),
             decode_ms=decoded.decode_ms,
             ready_ts=time.time(),
+            frame=self._frames,
             decoded=self.counters.decoded,
             decode_errors=self.counters.decode_errors,
         )
+        self._frames += 1
         if not self.outbox.send(ref):
             log.warning("descriptor channel full; frame %d not announced", seq)
         return True
