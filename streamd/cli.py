@@ -1,4 +1,4 @@
-"""Command line: run, validate, subscribe, synth."""
+"""Command line: run, validate, status, subscribe, synth."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from streamd.config import ConfigError, load_config
 from streamd.runtime.logs import configure_logging
@@ -73,6 +74,68 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
     return 1 if args.count is not None else 0
 
 
+def _status_address(target: str) -> str:
+    """HOST:PORT of the daemon's HTTP endpoint, from a pipeline file or given directly."""
+    if target.endswith((".yaml", ".yml", ".json")) or Path(target).is_file():
+        listen = load_config(target).http.listen
+        if listen is None:
+            raise ConfigError(target, [("http.listen", "the HTTP endpoint is turned off")])
+        return listen
+    return target
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        address = _status_address(args.target)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    try:
+        with urllib.request.urlopen(f"http://{address}/status", timeout=args.timeout) as r:
+            status = json.load(r)
+    except (urllib.error.URLError, OSError) as e:
+        print(f"streamd status: no daemon answering on {address}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(status))
+    return 0 if status.get("healthy") else 1
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A table of streams, one per line, for people."""
+    cols = ("STREAM", "STATE", "FOR", "REASON", "ATTEMPT", "RESTARTS", "FPS", "ANALYSED",
+            "DROPPED", "DEC_ERR")  # fmt: skip
+    rows = [cols]
+    for sid, s in status["streams"].items():
+        in_state = s.get("in_state_s")
+        rows.append(
+            (
+                sid,
+                s["state"] or "-",
+                "-" if in_state is None else f"{in_state:.0f}s",
+                s["reason"] or "-",
+                str(s["attempt"]),
+                str(s["restarts"]),
+                f"{s['fps']:.1f}",
+                str(s["analysed"]),
+                str(sum(s["dropped"].values())),
+                str(s["decode_errors"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    head = (
+        f"backend {status.get('backend') or '-'}  uptime {status['uptime_s']:.0f}s  "
+        f"{'healthy' if status.get('healthy') else 'UNHEALTHY (no heartbeat)'}"
+    )
+    return "\n".join([head, *lines])
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from streamd.synth import SceneSpec, write_scene
 
@@ -109,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=None, help="exit after N events")
     s.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     s.set_defaults(func=_cmd_subscribe)
+
+    st = sub.add_parser("status", help="show every stream's state from a running daemon")
+    st.add_argument(
+        "target",
+        nargs="?",
+        default="127.0.0.1:8090",
+        help="the pipeline file (its http.listen is used) or HOST:PORT",
+    )
+    st.add_argument("--json", action="store_true", help="print the raw /status JSON")
+    st.add_argument("--timeout", type=float, default=5.0)
+    st.set_defaults(func=_cmd_status)
 
     syn = sub.add_parser("synth", help="write a synthetic H.264 scene with ground truth")
     syn.add_argument("out", help="output .mp4 (ground truth goes to .truth.json beside it)")

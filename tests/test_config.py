@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,86 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
 def test_demo_pipeline_is_valid() -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml")
     assert {s.id for s in cfg.streams} == {"lobby", "street"}
+
+
+@pytest.mark.parametrize(
+    ("stream", "key", "reason"),
+    [
+        ("{id: a, url: x.mp4, transport: udp}", "streams.0.transport", "rtsp sources only"),
+        ("{id: a, url: rtsp://cam/s, loop: true}", "streams.0.loop", "file sources only"),
+        ("{id: a, url: rtsp://cam/s, width: 640}", "streams.0.width", "webcam sources only"),
+        ('{id: a, url: "0", width: 640}', "streams.0", "width and height go together"),
+        ("{id: a, url: x.mp4, stall_timeout_s: 0}", "streams.0.stall_timeout_s", "greater than 0"),
+        (
+            "{id: a, url: rtsp://c/s, reconnect: {initial_s: 5, max_s: 1}}",
+            "streams.0.reconnect",
+            "max_s must be >= initial_s",
+        ),
+        (
+            "{id: a, url: rtsp://c/s, reconnect: {max_attempts: -2}}",
+            "streams.0.reconnect.max_attempts",
+            "greater than or equal to -1",
+        ),
+    ],
+)
+def test_source_options_are_checked_per_kind(stream: str, key: str, reason: str) -> None:
+    ((path, why),) = problems(f"streams:\n  - {stream}\n")
+    assert path == key and reason in why
+
+
+def test_source_options_accepted_where_they_apply() -> None:
+    cfg = parse_config(
+        """
+http: {listen: "[::1]:9000"}
+supervisor: {max_restarts: 3, restart_window_s: 30}
+streams:
+  - {id: cam, url: "rtsps://u:p@cam/s", transport: udp, stall_timeout_s: 3,
+     reconnect: {initial_s: 0.5, max_s: 10, max_attempts: -1}}
+  - {id: desk, url: "0", width: 1280, height: 720, fps: 30}
+  - {id: mjpeg, url: "http://cam/video.mjpg", on_corrupt: conceal}
+""",
+        env={},
+    )
+    cam, desk, mjpeg = cfg.streams
+    assert (cam.kind, cam.transport, cam.reconnect.max_s) == ("rtsp", "udp", 10)
+    assert (desk.kind, desk.width, desk.fps) == ("webcam", 1280, 30)
+    assert (mjpeg.kind, mjpeg.on_corrupt, mjpeg.effective_drop_policy) == (
+        "http",
+        "conceal",
+        "latest",
+    )
+    assert cfg.http.listen == "[::1]:9000" and cfg.supervisor.max_restarts == 3
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("http: {listen: localhost}", "http.listen"),
+        ("publish: {endpoint: 'inproc://events'}", "publish.endpoint"),
+        ("supervisor: {max_restarts: -1}", "supervisor.max_restarts"),
+    ],
+)
+def test_global_sections_are_checked(section: str, key: str) -> None:
+    assert [p for p, _ in problems(GOOD + section + "\n")] == [key]
+
+
+def test_daemon_refuses_a_taken_http_port_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "p.yaml"
+        cfg.write_text(
+            f"http: {{listen: '127.0.0.1:{port}'}}\n"
+            f"model: {{weights: {tmp_path / 'never-loaded.pt'}}}\n"
+            "streams: [{id: a, url: x.mp4}]\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "streamd.cli", "run", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 2
+    assert f"http.listen 127.0.0.1:{port}" in out.stderr and "in use" in out.stderr
+    assert "inference" not in out.stderr  # refused before the model was touched

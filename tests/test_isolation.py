@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,18 @@ def test_dead_camera_does_not_block_start_and_a_late_one_is_picked_up(
     assert back is not None and back[0] - t_up <= MAX_BACKOFF_S + 5.0
     status = http_status(cfg)["streams"]
     assert status["dead"]["state"] == "failed" and status["late"]["state"] == "streaming"
+    # The same, for people, without subscribing: `streamd status PIPELINE`.
+    out = subprocess.run(
+        [sys.executable, "-m", "streamd.cli", "status", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:]}
+    assert set(rows) == {"dead", "late", "other"}
+    assert rows["dead"][1:5:2] == ["failed", "max_attempts"]
+    assert rows["late"][1] == "streaming" and rows["other"][1] == "streaming"
     stop_and_check_clean(daemon, signal.SIGTERM, run_env["shm"])
 
 

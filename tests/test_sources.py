@@ -1,13 +1,23 @@
-"""Source-side pure logic: credential escaping for ffmpeg, the media clock, pacing."""
+"""Source-side logic: credential escaping, ffmpeg options per kind, backoff, the media clock."""
 
 from __future__ import annotations
 
 import itertools
+import random
 from urllib.parse import urlsplit
 
+import av
 import pytest
 
-from streamd.sources.reader import MediaClock, escape_credentials
+from streamd.control import connect_endpoint
+from streamd.sources.reader import (
+    MediaClock,
+    OpenOptions,
+    escape_credentials,
+    ffmpeg_input,
+    open_source,
+)
+from streamd.sources.worker import Backoff
 
 
 @pytest.mark.parametrize(
@@ -49,3 +59,43 @@ def test_media_clock_is_strictly_increasing_across_loops() -> None:
     # After the loop the clock keeps the file's frame interval.
     assert stamps[3] - stamps[2] == pytest.approx(1 / 15)
     assert stamps[4] - stamps[3] == pytest.approx(1 / 15)
+
+
+@pytest.mark.parametrize("failures", range(1, 12))
+def test_backoff_is_exponential_capped_and_jittered(failures: int) -> None:
+    backoff = Backoff(0.5, 8.0, random.Random(failures))
+    base = min(8.0, 0.5 * 2 ** (failures - 1))
+    delays = [backoff.delay(failures) for _ in range(50)]
+    assert all(0.5 * base <= d <= base for d in delays)
+    assert max(delays) <= 8.0
+    assert len(set(delays)) > 1  # jittered: many cameras do not retry in lockstep
+
+
+def test_ffmpeg_input_per_source_kind() -> None:
+    target, fmt, opts = ffmpeg_input(OpenOptions("rtsp://u:p@ss@cam/s", transport="udp"))
+    assert (target, fmt, opts) == ("rtsp://u:p%40ss@cam/s", None, {"rtsp_transport": "udp"})
+    target, fmt, opts = ffmpeg_input(OpenOptions("0", width=1280, height=720, fps=30))
+    assert (target, fmt) == ("/dev/video0", "v4l2")
+    assert opts == {"video_size": "1280x720", "framerate": "30"}
+    assert ffmpeg_input(OpenOptions("/dev/video2"))[:2] == ("/dev/video2", "v4l2")
+    assert ffmpeg_input(OpenOptions("http://cam/video.mjpg")) == ("http://cam/video.mjpg", None, {})
+
+
+def test_a_missing_webcam_is_an_open_error_not_a_crash() -> None:
+    # No V4L2 device exists on CI machines: opening one must raise what the worker catches.
+    with pytest.raises((av.FFmpegError, OSError)):
+        open_source(OpenOptions("/dev/video99", open_timeout_s=2.0))
+
+
+@pytest.mark.parametrize(
+    ("bind", "connect"),
+    [
+        ("tcp://0.0.0.0:5556", "tcp://127.0.0.1:5556"),
+        ("tcp://*:5556", "tcp://127.0.0.1:5556"),
+        ("tcp://[::]:5556", "tcp://[::1]:5556"),
+        ("tcp://10.1.2.3:5556", "tcp://10.1.2.3:5556"),
+        ("ipc:///run/streamd/events", "ipc:///run/streamd/events"),
+    ],
+)
+def test_status_board_connects_to_its_own_publisher(bind: str, connect: str) -> None:
+    assert connect_endpoint(bind) == connect
