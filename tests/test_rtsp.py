@@ -164,7 +164,8 @@ def test_rtsp_with_credentials_and_udp_never_leaks_the_password(
     assert log.wait_for(is_det("cam-udp"), 30), "nothing over UDP"
     failed = log.wait_state("wrong", {"failed"}, 30)
     assert failed is not None
-    time.sleep(8.0)
+    enough = log.wait_for(lambda _t, _e: len(log.payloads("det.cam")) >= 24, 30)
+    assert enough, log.payloads("status.cam")
     titles = [" ".join(p.cmdline()) for p in psutil.Process(daemon.pid).children(recursive=True)]
     titles.append(" ".join(psutil.Process(daemon.pid).cmdline()))
     status_json = json.dumps(http_status(cfg))

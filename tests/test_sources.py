@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import random
+import subprocess
+import sys
+import time
 from urllib.parse import urlsplit
 
 import av
@@ -99,3 +102,20 @@ def test_a_missing_webcam_is_an_open_error_not_a_crash() -> None:
 )
 def test_status_board_connects_to_its_own_publisher(bind: str, connect: str) -> None:
     assert connect_endpoint(bind) == connect
+
+
+def test_watchdog_ends_a_process_stuck_past_its_deadline() -> None:
+    code = (
+        "import time\n"
+        "from streamd.runtime.watchdog import Watchdog\n"
+        "dog = Watchdog(exit_code=4, poll_s=0.05)\n"
+        "with dog.armed(0.3, 'read'):\n"
+        "    pass  # finished in time: nothing happens\n"
+        "with dog.armed(0.3, 'read'):\n"
+        "    time.sleep(30)  # stands in for a native call that never returns\n"
+    )
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 4
+    assert time.monotonic() - t0 < 10
+    assert "read hung past its deadline" in out.stderr

@@ -268,7 +268,8 @@ class SourceWorker:
         log_fn = log.warning if state in (SourceState.FAILED, SourceState.STALLED) else log.info
         log_fn("%s -> %s (%s) %s", self._state, state, reason, detail)
         self._state, self._state_since = state, now
-        self.outbox.send(update)
+        if not self.outbox.send(update):
+            log.error("internal channel full: status %s for %s not delivered", state, reason)
 
     def _counters(self) -> dict[str, int]:
         return {
