@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event as MpEvent
@@ -25,7 +24,7 @@ from streamd.frames.ring import RingReader
 from streamd.publish import Publisher
 from streamd.publish.events import Latency, det_fields, objects, status_fields
 from streamd.runtime.channel import Inbox, Message
-from streamd.runtime.process import StopFlag, setup_worker
+from streamd.runtime.process import StopFlag, run_logged, setup_worker
 from streamd.track import StreamTracker
 from streamd.types import FrameRef, SourceState, StatusUpdate
 
@@ -54,6 +53,10 @@ class _StreamStats:
 def inference_main(spec: InferenceSpec, ready: MpEvent) -> None:
     """Process entry point: bind sockets, load the model, signal ready, loop."""
     stop = setup_worker("inference", spec.log_level)
+    run_logged(lambda: _serve(spec, ready, stop))
+
+
+def _serve(spec: InferenceSpec, ready: MpEvent, stop: StopFlag) -> int:
     cfg = spec.config
     try:
         publisher = Publisher(cfg.publish.endpoint, cfg.publish.hwm)
@@ -61,13 +64,14 @@ def inference_main(spec: InferenceSpec, ready: MpEvent) -> None:
         detector = create_detector(cfg.model)
     except (DetectorError, zmq.ZMQError) as e:
         log.error("inference setup failed: %s", e)
-        sys.exit(EXIT_SETUP_FAILED)
+        return EXIT_SETUP_FAILED
     worker = InferenceWorker(cfg, detector, inbox, publisher)
     ready.set()
     try:
         worker.run(stop)
     finally:
         worker.close()
+    return 0
 
 
 class InferenceWorker:

@@ -119,3 +119,18 @@ def test_watchdog_ends_a_process_stuck_past_its_deadline() -> None:
     assert out.returncode == 4
     assert time.monotonic() - t0 < 10
     assert "read hung past its deadline" in out.stderr
+
+
+def test_a_crashing_worker_body_is_logged_redacted_and_exits_1() -> None:
+    code = (
+        "from streamd.runtime.logs import configure_logging\n"
+        "from streamd.runtime.process import run_logged\n"
+        "configure_logging('INFO', 'test')\n"
+        "def body():\n"
+        "    raise ValueError('cannot open rtsp://admin:p@ss/w:rd@cam/s')\n"
+        "run_logged(body)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 1
+    assert "worker crashed" in out.stderr and "ValueError" in out.stderr
+    assert "rtsp://***@cam/s" in out.stderr and "w:rd" not in out.stderr

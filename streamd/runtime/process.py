@@ -6,8 +6,11 @@ import ctypes
 import faulthandler
 import logging
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
 import setproctitle
 
@@ -51,11 +54,37 @@ def _die_with_parent() -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
 
 
+EXIT_CRASHED = 1
+
+
+def run_logged(main: Callable[[], int]) -> NoReturn:
+    """Run a worker's body; an unexpected exception is logged (redacted) and exits 1.
+
+    multiprocessing would print it raw to stderr, and exception text may hold a URL.
+    """
+    try:
+        code = main()
+    except Exception:
+        log.critical("worker crashed", exc_info=True)
+        code = EXIT_CRASHED
+    logging.shutdown()
+    sys.exit(code)
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    log.critical(
+        "thread %s crashed",
+        args.thread.name if args.thread else "?",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
+
+
 def setup_worker(title: str, log_level: str) -> StopFlag:
     """Call first thing in a worker process; returns the flag SIGTERM sets."""
     setproctitle.setproctitle(redact_url(f"streamd: {title}"))
     configure_logging(log_level, title)
     faulthandler.enable()
+    threading.excepthook = _log_thread_exception  # through the redacting formatter
     _die_with_parent()
     # Ctrl-C reaches the whole process group; only the supervisor acts on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 import time
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import av
 from streamd.config import DropPolicy, ReconnectConfig, source_kind
 from streamd.frames.ring import Frame, FrameRing, ring_name
 from streamd.runtime.channel import Outbox
-from streamd.runtime.process import StopFlag, setup_worker
+from streamd.runtime.process import StopFlag, run_logged, setup_worker
 from streamd.runtime.redact import redact_url
 from streamd.runtime.watchdog import Watchdog
 from streamd.sources.reader import (
@@ -93,10 +92,14 @@ class Backoff:
 def source_main(spec: SourceSpec) -> None:
     """Process entry point."""
     stop = setup_worker(f"source {spec.stream}", spec.log_level)
-    worker = SourceWorker(spec, stop)
-    worker.run()
-    # 0 only for a stream that is over (ended/failed); anything else is restarted.
-    sys.exit(0 if worker.finished else EXIT_STOPPED)
+
+    def body() -> int:
+        worker = SourceWorker(spec, stop)
+        worker.run()
+        # 0 only for a stream that is over (ended/failed); anything else is restarted.
+        return 0 if worker.finished else EXIT_STOPPED
+
+    run_logged(body)
 
 
 class SourceWorker:
