@@ -71,3 +71,21 @@ def run_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
     for server in env["servers"]:
         server.close()
     env["log"].close()
+
+
+@pytest.fixture(scope="session")
+def hevc_clip(live_clip: tuple[Path, Path]) -> Path:
+    """The live clip re-encoded as H.265 at 480x270: a camera reconfigured while away."""
+    import shutil
+    import subprocess
+
+    src, _ = live_clip
+    out = src.with_name("live-hevc.mp4")
+    exe = shutil.which("ffmpeg")
+    assert exe, "ffmpeg missing: `make test` installs it (make system-deps)"
+    subprocess.run(
+        [exe, "-v", "error", "-y", "-i", str(src), "-vf", "scale=480:270", "-c:v", "libx265",
+         "-preset", "ultrafast", "-x265-params", "log-level=error", str(out)],
+        check=True,
+    )  # fmt: skip
+    return out

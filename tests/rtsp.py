@@ -16,9 +16,15 @@ SERVER = Path(__file__).with_name("rtsp_server.py")
 
 class RtspServer:
     def __init__(
-        self, clip: Path, user: str | None = None, password: str | None = None, port: int = 0
+        self,
+        clip: Path,
+        user: str | None = None,
+        password: str | None = None,
+        port: int = 0,
+        codec: str = "h264",
     ) -> None:
         self.clip = clip
+        self.codec = codec
         self.user = user
         self.password = password
         self.port = port or free_port()
@@ -31,6 +37,7 @@ class RtspServer:
 
     def start(self) -> RtspServer:
         cmd = [SYSTEM_PYTHON, str(SERVER), "--port", str(self.port), "--file", str(self.clip)]
+        cmd += ["--codec", self.codec]
         env = dict(os.environ)
         if self.user is not None:
             cmd += ["--user", self.user]

@@ -2,7 +2,7 @@
 """A real RTSP server for the tests: Debian's GStreamer RTSP server (gst-rtsp-server).
 
 Run with the *system* python3 (PyGObject comes from Debian's python3-gi, not
-from the venv). Serves an H.264 MP4 without re-encoding (paced in real time
+from the venv). Serves an H.264 or H.265 MP4 without re-encoding (paced in real time
 by the pipeline clock) at rtsp://127.0.0.1:PORT/MOUNT, optionally behind
 basic auth. The password is read from the environment so it never shows in
 a process list. Prints "ready" once it accepts connections.
@@ -26,7 +26,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--mount", default="/cam")
-    p.add_argument("--file", required=True, help="H.264 MP4 to serve (not re-encoded)")
+    p.add_argument("--file", required=True, help="H.264/H.265 MP4 to serve (not re-encoded)")
+    p.add_argument("--codec", choices=["h264", "h265"], default="h264")
     p.add_argument("--user", default=None, help="require basic auth; password in $RTSP_PASSWORD")
     args = p.parse_args()
 
@@ -37,8 +38,8 @@ def main() -> int:
     factory = GstRtspServer.RTSPMediaFactory()
     location = args.file.replace("\\", "\\\\").replace('"', '\\"')
     factory.set_launch(
-        f'( filesrc location="{location}" ! qtdemux ! h264parse '
-        "! rtph264pay name=pay0 pt=96 config-interval=1 )"
+        f'( filesrc location="{location}" ! qtdemux ! {args.codec}parse '
+        f"! rtp{args.codec}pay name=pay0 pt=96 config-interval=1 )"
     )
     factory.set_shared(False)  # every client gets its own playback from the start
     if args.user:

@@ -30,12 +30,13 @@ from .live import (
     reference_stream,
 )
 from .rtsp import RtspServer, encoded
+from .util import shm_segments
 
 pytestmark = pytest.mark.e2e
 
 
 def test_rtsp_outage_reconnects_and_isolates(
-    person_model: Path, live_clip: tuple[Path, Path], run_env: dict[str, Any]
+    person_model: Path, live_clip: tuple[Path, Path], hevc_clip: Path, run_env: dict[str, Any]
 ) -> None:
     clip, _ = live_clip
     server = RtspServer(clip).start()
@@ -60,6 +61,10 @@ def test_rtsp_outage_reconnects_and_isolates(
     assert hit[0] - t_kill <= STALL_S + 1.0, f"reported after {hit[0] - t_kill:.2f}s"
     time.sleep(max(0.0, t_kill + 10.0 - time.time()))  # 10 s outage
 
+    # It comes back reconfigured: H.265 at 480x270 instead of H.264 at 640x360.
+    rings_before = {n for n in shm_segments() if n not in run_env["shm"]}
+    server = RtspServer(hevc_clip, port=server.port, codec="h265")
+    run_env["servers"].append(server)
     t_up = time.time()
     server.start()
     back = log.wait_for(is_det("cam", t_up), MAX_BACKOFF_S + 5.0 + 3.0)
@@ -82,6 +87,11 @@ def test_rtsp_outage_reconnects_and_isolates(
     status = http_status(cfg)["streams"]["cam"]
     assert status["state"] == "streaming" and status["reconnects"] >= 3
     assert status["restarts"] == 0
+    # The new codec and size were taken in stride: a new frame ring, the old one gone.
+    sizes = [(d["width"], d["height"]) for d in log.payloads("det.cam")]
+    assert sizes[0] == (640, 360) and sizes[-1] == (480, 270)
+    rings_after = {n for n in shm_segments() if n not in run_env["shm"]}
+    assert len(rings_after) == len(rings_before) and rings_after != rings_before
     stop_and_check_clean(daemon, signal.SIGTERM, run_env["shm"])
     assert "Traceback" not in daemon_log(run_env)
 
