@@ -22,9 +22,11 @@ class RtspServer:
         password: str | None = None,
         port: int = 0,
         codec: str = "h264",
+        tls_pem: Path | None = None,
     ) -> None:
         self.clip = clip
         self.codec = codec
+        self.tls_pem = tls_pem
         self.user = user
         self.password = password
         self.port = port or free_port()
@@ -33,11 +35,14 @@ class RtspServer:
     def url(self, user: str | None = None, password: str | None = None) -> str:
         """The stream's URL; credentials are written raw, as users write them."""
         auth = f"{user}:{password}@" if user is not None else ""
-        return f"rtsp://{auth}127.0.0.1:{self.port}/cam"
+        scheme = "rtsps" if self.tls_pem else "rtsp"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/cam"
 
     def start(self) -> RtspServer:
         cmd = [SYSTEM_PYTHON, str(SERVER), "--port", str(self.port), "--file", str(self.clip)]
         cmd += ["--codec", self.codec]
+        if self.tls_pem:
+            cmd += ["--tls", str(self.tls_pem)]
         env = dict(os.environ)
         if self.user is not None:
             cmd += ["--user", self.user]
@@ -72,3 +77,17 @@ class RtspServer:
 
 def encoded(password: str) -> str:
     return quote(password, safe="")
+
+
+def self_signed_pem(folder: Path) -> Path:
+    """A throwaway certificate + key for 127.0.0.1, in one PEM file."""
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    pem = folder / "server.pem"
+    pem.write_text(cert.read_text() + key.read_text())
+    return pem

@@ -29,7 +29,7 @@ from .live import (
     is_det,
     reference_stream,
 )
-from .rtsp import RtspServer, encoded
+from .rtsp import RtspServer, encoded, self_signed_pem
 from .util import shm_segments
 
 pytestmark = pytest.mark.e2e
@@ -199,3 +199,23 @@ def test_rtsp_with_credentials_and_udp_never_leaks_the_password(
     for needle in (PASSWORD, encoded(PASSWORD), "w:rd", "p@ss"):
         assert needle not in haystack, f"{needle!r} leaked"
     assert "source cam" in " ".join(titles)  # the titles were really read
+
+
+def test_rtsps_over_tls(
+    person_model: Path, live_clip: tuple[Path, Path], run_env: dict[str, Any]
+) -> None:
+    clip, truth_path = live_clip
+    truth = json.loads(truth_path.read_text())["frames"]
+    server = RtspServer(clip, tls_pem=self_signed_pem(run_env["tmp"])).start()
+    run_env["servers"].append(server)
+    log: EventLog = run_env["log"]
+    assert server.url().startswith("rtsps://")
+    cfg = write_pipeline(
+        run_env["tmp"], person_model, run_env["port"], [{"id": "tls", "url": server.url(), **LIVE}]
+    )
+    run_env["daemon"] = daemon = start(cfg, run_env["tmp"] / "daemon.log")
+    assert log.wait_for(is_det("tls"), 120), daemon_log(run_env)[-3000:]
+    assert log.wait_for(lambda _t, _e: len(log.payloads("det.tls")) >= 20, 30)
+    stop_and_check_clean(daemon, signal.SIGTERM, run_env["shm"])
+    s = score(log.payloads("det.tls"), truth)
+    assert s.recall >= 0.8, s.recall

@@ -76,12 +76,16 @@ def test_backoff_is_exponential_capped_and_jittered(failures: int) -> None:
 
 def test_ffmpeg_input_per_source_kind() -> None:
     target, fmt, opts = ffmpeg_input(OpenOptions("rtsp://u:p@ss@cam/s", transport="udp"))
-    assert (target, fmt, opts) == ("rtsp://u:p%40ss@cam/s", None, {"rtsp_transport": "udp"})
+    assert (target, fmt) == ("rtsp://u:p%40ss@cam/s", None)
+    assert opts == {"rtsp_transport": "udp", "analyzeduration": "1000000"}
+    # A short open timeout leaves room for the probe to finish inside it.
+    short = ffmpeg_input(OpenOptions("rtsps://cam/s", open_timeout_s=1.5))[2]
+    assert short == {"rtsp_transport": "tcp", "analyzeduration": "500000"}
     target, fmt, opts = ffmpeg_input(OpenOptions("0", width=1280, height=720, fps=30))
     assert (target, fmt) == ("/dev/video0", "v4l2")
     assert opts == {"video_size": "1280x720", "framerate": "30"}
     assert ffmpeg_input(OpenOptions("/dev/video2"))[:2] == ("/dev/video2", "v4l2")
-    assert ffmpeg_input(OpenOptions("http://cam/video.mjpg")) == ("http://cam/video.mjpg", None, {})
+    assert ffmpeg_input(OpenOptions("http://cam/video.mjpg"))[:2] == ("http://cam/video.mjpg", None)
 
 
 def test_a_missing_webcam_is_an_open_error_not_a_crash() -> None:

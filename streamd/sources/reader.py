@@ -19,6 +19,7 @@ from streamd.config import source_kind
 
 log = logging.getLogger(__name__)
 
+MAX_PROBE_S = 1.0  # live sources: media probed before the first frame is returned
 MAX_DEMUX_ERRORS_IN_ROW = 100  # past this the input is garbage, not a damaged patch
 
 
@@ -81,6 +82,11 @@ def ffmpeg_input(opts: OpenOptions) -> tuple[str, str | None, dict[str, str]]:
     target = opts.url
     if kind in ("rtsp", "http"):
         target = escape_credentials(opts.url)
+        # Probing a live stream waits for media (5 s of it by default: longer than a short
+        # open timeout at a low frame rate). An open cut off mid-probe can leave the
+        # connection unusable (seen with rtsps: EIO on the next read), so probe briefly.
+        probe_s = min(MAX_PROBE_S, opts.open_timeout_s / 3.0)
+        options["analyzeduration"] = str(int(probe_s * 1_000_000))
     if kind == "rtsp":
         options["rtsp_transport"] = opts.transport
     elif kind == "webcam":
