@@ -50,7 +50,6 @@ HEARTBEAT_WAIT_S = 3.0
 class _Source:
     spec: SourceSpec
     process: SpawnProcess | None = None
-    done: bool = False
     restarts: int = 0
     recent: list[float] = field(default_factory=list)  # monotonic times of recent restarts
     restart_at: float | None = None
@@ -224,7 +223,6 @@ class Daemon:
         stream = source.spec.stream
         self.board.set_worker(stream, None, source.restarts)
         if code == EXIT_OK:  # it reached ended/failed and said so itself
-            source.done = True
             log.info("source %s finished", stream)
             return
         reason = "worker_hung" if code == EXIT_HUNG else "worker_crashed"
@@ -240,7 +238,6 @@ class Daemon:
         window = self.cfg.supervisor.restart_window_s
         source.recent = [t for t in source.recent if now - t < window]
         if len(source.recent) >= self.cfg.supervisor.max_restarts:
-            source.done = True
             self._say(
                 stream,
                 SourceState.FAILED,

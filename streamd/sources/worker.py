@@ -186,7 +186,8 @@ class SourceWorker:
     def _session(self) -> _Outcome:
         opts = self.spec.open
         try:
-            with self.watchdog.armed(opts.open_timeout_s + WATCHDOG_GRACE_S, "open"):
+            # PyAV gives the open and the stream probe the open timeout each.
+            with self.watchdog.armed(2 * opts.open_timeout_s + WATCHDOG_GRACE_S, "open"):
                 container = open_source(opts)
         except (av.FFmpegError, OSError) as e:
             return _Outcome("open_failed", redact_url(str(e)))
