@@ -36,6 +36,7 @@ def assert_rate_steady(
 ) -> None:
     ref = log.rate("det.other", *base)
     assert ref > 2.0, f"reference stream too slow to compare: {ref:.2f}/s"
-    for t0, t1 in windows:
-        r = log.rate("det.other", t0, t1)
+    rates = [log.rate("det.other", t0, t1) for t0, t1 in windows]
+    print(f"reference stream: {ref:.2f}/s baseline, then " + ", ".join(f"{r:.2f}" for r in rates))
+    for r in rates:
         assert abs(r - ref) <= 0.2 * ref, f"reference rate {r:.2f}/s vs {ref:.2f}/s baseline"

@@ -125,6 +125,7 @@ def test_killed_source_worker_is_restarted_then_rate_limited(
         assert said[1]["detail"] == "killed by SIGKILL"
         again = log.wait_state("victim", {"connecting"}, 10, since=t_kill)
         assert again is not None and again[0] - t_kill <= 5.0, "not restarted within 5 s"
+        print(f"kill {attempt}: worker connecting again after {again[0] - t_kill:.2f}s")
         assert again[1]["reason"] == "restart" and again[1]["prev_state"] == "reconnecting"
         assert log.wait_for(is_det("victim", again[0]), 30), "restarted worker sends no frames"
         assert not any(f"_{pid}_" in name for name in shm_segments()), "dead worker's ring leaked"

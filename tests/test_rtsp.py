@@ -70,6 +70,7 @@ def test_rtsp_outage_reconnects_and_isolates(
     back = log.wait_for(is_det("cam", t_up), MAX_BACKOFF_S + 5.0 + 3.0)
     assert back is not None, "no frames after the server came back"
     assert back[0] - t_up <= MAX_BACKOFF_S + 5.0, f"frames back after {back[0] - t_up:.2f}s"
+    print(f"outage reported {hit[0] - t_kill:.2f}s after kill, frames back {back[0] - t_up:.2f}s")
     time.sleep(6.0)
     t_end = time.time()
 
