@@ -23,8 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.context import SpawnProcess
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from streamd.config import PipelineConfig, StreamConfig
 from streamd.control import ControlServer, StatusBoard
+from streamd.control.exposition import MetricsExporter
 from streamd.frames.ring import segment_prefix, sweep_segments
 from streamd.inference import EXIT_SETUP_FAILED, InferenceSpec, inference_main
 from streamd.runtime.channel import Outbox
@@ -81,6 +84,7 @@ def source_spec(
         drop_policy=stream.effective_drop_policy,
         buffer=stream.buffer,
         reconnect=stream.reconnect,
+        max_fps=stream.max_fps,
         run_id=run_id,
         inbox=inbox,
         log_level=log_level,
@@ -97,6 +101,7 @@ class Daemon:
         self.run_id = f"{os.getpid():x}{secrets.token_hex(2)}"
         self.stop = StopFlag()
         self._tmp = ""
+        self._metrics_dir = ""
         self.inbox = ""
         self.inference: SpawnProcess | None = None
         self.sources: dict[str, _Source] = {}
@@ -110,6 +115,10 @@ class Daemon:
         self.stop.install(signal.SIGINT, signal.SIGTERM)
         self._tmp = tempfile.mkdtemp(prefix="streamd-")  # 0700: private ipc sockets
         self.inbox = f"ipc://{self._tmp}/inbox"
+        # Workers inherit this and write their metrics there (prometheus multiprocess mode).
+        self._metrics_dir = os.path.join(self._tmp, "metrics")
+        os.mkdir(self._metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
         try:
             try:
                 self._start_http()
@@ -146,7 +155,8 @@ class Daemon:
         if listen is None:
             return
         try:
-            self._http = ControlServer(listen, self.board)
+            exporter = MetricsExporter(self.board, self._metrics_dir)
+            self._http = ControlServer(listen, self.board, exporter)
         except OSError as e:
             raise StartupError(f"http.listen {listen}: {e.strerror or e}") from None
         self._http.start()
@@ -219,6 +229,9 @@ class Daemon:
         assert source.process is not None
         code, pid = source.process.exitcode, source.process.pid
         source.process = None
+        if pid is not None:
+            # Its live gauges go; its counters stay in the sums.
+            mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
         removed = sweep_segments(self.run_id, f"{source.spec.index}_{pid}_")
         stream = source.spec.stream
         self.board.set_worker(stream, None, source.restarts)

@@ -28,7 +28,7 @@ from streamd.runtime.redact import redact_url
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-DropPolicy = Literal["latest", "block"]
+DropPolicy = Literal["latest", "oldest", "block"]
 SourceKind = Literal["file", "rtsp", "http", "webcam"]
 
 
@@ -158,9 +158,20 @@ class StreamConfig(_Strict):
     realtime: bool = Field(False, description="Files: pace reading at the file's own frame rate.")
     drop_policy: DropPolicy | None = Field(
         None,
-        description="latest (live default) or block (default for files read as fast as possible).",
+        description="latest (live default: a newer frame replaces an unanalysed one), oldest "
+        "(queued frames are kept, new ones dropped while the ring is full) or block (default "
+        "for files read as fast as possible: never drop, slow the reader).",
     )
     buffer: int = Field(4, ge=2, le=256, description="Frame ring slots (bounded memory).")
+    max_fps: float | None = Field(
+        None, gt=0.0, le=1000.0, description="Analyse at most this many frames per second."
+    )
+    max_latency_ms: float | None = Field(
+        None,
+        gt=0.0,
+        le=600_000.0,
+        description="Drop (as stale) a frame older than this when it would enter a batch.",
+    )
     transport: Literal["tcp", "udp"] | None = Field(
         None, description="RTSP only: RTP over the RTSP TCP connection (default) or UDP."
     )
@@ -193,6 +204,21 @@ class StreamConfig(_Strict):
             raise ValueError(f"applies to {wanted} sources only (this url is a {kind} source)")
         return v
 
+    @field_validator("max_latency_ms")
+    @classmethod
+    def _block_never_drops(cls, v: float | None, info: ValidationInfo) -> float | None:
+        url = info.data.get("url")
+        if v is not None and url is not None:
+            policy = _effective_policy(
+                url, info.data.get("realtime", False), info.data.get("drop_policy")
+            )
+            if policy == "block":
+                raise ValueError(
+                    "the block drop policy never drops, so it cannot drop stale frames "
+                    "(use drop_policy: latest or oldest, or remove max_latency_ms)"
+                )
+        return v
+
     @model_validator(mode="after")
     def _size_pairs(self) -> StreamConfig:
         if (self.width is None) != (self.height is None):
@@ -209,9 +235,7 @@ class StreamConfig(_Strict):
 
     @property
     def effective_drop_policy(self) -> DropPolicy:
-        if self.drop_policy is not None:
-            return self.drop_policy
-        return "block" if self.is_file and not self.realtime else "latest"
+        return _effective_policy(self.url, self.realtime, self.drop_policy)
 
 
 class PipelineConfig(_Strict):
@@ -232,6 +256,12 @@ class PipelineConfig(_Strict):
                 raise ValueError(f"duplicate stream id {s.id!r}")
             seen.add(s.id)
         return streams
+
+
+def _effective_policy(url: str, realtime: bool, policy: DropPolicy | None) -> DropPolicy:
+    if policy is not None:
+        return policy
+    return "block" if source_kind(url) == "file" and not realtime else "latest"
 
 
 def source_kind(url: str) -> SourceKind:

@@ -17,6 +17,7 @@ import numpy.typing as npt
 import supervision as sv
 import zmq
 
+from streamd import metrics
 from streamd.batching import Batcher
 from streamd.config import PipelineConfig
 from streamd.detect import Detector, DetectorError, create_detector
@@ -84,7 +85,13 @@ class InferenceWorker:
         self.publisher = publisher
         self.policies = {s.id: s.effective_drop_policy for s in cfg.streams}
         self.batcher = Batcher(
-            cfg.batching.max_batch, cfg.batching.max_wait_ms / 1000.0, self.policies
+            cfg.batching.max_batch,
+            cfg.batching.max_wait_ms / 1000.0,
+            self.policies,
+            {
+                s.id: None if s.max_latency_ms is None else s.max_latency_ms / 1000.0
+                for s in cfg.streams
+            },
         )
         self.trackers = {s.id: StreamTracker(cfg.tracker) for s in cfg.streams}
         self.stats = {s.id: _StreamStats() for s in cfg.streams}
@@ -103,7 +110,9 @@ class InferenceWorker:
             if self.inbox.poll(min(timeouts)):
                 self._ingest(self.inbox.drain())
             if self.batcher.wait_time(time.time()) == 0.0:
-                self.process(self.batcher.take())
+                batch = self.batcher.take(time.time())
+                self._discard(self.batcher.pop_discarded())
+                self.process(batch)
             if time.time() >= next_beat:
                 self._heartbeat()
                 # From now, not from the missed slot: a slow batch must not cause a burst.
@@ -116,7 +125,10 @@ class InferenceWorker:
             elif isinstance(msg, FrameRef):
                 stats = self.stats[msg.stream]
                 stats.decoded, stats.decode_errors = msg.decoded, msg.decode_errors
-                self.batcher.offer(msg)
+                displaced = self.batcher.offer(msg)
+                if displaced:
+                    metrics.FRAMES_DROPPED.labels(msg.stream, "queue_full").inc(len(displaced))
+                metrics.QUEUE_DEPTH.labels(msg.stream).set(self.batcher.depth(msg.stream))
             else:
                 self._publish_status(msg)
 
@@ -140,9 +152,19 @@ class InferenceWorker:
                 return None  # the writer restarted or resized since
             self.readers[ref.stream] = reader
         frame = reader.read(ref.slot, ref.seq)
-        if self.policies[ref.stream] == "block":
-            reader.release(ref.seq)
+        self._release(ref)
         return frame
+
+    def _release(self, ref: FrameRef) -> None:
+        # oldest/block writers wait for (or drop on) a full ring: hand the slot back.
+        reader = self.readers.get(ref.stream)
+        if reader is not None and reader.name == ref.ring and self.policies[ref.stream] != "latest":
+            reader.release(ref.seq)
+
+    def _discard(self, stale: list[FrameRef]) -> None:
+        for ref in stale:
+            self._release(ref)
+            metrics.FRAMES_DROPPED.labels(ref.stream, "stale").inc()
 
     def process(self, refs: list[FrameRef]) -> None:
         """Analyse one batch and publish a ``det`` event per frame."""
@@ -152,6 +174,7 @@ class InferenceWorker:
             frame = self._read(ref)
             if frame is None:
                 self.batcher.count_drop(ref.stream)
+                metrics.FRAMES_DROPPED.labels(ref.stream, "queue_full").inc()
             else:
                 frames.append(frame)
                 kept.append(ref)
@@ -160,6 +183,7 @@ class InferenceWorker:
         t0 = time.perf_counter()
         results = self.detector.detect(frames)
         infer_ms = (time.perf_counter() - t0) * 1000.0
+        metrics.BATCH_SIZE.observe(len(kept))
         for ref, detections in zip(kept, results, strict=True):
             self._publish_det(ref, detections, taken, infer_ms, len(kept))
 
@@ -183,6 +207,10 @@ class InferenceWorker:
             ref, objs, latency, self.batcher.drops(ref.stream).as_dict(), stats.analysed, batch
         )
         self.publisher.publish("det", ref.stream, ref.capture_ts, fields)
+        metrics.FRAMES_ANALYSED.labels(ref.stream).inc()
+        for stage, ms in latency.as_dict().items():
+            metrics.LATENCY.labels(ref.stream, stage).observe(ms / 1000.0)
+        metrics.QUEUE_DEPTH.labels(ref.stream).set(self.batcher.depth(ref.stream))
 
     def _heartbeat(self) -> None:
         now = time.time()

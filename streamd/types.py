@@ -33,6 +33,7 @@ class FrameRef:
     frame: int = 0  # frame index in the stream since the worker started (across rings)
     decoded: int = 0  # the source's running totals, so the bus sees them without a transition
     decode_errors: int = 0
+    source_dropped: dict[str, int] = field(default_factory=dict)  # dropped before the ring
 
 
 @dataclass(frozen=True, slots=True)

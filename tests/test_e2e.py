@@ -90,7 +90,7 @@ def test_daemon_end_to_end(
     assert [d["seq"] for d in walk] == list(range(len(walk)))
     # block policy on a file: every frame analysed once, in order, none dropped.
     assert [d["frame"] for d in walk] == list(range(len(truth)))
-    assert walk[-1]["dropped"] == {"queue_full": 0}
+    assert walk[-1]["dropped"] == {"queue_full": 0, "stale": 0, "sampled": 0}
 
     # Detection and tracking quality against ground truth.
     s = score(walk, truth)

@@ -20,7 +20,7 @@ from streamd.sources.reader import (
     ffmpeg_input,
     open_source,
 )
-from streamd.sources.worker import Backoff
+from streamd.sources.worker import Backoff, Sampler
 
 
 @pytest.mark.parametrize(
@@ -138,3 +138,23 @@ def test_a_crashing_worker_body_is_logged_redacted_and_exits_1() -> None:
     assert out.returncode == 1
     assert "worker crashed" in out.stderr and "ValueError" in out.stderr
     assert "rtsp://***@cam/s" in out.stderr and "w:rd" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("source_fps", "max_fps"), [(30, 10), (25, 10), (15, 4), (12, 10), (5, 10)]
+)
+def test_sampler_keeps_at_most_max_fps(source_fps: float, max_fps: float) -> None:
+    sampler = Sampler(max_fps)
+    rng = random.Random(0)
+    times = [i / source_fps + rng.uniform(-0.002, 0.002) for i in range(int(20 * source_fps))]
+    kept = [t for t in times if sampler.keep(t)]
+    rate = len(kept) / 20.0
+    assert rate <= max_fps * 1.02
+    assert rate >= min(source_fps, max_fps) * 0.8  # and not far below it either
+
+
+def test_sampler_restarts_its_grid_after_a_pause() -> None:
+    sampler = Sampler(2.0)
+    assert [sampler.keep(t) for t in (0.0, 0.25, 0.5)] == [True, False, True]
+    # 100 s of silence, then frames again: one kept, no burst to catch up.
+    assert [sampler.keep(t) for t in (100.0, 100.1, 100.2, 100.5)] == [True, False, False, True]

@@ -20,6 +20,7 @@ from streamd.types import FrameRef, SourceState, StatusUpdate
 from .util import free_port
 
 VALIDATOR = jsonschema.Draft202012Validator(load_schema())
+DROPS = {"queue_full": 2, "stale": 1, "sampled": 0}
 
 
 def _connected(endpoint: str, pub: Publisher, topics: list[str], rcvhwm: int = 1000) -> Subscriber:
@@ -65,7 +66,7 @@ def test_det_and_status_payloads_validate_and_carry_source_pixels() -> None:
     }
     assert objs[1]["track_id"] is None  # unconfirmed track
     ref = FrameRef("cam", "r", 4, 360, 640, 1, 41, 100.0, 2.7, 3.0, 100.01)
-    fields = det_fields(ref, objs, Latency(3.0, 5.0, 80.0, 0.4, -0.1), {"queue_full": 2}, 12, 4)
+    fields = det_fields(ref, objs, Latency(3.0, 5.0, 80.0, 0.4, -0.1), DROPS, 12, 4)
     payload = {"v": 1, "type": "det", "stream": "cam", "seq": 0, "epoch": 1, "ts": 100.0, **fields}
     VALIDATOR.validate(payload)
     assert payload["latency_ms"]["total"] == 0.0  # clamped, never negative

@@ -13,20 +13,38 @@ from dataclasses import dataclass, field
 from streamd.config import DropPolicy
 from streamd.types import FrameRef
 
+CAUSES = ("queue_full", "stale", "sampled")
+
 
 @dataclass(slots=True)
 class DropCounters:
-    """Frames dropped before analysis, by cause (names as in docs/events.md)."""
+    """Frames dropped before analysis, by cause (names as in docs/events.md).
+
+    ``queue_full`` and ``stale`` are counted here; ``sampled`` and the source's
+    own ``queue_full`` (``oldest`` policy, ring full) arrive as totals on each
+    descriptor and are added in.
+    """
 
     queue_full: int = 0
+    stale: int = 0
+    source: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
-        return {"queue_full": self.queue_full}
+        return {
+            "queue_full": self.queue_full + self.source.get("queue_full", 0),
+            "stale": self.stale,
+            "sampled": self.source.get("sampled", 0),
+        }
+
+    @property
+    def total(self) -> int:
+        return sum(self.as_dict().values())
 
 
 @dataclass(slots=True)
 class _Lane:
     policy: DropPolicy
+    max_latency_s: float | None = None
     pending: deque[FrameRef] = field(default_factory=deque)
     drops: DropCounters = field(default_factory=DropCounters)
 
@@ -35,22 +53,32 @@ class Batcher:
     """Holds pending frames per stream; emits a batch when full or when the oldest waited enough.
 
     ``latest``: a new frame replaces an unconsumed one (counted ``queue_full``).
-    ``block``: frames queue in order (the writer is throttled by the ring).
+    ``oldest`` and ``block``: frames queue in order (the ring bounds the queue:
+    the source drops new frames, or waits, when it is full).
+    ``max_latency_s``: a frame older than that (capture to batch) when a batch
+    is taken is dropped as ``stale`` instead.
     Batches take streams round-robin, so one busy stream cannot starve others.
     """
 
     def __init__(
-        self, max_batch: int, max_wait_s: float, policies: Mapping[str, DropPolicy]
+        self,
+        max_batch: int,
+        max_wait_s: float,
+        policies: Mapping[str, DropPolicy],
+        max_latency_s: Mapping[str, float | None] | None = None,
     ) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._lanes = {stream: _Lane(policy) for stream, policy in policies.items()}
+        limits = max_latency_s or {}
+        self._lanes = {s: _Lane(p, limits.get(s)) for s, p in policies.items()}
         self._order = list(policies)
         self._next = 0  # round-robin start
+        self._discarded: list[FrameRef] = []
 
     def offer(self, ref: FrameRef) -> list[FrameRef]:
         """Add a frame; return the frames it displaced (already counted as drops)."""
         lane = self._lanes[ref.stream]
+        lane.drops.source = ref.source_dropped
         displaced: list[FrameRef] = []
         if lane.policy == "latest":
             displaced = list(lane.pending)
@@ -70,6 +98,21 @@ class Batcher:
     def pending(self) -> int:
         return sum(len(lane.pending) for lane in self._lanes.values())
 
+    def depth(self, stream: str) -> int:
+        return len(self._lanes[stream].pending)
+
+    def pop_discarded(self) -> list[FrameRef]:
+        """Frames dropped as stale since the last call (their ring slots may need releasing)."""
+        out, self._discarded = self._discarded, []
+        return out
+
+    def _drop_stale(self, now: float) -> None:
+        for lane in self._lanes.values():
+            limit = lane.max_latency_s
+            while limit is not None and lane.pending and now - lane.pending[0].capture_ts > limit:
+                self._discarded.append(lane.pending.popleft())
+                lane.drops.stale += 1
+
     def _oldest_ready(self) -> float | None:
         heads = [lane.pending[0].ready_ts for lane in self._lanes.values() if lane.pending]
         return min(heads) if heads else None
@@ -83,8 +126,13 @@ class Batcher:
             return 0.0
         return max(0.0, oldest + self.max_wait_s - now)
 
-    def take(self) -> list[FrameRef]:
-        """Remove and return up to ``max_batch`` frames, round-robin across streams."""
+    def take(self, now: float | None = None) -> list[FrameRef]:
+        """Remove and return up to ``max_batch`` frames, round-robin across streams.
+
+        With ``now``, frames past their stream's ``max_latency_s`` are dropped first.
+        """
+        if now is not None:
+            self._drop_stale(now)
         batch: list[FrameRef] = []
         n = len(self._order)
         while len(batch) < self.max_batch:

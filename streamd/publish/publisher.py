@@ -9,6 +9,7 @@ from typing import Any
 
 import zmq
 
+from streamd import metrics
 from streamd.publish.wire import SCHEMA_VERSION, encode, topic_for
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Publisher:
     ) -> int:
         """Send one event; return its seq."""
         key = (kind, stream)
+        metrics.PUBLISHED.labels(kind).inc()
         seq = self._seq[key]
         self._seq[key] = seq + 1
         payload = {

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import av
 
+from streamd import metrics
 from streamd.config import DropPolicy, ReconnectConfig, source_kind
 from streamd.frames.ring import Frame, FrameRing, ring_name
 from streamd.runtime.channel import Outbox
@@ -54,6 +55,7 @@ class SourceSpec:
     run_id: str
     inbox: str
     log_level: str = "INFO"
+    max_fps: float | None = None
     restarts: int = 0  # how many times the supervisor restarted this stream's worker
     resumed_from: SourceState | None = None  # the state published for the dead worker
     resumed_since: float = 0.0  # wall time that state began
@@ -70,6 +72,27 @@ class _Outcome:
     reason: str
     detail: str = ""
     streamed: bool = False  # at least one frame came through
+
+
+class Sampler:
+    """Keeps at most ``max_fps`` frames per second of media time (``max_fps``).
+
+    Frames are kept on a grid of 1/max_fps; a small tolerance keeps a 30 fps
+    source at exactly 10 with max_fps 10 despite timestamp jitter, and a
+    source that paused restarts the grid instead of bursting to catch up.
+    """
+
+    def __init__(self, max_fps: float) -> None:
+        self.interval = 1.0 / max_fps
+        self._next: float | None = None
+
+    def keep(self, t: float) -> bool:
+        if self._next is not None and t < self._next - 0.25 * self.interval:
+            return False
+        due = t if self._next is None else self._next
+        base = due if due >= t - self.interval else t  # far behind (a pause): restart the grid
+        self._next = base + self.interval
+        return True
 
 
 class Backoff:
@@ -119,6 +142,9 @@ class SourceWorker:
         self._attempt = 1
         self._reconnects = 0
         self._frames = 0
+        self._dropped: dict[str, int] = {}  # decoded here but never announced, by cause
+        self._metered = DecodeCounters()
+        self._sampler = None if spec.max_fps is None else Sampler(spec.max_fps)
         self._pacer = Pacer()
         self._media = MediaClock()
 
@@ -177,6 +203,7 @@ class SourceWorker:
         delay = self.backoff.delay(failures)
         self._attempt = failures + 1
         self._reconnects += 1
+        metrics.RECONNECTS.labels(self.spec.stream).inc()
         self._transition(SourceState.RECONNECTING, outcome.reason, outcome.detail, delay)
         if self.stop.wait(delay):
             return False
@@ -197,6 +224,7 @@ class SourceWorker:
             while not self.stop.is_set():
                 with self.watchdog.armed(opts.stall_timeout_s + WATCHDOG_GRACE_S, "read"):
                     decoded = next(frames, None)
+                self._sync_counters()
                 if decoded is None:
                     return _Outcome("end_of_stream", "", streamed)
                 if self._state is not SourceState.STREAMING:
@@ -227,10 +255,21 @@ class SourceWorker:
         return self.ring
 
     def _publish(self, decoded: DecodedFrame) -> bool:
+        """Put one decoded frame in the ring and announce it; False if told to stop."""
+        index = self._frames
+        self._frames += 1
+        capture_ts = time.time() - decoded.decode_ms / 1000.0
+        media_ts = self._media.stamp(decoded.pts_s, capture_ts)
+        if self._sampler is not None and not self._sampler.keep(media_ts):
+            self._drop("sampled")
+            return True
         ring = self._ring_for(decoded.image)
-        if self.spec.drop_policy == "block" and not ring.wait_free(1, self.stop.is_set):
+        policy = self.spec.drop_policy
+        if policy == "block" and not ring.wait_free(1, self.stop.is_set):
             return False
-        capture_ts = time.time()
+        if policy == "oldest" and ring.free_slots() < 1:
+            self._drop("queue_full")  # the queued frames are kept; this newer one goes
+            return True
         slot, seq = ring.write(decoded.image)
         ref = FrameRef(
             stream=self.spec.stream,
@@ -240,18 +279,32 @@ class SourceWorker:
             width=ring.shape[1],
             slot=slot,
             seq=seq,
-            capture_ts=capture_ts - decoded.decode_ms / 1000.0,
-            media_ts=self._media.stamp(decoded.pts_s, capture_ts),
+            capture_ts=capture_ts,
+            media_ts=media_ts,
             decode_ms=decoded.decode_ms,
             ready_ts=time.time(),
-            frame=self._frames,
+            frame=index,
             decoded=self.counters.decoded,
             decode_errors=self.counters.decode_errors,
+            source_dropped=dict(self._dropped),
         )
-        self._frames += 1
         if not self.outbox.send(ref):
             log.warning("descriptor channel full; frame %d not announced", seq)
+            self._drop("queue_full")
         return True
+
+    def _drop(self, cause: str) -> None:
+        self._dropped[cause] = self._dropped.get(cause, 0) + 1
+        metrics.FRAMES_DROPPED.labels(self.spec.stream, cause).inc()
+
+    def _sync_counters(self) -> None:
+        """Mirror the decoder's counters into the metrics (by difference)."""
+        c, seen = self.counters, self._metered
+        if c.decoded > seen.decoded:
+            metrics.FRAMES_DECODED.labels(self.spec.stream).inc(c.decoded - seen.decoded)
+        if c.decode_errors > seen.decode_errors:
+            metrics.DECODE_ERRORS.labels(self.spec.stream).inc(c.decode_errors - seen.decode_errors)
+        self._metered = DecodeCounters(c.decoded, c.decode_errors)
 
     def _transition(
         self, state: SourceState, reason: str, detail: str = "", retry_in_s: float | None = None
