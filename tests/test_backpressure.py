@@ -1,0 +1,143 @@
+"""Backpressure knobs and metrics on the real daemon: max_fps, oldest, max_latency_ms, /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .daemon import EventLog, http_status, start, stop_and_check_clean, write_pipeline
+from .live import daemon_log, is_det, reference_stream
+
+pytestmark = pytest.mark.e2e
+
+
+def scrape(cfg: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on /metrics, keyed by (name, sorted labels)."""
+    listen = json.loads(cfg.read_text())["http"]["listen"]
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(
+    m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def accounted(beat: dict[str, Any]) -> int:
+    return int(beat["analysed"]) + sum(beat["dropped"].values())
+
+
+def test_max_fps_samples_and_metrics_count_everything(
+    person_model: Path,
+    scene: tuple[Path, Path],
+    live_clip: tuple[Path, Path],
+    run_env: dict[str, Any],
+) -> None:
+    video, _ = scene  # 15 fps
+    clip, _ = live_clip
+    log: EventLog = run_env["log"]
+    cfg = write_pipeline(
+        run_env["tmp"],
+        person_model,
+        run_env["port"],
+        [
+            {"id": "fast", "url": str(video), "loop": True, "realtime": True, "max_fps": 3},
+            reference_stream(clip),
+        ],
+    )
+    run_env["daemon"] = daemon = start(cfg, run_env["tmp"] / "daemon.log")
+    assert log.wait_for(is_det("fast"), 120), daemon_log(run_env)[-3000:]
+    t0 = time.time()
+    time.sleep(10.0)
+    t1 = time.time()
+    rate = log.rate("det.fast", t0, t1)
+    print(f"max_fps 3 on a 15 fps source: {rate:.2f} analysed/s")
+    assert 2.4 <= rate <= 3.3
+
+    last = log.payloads("det.fast")[-1]
+    assert last["dropped"]["sampled"] >= 4 * last["analysed"] - 10  # ~12 of every 15 sampled out
+    m = scrape(cfg)
+    beat = log.payloads("heartbeat")[-1]["streams"]["fast"]
+    decoded = sample(m, "streamd_frames_decoded_total", stream="fast")
+    analysed = sample(m, "streamd_frames_analysed_total", stream="fast")
+    dropped = {
+        c: sample(m, "streamd_frames_dropped_total", stream="fast", cause=c)
+        for c in ("sampled", "queue_full", "stale")
+    }
+    print(f"metrics: decoded={decoded} analysed={analysed} dropped={dropped}; heartbeat={beat}")
+    # Every decoded frame is analysed or dropped with a cause (a few may be in flight).
+    assert 0 <= decoded - analysed - sum(dropped.values()) <= 6
+    assert abs(accounted(beat) - beat["decoded"]) <= 6
+    assert analysed >= beat["analysed"] and dropped["sampled"] >= beat["dropped"]["sampled"]
+    assert sample(m, "streamd_source_state", stream="fast", state="streaming") == 1.0
+    assert sample(m, "streamd_source_state", stream="fast", state="stalled") == 0.0
+    assert sample(m, "streamd_latency_seconds_count", stream="fast", stage="total") == analysed
+    assert sample(m, "streamd_batch_size_count") > 0
+    assert sample(m, "streamd_published_messages_total", type="det") >= len(
+        log.payloads("det.fast")
+    )
+    assert sample(m, "streamd_detector_up") == 1.0
+
+    # Counters survive a worker restart (the dead worker's share stays in the sum).
+    pid = http_status(cfg)["streams"]["fast"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    again = log.wait_state("fast", {"streaming"}, 20, since=time.time())
+    assert again is not None
+    time.sleep(2.0)
+    m2 = scrape(cfg)
+    assert sample(m2, "streamd_frames_decoded_total", stream="fast") > decoded
+    assert sample(m2, "streamd_source_restarts_total", stream="fast") == 1.0
+    stop_and_check_clean(daemon, signal.SIGTERM, run_env["shm"])
+
+
+def test_overload_with_oldest_and_max_latency_keeps_latency_bounded(
+    person_model: Path, scene: tuple[Path, Path], run_env: dict[str, Any]
+) -> None:
+    video, _ = scene  # 15 fps, 640x360: two of them are more than this CPU's detector takes
+    log: EventLog = run_env["log"]
+    limit_ms = 800.0
+    live = {"loop": True, "realtime": True, "drop_policy": "oldest", "max_latency_ms": limit_ms}
+    cfg = write_pipeline(
+        run_env["tmp"],
+        person_model,
+        run_env["port"],
+        [{"id": "a", "url": str(video), **live}, {"id": "b", "url": str(video), **live}],
+    )
+    run_env["daemon"] = daemon = start(cfg, run_env["tmp"] / "daemon.log")
+    assert log.wait_for(is_det("a"), 120), daemon_log(run_env)[-3000:]
+    t0 = time.time() + 3.0  # past warm-up
+    time.sleep(18.0)
+    beats = log.payloads("heartbeat")
+    stop_and_check_clean(daemon, signal.SIGTERM, run_env["shm"])
+
+    for sid in ("a", "b"):
+        dets = [d for d in log.payloads(f"det.{sid}") if d["ts"] >= t0]
+        totals = sorted(d["latency_ms"]["total"] for d in dets)
+        infer = max(d["latency_ms"]["infer"] for d in dets)
+        p99 = totals[int(0.99 * (len(totals) - 1))]
+        last = dets[-1]["dropped"]
+        print(f"{sid}: {len(dets)} analysed, p99 {p99:.0f} ms (infer max {infer:.0f}), {last}")
+        # The contract: no frame older than max_latency enters a batch, so p99 stays
+        # under the limit plus one batch time.
+        assert p99 <= limit_ms + infer
+        assert last["queue_full"] + last["stale"] > 0  # it really was overloaded
+        frames = [d["frame"] for d in dets]
+        assert frames == sorted(frames)  # oldest: whatever is analysed is in order
+        beat = beats[-1]["streams"][sid]
+        assert abs(accounted(beat) - beat["decoded"]) <= 8  # 4 ring slots + a batch in flight
+    rates = [log.rate(f"det.{s}", t0, t0 + 15.0) for s in ("a", "b")]
+    assert min(rates) >= 0.8 * max(rates), f"unfair: {rates}"
