@@ -1,4 +1,4 @@
-"""Command line: run, validate, status, subscribe, synth."""
+"""Command line: run, validate, status, subscribe, bench, synth."""
 
 from __future__ import annotations
 
@@ -152,6 +152,35 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from streamd.bench import BenchSpec, format_table, run
+
+    configure_logging("WARNING", "bench")
+    spec = BenchSpec(
+        streams=args.streams,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        weights=args.weights,
+        imgsz=args.imgsz,
+        backend=args.backend,
+        device=args.device,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        model_seconds=args.model_seconds,
+        port=args.port,
+        http_port=args.http_port,
+    )
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    report = run(spec, args.model_only, sizes)
+    print(format_table(report))
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -183,6 +212,27 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the raw /status JSON")
     st.add_argument("--timeout", type=float, default=5.0)
     st.set_defaults(func=_cmd_status)
+
+    b = sub.add_parser("bench", help="measure pipeline and detector throughput and latency")
+    b.add_argument("--model-only", action="store_true", help="detector throughput by batch size")
+    b.add_argument("--batch-sizes", default="1,2,4,8", help="--model-only: comma-separated")
+    b.add_argument("--streams", type=int, default=2)
+    b.add_argument("--width", type=int, default=640)
+    b.add_argument("--height", type=int, default=360)
+    b.add_argument("--fps", type=int, default=15, help="each stream's live frame rate")
+    b.add_argument("--duration", type=float, default=30.0, help="measured seconds")
+    b.add_argument("--warmup", type=float, default=5.0, help="seconds ignored after first event")
+    b.add_argument("--weights", default="models/person-yolov8s.pt")
+    b.add_argument("--imgsz", type=int, default=320)
+    b.add_argument("--backend", default="auto")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--max-batch", type=int, default=8)
+    b.add_argument("--max-wait-ms", type=float, default=10.0)
+    b.add_argument("--model-seconds", type=float, default=8.0, help="detector-alone run per size")
+    b.add_argument("--port", type=int, default=5599, help="ZeroMQ port of the benchmark daemon")
+    b.add_argument("--http-port", type=int, default=8099)
+    b.add_argument("--out", default="bench.json", help="JSON results file")
+    b.set_defaults(func=_cmd_bench)
 
     syn = sub.add_parser("synth", help="write a synthetic H.264 scene with ground truth")
     syn.add_argument("out", help="output .mp4 (ground truth goes to .truth.json beside it)")

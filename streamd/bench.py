@@ -1,0 +1,351 @@
+"""``streamd bench``: measure the whole pipeline, and the detector alone, on this machine.
+
+The pipeline run is the real daemon (a subprocess: supervisor, inference
+worker, one source worker per stream) fed N synthetic live streams and
+overloaded on purpose, so the detector never waits for frames. Its analysed
+rate is compared with the detector's own throughput at the batch size the
+pipeline actually used: the difference is pipeline overhead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import numpy.typing as npt
+import psutil
+
+from streamd.client import Subscriber
+from streamd.config import ModelConfig
+
+STAGES = ("decode", "queue", "infer", "track", "total")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSpec:
+    streams: int = 2
+    width: int = 640
+    height: int = 360
+    fps: int = 15
+    duration_s: float = 30.0
+    warmup_s: float = 5.0
+    weights: str = "yolo11n.pt"
+    imgsz: int = 320
+    backend: str = "auto"
+    device: str = "auto"
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    model_seconds: float = 8.0  # per batch size, detector alone
+    port: int = 5599
+    http_port: int = 8099
+
+
+def _frames(spec: BenchSpec, workdir: Path, count: int) -> list[npt.NDArray[np.uint8]]:
+    """Real scene frames (people in them), so NMS and tracking do real work."""
+    clip = _clip(spec, workdir)
+    with av.open(str(clip)) as c:
+        out = [f.to_ndarray(format="bgr24") for f in itertools.islice(c.decode(video=0), count)]
+    return [np.ascontiguousarray(f, dtype=np.uint8) for f in out]
+
+
+def _clip(spec: BenchSpec, workdir: Path) -> Path:
+    from streamd.synth import SceneSpec, write_scene
+
+    clip = workdir / f"bench-{spec.width}x{spec.height}-{spec.fps}.mp4"
+    if not clip.exists():
+        write_scene(clip, SceneSpec(width=spec.width, height=spec.height, fps=spec.fps,
+                                    seconds=6.0, people=3, seed=7))  # fmt: skip
+    return clip
+
+
+def model_only(spec: BenchSpec, batch_sizes: list[int]) -> dict[str, Any]:
+    """Detector throughput (frames/s) per batch size, on the backend the daemon would pick."""
+    from streamd.detect import create_detector
+
+    detector = create_detector(_model_cfg(spec))
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = _frames(spec, Path(tmp), max(batch_sizes))
+    results: dict[str, Any] = {}
+    for b in batch_sizes:
+        batch = [frames[i % len(frames)] for i in range(b)]
+        detector.detect(batch)  # warm this shape
+        calls, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < spec.model_seconds or calls < 3:
+            detector.detect(batch)
+            calls += 1
+        elapsed = time.perf_counter() - t0
+        results[str(b)] = {
+            "fps": round(calls * b / elapsed, 2),
+            "batch_ms": round(1000 * elapsed / calls, 2),
+        }
+    return {"backend": detector.backend, "imgsz": spec.imgsz, "by_batch": results}
+
+
+def _model_cfg(spec: BenchSpec) -> ModelConfig:
+    return ModelConfig.model_validate(
+        {
+            "weights": spec.weights,
+            "imgsz": spec.imgsz,
+            "backend": spec.backend,
+            "device": spec.device,
+            "conf": 0.25,
+        }
+    )
+
+
+class _ProcessSampler:
+    """CPU % and RSS of the daemon's processes, once a second, on a thread."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root = psutil.Process(root_pid)
+        # process name → [(monotonic time, cpu %, rss MiB)]
+        self.samples: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        procs: dict[int, psutil.Process] = {}
+        while not self._stop.wait(1.0):
+            try:
+                current = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            for p in current:
+                proc = procs.get(p.pid)
+                if proc is None:
+                    procs[p.pid] = p
+                    p.cpu_percent(None)  # prime: the next call measures since now
+                    continue
+                try:
+                    sample = (
+                        time.monotonic(),
+                        proc.cpu_percent(None),
+                        proc.memory_info().rss / 2**20,
+                    )
+                    self.samples[_process_name(proc, self.root.pid)].append(sample)
+                except psutil.NoSuchProcess:
+                    pass
+
+    def stop(self, since: float) -> dict[str, Any]:
+        """Per process: mean CPU and RSS at the start and end of the measured window."""
+        self._stop.set()
+        self._thread.join(3)
+        out: dict[str, Any] = {}
+        for name, samples in self.samples.items():
+            window = [s for s in samples if s[0] >= since]
+            if window:
+                out[name] = {
+                    "cpu_percent_mean": round(statistics.fmean(s[1] for s in window), 1),
+                    "rss_mib_start": round(window[0][2], 1),
+                    "rss_mib_end": round(window[-1][2], 1),
+                }
+        return out
+
+
+def _process_name(p: psutil.Process, root: int) -> str:
+    if p.pid == root:
+        return "supervisor"
+    title = " ".join(p.cmdline()).strip()  # setproctitle pads the title
+    return title.removeprefix("streamd: ") if title.startswith("streamd: ") else p.name()
+
+
+def _gpu_utilisation(stop: threading.Event, out: list[float]) -> None:
+    exe = shutil.which("nvidia-smi")
+    while exe and not stop.wait(1.0):
+        r = subprocess.run([exe, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+        if r.returncode == 0 and r.stdout.strip():
+            out.append(float(r.stdout.split()[0]))
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": math.nan, "p95": math.nan, "p99": math.nan}
+    v = sorted(values)
+    return {
+        f"p{q}": round(v[min(len(v) - 1, int(q / 100 * (len(v) - 1)))], 1) for q in (50, 95, 99)
+    }
+
+
+def pipeline(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
+    """Run the real daemon on N paced synthetic streams; measure what comes out."""
+    clip = _clip(spec, workdir)
+    cfg = {
+        "model": _model_cfg(spec).model_dump(exclude_none=True),
+        "batching": {"max_batch": spec.max_batch, "max_wait_ms": spec.max_wait_ms},
+        "publish": {"endpoint": f"tcp://127.0.0.1:{spec.port}", "hwm": 100_000},
+        "http": {"listen": f"127.0.0.1:{spec.http_port}"},
+        "streams": [
+            {"id": f"s{i}", "url": str(clip), "loop": True, "realtime": True}
+            for i in range(spec.streams)
+        ],
+    }
+    cfg_path = workdir / "bench.yaml"
+    cfg_path.write_text(json.dumps(cfg))
+    sub = Subscriber(f"tcp://127.0.0.1:{spec.port}", topics=["det.", "heartbeat"], rcvhwm=100_000)
+    log = (workdir / "daemon.log").open("wb")
+    daemon = subprocess.Popen([sys.executable, "-m", "streamd.cli", "run", str(cfg_path)],
+                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    sampler = _ProcessSampler(daemon.pid)
+    gpu: list[float] = []
+    gpu_stop = threading.Event()
+    threading.Thread(target=_gpu_utilisation, args=(gpu_stop, gpu), daemon=True).start()
+    measured_from = [time.monotonic()]
+    try:
+        dets, beats = _collect(sub, daemon, spec, measured_from)
+    finally:
+        gpu_stop.set()
+        processes = sampler.stop(since=measured_from[0])
+        daemon.terminate()
+        daemon.wait(15)
+        sub.close()
+        log.close()
+    return _summarise(spec, dets, beats, processes, gpu)
+
+
+def _collect(
+    sub: Subscriber, daemon: subprocess.Popen[bytes], spec: BenchSpec, measured_from: list[float]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Events of the measured window (after warm-up); sets ``measured_from[0]`` to its start."""
+    start = time.monotonic()
+    first: float | None = None
+    dets: list[dict[str, Any]] = []
+    beats: list[dict[str, Any]] = []
+    while daemon.poll() is None and time.monotonic() - start < 600:
+        ev = sub.recv(0.5)
+        now = time.monotonic()
+        if ev is None:
+            continue
+        if ev.payload["type"] == "det":
+            if first is None:
+                first = now
+                measured_from[0] = now + spec.warmup_s
+            if now - first >= spec.warmup_s:
+                dets.append(ev.payload)
+        elif first is not None and now - first >= spec.warmup_s:
+            beats.append(ev.payload)
+        if first is not None and now - first >= spec.warmup_s + spec.duration_s:
+            break
+    if daemon.poll() is not None:
+        raise RuntimeError(f"the daemon exited with {daemon.returncode}; see its log")
+    return dets, beats
+
+
+def _summarise(
+    spec: BenchSpec,
+    dets: list[dict[str, Any]],
+    beats: list[dict[str, Any]],
+    processes: dict[str, Any],
+    gpu: list[float],
+) -> dict[str, Any]:
+    per_stream: dict[str, int] = defaultdict(int)
+    for d in dets:
+        per_stream[d["stream"]] += 1
+    first, last = (beats[0], beats[-1]) if len(beats) >= 2 else ({}, {})
+    drops: dict[str, int] = defaultdict(int)
+    for sid, s in last.get("streams", {}).items():
+        for cause, n in s["dropped"].items():
+            drops[cause] += n - first["streams"][sid]["dropped"][cause]
+    batches = [d["batch"] for d in dets]
+    return {
+        "analysed_fps_total": round(len(dets) / spec.duration_s, 2),
+        "analysed_fps_per_stream": {
+            s: round(n / spec.duration_s, 2) for s, n in sorted(per_stream.items())
+        },
+        "offered_fps_total": spec.streams * spec.fps,
+        "batch_size_mean": round(statistics.fmean(batches), 2) if batches else 0.0,
+        "latency_ms": {st: _percentiles([d["latency_ms"][st] for d in dets]) for st in STAGES},
+        "dropped": dict(drops),
+        "processes": processes,
+        "gpu_utilisation_percent_mean": round(statistics.fmean(gpu), 1) if gpu else None,
+        "backend": last.get("backend"),
+    }
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": psutil.cpu_count(logical=True),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"machine: {json.dumps(report['machine'])}"]
+    mo = report.get("model_only")
+    if mo:
+        lines.append(f"model only ({mo['backend']}, imgsz {mo['imgsz']}):")
+        lines += [f"  batch {b:>3}: {r['fps']:8.2f} frames/s  ({r['batch_ms']:.1f} ms/batch)"
+                  for b, r in mo["by_batch"].items()]  # fmt: skip
+    p = report.get("pipeline")
+    if p:
+        lines.append(
+            f"pipeline: {p['analysed_fps_total']} analysed/s of {p['offered_fps_total']} offered, "
+            f"batch mean {p['batch_size_mean']}, backend {p['backend']}"
+        )
+        lines.append(f"  per stream: {p['analysed_fps_per_stream']}")
+        lines.append(f"  dropped: {p['dropped']}")
+        for st, q in p["latency_ms"].items():
+            lines.append(
+                f"  latency {st:>6}: p50 {q['p50']:7.1f}  p95 {q['p95']:7.1f}  "
+                f"p99 {q['p99']:7.1f} ms"
+            )
+        for name, s in p["processes"].items():
+            lines.append(
+                f"  {name:<24} cpu {s['cpu_percent_mean']:6.1f}%  "
+                f"rss {s['rss_mib_start']:.0f} → {s['rss_mib_end']:.0f} MiB"
+            )
+        if p["gpu_utilisation_percent_mean"] is not None:
+            lines.append(f"  gpu utilisation mean {p['gpu_utilisation_percent_mean']}%")
+    if "efficiency" in report:
+        e = report["efficiency"]
+        lines.append(
+            f"efficiency: pipeline {e['pipeline_fps']} / model-only {e['model_only_fps']} at batch "
+            f"{e['batch']} = {e['ratio']:.2f} (target ≥ 0.80)"
+        )
+    return "\n".join(lines)
+
+
+def run(spec: BenchSpec, model_only_flag: bool, batch_sizes: list[int]) -> dict[str, Any]:
+    report: dict[str, Any] = {"machine": machine(), "spec": asdict(spec)}
+    if model_only_flag:
+        report["model_only"] = model_only(spec, batch_sizes)
+        return report
+    with tempfile.TemporaryDirectory(prefix="streamd-bench-") as tmp:
+        report["pipeline"] = pipeline(spec, Path(tmp))
+    # Compare with the detector alone at the batch size the pipeline ran at.
+    batch = max(1, round(report["pipeline"]["batch_size_mean"]))
+    report["model_only"] = model_only(spec, [batch])
+    mo_fps = report["model_only"]["by_batch"][str(batch)]["fps"]
+    pipe_fps = report["pipeline"]["analysed_fps_total"]
+    report["efficiency"] = {
+        "batch": batch,
+        "pipeline_fps": pipe_fps,
+        "model_only_fps": mo_fps,
+        "ratio": round(pipe_fps / mo_fps, 3) if mo_fps else 0.0,
+    }
+    return report

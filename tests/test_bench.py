@@ -1,0 +1,48 @@
+"""`streamd bench` runs end to end and writes numbers that make sense (a smoke run, no speed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .util import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def bench(tmp: Path, model: Path, *args: str) -> dict:  # type: ignore[type-arg]
+    out = tmp / "bench.json"
+    cmd = [sys.executable, "-m", "streamd.cli", "bench", "--weights", str(model),
+           "--model-seconds", "1", "--port", str(free_port()), "--http-port", str(free_port()),
+           "--out", str(out), *args]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "wrote" in r.stdout
+    report: dict = json.loads(out.read_text())  # type: ignore[type-arg]
+    return report
+
+
+def test_bench_pipeline_and_model_only(tmp_path: Path, person_model: Path) -> None:
+    report = bench(tmp_path, person_model, "--streams", "2", "--fps", "10", "--width", "320",
+                   "--height", "180", "--duration", "6", "--warmup", "2")  # fmt: skip
+    p = report["pipeline"]
+    assert report["machine"]["cores"] >= 1
+    assert p["analysed_fps_total"] > 0 and set(p["analysed_fps_per_stream"]) == {"s0", "s1"}
+    assert p["offered_fps_total"] == 20
+    for stage in ("decode", "queue", "infer", "track", "total"):
+        q = p["latency_ms"][stage]
+        assert 0 <= q["p50"] <= q["p95"] <= q["p99"]
+    assert p["latency_ms"]["total"]["p50"] >= p["latency_ms"]["infer"]["p50"]
+    assert {"supervisor", "inference", "source s0", "source s1"} <= set(p["processes"])
+    assert set(p["dropped"]) == {"queue_full", "stale", "sampled"}
+    e = report["efficiency"]
+    assert e["ratio"] == pytest.approx(e["pipeline_fps"] / e["model_only_fps"], abs=1e-3)
+
+    only = bench(tmp_path, person_model, "--model-only", "--batch-sizes", "1,2")
+    assert set(only["model_only"]["by_batch"]) == {"1", "2"}
+    assert all(r["fps"] > 0 for r in only["model_only"]["by_batch"].values())
