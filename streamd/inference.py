@@ -60,7 +60,9 @@ def inference_main(spec: InferenceSpec, ready: MpEvent) -> None:
 def _serve(spec: InferenceSpec, ready: MpEvent, stop: StopFlag) -> int:
     cfg = spec.config
     try:
-        publisher = Publisher(cfg.publish.endpoint, cfg.publish.hwm)
+        publisher = Publisher(
+            cfg.publish.endpoint, cfg.publish.hwm, sndbuf_kib=cfg.publish.sndbuf_kib
+        )
         inbox = Inbox(spec.inbox)
         detector = create_detector(cfg.model)
     except (DetectorError, zmq.ZMQError) as e:

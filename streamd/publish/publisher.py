@@ -23,11 +23,17 @@ class Publisher:
     visible as a new, larger epoch rather than as a gap.
     """
 
-    def __init__(self, endpoint: str, hwm: int, epoch: int | None = None) -> None:
+    def __init__(
+        self, endpoint: str, hwm: int, epoch: int | None = None, sndbuf_kib: int = 0
+    ) -> None:
         self.epoch = epoch if epoch is not None else int(time.time() * 1000)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
+        if sndbuf_kib > 0:
+            # Bounds what the kernel holds per subscriber on top of the HWM: without it
+            # a stalled subscriber gets megabytes of stale events instead of a gap.
+            self._sock.setsockopt(zmq.SNDBUF, sndbuf_kib * 1024)
         self._sock.setsockopt(zmq.LINGER, 200)
         self._sock.bind(endpoint)
         self._seq: defaultdict[tuple[str, str | None], int] = defaultdict(int)
