@@ -104,3 +104,21 @@ def test_sweep_removes_a_dead_writers_segments() -> None:
     assert "streamd_deadrun_0_1_1" in shm_segments()
     assert sweep_segments("deadrun") == ["streamd_deadrun_0_1_1"]
     assert shm_segments() == before
+
+
+def test_unwrite_returns_the_slot_of_a_frame_nobody_was_told_about() -> None:
+    ring = FrameRing("streamd_test_ring_unwrite", 2, 4, 4)
+    reader = RingReader(ring.name, 2, 4, 4)
+    try:
+        ring.write(np.zeros((4, 4, 3), np.uint8))
+        ring.write(np.ones((4, 4, 3), np.uint8))  # its descriptor could not be sent
+        assert ring.free_slots() == 0
+        ring.unwrite()
+        assert ring.free_slots() == 1  # a block/oldest writer is not stuck on it
+        slot, seq = ring.write(np.full((4, 4, 3), 7, np.uint8))
+        assert seq == 1
+        frame = reader.read(slot, seq)
+        assert frame is not None and int(frame.max()) == 7
+    finally:
+        reader.close()
+        ring.close()

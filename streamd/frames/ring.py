@@ -134,6 +134,14 @@ class FrameRing(_RingView):
         self.header[0] = seq + 1
         return slot, seq
 
+    def unwrite(self) -> None:
+        """Take back the last write, whose descriptor could not be sent.
+
+        No reader knows of that frame, so its slot may be reused at once; without
+        this a ``block``/``oldest`` writer would wait forever for its release.
+        """
+        self.header[0] = int(self.header[0]) - 1
+
     def close(self) -> None:
         self.release_views()
         self.shm.close()

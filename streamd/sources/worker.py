@@ -290,6 +290,7 @@ class SourceWorker:
         )
         if not self.outbox.send(ref):
             log.warning("descriptor channel full; frame %d not announced", seq)
+            ring.unwrite()
             self._drop("queue_full")
         return True
 
