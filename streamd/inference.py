@@ -142,7 +142,7 @@ class InferenceWorker:
             stats.decode_errors = update.counters.get("decode_errors", 0)
         self.publisher.publish("status", update.stream, update.ts, status_fields(update))
 
-    def _read(self, ref: FrameRef) -> npt.NDArray[np.uint8] | None:
+    def _reader_for(self, ref: FrameRef) -> RingReader | None:
         reader = self.readers.get(ref.stream)
         if reader is None or reader.name != ref.ring:
             if reader is not None:
@@ -153,14 +153,23 @@ class InferenceWorker:
             except FileNotFoundError:
                 return None  # the writer restarted or resized since
             self.readers[ref.stream] = reader
+        return reader
+
+    def _read(self, ref: FrameRef) -> npt.NDArray[np.uint8] | None:
+        reader = self._reader_for(ref)
+        if reader is None:
+            return None
         frame = reader.read(ref.slot, ref.seq)
         self._release(ref)
         return frame
 
     def _release(self, ref: FrameRef) -> None:
-        # oldest/block writers wait for (or drop on) a full ring: hand the slot back.
-        reader = self.readers.get(ref.stream)
-        if reader is not None and reader.name == ref.ring and self.policies[ref.stream] != "latest":
+        # oldest/block writers wait for (or drop on) a full ring: hand the slot back,
+        # also for frames dropped unread (stale), or the writer would wait on them forever.
+        if self.policies[ref.stream] == "latest":
+            return
+        reader = self._reader_for(ref)
+        if reader is not None:
             reader.release(ref.seq)
 
     def _discard(self, stale: list[FrameRef]) -> None:

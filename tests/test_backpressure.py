@@ -270,3 +270,38 @@ def test_overload_contract_over_60_seconds(
     )  # fmt: skip
     assert missing_by_gaps > 0
     assert missing_by_gaps + leading_and_tail == len(published) - len(got)
+
+
+def test_frames_dropped_stale_unread_still_free_their_ring_slots(
+    person_model: Path, scene: tuple[Path, Path], run_env: dict[str, Any]
+) -> None:
+    """With ``oldest`` the writer drops while its ring is full; stale frames are never read,
+    so their slots must be handed back anyway, or the stream would stop for good."""
+    video, _ = scene
+    log: EventLog = run_env["log"]
+    cfg = write_pipeline(
+        run_env["tmp"],
+        person_model,
+        run_env["port"],
+        [
+            {
+                "id": "old",
+                "url": str(video),
+                "loop": True,
+                "realtime": True,
+                "drop_policy": "oldest",
+                "max_latency_ms": 1,
+            },
+        ],
+    )
+    run_env["daemon"] = daemon = start(cfg, run_env["tmp"] / "daemon.log")
+    assert log.wait_state("old", {"streaming"}, 120), daemon_log(run_env)[-3000:]
+    time.sleep(4.0)
+    early = log.payloads("heartbeat")[-1]["streams"]["old"]
+    time.sleep(4.0)
+    late = log.payloads("heartbeat")[-1]["streams"]["old"]
+    stop_and_check_clean(daemon, signal.SIGTERM, run_env["shm"])
+    print(f"stale {early['dropped']['stale']} → {late['dropped']['stale']}, {late}")
+    # Frames keep flowing into the batcher (and out as stale) at the source's 15 fps.
+    assert late["dropped"]["stale"] - early["dropped"]["stale"] >= 40
+    assert late["analysed"] <= 2  # nothing is 1 ms fresh by the time a batch is taken
