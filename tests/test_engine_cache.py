@@ -1,0 +1,92 @@
+"""TensorRT engine cache keys: rebuilt exactly when something that matters changes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from streamd.detect.engine_cache import EngineCache, EngineKey, file_sha256
+
+KEY = EngineKey(
+    model_sha256="ab" * 32,
+    compute_capability="9.0",
+    tensorrt_version="10.9.0",
+    precision="fp16",
+    min_batch=1,
+    opt_batch=16,
+    max_batch=32,
+    imgsz=640,
+)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_sha256": "cd" * 32},
+        {"compute_capability": "8.9"},
+        {"tensorrt_version": "10.10.0"},
+        {"precision": "int8"},
+        {"opt_batch": 8},
+        {"max_batch": 64},
+        {"imgsz": 320},
+    ],
+)
+def test_every_part_of_the_key_changes_the_engine(change: dict[str, object]) -> None:
+    other = dataclasses.replace(KEY, **change)  # type: ignore[arg-type]
+    assert other.digest() != KEY.digest()
+    assert other.filename("yolo11n") != KEY.filename("yolo11n")
+
+
+def test_same_key_same_file_and_a_readable_name() -> None:
+    again = EngineKey(**dataclasses.asdict(KEY))
+    assert again.digest() == KEY.digest()
+    name = KEY.filename("yolo11n")
+    assert name.startswith("yolo11n-640-fp16-b32-sm90-trt10.9.0-") and name.endswith(".engine")
+
+
+def test_bad_batch_profile_is_refused() -> None:
+    with pytest.raises(ValueError, match="batch profile"):
+        dataclasses.replace(KEY, opt_batch=64)
+
+
+def test_cache_builds_once_and_rebuilds_when_the_key_changes(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path / "engines")
+    builds: list[Path] = []
+
+    def build(out: Path) -> None:
+        builds.append(out)
+        out.write_bytes(b"engine for " + KEY.digest().encode())
+
+    path, built = cache.get_or_build(KEY, "m", build)
+    assert built and path.read_bytes().startswith(b"engine for")
+    assert cache.get_or_build(KEY, "m", build) == (path, False)  # a hit: no rebuild
+    assert len(builds) == 1
+    other, built = cache.get_or_build(dataclasses.replace(KEY, imgsz=320), "m", build)
+    assert built and other != path and len(builds) == 2
+    # A sidecar that does not match (hand-edited, or another version's) is a miss.
+    path.with_suffix(".json").write_text('{"imgsz": 1}')
+    assert cache.lookup(KEY, "m") is None
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+
+    def broken(out: Path) -> None:
+        out.write_bytes(b"half an engine")
+        raise RuntimeError("builder crashed")
+
+    with pytest.raises(RuntimeError, match="builder crashed"):
+        cache.get_or_build(KEY, "m", broken)
+    assert list(tmp_path.iterdir()) == []
+    assert cache.lookup(KEY, "m") is None
+
+
+def test_model_hash_is_of_the_bytes(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"weights")
+    b.write_bytes(b"weights")
+    assert file_sha256(a) == file_sha256(b)
+    b.write_bytes(b"weights2")
+    assert file_sha256(a) != file_sha256(b)
