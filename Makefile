@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# torch first, pinned: these builds are the ones served from local disk here.
 	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,onnx]'
 	touch $@
 
 $(MODEL): $(STAMP)

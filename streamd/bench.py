@@ -76,7 +76,7 @@ def model_only(spec: BenchSpec, batch_sizes: list[int]) -> dict[str, Any]:
     """Detector throughput (frames/s) per batch size, on the backend the daemon would pick."""
     from streamd.detect import create_detector
 
-    detector = create_detector(_model_cfg(spec))
+    detector = create_detector(_model_cfg(spec), spec.max_batch)
     with tempfile.TemporaryDirectory() as tmp:
         frames = _frames(spec, Path(tmp), max(batch_sizes))
     results: dict[str, Any] = {}

@@ -64,7 +64,7 @@ def _serve(spec: InferenceSpec, ready: MpEvent, stop: StopFlag) -> int:
             cfg.publish.endpoint, cfg.publish.hwm, sndbuf_kib=cfg.publish.sndbuf_kib
         )
         inbox = Inbox(spec.inbox)
-        detector = create_detector(cfg.model)
+        detector = create_detector(cfg.model, cfg.batching.max_batch)
     except (DetectorError, zmq.ZMQError) as e:
         log.error("inference setup failed: %s", e)
         return EXIT_SETUP_FAILED

@@ -22,10 +22,11 @@ from .util import free_port, shm_segments
 
 
 def write_pipeline(
-    tmp: Path, model: Path, port: int, streams: list[dict[str, Any]], **sections: Any
+    tmp: Path, weights: Path, port: int, streams: list[dict[str, Any]], **sections: Any
 ) -> Path:
+    """A pipeline file for the tests; ``sections`` replace whole top-level sections."""
     cfg: dict[str, Any] = {
-        "model": {"weights": str(model), "imgsz": 320, "conf": 0.25},
+        "model": {"weights": str(weights), "imgsz": 320, "conf": 0.25},
         "batching": {"max_batch": 4, "max_wait_ms": 20},
         "publish": {"endpoint": f"tcp://127.0.0.1:{port}"},
         "http": {"listen": f"127.0.0.1:{free_port()}"},

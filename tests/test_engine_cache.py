@@ -1,4 +1,4 @@
-"""TensorRT engine cache keys: rebuilt exactly when something that matters changes."""
+"""Backend choice and TensorRT engine cache keys (rebuilt exactly when something changes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from streamd.detect import DetectorError
 from streamd.detect.engine_cache import EngineCache, EngineKey, file_sha256
+from streamd.detect.factory import choose_backend
 
 KEY = EngineKey(
     model_sha256="ab" * 32,
@@ -90,3 +92,24 @@ def test_model_hash_is_of_the_bytes(tmp_path: Path) -> None:
     assert file_sha256(a) == file_sha256(b)
     b.write_bytes(b"weights2")
     assert file_sha256(a) != file_sha256(b)
+
+
+@pytest.mark.parametrize(
+    ("requested", "cuda", "ort", "expected"),
+    [
+        ("auto", True, True, "torch"),  # the GPU path first
+        ("auto", False, True, "onnx"),  # no GPU: onnxruntime beats torch on CPUs
+        ("auto", False, False, "torch"),
+        ("torch", False, True, "torch"),
+        ("cpu", True, True, "torch"),
+        ("onnx", False, True, "onnx"),
+    ],
+)
+def test_backend_choice(requested: str, cuda: bool, ort: bool, expected: str) -> None:
+    kind, why = choose_backend(requested, cuda, ort)
+    assert kind == expected and why
+
+
+def test_asking_for_an_absent_backend_is_refused_with_the_fix() -> None:
+    with pytest.raises(DetectorError, match=r"pip install 'streamd\[onnx\]'"):
+        choose_backend("onnx", cuda=True, onnx_runtime=False)

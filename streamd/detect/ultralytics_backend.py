@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,11 +34,12 @@ def resolve_device(device: str, backend: str) -> str:
 
 
 class UltralyticsDetector:
-    def __init__(self, cfg: ModelConfig) -> None:
+    """Ultralytics' predictor over a torch checkpoint or, for ``onnx``, its ONNX export."""
+
+    def __init__(self, cfg: ModelConfig, onnx_batch: int | None = None) -> None:
         from ultralytics.models import YOLO
 
         self.device = resolve_device(cfg.device, cfg.backend)
-        self.half = self.device.startswith("cuda")
         try:
             self.model = YOLO(cfg.weights, task="detect")
         except Exception as e:  # ultralytics raises many kinds for a bad checkpoint
@@ -44,7 +47,24 @@ class UltralyticsDetector:
         self.names: dict[int, str] = {int(k): str(v) for k, v in self.model.names.items()}
         self.class_ids = self._class_ids(cfg.classes)
         self.cfg = cfg
-        self.backend = "torch-cuda-fp16" if self.half else "torch-cpu"
+        on_gpu = self.device.startswith("cuda")
+        if onnx_batch is not None:
+            self.model = self._onnx_model(cfg, onnx_batch)
+            self.half = False
+            self.backend = "onnx-cuda" if on_gpu else "onnx-cpu"
+        else:
+            self.half = on_gpu
+            self.backend = "torch-cuda-fp16" if on_gpu else "torch-cpu"
+
+    def _onnx_model(self, cfg: ModelConfig, batch: int) -> Any:
+        from ultralytics.models import YOLO
+
+        from streamd.detect.onnx_export import default_cache_dir, exported_onnx
+
+        checkpoint = Path(str(self.model.ckpt_path or cfg.weights))
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        path = exported_onnx(checkpoint, cfg.imgsz, batch, cache)
+        return YOLO(str(path), task="detect")
 
     def _class_ids(self, classes: list[str] | None) -> list[int] | None:
         if classes is None:
