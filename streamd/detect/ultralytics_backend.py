@@ -33,6 +33,13 @@ def resolve_device(device: str, backend: str) -> str:
     return device
 
 
+def _ort_has_cuda() -> bool:
+    # onnxruntime (not -gpu) on a GPU machine runs on the CPU: name it as it runs.
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 class UltralyticsDetector:
     """Ultralytics' predictor over a torch checkpoint or, for ``onnx``, its ONNX export."""
 
@@ -51,7 +58,7 @@ class UltralyticsDetector:
         if onnx_batch is not None:
             self.model = self._onnx_model(cfg, onnx_batch)
             self.half = False
-            self.backend = "onnx-cuda" if on_gpu else "onnx-cpu"
+            self.backend = "onnx-cuda" if on_gpu and _ort_has_cuda() else "onnx-cpu"
         else:
             self.half = on_gpu
             self.backend = "torch-cuda-fp16" if on_gpu else "torch-cpu"
