@@ -31,8 +31,7 @@ import psutil
 
 from streamd.client import Subscriber
 from streamd.config import ModelConfig
-
-STAGES = ("decode", "queue", "infer", "track", "total")
+from streamd.metrics import STAGES
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event as MpEvent
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +50,23 @@ class _StreamStats:
     fps: float = 0.0
     decoded: int = 0  # the source's totals, from its latest frame or status update
     decode_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Meters:
+    """One stream's metric children, looked up once (not per frame)."""
+
+    analysed: Any
+    latency: dict[str, Any]
+    depth: Any
+
+    @classmethod
+    def for_stream(cls, stream: str) -> _Meters:
+        return cls(
+            metrics.FRAMES_ANALYSED.labels(stream),
+            {st: metrics.LATENCY.labels(stream, st) for st in metrics.STAGES},
+            metrics.QUEUE_DEPTH.labels(stream),
+        )
 
 
 def inference_main(spec: InferenceSpec, ready: MpEvent) -> None:
@@ -97,6 +115,7 @@ class InferenceWorker:
         )
         self.trackers = {s.id: StreamTracker(cfg.tracker) for s in cfg.streams}
         self.stats = {s.id: _StreamStats() for s in cfg.streams}
+        self._meters = {s.id: _Meters.for_stream(s.id) for s in cfg.streams}
         self.readers: dict[str, RingReader] = {}
         self.started = time.time()
         self._last_beat = self.started
@@ -127,10 +146,7 @@ class InferenceWorker:
             elif isinstance(msg, FrameRef):
                 stats = self.stats[msg.stream]
                 stats.decoded, stats.decode_errors = msg.decoded, msg.decode_errors
-                displaced = self.batcher.offer(msg)
-                if displaced:
-                    metrics.FRAMES_DROPPED.labels(msg.stream, "queue_full").inc(len(displaced))
-                metrics.QUEUE_DEPTH.labels(msg.stream).set(self.batcher.depth(msg.stream))
+                self.batcher.offer(msg)
             else:
                 self._publish_status(msg)
 
@@ -173,9 +189,8 @@ class InferenceWorker:
             reader.release(ref.seq)
 
     def _discard(self, stale: list[FrameRef]) -> None:
-        for ref in stale:
+        for ref in stale:  # already counted by the batcher
             self._release(ref)
-            metrics.FRAMES_DROPPED.labels(ref.stream, "stale").inc()
 
     def process(self, refs: list[FrameRef]) -> None:
         """Analyse one batch and publish a ``det`` event per frame."""
@@ -185,7 +200,6 @@ class InferenceWorker:
             frame = self._read(ref)
             if frame is None:
                 self.batcher.count_drop(ref.stream)
-                metrics.FRAMES_DROPPED.labels(ref.stream, "queue_full").inc()
             else:
                 frames.append(frame)
                 kept.append(ref)
@@ -218,10 +232,11 @@ class InferenceWorker:
             ref, objs, latency, self.batcher.drops(ref.stream).as_dict(), stats.analysed, batch
         )
         self.publisher.publish("det", ref.stream, ref.capture_ts, fields)
-        metrics.FRAMES_ANALYSED.labels(ref.stream).inc()
-        for stage, ms in latency.as_dict().items():
-            metrics.LATENCY.labels(ref.stream, stage).observe(ms / 1000.0)
-        metrics.QUEUE_DEPTH.labels(ref.stream).set(self.batcher.depth(ref.stream))
+        meters = self._meters[ref.stream]
+        meters.analysed.inc()
+        for stage, ms in fields["latency_ms"].items():
+            meters.latency[stage].observe(ms / 1000.0)
+        meters.depth.set(self.batcher.depth(ref.stream))
 
     def _heartbeat(self) -> None:
         now = time.time()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+STAGES = ("decode", "queue", "infer", "track", "total")  # as in the det event's latency_ms
+
 # Latency buckets in seconds: 5 ms .. 20 s, dense where real-time pipelines live.
 _LATENCY_BUCKETS = (
     0.005,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -35,21 +36,29 @@ from .util import shm_segments
 pytestmark = pytest.mark.e2e
 
 
-def test_rtsp_outage_reconnects_and_isolates(
-    person_model: Path, live_clip: tuple[Path, Path], hevc_clip: Path, run_env: dict[str, Any]
-) -> None:
-    clip, _ = live_clip
+def camera_and_reference(
+    run_env: dict[str, Any], weights: Path, clip: Path
+) -> tuple[RtspServer, Path, subprocess.Popen[bytes]]:
+    """An RTSP camera ``cam`` serving ``clip`` plus the paced reference stream, streaming."""
     server = RtspServer(clip).start()
     run_env["servers"].append(server)
-    log: EventLog = run_env["log"]
     cfg = write_pipeline(
         run_env["tmp"],
-        person_model,
+        weights,
         run_env["port"],
         [{"id": "cam", "url": server.url(), **LIVE}, reference_stream(clip)],
     )
     run_env["daemon"] = daemon = start(cfg, run_env["tmp"] / "daemon.log")
-    assert log.wait_for(is_det("cam"), 120), daemon_log(run_env)[-3000:]
+    assert run_env["log"].wait_for(is_det("cam"), 120), daemon_log(run_env)[-3000:]
+    return server, cfg, daemon
+
+
+def test_rtsp_outage_reconnects_and_isolates(
+    person_model: Path, live_clip: tuple[Path, Path], hevc_clip: Path, run_env: dict[str, Any]
+) -> None:
+    clip, _ = live_clip
+    server, cfg, daemon = camera_and_reference(run_env, person_model, clip)
+    log: EventLog = run_env["log"]
     assert log.wait_for(is_det("other"), 30)
     t_base = time.time()
     time.sleep(6.0)
@@ -101,17 +110,8 @@ def test_rtsp_server_that_sends_nothing_stalls_and_recovers(
     person_model: Path, live_clip: tuple[Path, Path], run_env: dict[str, Any]
 ) -> None:
     clip, _ = live_clip
-    server = RtspServer(clip).start()
-    run_env["servers"].append(server)
+    server, cfg, daemon = camera_and_reference(run_env, person_model, clip)
     log: EventLog = run_env["log"]
-    cfg = write_pipeline(
-        run_env["tmp"],
-        person_model,
-        run_env["port"],
-        [{"id": "cam", "url": server.url(), **LIVE}, reference_stream(clip)],
-    )
-    run_env["daemon"] = daemon = start(cfg, run_env["tmp"] / "daemon.log")
-    assert log.wait_for(is_det("cam"), 120), daemon_log(run_env)[-3000:]
     pid = http_status(cfg)["streams"]["cam"]["pid"]
     t_base = time.time()
     time.sleep(5.0)

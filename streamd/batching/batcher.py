@@ -1,7 +1,8 @@
 """Fair batching over streams with per-stream drop policies.
 
-Pure logic with an injected clock: the inference loop feeds it descriptors
-and asks when a batch is due; the unit tests drive it the same way.
+Logic with an injected clock: the inference loop feeds it descriptors and asks
+when a batch is due; the unit tests drive it the same way. Every drop it
+decides is counted here, once, in the event totals and the metrics together.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from streamd import metrics
 from streamd.config import DropPolicy
 from streamd.types import FrameRef
 
@@ -43,6 +45,7 @@ class DropCounters:
 
 @dataclass(slots=True)
 class _Lane:
+    stream: str
     policy: DropPolicy
     max_latency_s: float | None = None
     pending: deque[FrameRef] = field(default_factory=deque)
@@ -70,7 +73,7 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         limits = max_latency_s or {}
-        self._lanes = {s: _Lane(p, limits.get(s)) for s, p in policies.items()}
+        self._lanes = {s: _Lane(s, p, limits.get(s)) for s, p in policies.items()}
         self._order = list(policies)
         self._next = 0  # round-robin start
         self._discarded: list[FrameRef] = []
@@ -83,13 +86,20 @@ class Batcher:
         if lane.policy == "latest":
             displaced = list(lane.pending)
             lane.pending.clear()
-            lane.drops.queue_full += len(displaced)
+            self._count(lane, "queue_full", len(displaced))
         lane.pending.append(ref)
+        metrics.QUEUE_DEPTH.labels(ref.stream).set(len(lane.pending))
         return displaced
 
     def count_drop(self, stream: str) -> None:
         """Count a frame lost after it was taken (e.g. overwritten in the ring)."""
-        self._lanes[stream].drops.queue_full += 1
+        self._count(self._lanes[stream], "queue_full", 1)
+
+    @staticmethod
+    def _count(lane: _Lane, cause: str, n: int) -> None:
+        if n:
+            setattr(lane.drops, cause, getattr(lane.drops, cause) + n)
+            metrics.FRAMES_DROPPED.labels(lane.stream, cause).inc(n)
 
     def drops(self, stream: str) -> DropCounters:
         return self._lanes[stream].drops
@@ -111,7 +121,7 @@ class Batcher:
             limit = lane.max_latency_s
             while limit is not None and lane.pending and now - lane.pending[0].capture_ts > limit:
                 self._discarded.append(lane.pending.popleft())
-                lane.drops.stale += 1
+                self._count(lane, "stale", 1)
 
     def _oldest_ready(self) -> float | None:
         heads = [lane.pending[0].ready_ts for lane in self._lanes.values() if lane.pending]

@@ -143,7 +143,9 @@ class SourceWorker:
         self._reconnects = 0
         self._frames = 0
         self._dropped: dict[str, int] = {}  # decoded here but never announced, by cause
-        self._metered = DecodeCounters()
+        self._metered = DecodeCounters()  # what the metrics have been told so far
+        self._decoded_meter = metrics.FRAMES_DECODED.labels(spec.stream)
+        self._errors_meter = metrics.DECODE_ERRORS.labels(spec.stream)
         self._sampler = None if spec.max_fps is None else Sampler(spec.max_fps)
         self._pacer = Pacer()
         self._media = MediaClock()
@@ -299,13 +301,14 @@ class SourceWorker:
         metrics.FRAMES_DROPPED.labels(self.spec.stream, cause).inc()
 
     def _sync_counters(self) -> None:
-        """Mirror the decoder's counters into the metrics (by difference)."""
+        """Mirror the decoder's counters into the metrics (by difference; per frame, so cheap)."""
         c, seen = self.counters, self._metered
         if c.decoded > seen.decoded:
-            metrics.FRAMES_DECODED.labels(self.spec.stream).inc(c.decoded - seen.decoded)
+            self._decoded_meter.inc(c.decoded - seen.decoded)
+            seen.decoded = c.decoded
         if c.decode_errors > seen.decode_errors:
-            metrics.DECODE_ERRORS.labels(self.spec.stream).inc(c.decode_errors - seen.decode_errors)
-        self._metered = DecodeCounters(c.decoded, c.decode_errors)
+            self._errors_meter.inc(c.decode_errors - seen.decode_errors)
+            seen.decode_errors = c.decode_errors
 
     def _transition(
         self, state: SourceState, reason: str, detail: str = "", retry_in_s: float | None = None
