@@ -1,4 +1,4 @@
-"""Command line: run, validate, status, subscribe, bench, synth."""
+"""Command line: run, validate, status, subscribe, bench, export-engine, synth."""
 
 from __future__ import annotations
 
@@ -181,6 +181,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_engine(args: argparse.Namespace) -> int:
+    configure_logging("INFO", "export")
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    from streamd.detect import DetectorError
+    from streamd.detect.factory import export_model
+
+    try:
+        path = export_model(cfg.model, cfg.batching.max_batch, args.format)
+    except DetectorError as e:
+        print(f"export-engine: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -233,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--http-port", type=int, default=8099)
     b.add_argument("--out", default="bench.json", help="JSON results file")
     b.set_defaults(func=_cmd_bench)
+
+    ex = sub.add_parser(
+        "export-engine",
+        help="build the pipeline's TensorRT engine (or ONNX export) into the model cache now",
+    )
+    ex.add_argument("file", help="pipeline YAML file (its model and batching.max_batch)")
+    ex.add_argument("--format", choices=["engine", "onnx"], default="engine")
+    ex.set_defaults(func=_cmd_export_engine)
 
     syn = sub.add_parser("synth", help="write a synthetic H.264 scene with ground truth")
     syn.add_argument("out", help="output .mp4 (ground truth goes to .truth.json beside it)")

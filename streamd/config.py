@@ -52,13 +52,28 @@ class ModelConfig(_Strict):
         description="Ultralytics checkpoint: a path (relative to the pipeline file) or a "
         "name ultralytics can fetch on a machine with internet.",
     )
-    backend: Literal["auto", "torch", "onnx", "cpu"] = Field(
+    backend: Literal["auto", "tensorrt", "torch", "onnx", "cpu"] = Field(
         "auto",
-        description="Detector backend. auto: torch FP16 on CUDA when present; else onnxruntime "
-        "when installed (faster than torch on CPUs); else torch on the CPU. cpu = torch on CPU.",
+        description="Detector backend. auto: TensorRT on CUDA when installed, else torch FP16 "
+        "with CUDA graphs on CUDA; without CUDA onnxruntime when installed (faster than torch "
+        "on CPUs), else torch. cpu = torch on the CPU.",
+    )
+    precision: Literal["fp16", "int8", "fp32"] = Field(
+        "fp16", description="TensorRT engine precision (int8 needs model.calibration)."
+    )
+    calibration: str | None = Field(
+        None, description="Folder of .jpg/.png images for TensorRT INT8 calibration."
+    )
+    cuda_graphs: bool = Field(
+        True, description="torch on CUDA: replay one CUDA graph per batch-size bucket."
+    )
+    threads: int = Field(
+        0, ge=0, le=256, description="onnxruntime CPU threads; 0 = one per physical core."
     )
     cache_dir: str | None = Field(
-        None, description="Where exported models are cached (default ~/.cache/streamd/models)."
+        None,
+        description="Where ONNX exports and TensorRT engines are cached "
+        "(default ~/.cache/streamd/models).",
     )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="Inference size.")
@@ -378,13 +393,19 @@ def resolve_paths(cfg: PipelineConfig, base_dir: Path) -> PipelineConfig:
     streams = [
         s.model_copy(update={"url": _resolve_file_url(s.url, base_dir)}) for s in cfg.streams
     ]
-    weights = cfg.model.weights
-    candidate = base_dir / weights
-    if not Path(weights).is_absolute() and candidate.exists():
-        weights = str(candidate.resolve())
-    return cfg.model_copy(
-        update={"streams": streams, "model": cfg.model.model_copy(update={"weights": weights})}
+    model = cfg.model.model_copy(
+        update={
+            "weights": _relative_to(cfg.model.weights, base_dir),
+            "calibration": cfg.model.calibration and _relative_to(cfg.model.calibration, base_dir),
+        }
     )
+    return cfg.model_copy(update={"streams": streams, "model": model})
+
+
+def _relative_to(path: str, base_dir: Path) -> str:
+    # A name that is not there (e.g. "yolo11n.pt") is left for ultralytics to fetch.
+    candidate = base_dir / path
+    return str(candidate.resolve()) if not Path(path).is_absolute() and candidate.exists() else path
 
 
 def _resolve_file_url(url: str, base_dir: Path) -> str:

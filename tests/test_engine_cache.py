@@ -95,21 +95,27 @@ def test_model_hash_is_of_the_bytes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("requested", "cuda", "ort", "expected"),
+    ("requested", "cuda", "ort", "trt", "expected"),
     [
-        ("auto", True, True, "torch"),  # the GPU path first
-        ("auto", False, True, "onnx"),  # no GPU: onnxruntime beats torch on CPUs
-        ("auto", False, False, "torch"),
-        ("torch", False, True, "torch"),
-        ("cpu", True, True, "torch"),
-        ("onnx", False, True, "onnx"),
+        ("auto", True, True, True, "tensorrt"),  # the fastest GPU path first
+        ("auto", True, True, False, "torch"),  # then torch FP16 + CUDA graphs
+        ("auto", False, True, True, "onnx"),  # no GPU: onnxruntime beats torch on CPUs
+        ("auto", False, False, False, "torch"),
+        ("torch", True, True, True, "torch"),
+        ("cpu", True, True, True, "torch"),
+        ("onnx", True, True, True, "onnx"),
+        ("tensorrt", True, False, True, "tensorrt"),
     ],
 )
-def test_backend_choice(requested: str, cuda: bool, ort: bool, expected: str) -> None:
-    kind, why = choose_backend(requested, cuda, ort)
+def test_backend_choice(requested: str, cuda: bool, ort: bool, trt: bool, expected: str) -> None:
+    kind, why = choose_backend(requested, cuda, ort, trt)
     assert kind == expected and why
 
 
 def test_asking_for_an_absent_backend_is_refused_with_the_fix() -> None:
     with pytest.raises(DetectorError, match=r"pip install 'streamd\[onnx\]'"):
         choose_backend("onnx", cuda=True, onnx_runtime=False)
+    with pytest.raises(DetectorError, match=r"TensorRT is not installed; pip install tensorrt"):
+        choose_backend("tensorrt", cuda=True, onnx_runtime=True, tensorrt=False)
+    with pytest.raises(DetectorError, match=r"needs a CUDA GPU"):
+        choose_backend("tensorrt", cuda=False, onnx_runtime=True, tensorrt=True)

@@ -1,0 +1,206 @@
+"""The YOLO detector: shared pre/post-processing around a backend-specific runner.
+
+A runner only maps a letterboxed NCHW batch to the raw head output
+(B, 4+nc, N). Runners: torch eager (CPU, or CUDA FP16), torch with CUDA graphs
+(one captured graph per batch-size bucket, batches padded up to the bucket),
+onnxruntime (``onnx_backend``) and TensorRT (``tensorrt_backend``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import supervision as sv
+import torch
+
+from streamd.config import ModelConfig
+from streamd.detect.base import DetectorError
+from streamd.detect.prepost import input_shape, postprocess, preprocess, to_detections
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    name: str  # e.g. "torch-cuda-fp16-graphs"; the metric label and the log line
+    device: torch.device
+    dtype: torch.dtype
+    rect: bool  # takes any stride-multiple input shape (else imgsz square only)
+    max_batch: int
+
+    def buffer(self, n: int, shape: tuple[int, int]) -> torch.Tensor:
+        """An input tensor with at least ``n`` rows to letterbox into."""
+        ...
+
+    def run(self, batch: torch.Tensor, n: int) -> torch.Tensor:
+        """Head output for the first ``n`` rows of ``batch``."""
+        ...
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """Powers of two up to ``max_batch``, and ``max_batch`` itself: 1, 2, 4, 8, 12 for 12."""
+    out = [1]
+    while out[-1] * 2 < max_batch:
+        out.append(out[-1] * 2)
+    if out[-1] != max_batch:
+        out.append(max_batch)
+    return out
+
+
+def bucket_for(n: int, buckets: Sequence[int]) -> int:
+    return next(b for b in buckets if b >= n)
+
+
+def stride_of(model: Any) -> int:
+    return int(max(model.stride)) if hasattr(model, "stride") else 32
+
+
+class YoloDetector:
+    """BGR uint8 frames → ``sv.Detections`` per frame, on any runner."""
+
+    def __init__(
+        self, runner: Runner, names: dict[int, str], cfg: ModelConfig, stride: int = 32
+    ) -> None:
+        self.runner = runner
+        self.names = names
+        self.cfg = cfg
+        self.stride = stride
+        self.backend = runner.name
+        self.device = str(runner.device)
+        self.class_ids = class_ids(names, cfg.classes)
+
+    def warmup(self, height: int = 360, width: int = 640) -> None:
+        out = self.detect([np.zeros((height, width, 3), dtype=np.uint8)])
+        if len(out) != 1:
+            raise DetectorError(f"{self.backend}: warm-up returned {len(out)} results for 1 frame")
+
+    @torch.inference_mode()
+    def detect(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[sv.Detections]:
+        out: list[sv.Detections] = []
+        for start in range(0, len(frames), self.runner.max_batch):
+            out += self._detect(frames[start : start + self.runner.max_batch])
+        return out
+
+    def _detect(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[sv.Detections]:
+        n = len(frames)
+        shape = input_shape([f.shape for f in frames], self.cfg.imgsz, self.stride,
+                            self.runner.rect)  # fmt: skip
+        r = self.runner
+        batch, placements = preprocess(frames, shape, r.device, r.dtype, r.buffer(n, shape))
+        preds = r.run(batch, n)
+        if preds.ndim != 3 or preds.shape[1] != 4 + len(self.names):
+            raise DetectorError(
+                f"{self.backend}: head output {tuple(preds.shape)} is not "
+                f"(B, 4+{len(self.names)}, N) (NMS-free exports are not supported)"
+            )
+        rows = postprocess(preds, placements, self.cfg.conf, self.cfg.iou, self.class_ids)
+        return to_detections(rows, n, self.names)
+
+
+def class_ids(names: dict[int, str], classes: list[str] | None) -> list[int] | None:
+    if classes is None:
+        return None
+    by_name = {v: k for k, v in names.items()}
+    unknown = [c for c in classes if c not in by_name]
+    if unknown:
+        raise DetectorError(
+            f"model.classes: {unknown} not in the model's classes {sorted(by_name)}"
+        )
+    return [by_name[c] for c in classes]
+
+
+def load_checkpoint(weights: str) -> tuple[torch.nn.Module, dict[int, str], str]:
+    """(fused eval model, class names, checkpoint path) via ultralytics, which also fetches
+    official weights by name where there is internet."""
+    from ultralytics.models import YOLO
+
+    try:
+        yolo = YOLO(weights, task="detect")
+    except Exception as e:  # ultralytics raises many kinds for a bad checkpoint
+        raise DetectorError(f"cannot load model.weights {weights!r}: {e}") from e
+    model = yolo.model
+    if not isinstance(model, torch.nn.Module):
+        raise DetectorError(f"model.weights {weights!r} is not a torch checkpoint")
+    head = model.model[-1]
+    if getattr(head, "end2end", False):
+        head.end2end = False  # NMS-free heads: use the one-to-many branch and our NMS
+    names = {int(k): str(v) for k, v in yolo.names.items()}
+    return model.fuse().eval(), names, str(yolo.ckpt_path or weights)
+
+
+class TorchRunner:
+    """Eager torch: CPU float32, or CUDA FP16."""
+
+    rect = True
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, max_batch: int) -> None:
+        self.device = device
+        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self.model = model.to(device, self.dtype)
+        self.max_batch = max_batch
+        self.name = "torch-cuda-fp16" if device.type == "cuda" else "torch-cpu"
+
+    def buffer(self, n: int, shape: tuple[int, int]) -> torch.Tensor:
+        return torch.empty((n, 3, *shape), device=self.device, dtype=self.dtype)
+
+    def run(self, batch: torch.Tensor, n: int) -> torch.Tensor:
+        return _head(self.model(batch[:n]))
+
+
+def _head(out: Any) -> torch.Tensor:
+    # ultralytics' Detect head returns (y, features) in eval mode, y alone when exported.
+    y: torch.Tensor = out[0] if isinstance(out, (tuple, list)) else out
+    return y
+
+
+class CudaGraphRunner:
+    """Torch FP16 with one CUDA graph per batch bucket at imgsz square.
+
+    Launching a YOLO forward eagerly costs hundreds of kernel launches; a
+    replayed graph costs one. Inputs are static tensors the letterbox writes
+    into; a batch of 5 runs the 8-graph with 3 stale rows whose outputs are
+    ignored.
+    """
+
+    rect = False
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, max_batch: int,
+                 imgsz: int) -> None:  # fmt: skip
+        if device.type != "cuda":
+            raise DetectorError("CUDA graphs need a CUDA device")
+        self.device, self.dtype, self.max_batch = device, torch.float16, max_batch
+        self.model = model.to(device, self.dtype)
+        self.name = "torch-cuda-fp16-graphs"
+        self.buckets = batch_buckets(max_batch)
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        pool = None
+        for b in reversed(self.buckets):  # largest first, so the others fit in its pool
+            pool = self._capture(b, imgsz, pool)
+
+    @torch.inference_mode()
+    def _capture(self, b: int, imgsz: int, pool: Any) -> Any:
+        x = torch.full((b, 3, imgsz, imgsz), 0.5, device=self.device, dtype=self.dtype)
+        side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm up cuDNN autotuning outside the capture
+                _head(self.model(x))
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            y = _head(self.model(x))
+        self.inputs[b], self.outputs[b], self.graphs[b] = x, y, graph
+        return graph.pool()
+
+    def buffer(self, n: int, shape: tuple[int, int]) -> torch.Tensor:
+        return self.inputs[bucket_for(n, self.buckets)]
+
+    def run(self, batch: torch.Tensor, n: int) -> torch.Tensor:
+        b = bucket_for(n, self.buckets)
+        self.graphs[b].replay()
+        return self.outputs[b][:n]
