@@ -102,6 +102,7 @@ def test_max_fps_samples_and_metrics_count_everything(
         log.payloads("det.fast")
     )
     assert sample(m, "streamd_detector_up") == 1.0
+    assert sample(m, "streamd_detector_backend", backend=beat["backend"]) == 1.0
 
     # Counters survive a worker restart (the dead worker's share stays in the sum).
     pid = http_status(cfg)["streams"]["fast"]["pid"]

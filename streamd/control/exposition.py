@@ -38,7 +38,14 @@ class _BoardCollector:
             "streamd_detector_up", "1 while the inference worker heartbeats, else 0."
         )
         up.add_metric([], 1.0 if snap["healthy"] else 0.0)
-        yield from (state, restarts, up)
+        info = GaugeMetricFamily(
+            "streamd_detector_backend",
+            "1 for the detector backend that runs (auto's choice), e.g. onnx-cpu.",
+            labels=["backend"],
+        )
+        if snap["backend"]:
+            info.add_metric([snap["backend"]], 1.0)
+        yield from (state, restarts, up, info)
 
 
 class MetricsExporter:

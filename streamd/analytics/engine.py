@@ -1,0 +1,415 @@
+"""Per-stream analytics: track lifecycle, zones (enter/exit/dwell/occupancy), line crossings.
+
+Pure logic over (tracked objects, capture time) so it is tested with synthetic
+tracks on exact paths. Times are the frames' capture times, so dropped frames
+and overload do not change dwell or debounce.
+
+Zone membership is supervision's ``PolygonZone`` (the anchor point of the box
+in the polygon). Line crossings are computed here rather than with
+``sv.LineZone``: that counts after N *frames* on the new side, while streamd
+debounces in *seconds* (frames are dropped under load) and needs the crossing
+direction per track for alerts and cooldowns.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import supervision as sv
+
+from streamd.analytics.config import ZONE_RULE, LineConfig, TracksConfig, ZoneConfig
+
+_ANCHOR = {
+    "bottom_center": sv.Position.BOTTOM_CENTER,
+    "center": sv.Position.CENTER,
+    "top_center": sv.Position.TOP_CENTER,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One tracked object in one frame."""
+
+    track_id: int
+    class_id: int
+    cls: str
+    conf: float
+    bbox: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    rule: str  # enter | exit | dwell | occupancy | in | out
+    zone: str | None
+    line: str | None
+    obj: Observation | None  # None for zone-level rules (occupancy)
+    frame: int
+    ts: float
+    extra: dict[str, Any]
+    snapshot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TrackEvent:
+    event: str  # new | update | end
+    obj: Observation
+    frame: int
+    ts: float
+    extra: dict[str, Any]
+
+
+@dataclass
+class _Track:
+    first: Observation
+    first_ts: float
+    first_frame: int
+    last: Observation
+    last_ts: float
+    last_update_ts: float
+    frames: int = 1
+    classes: Counter[str] = field(default_factory=Counter)
+    zones: set[str] = field(default_factory=set)
+
+
+def _anchor(obj: Observation, anchor: str) -> tuple[float, float]:
+    x1, y1, x2, y2 = obj.bbox
+    y = {"bottom_center": y2, "center": (y1 + y2) / 2, "top_center": y1}[anchor]
+    return (x1 + x2) / 2, y
+
+
+@dataclass
+class _Side:
+    """Debounced position of one track relative to a zone or a line."""
+
+    raw: int
+    raw_since: float
+    confirmed: int | None
+    prev_point: tuple[float, float]
+    crossing_point: tuple[float, float] | None = None
+    entered_at: float | None = None
+    dwell_fired: set[float] = field(default_factory=set)  # thresholds fired this visit
+
+
+class _Rule:
+    def __init__(self, cooldown_s: float) -> None:
+        self.cooldown_s = cooldown_s
+        self.last: dict[tuple[str, int | None], float] = {}
+        self.suppressed = 0
+
+    def allow(self, rule: str, track: int | None, ts: float) -> bool:
+        last = self.last.get((rule, track))
+        if last is not None and ts - last < self.cooldown_s:
+            self.suppressed += 1
+            return False
+        self.last[(rule, track)] = ts
+        return True
+
+
+def _eligible(cfg: ZoneConfig | LineConfig, obj: Observation, age: float) -> bool:
+    return (
+        (cfg.classes is None or obj.cls in cfg.classes)
+        and obj.conf >= cfg.min_conf
+        and age >= cfg.min_track_age_s
+    )
+
+
+def _scaled(points: Sequence[Sequence[float]], normalized: bool, w: int, h: int) -> np.ndarray:
+    arr = np.asarray(points, dtype=np.float64)
+    return arr * [w, h] if normalized else arr
+
+
+class Zone:
+    def __init__(self, cfg: ZoneConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.sides: dict[int, _Side] = {}
+        self.cooldown = _Rule(cfg.cooldown_s)
+        parsed = [(r, ZONE_RULE.match(r)) for r in cfg.alert_on]
+        self.on_enter = "enter" in cfg.alert_on
+        self.on_exit = "exit" in cfg.alert_on
+        # (threshold, the rule as the user wrote it: the alert's "condition")
+        self.dwell = [(float(m.group(2)), r) for r, m in parsed if m and m.group(2)]
+        self.occupancy_rules = [(int(m.group(3)), r) for r, m in parsed if m and m.group(3)]
+        self.occupancy_armed = {r: True for _, r in self.occupancy_rules}
+        self.entries = 0
+        self.exits = 0
+        self._zone: sv.PolygonZone | None = None
+        self._size: tuple[int, int] | None = None
+
+    @property
+    def occupancy(self) -> int:
+        return sum(1 for s in self.sides.values() if s.confirmed == 1)
+
+    def inside(self, objs: list[Observation], w: int, h: int) -> list[bool]:
+        if self._zone is None or self._size != (w, h):
+            polygon = np.round(_scaled(self.cfg.polygon, self.cfg.normalized, w, h))
+            self._zone = sv.PolygonZone(polygon.astype(np.int64), (_ANCHOR[self.cfg.anchor],))
+            self._size = (w, h)
+        if not objs:
+            return []
+        dets = sv.Detections(xyxy=np.array([o.bbox for o in objs], dtype=np.float32))
+        return [bool(v) for v in self._zone.trigger(dets)]
+
+
+class Line:
+    def __init__(self, cfg: LineConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.sides: dict[int, _Side] = {}
+        self.cooldown = _Rule(cfg.cooldown_s)
+        self.counts: dict[str, int] = {"in": 0, "out": 0}
+        self.by_class: dict[str, dict[str, int]] = {}
+
+    def ends(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        pts = _scaled(self.cfg.points, self.cfg.normalized, w, h)
+        return pts[0], pts[1]
+
+    def side(self, p: tuple[float, float], w: int, h: int) -> int:
+        a, b = self.ends(w, h)
+        cross = (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
+        return int(np.sign(cross))  # +1: right of a→b on screen (y down): the "in" side
+
+    def within(self, p: tuple[float, float], q: tuple[float, float], w: int, h: int) -> bool:
+        """Whether the move p → q crosses the line between its two end points."""
+        a, b = self.ends(w, h)
+        d = b - a
+        cp = d[0] * (p[1] - a[1]) - d[1] * (p[0] - a[0])
+        cq = d[0] * (q[1] - a[1]) - d[1] * (q[0] - a[0])
+        if cp == cq:
+            return False
+        x = np.asarray(p) + (np.asarray(q) - np.asarray(p)) * (cp / (cp - cq))
+        t = float(np.dot(x - a, d) / np.dot(d, d))
+        return 0.0 <= t <= 1.0
+
+
+class StreamAnalytics:
+    """Everything analytics knows about one stream; ``update`` once per analysed frame."""
+
+    def __init__(
+        self,
+        zones: Sequence[ZoneConfig],
+        lines: Sequence[LineConfig],
+        tracks: TracksConfig,
+        lost_track_s: float,
+    ) -> None:
+        self.zones = [Zone(z) for z in zones]
+        self.lines = [Line(c) for c in lines]
+        self.tracks_cfg = tracks
+        self.lost_track_s = lost_track_s
+        self.tracks: dict[int, _Track] = {}
+
+    def update(
+        self, objs: Sequence[Observation], frame: int, ts: float, width: int, height: int
+    ) -> tuple[list[TrackEvent], list[Alert]]:
+        events: list[TrackEvent] = []
+        alerts: list[Alert] = []
+        for obj in objs:
+            events += self._observe(obj, frame, ts)
+        seen = {o.track_id: o for o in objs}
+        ages = {tid: ts - self.tracks[tid].first_ts for tid in seen}
+        for zone in self.zones:
+            alerts += self._zone(zone, seen, ages, frame, ts, width, height)
+        for line in self.lines:
+            alerts += self._line(line, seen, ages, frame, ts, width, height)
+        lost = [t for t, tr in self.tracks.items() if ts - tr.last_ts > self.lost_track_s]
+        for tid in lost:
+            e, a = self._end(tid, frame, ts, "lost")
+            events.append(e)
+            alerts += a
+        return events, alerts
+
+    def end_all(self, frame: int, ts: float, reason: str) -> tuple[list[TrackEvent], list[Alert]]:
+        """The stream stopped (ended, failed, reconnecting): every track ends now."""
+        events: list[TrackEvent] = []
+        alerts: list[Alert] = []
+        for tid in list(self.tracks):
+            e, a = self._end(tid, frame, ts, reason)
+            events.append(e)
+            alerts += a
+        return events, alerts
+
+    def _observe(self, obj: Observation, frame: int, ts: float) -> list[TrackEvent]:
+        tr = self.tracks.get(obj.track_id)
+        if tr is None:
+            tr = _Track(obj, ts, frame, obj, ts, ts)
+            tr.classes[obj.cls] += 1
+            self.tracks[obj.track_id] = tr
+            return [TrackEvent("new", obj, frame, ts, {})]
+        tr.last, tr.last_ts = obj, ts
+        tr.frames += 1
+        tr.classes[obj.cls] += 1
+        if ts - tr.last_update_ts >= self.tracks_cfg.update_interval_s:
+            tr.last_update_ts = ts
+            return [TrackEvent("update", obj, frame, ts, {"age_s": round(ts - tr.first_ts, 3)})]
+        return []
+
+    def _end(self, tid: int, frame: int, ts: float, reason: str) -> tuple[TrackEvent, list[Alert]]:
+        tr = self.tracks.pop(tid)
+        alerts = []
+        for zone in self.zones:
+            side = zone.sides.pop(tid, None)
+            if side is not None and side.confirmed == 1:
+                alerts += self._exit(zone, tr.last, side, frame, tr.last_ts, reason)
+        for line in self.lines:
+            line.sides.pop(tid, None)
+        extra = {
+            "reason": reason,
+            "first_ts": tr.first_ts,
+            "last_ts": tr.last_ts,
+            "duration_s": round(tr.last_ts - tr.first_ts, 3),
+            "frames": tr.frames,
+            "classes": dict(tr.classes),
+            "zones": sorted(tr.zones),
+        }
+        return TrackEvent("end", tr.last, frame, tr.last_ts, extra), alerts
+
+    def _zone(self, zone: Zone, seen: dict[int, Observation], ages: dict[int, float],
+              frame: int, ts: float, w: int, h: int) -> list[Alert]:  # fmt: skip
+        cfg = zone.cfg
+        objs = [o for o in seen.values() if _eligible(cfg, o, ages[o.track_id])]
+        alerts: list[Alert] = []
+        for obj, inside in zip(objs, zone.inside(objs, w, h), strict=True):
+            point = _anchor(obj, cfg.anchor)
+            side = zone.sides.get(obj.track_id)
+            if side is None:
+                side = zone.sides[obj.track_id] = _Side(int(inside), ts, None, point)
+            if int(inside) != side.raw:
+                side.raw, side.raw_since = int(inside), ts
+            if side.confirmed != side.raw and ts - side.raw_since >= cfg.debounce_s:
+                was = side.confirmed
+                side.confirmed = side.raw
+                if side.raw == 1:
+                    alerts += self._enter(zone, obj, side, frame, ts)
+                elif was == 1:
+                    alerts += self._exit(zone, obj, side, frame, ts, "left")
+            if side.confirmed == 1 and side.entered_at is not None:
+                alerts += self._dwell(zone, obj, side, frame, ts)
+        alerts += self._occupancy(zone, frame, ts)
+        return alerts
+
+    def _enter(self, zone: Zone, obj: Observation, side: _Side, frame: int,
+               ts: float) -> list[Alert]:  # fmt: skip
+        side.entered_at = side.raw_since  # the visit began when it first stood inside
+        side.dwell_fired = set()
+        zone.entries += 1
+        self.tracks[obj.track_id].zones.add(zone.name)
+        if not zone.on_enter:
+            return []
+        return self._fire(zone, "enter", "enter", obj, frame, ts, {"occupancy": zone.occupancy})
+
+    def _exit(self, zone: Zone, obj: Observation, side: _Side, frame: int, ts: float,
+              reason: str) -> list[Alert]:  # fmt: skip
+        zone.exits += 1
+        # Left: the visit ended when it first stood outside. Track ended: when last seen.
+        until = side.raw_since if reason == "left" else ts
+        dwell = round(until - (side.entered_at if side.entered_at is not None else until), 3)
+        side.entered_at = None
+        if not zone.on_exit:
+            return []
+        extra = {"dwell_s": dwell, "reason": reason, "occupancy": zone.occupancy}
+        return self._fire(zone, "exit", "exit", obj, frame, ts, extra)
+
+    def _dwell(self, zone: Zone, obj: Observation, side: _Side, frame: int,
+               ts: float) -> list[Alert]:  # fmt: skip
+        dwell = ts - (side.entered_at if side.entered_at is not None else ts)
+        out: list[Alert] = []
+        for threshold, rule in zone.dwell:
+            if dwell >= threshold and threshold not in side.dwell_fired:
+                side.dwell_fired.add(threshold)  # once per visit
+                extra = {"dwell_s": round(dwell, 3), "threshold_s": threshold}
+                out += self._fire(zone, "dwell", rule, obj, frame, ts, extra)
+        return out
+
+    def _occupancy(self, zone: Zone, frame: int, ts: float) -> list[Alert]:
+        out: list[Alert] = []
+        count = zone.occupancy
+        for n, rule in zone.occupancy_rules:
+            if count < n:
+                zone.occupancy_armed[rule] = True  # re-armed once it drops below N
+            elif zone.occupancy_armed[rule]:
+                zone.occupancy_armed[rule] = False
+                inside = sorted(t for t, s in zone.sides.items() if s.confirmed == 1)
+                extra = {"occupancy": count, "threshold": n, "track_ids": inside}
+                out += self._fire(zone, "occupancy", rule, None, frame, ts, extra)
+        return out
+
+    def _fire(self, zone: Zone, kind: str, rule: str, obj: Observation | None, frame: int,
+              ts: float, extra: dict[str, Any]) -> list[Alert]:  # fmt: skip
+        if not zone.cooldown.allow(rule, obj.track_id if obj else None, ts):
+            return []
+        return [Alert(kind, zone.name, None, obj, frame, ts, {"condition": rule, **extra},
+                      zone.cfg.snapshot)]  # fmt: skip
+
+    def _line(self, line: Line, seen: dict[int, Observation], ages: dict[int, float],
+              frame: int, ts: float, w: int, h: int) -> list[Alert]:  # fmt: skip
+        cfg = line.cfg
+        alerts: list[Alert] = []
+        for obj in seen.values():
+            if not _eligible(cfg, obj, ages[obj.track_id]):
+                continue
+            point = _anchor(obj, cfg.anchor)
+            s = line.side(point, w, h)
+            side = line.sides.get(obj.track_id)
+            if side is None:
+                line.sides[obj.track_id] = _Side(s, ts, s or None, point)
+                continue
+            if s != 0 and s != side.raw:
+                inside = line.within(side.prev_point, point, w, h)
+                side.raw, side.raw_since = s, ts
+                side.crossing_point = point if inside else None
+            side.prev_point = point
+            if (
+                side.raw != side.confirmed
+                and side.raw != 0
+                and ts - side.raw_since >= cfg.debounce_s
+            ):
+                crossed = side.confirmed is not None and side.crossing_point is not None
+                side.confirmed = side.raw
+                if crossed:
+                    alerts += self._cross(line, obj, "in" if side.raw > 0 else "out", frame, ts)
+        return alerts
+
+    def _cross(self, line: Line, obj: Observation, direction: str, frame: int,
+               ts: float) -> list[Alert]:  # fmt: skip
+        line.counts[direction] += 1
+        per = line.by_class.setdefault(obj.cls, {"in": 0, "out": 0})
+        per[direction] += 1
+        if direction not in line.cfg.alert_on:
+            return []
+        if not line.cooldown.allow(direction, obj.track_id, ts):
+            return []
+        extra = {"condition": direction, "counts": dict(line.counts)}
+        return [Alert(direction, None, line.name, obj, frame, ts, extra, line.cfg.snapshot)]
+
+    def state(self) -> dict[str, Any]:
+        """Active tracks, zone occupancy and line counts: what a late joiner asks for."""
+        return {
+            "tracks": [
+                {
+                    "track_id": tid,
+                    "class": tr.last.cls,
+                    "bbox": list(tr.last.bbox),
+                    "first_ts": tr.first_ts,
+                    "last_ts": tr.last_ts,
+                    "zones": sorted(tr.zones),
+                }
+                for tid, tr in self.tracks.items()
+            ],  # fmt: skip
+            "zones": {
+                z.name: {
+                    "occupancy": z.occupancy,
+                    "entries": z.entries,
+                    "exits": z.exits,
+                    "track_ids": sorted(t for t, s in z.sides.items() if s.confirmed == 1),
+                }
+                for z in self.zones
+            },  # fmt: skip
+            "lines": {
+                ln.name: {**ln.counts, "by_class": {k: dict(v) for k, v in ln.by_class.items()}}
+                for ln in self.lines
+            },
+        }
