@@ -189,6 +189,7 @@ def pipeline(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
         "batching": {"max_batch": spec.max_batch, "max_wait_ms": spec.max_wait_ms},
         "publish": {"endpoint": f"tcp://127.0.0.1:{spec.port}", "hwm": 100_000},
         "http": {"listen": f"127.0.0.1:{spec.http_port}"},
+        "journal": {"path": str(workdir / "alerts.sqlite"), "endpoint": "tcp://127.0.0.1:*"},
         "streams": [
             {"id": f"s{i}", "url": str(clip), "loop": True, "realtime": True}
             for i in range(spec.streams)

@@ -133,7 +133,20 @@ def format_status(status: dict[str, Any]) -> str:
         f"backend {status.get('backend') or '-'}  uptime {status['uptime_s']:.0f}s  "
         f"{'healthy' if status.get('healthy') else 'UNHEALTHY (no heartbeat)'}"
     )
-    return "\n".join([head, *lines])
+    return "\n".join([head, *lines, *_analytics_lines(status)])
+
+
+def _analytics_lines(status: dict[str, Any]) -> list[str]:
+    """Zone occupancy and line counts, one line per stream that has any."""
+    out = []
+    for sid, s in status["streams"].items():
+        zones = [f"zone {n}: {c} inside" for n, c in (s.get("zones") or {}).items()]
+        lines = [
+            f"line {n}: in {c['in']} out {c['out']}" for n, c in (s.get("lines") or {}).items()
+        ]
+        if zones or lines:
+            out.append(f"{sid}: " + ", ".join(zones + lines))
+    return out
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

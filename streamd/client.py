@@ -13,16 +13,28 @@ recorded as a :class:`Gap`; a new epoch is a publisher restart, recorded in
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import zmq
 
 from streamd.publish.wire import Event, decode
 
-__all__ = ["Event", "Gap", "GapTracker", "Subscriber"]
+__all__ = [
+    "AlertClient",
+    "AlertSubscriber",
+    "Event",
+    "Gap",
+    "GapTracker",
+    "ReplayError",
+    "Subscriber",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +140,205 @@ class Subscriber:
         self._ctx.term()
 
     def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ReplayError(Exception):
+    """The daemon's request socket did not answer (or answered with an error)."""
+
+
+class AlertClient:
+    """Requests to the daemon's ``journal.endpoint``: replay and state."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 5.0) -> None:
+        self._endpoint = endpoint
+        self._timeout_ms = int(timeout_s * 1000)
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket[bytes] | None = None
+
+    def _request(self, req: dict[str, Any]) -> list[bytes]:
+        if self._sock is None:
+            self._sock = self._ctx.socket(zmq.REQ)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.connect(self._endpoint)
+        self._sock.send(json.dumps(req).encode())
+        if not self._sock.poll(self._timeout_ms):
+            # A REQ socket that lost its reply is stuck: start a new one next time.
+            self._sock.close()
+            self._sock = None
+            raise ReplayError(f"no reply from {self._endpoint} within {self._timeout_ms} ms")
+        parts = self._sock.recv_multipart()
+        header = json.loads(parts[0])
+        if "error" in header:
+            raise ReplayError(str(header["error"]))
+        return parts
+
+    def state(self) -> dict[str, Any]:
+        """Active tracks, zone occupancy, line counts, last alert seq per stream, epoch."""
+        state: dict[str, Any] = json.loads(self._request({"op": "state"})[0])
+        return state
+
+    def replay(
+        self, after: dict[str, int], stream: str | None = None, limit: int = 500
+    ) -> tuple[list[Event], bool]:
+        """Journaled alerts after ``after[stream]`` (all of a stream not named), in
+        publish order, with their snapshots; (events, more)."""
+        req = {"op": "replay", "after": after, "stream": stream, "limit": limit}
+        parts = self._request(req)
+        header = json.loads(parts[0])
+        events = []
+        for payload, snap in zip(header["alerts"], header["snapshots"], strict=True):
+            topic = f"alert.{payload['stream']}"
+            events.append(Event(topic, payload, None if snap is None else parts[1 + snap]))
+        return events, bool(header["more"])
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._ctx.term()
+
+
+class AlertSubscriber:
+    """Every alert once, in order per stream: across gaps, reconnects, daemon restarts
+    and this subscriber's own restarts.
+
+        with AlertSubscriber("tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557",
+                             state_file="alerts.pos") as alerts:
+            for alert in alerts:
+                handle(alert)
+
+    Live alerts are delivered as they come; whenever ``seq`` jumps, the epoch
+    changes, or a heartbeat shows alerts this subscriber has not seen (the tail
+    of a burst lost at the high-water mark), the missing ones are fetched from
+    the daemon's journal first. Where to start: ``position`` (last seq handled
+    per stream, e.g. stored with your own results: exactly once), else
+    ``state_file`` (saved after each alert is handled, i.e. when the next one is
+    asked for: at least once if this process dies mid-alert), else ``start``:
+    ``"journal"`` (everything journaled) or ``"now"``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        request_endpoint: str,
+        streams: Iterable[str] | None = None,
+        position: dict[str, int] | None = None,
+        state_file: str | None = None,
+        start: str = "journal",
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.streams = None if streams is None else set(streams)
+        topics = ["heartbeat"] + (
+            ["alert."] if self.streams is None else [f"alert.{s}" for s in self.streams]
+        )
+        self._sub = Subscriber(endpoint, topics=topics)
+        self._client = AlertClient(request_endpoint, timeout_s)
+        self._state_file = state_file
+        self._pending: deque[Event] = deque()
+        self._handed: Event | None = None
+        self.replayed = 0  # alerts that came from the journal rather than live
+        self.position = self._initial(position, start)
+        self._catch_up()
+
+    def _initial(self, position: dict[str, int] | None, start: str) -> dict[str, int]:
+        if position is not None:
+            return dict(position)
+        if self._state_file and os.path.exists(self._state_file):
+            with open(self._state_file) as f:
+                return {str(k): int(v) for k, v in json.load(f).items()}
+        if start == "now":
+            return dict(self._client.state()["alert_seq"])
+        return {}
+
+    def _wanted(self, stream: str | None) -> bool:
+        return stream is not None and (self.streams is None or stream in self.streams)
+
+    def _catch_up(self) -> None:
+        """Queue every journaled alert after our position (and after what is queued)."""
+        while True:
+            after = dict(self.position)
+            for e in self._pending:
+                after[str(e.stream)] = e.seq
+            events, more = self._client.replay(after)
+            for e in events:
+                if self._wanted(e.stream):
+                    self._pending.append(e)
+                    self.replayed += 1
+            if not more:
+                return
+
+    def _last(self, stream: str) -> int:
+        queued = [e.seq for e in self._pending if e.stream == stream]
+        return max(queued) if queued else self.position.get(stream, -1)
+
+    def _observe(self, event: Event) -> None:
+        if event.kind == "heartbeat":
+            streams = event.payload.get("streams", {})
+            behind = any(
+                self._wanted(sid) and row.get("alert_seq", -1) > self._last(sid)
+                for sid, row in streams.items()
+            )
+            if behind:
+                self._catch_up()
+            return
+        stream = str(event.stream)
+        last = self._last(stream)
+        if event.seq <= last:
+            return  # already delivered or queued (e.g. it came through the journal)
+        if event.seq == last + 1:
+            self._pending.append(event)
+        else:  # a gap, or a restart that published while we were away
+            self._catch_up()
+
+    def recv(self, timeout_s: float | None = None) -> Event | None:
+        """The next alert, or None if none within ``timeout_s``."""
+        self._done()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._pending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            event = self._sub.recv(left)
+            if event is None:
+                return None
+            self._observe(event)
+        self._handed = self._pending.popleft()
+        return self._handed
+
+    def _done(self) -> None:
+        """The alert handed out last was handled: advance (and save) the position."""
+        if self._handed is None:
+            return
+        self.position[str(self._handed.stream)] = self._handed.seq
+        self._handed = None
+        if self._state_file:
+            tmp = f"{self._state_file}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.position, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._state_file)
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            event = self.recv(None)
+            if event is not None:
+                yield event
+
+    def close(self) -> None:
+        self._done()
+        self._sub.close()
+        self._client.close()
+
+    def __enter__(self) -> AlertSubscriber:
         return self
 
     def __exit__(

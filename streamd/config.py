@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from streamd.analytics.config import JournalConfig, LineConfig, TracksConfig, ZoneConfig
 from streamd.runtime.redact import redact_url
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -217,6 +218,17 @@ class StreamConfig(_Strict):
         "conceal: keep the decoder's error-concealed picture.",
     )
     reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig())
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Polygon zones and rules.")
+    lines: list[LineConfig] = Field(default_factory=list, description="Counting lines.")
+
+    @field_validator("zones", "lines")
+    @classmethod
+    def _unique_names(cls, regions: list[ZoneConfig] | list[LineConfig]) -> object:
+        names = [r.name for r in regions]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate names {dup}")
+        return regions
 
     @field_validator("loop", "realtime", "transport", "width", "height", "fps")
     @classmethod
@@ -272,6 +284,8 @@ class PipelineConfig(_Strict):
     publish: PublishConfig = Field(default_factory=lambda: PublishConfig())
     http: HttpConfig = Field(default_factory=lambda: HttpConfig())
     supervisor: SupervisorConfig = Field(default_factory=lambda: SupervisorConfig())
+    tracks: TracksConfig = Field(default_factory=lambda: TracksConfig())
+    journal: JournalConfig = Field(default_factory=lambda: JournalConfig())
     streams: Annotated[list[StreamConfig], Field(min_length=1)]
 
     @field_validator("streams")
@@ -388,8 +402,8 @@ def _redacted_reason(err: Any) -> str:
     return redact_url(msg.removeprefix("Value error, "))
 
 
-def resolve_paths(cfg: PipelineConfig, base_dir: Path) -> PipelineConfig:
-    """Resolve file URLs and weight paths relative to the pipeline file's folder."""
+def resolve_paths(cfg: PipelineConfig, base_dir: Path, name: str = "pipeline") -> PipelineConfig:
+    """Resolve file URLs, weights and the journal relative to the pipeline file's folder."""
     streams = [
         s.model_copy(update={"url": _resolve_file_url(s.url, base_dir)}) for s in cfg.streams
     ]
@@ -399,7 +413,17 @@ def resolve_paths(cfg: PipelineConfig, base_dir: Path) -> PipelineConfig:
             "calibration": cfg.model.calibration and _relative_to(cfg.model.calibration, base_dir),
         }
     )
-    return cfg.model_copy(update={"streams": streams, "model": model})
+    journal = cfg.journal.model_copy(
+        update={"path": _journal_path(cfg.journal.path, base_dir, name)}
+    )
+    return cfg.model_copy(update={"streams": streams, "model": model, "journal": journal})
+
+
+def _journal_path(path: str | None, base_dir: Path, name: str) -> str:
+    if path is not None:
+        return str((base_dir / path).resolve()) if not Path(path).is_absolute() else path
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(state) / "streamd" / f"{name}.alerts.sqlite")
 
 
 def _relative_to(path: str, base_dir: Path) -> str:
@@ -424,4 +448,4 @@ def load_config(path: str | Path) -> PipelineConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(p), [("", f"cannot read file: {e.strerror}")]) from None
-    return resolve_paths(parse_config(text, source=str(p)), p.parent)
+    return resolve_paths(parse_config(text, source=str(p)), p.parent, p.stem)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,12 +21,15 @@ import supervision as sv
 import zmq
 
 from streamd import metrics
+from streamd.analytics.service import Analytics
 from streamd.batching import Batcher
 from streamd.config import PipelineConfig
 from streamd.detect import Detector, DetectorError, create_detector
 from streamd.frames.ring import RingReader
 from streamd.publish import Publisher
 from streamd.publish.events import Latency, det_fields, objects, status_fields
+from streamd.publish.journal import AlertJournal
+from streamd.publish.replay import ReplayServer
 from streamd.runtime.channel import Inbox, Message
 from streamd.runtime.process import StopFlag, run_logged, setup_worker
 from streamd.track import StreamTracker
@@ -33,6 +38,7 @@ from streamd.types import FrameRef, SourceState, StatusUpdate
 log = logging.getLogger(__name__)
 
 EXIT_SETUP_FAILED = 3
+PRUNE_EVERY_S = 600.0  # journal retention check
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,25 +87,59 @@ def _serve(spec: InferenceSpec, ready: MpEvent, stop: StopFlag) -> int:
         publisher = Publisher(
             cfg.publish.endpoint, cfg.publish.hwm, sndbuf_kib=cfg.publish.sndbuf_kib
         )
+        journal = _open_journal(cfg)
         inbox = Inbox(spec.inbox)
         detector = create_detector(cfg.model, cfg.batching.max_batch)
-    except (DetectorError, zmq.ZMQError) as e:
+        worker = InferenceWorker(cfg, detector, inbox, publisher, journal)
+        replay = _replay_server(cfg, journal, publisher.epoch, worker)
+    except (DetectorError, zmq.ZMQError, JournalError) as e:
         log.error("inference setup failed: %s", e)
         return EXIT_SETUP_FAILED
-    worker = InferenceWorker(cfg, detector, inbox, publisher)
+    replay.start()
     ready.set()
     try:
         worker.run(stop)
     finally:
+        replay.close()
         worker.close()
     return 0
 
 
+class JournalError(Exception):
+    pass
+
+
+def _open_journal(cfg: PipelineConfig) -> AlertJournal:
+    j = cfg.journal
+    path = Path(str(j.path))
+    try:
+        return AlertJournal(path, j.synchronous, j.max_age_days, j.max_mb)
+    except (OSError, sqlite3.Error) as e:
+        raise JournalError(f"journal.path {path}: {e}") from e
+
+
+def _replay_server(
+    cfg: PipelineConfig, journal: AlertJournal, epoch: int, worker: InferenceWorker
+) -> ReplayServer:
+    try:
+        return ReplayServer(cfg.journal.endpoint, journal.path, epoch, worker.analytics.state)
+    except zmq.ZMQError as e:
+        raise JournalError(f"journal.endpoint {cfg.journal.endpoint}: {e}") from e
+
+
 class InferenceWorker:
     def __init__(
-        self, cfg: PipelineConfig, detector: Detector, inbox: Inbox, publisher: Publisher
+        self,
+        cfg: PipelineConfig,
+        detector: Detector,
+        inbox: Inbox,
+        publisher: Publisher,
+        journal: AlertJournal,
     ) -> None:
         self.cfg = cfg
+        self.journal = journal
+        self.analytics = Analytics(cfg, publisher, journal)
+        self._next_prune = time.time() + PRUNE_EVERY_S
         self.detector = detector
         self.inbox = inbox
         self.publisher = publisher
@@ -138,6 +178,9 @@ class InferenceWorker:
                 self._heartbeat()
                 # From now, not from the missed slot: a slow batch must not cause a burst.
                 next_beat = time.time() + self.cfg.publish.heartbeat_s
+            if time.time() >= self._next_prune:
+                self.journal.prune()
+                self._next_prune = time.time() + PRUNE_EVERY_S
 
     def _ingest(self, messages: list[Message]) -> None:
         for msg in messages:
@@ -157,6 +200,7 @@ class InferenceWorker:
             stats.decoded = update.counters["decoded"]
             stats.decode_errors = update.counters.get("decode_errors", 0)
         self.publisher.publish("status", update.stream, update.ts, status_fields(update))
+        self.analytics.on_state(update.stream, update.state)
 
     def _reader_for(self, ref: FrameRef) -> RingReader | None:
         reader = self.readers.get(ref.stream)
@@ -209,11 +253,17 @@ class InferenceWorker:
         results = self.detector.detect(frames)
         infer_ms = (time.perf_counter() - t0) * 1000.0
         metrics.BATCH_SIZE.observe(len(kept))
-        for ref, detections in zip(kept, results, strict=True):
-            self._publish_det(ref, detections, taken, infer_ms, len(kept))
+        for ref, detections, frame in zip(kept, results, frames, strict=True):
+            self._publish_det(ref, detections, frame, taken, infer_ms, len(kept))
 
     def _publish_det(
-        self, ref: FrameRef, detections: sv.Detections, taken: float, infer_ms: float, batch: int
+        self,
+        ref: FrameRef,
+        detections: sv.Detections,
+        frame: npt.NDArray[np.uint8],
+        taken: float,
+        infer_ms: float,
+        batch: int,
     ) -> None:
         t0 = time.perf_counter()
         tracked = self.trackers[ref.stream].update(detections, ref.media_ts)
@@ -232,6 +282,7 @@ class InferenceWorker:
             ref, objs, latency, self.batcher.drops(ref.stream).as_dict(), stats.analysed, batch
         )
         self.publisher.publish("det", ref.stream, ref.capture_ts, fields)
+        self.analytics.on_frame(ref, objs, frame)
         meters = self._meters[ref.stream]
         meters.analysed.inc()
         for stage, ms in fields["latency_ms"].items():
@@ -243,6 +294,7 @@ class InferenceWorker:
         elapsed = max(1e-6, now - self._last_beat)
         self._last_beat = now
         streams = {}
+        counts = self.analytics.counts()
         for sid, st in self.stats.items():
             st.fps = (st.analysed - st.analysed_at_last_beat) / elapsed
             st.analysed_at_last_beat = st.analysed
@@ -253,6 +305,7 @@ class InferenceWorker:
                 "fps": round(st.fps, 2),
                 "decoded": st.decoded,
                 "decode_errors": st.decode_errors,
+                **counts[sid],
             }
         fields = {
             "uptime_s": round(now - self.started, 3),
@@ -268,3 +321,4 @@ class InferenceWorker:
         self.readers.clear()
         self.inbox.close()
         self.publisher.close()
+        self.journal.close()

@@ -70,3 +70,15 @@ PUBLISHED = Counter(
     "loses messages inside libzmq, uncounted here: it sees them as seq gaps.",
     ["type"],
 )
+ALERTS = Counter("streamd_alerts", "Alerts journaled and published, by rule.", ["stream", "rule"])
+LINE_CROSSINGS = Counter(
+    "streamd_line_crossings",
+    "Objects that crossed a line, by direction (counted whether or not it alerts).",
+    ["stream", "line", "direction"],
+)
+ZONE_OCCUPANCY = Gauge(
+    "streamd_zone_occupancy",
+    "Tracks inside the zone now.",
+    ["stream", "zone"],
+    multiprocess_mode="livemax",
+)

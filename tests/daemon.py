@@ -30,6 +30,10 @@ def write_pipeline(
         "batching": {"max_batch": 4, "max_wait_ms": 20},
         "publish": {"endpoint": f"tcp://127.0.0.1:{port}"},
         "http": {"listen": f"127.0.0.1:{free_port()}"},
+        "journal": {
+            "path": str(tmp / "alerts.sqlite"),
+            "endpoint": f"tcp://127.0.0.1:{free_port()}",
+        },
         "streams": streams,
     }
     cfg.update(sections)

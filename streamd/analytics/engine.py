@@ -23,6 +23,9 @@ import supervision as sv
 
 from streamd.analytics.config import ZONE_RULE, LineConfig, TracksConfig, ZoneConfig
 
+# Capture times are floats: a threshold met "exactly" must not miss by 1e-16.
+EPS = 1e-6
+
 _ANCHOR = {
     "bottom_center": sv.Position.BOTTOM_CENTER,
     "center": sv.Position.CENTER,
@@ -102,7 +105,7 @@ class _Rule:
 
     def allow(self, rule: str, track: int | None, ts: float) -> bool:
         last = self.last.get((rule, track))
-        if last is not None and ts - last < self.cooldown_s:
+        if last is not None and ts - last < self.cooldown_s - EPS:
             self.suppressed += 1
             return False
         self.last[(rule, track)] = ts
@@ -162,6 +165,7 @@ class Line:
         self.sides: dict[int, _Side] = {}
         self.cooldown = _Rule(cfg.cooldown_s)
         self.counts: dict[str, int] = {"in": 0, "out": 0}
+        self.crossed: list[str] = []  # directions since the last drain (for metrics)
         self.by_class: dict[str, dict[str, int]] = {}
 
     def ends(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +219,7 @@ class StreamAnalytics:
             alerts += self._zone(zone, seen, ages, frame, ts, width, height)
         for line in self.lines:
             alerts += self._line(line, seen, ages, frame, ts, width, height)
-        lost = [t for t, tr in self.tracks.items() if ts - tr.last_ts > self.lost_track_s]
+        lost = [t for t, tr in self.tracks.items() if ts - tr.last_ts > self.lost_track_s + EPS]
         for tid in lost:
             e, a = self._end(tid, frame, ts, "lost")
             events.append(e)
@@ -242,7 +246,7 @@ class StreamAnalytics:
         tr.last, tr.last_ts = obj, ts
         tr.frames += 1
         tr.classes[obj.cls] += 1
-        if ts - tr.last_update_ts >= self.tracks_cfg.update_interval_s:
+        if ts - tr.last_update_ts >= self.tracks_cfg.update_interval_s - EPS:
             tr.last_update_ts = ts
             return [TrackEvent("update", obj, frame, ts, {"age_s": round(ts - tr.first_ts, 3)})]
         return []
@@ -258,8 +262,8 @@ class StreamAnalytics:
             line.sides.pop(tid, None)
         extra = {
             "reason": reason,
-            "first_ts": tr.first_ts,
-            "last_ts": tr.last_ts,
+            "first_media_ts": tr.first_ts,
+            "last_media_ts": tr.last_ts,
             "duration_s": round(tr.last_ts - tr.first_ts, 3),
             "frames": tr.frames,
             "classes": dict(tr.classes),
@@ -279,7 +283,7 @@ class StreamAnalytics:
                 side = zone.sides[obj.track_id] = _Side(int(inside), ts, None, point)
             if int(inside) != side.raw:
                 side.raw, side.raw_since = int(inside), ts
-            if side.confirmed != side.raw and ts - side.raw_since >= cfg.debounce_s:
+            if side.confirmed != side.raw and ts - side.raw_since >= cfg.debounce_s - EPS:
                 was = side.confirmed
                 side.confirmed = side.raw
                 if side.raw == 1:
@@ -318,7 +322,7 @@ class StreamAnalytics:
         dwell = ts - (side.entered_at if side.entered_at is not None else ts)
         out: list[Alert] = []
         for threshold, rule in zone.dwell:
-            if dwell >= threshold and threshold not in side.dwell_fired:
+            if dwell >= threshold - EPS and threshold not in side.dwell_fired:
                 side.dwell_fired.add(threshold)  # once per visit
                 extra = {"dwell_s": round(dwell, 3), "threshold_s": threshold}
                 out += self._fire(zone, "dwell", rule, obj, frame, ts, extra)
@@ -362,11 +366,8 @@ class StreamAnalytics:
                 side.raw, side.raw_since = s, ts
                 side.crossing_point = point if inside else None
             side.prev_point = point
-            if (
-                side.raw != side.confirmed
-                and side.raw != 0
-                and ts - side.raw_since >= cfg.debounce_s
-            ):
+            settled = ts - side.raw_since >= cfg.debounce_s - EPS
+            if side.raw != side.confirmed and side.raw != 0 and settled:
                 crossed = side.confirmed is not None and side.crossing_point is not None
                 side.confirmed = side.raw
                 if crossed:
@@ -376,6 +377,7 @@ class StreamAnalytics:
     def _cross(self, line: Line, obj: Observation, direction: str, frame: int,
                ts: float) -> list[Alert]:  # fmt: skip
         line.counts[direction] += 1
+        line.crossed.append(direction)
         per = line.by_class.setdefault(obj.cls, {"in": 0, "out": 0})
         per[direction] += 1
         if direction not in line.cfg.alert_on:
@@ -387,29 +389,18 @@ class StreamAnalytics:
 
     def state(self) -> dict[str, Any]:
         """Active tracks, zone occupancy and line counts: what a late joiner asks for."""
-        return {
-            "tracks": [
-                {
-                    "track_id": tid,
-                    "class": tr.last.cls,
-                    "bbox": list(tr.last.bbox),
-                    "first_ts": tr.first_ts,
-                    "last_ts": tr.last_ts,
-                    "zones": sorted(tr.zones),
-                }
-                for tid, tr in self.tracks.items()
-            ],  # fmt: skip
-            "zones": {
-                z.name: {
-                    "occupancy": z.occupancy,
-                    "entries": z.entries,
-                    "exits": z.exits,
-                    "track_ids": sorted(t for t, s in z.sides.items() if s.confirmed == 1),
-                }
-                for z in self.zones
-            },  # fmt: skip
-            "lines": {
-                ln.name: {**ln.counts, "by_class": {k: dict(v) for k, v in ln.by_class.items()}}
-                for ln in self.lines
-            },
+        tracks = [
+            {"track_id": tid, "class": tr.last.cls, "bbox": list(tr.last.bbox),
+             "first_media_ts": tr.first_ts, "last_media_ts": tr.last_ts, "zones": sorted(tr.zones)}
+            for tid, tr in self.tracks.items()
+        ]  # fmt: skip
+        zones = {
+            z.name: {"occupancy": z.occupancy, "entries": z.entries, "exits": z.exits,
+                     "track_ids": sorted(t for t, s in z.sides.items() if s.confirmed == 1)}
+            for z in self.zones
+        }  # fmt: skip
+        lines = {
+            ln.name: {**ln.counts, "by_class": {k: dict(v) for k, v in ln.by_class.items()}}
+            for ln in self.lines
         }
+        return {"tracks": tracks, "zones": zones, "lines": lines}

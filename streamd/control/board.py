@@ -95,8 +95,9 @@ class StatusBoard:
         for sid, s in p["streams"].items():
             row = self._streams.get(sid)
             if row is not None:
-                for key in ("analysed", "fps", "dropped", "decoded", "decode_errors"):
-                    row[key] = s[key]
+                for key in ("analysed", "fps", "dropped", "decoded", "decode_errors", "zones",
+                            "lines", "alert_seq"):  # fmt: skip
+                    row[key] = s.get(key)
         self._beat_seen.set()
 
     def wait_heartbeat(self, timeout_s: float) -> bool:

@@ -48,11 +48,27 @@ class Publisher:
         attachment: bytes | None = None,
     ) -> int:
         """Send one event; return its seq."""
+        payload = self.envelope(kind, stream, ts, fields)
+        self.send(payload, attachment)
+        return int(payload["seq"])
+
+    def continue_from(self, kind: str, stream: str, next_seq: int) -> None:
+        """Number (kind, stream) on from ``next_seq`` (alerts continue across restarts)."""
         key = (kind, stream)
-        metrics.PUBLISHED.labels(kind).inc()
+        self._seq[key] = max(self._seq[key], next_seq)
+
+    def last_seq(self, kind: str, stream: str) -> int:
+        """The seq of the last (kind, stream) message, -1 if none yet."""
+        return self._seq.get((kind, stream), 0) - 1
+
+    def envelope(
+        self, kind: str, stream: str | None, ts: float, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The full payload with the next seq, not sent yet (journaled alerts go to disk first)."""
+        key = (kind, stream)
         seq = self._seq[key]
         self._seq[key] = seq + 1
-        payload = {
+        return {
             "v": SCHEMA_VERSION,
             "type": kind,
             "stream": stream,
@@ -61,9 +77,12 @@ class Publisher:
             "ts": ts,
             **fields,
         }
+
+    def send(self, payload: dict[str, Any], attachment: bytes | None = None) -> None:
+        kind, stream = str(payload["type"]), payload["stream"]
+        metrics.PUBLISHED.labels(kind).inc()
         self._sock.send_multipart(encode(topic_for(kind, stream), payload, attachment), copy=False)
         self.published += 1
-        return seq
 
     def close(self) -> None:
         self._sock.close()

@@ -1,0 +1,169 @@
+"""Analytics in the inference worker: tracked objects in, ``track.*`` and ``alert.*`` out.
+
+Alerts are committed to the journal before they are published (one
+transaction per frame that raised any). The state a late joiner asks for is
+read under a lock from the replay thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from streamd import metrics
+from streamd.analytics.engine import Alert, Observation, StreamAnalytics, TrackEvent
+from streamd.config import PipelineConfig
+from streamd.publish.journal import AlertJournal, Entry
+from streamd.publish.publisher import Publisher
+from streamd.types import FrameRef, SourceState
+
+log = logging.getLogger(__name__)
+
+# States in which a stream delivers no frames: its tracks end now, not never.
+_ENDS_TRACKS = {
+    SourceState.STALLED,
+    SourceState.RECONNECTING,
+    SourceState.ENDED,
+    SourceState.FAILED,
+}
+SNAPSHOT_QUALITY = 85
+SNAPSHOT_MARGIN = 0.1  # of the box size, on every side
+
+
+def observations(objs: list[dict[str, Any]]) -> list[Observation]:
+    """The confirmed tracks of a ``det`` event's objects."""
+    return [
+        Observation(o["track_id"], o["class_id"], o["class"], o["conf"], tuple(o["bbox"]))
+        for o in objs
+        if o["track_id"] is not None
+    ]
+
+
+def snapshot(frame: npt.NDArray[np.uint8], bbox: tuple[float, float, float, float]) -> bytes:
+    """A JPEG of the object's box with a margin, clipped to the frame."""
+    x1, y1, x2, y2 = bbox
+    mx, my = (x2 - x1) * SNAPSHOT_MARGIN, (y2 - y1) * SNAPSHOT_MARGIN
+    h, w = frame.shape[:2]
+    left, top = max(0, int(x1 - mx)), max(0, int(y1 - my))
+    right, bottom = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
+    crop = frame[top:bottom, left:right] if right > left and bottom > top else frame
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return bytes(buf)
+
+
+def _object(obs: Observation) -> dict[str, Any]:
+    return {
+        "track_id": obs.track_id,
+        "class_id": obs.class_id,
+        "class": obs.cls,
+        "conf": obs.conf,
+        "bbox": list(obs.bbox),
+    }
+
+
+def alert_fields(alert: Alert, ref: FrameRef, attached: bool) -> dict[str, Any]:
+    obj = _object(alert.obj) if alert.obj is not None else {
+        "track_id": None, "class_id": None, "class": None, "conf": None, "bbox": None
+    }  # fmt: skip
+    return {
+        "rule": alert.rule,
+        "zone": alert.zone,
+        "line": alert.line,
+        **obj,
+        "frame": alert.frame,
+        "media_ts": round(ref.media_ts, 6),
+        "width": ref.width,
+        "height": ref.height,
+        "snapshot": attached,
+        **alert.extra,
+    }
+
+
+def track_fields(event: TrackEvent) -> dict[str, Any]:
+    return {"event": event.event, **_object(event.obj), "frame": event.frame, **event.extra}
+
+
+class Analytics:
+    def __init__(self, cfg: PipelineConfig, publisher: Publisher, journal: AlertJournal) -> None:
+        self.publisher = publisher
+        self.journal = journal
+        self.lock = threading.Lock()
+        self.streams = {
+            s.id: StreamAnalytics(s.zones, s.lines, cfg.tracks, cfg.tracker.lost_track_s)
+            for s in cfg.streams
+        }
+        self.last_ref: dict[str, FrameRef] = {}
+        for stream, next_seq in journal.next_seqs().items():
+            publisher.continue_from("alert", stream, next_seq)
+
+    def on_frame(
+        self, ref: FrameRef, objs: list[dict[str, Any]], frame: npt.NDArray[np.uint8]
+    ) -> None:
+        with self.lock:
+            events, alerts = self.streams[ref.stream].update(
+                observations(objs), ref.frame, ref.media_ts, ref.width, ref.height
+            )
+            self.last_ref[ref.stream] = ref
+            self._meter(ref.stream)
+        self._emit(ref, events, alerts, frame)
+
+    def _meter(self, stream: str) -> None:
+        a = self.streams[stream]
+        for zone in a.zones:
+            metrics.ZONE_OCCUPANCY.labels(stream, zone.name).set(zone.occupancy)
+        for line in a.lines:
+            for direction in line.crossed:
+                metrics.LINE_CROSSINGS.labels(stream, line.name, direction).inc()
+            line.crossed.clear()
+
+    def on_state(self, stream: str, state: SourceState) -> None:
+        ref = self.last_ref.get(stream)
+        if state not in _ENDS_TRACKS or ref is None or stream not in self.streams:
+            return
+        with self.lock:
+            events, alerts = self.streams[stream].end_all(ref.frame, ref.media_ts, state.value)
+            self._meter(stream)
+        self._emit(ref, events, alerts, None)
+
+    def _emit(self, ref: FrameRef, events: list[TrackEvent], alerts: list[Alert],
+              frame: npt.NDArray[np.uint8] | None) -> None:  # fmt: skip
+        for e in events:
+            self.publisher.publish("track", ref.stream, ref.capture_ts, track_fields(e))
+        if not alerts:
+            return
+        entries = []
+        for a in alerts:
+            jpeg = None
+            if a.snapshot and a.obj is not None and frame is not None:
+                jpeg = snapshot(frame, a.obj.bbox)
+            fields = alert_fields(a, ref, jpeg is not None)
+            entries.append(Entry(self.publisher.envelope("alert", ref.stream, ref.capture_ts,
+                                                         fields), jpeg))  # fmt: skip
+        self.journal.append(entries)  # on disk before anyone can have seen them
+        for entry in entries:
+            self.publisher.send(entry.payload, entry.snapshot)
+            metrics.ALERTS.labels(ref.stream, entry.payload["rule"]).inc()
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            return {sid: a.state() for sid, a in self.streams.items()}
+
+    def counts(self) -> dict[str, Any]:
+        """Zone occupancy and line counts per stream, for heartbeats and metrics."""
+        with self.lock:
+            out = {}
+            for sid, a in self.streams.items():
+                out[sid] = {
+                    "zones": {z.name: z.occupancy for z in a.zones},
+                    "lines": {ln.name: dict(ln.counts) for ln in a.lines},
+                    # Lets a subscriber see alerts it missed at the end of a burst.
+                    "alert_seq": self.publisher.last_seq("alert", sid),
+                }
+            return out

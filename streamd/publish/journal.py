@@ -1,0 +1,140 @@
+"""The alert journal: every alert in SQLite before it is published, and replay from it.
+
+An alert is committed (``synchronous: full`` — fsynced) before its message
+goes out, so a subscriber that saw it can always get it again and one that
+missed it can ask for it. Alert ``seq`` numbers continue across daemon
+restarts (the journal knows the last one per stream), so "everything after
+seq N" means the same thing before and after a restart; the new ``epoch`` still
+shows the restart.
+
+WAL mode: the replay thread reads while the inference loop appends.
+Retention: rows older than ``max_age_days``, then the oldest beyond
+``max_mb`` of payload and snapshot bytes, are deleted (the file keeps its
+pages for reuse rather than shrinking).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream   TEXT    NOT NULL,
+    seq      INTEGER NOT NULL,
+    epoch    INTEGER NOT NULL,
+    ts       REAL    NOT NULL,
+    stored   REAL    NOT NULL,
+    bytes    INTEGER NOT NULL,
+    payload  TEXT    NOT NULL,
+    snapshot BLOB,
+    UNIQUE (stream, seq)
+);
+CREATE INDEX IF NOT EXISTS alerts_stored ON alerts (stored);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    payload: dict[str, Any]
+    snapshot: bytes | None
+
+
+def connect(path: Path, synchronous: str = "full", readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+    db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+class AlertJournal:
+    def __init__(self, path: Path, synchronous: str, max_age_days: float, max_mb: float) -> None:
+        self.path = path
+        self.max_age_s = max_age_days * 86400.0
+        self.max_bytes = int(max_mb * 1024 * 1024)
+        self.db = connect(path, synchronous)
+        self.prune()
+
+    def next_seqs(self) -> dict[str, int]:
+        """Per stream, the seq the next alert gets (continuing across restarts)."""
+        rows = self.db.execute("SELECT stream, MAX(seq) FROM alerts GROUP BY stream")
+        return {stream: int(last) + 1 for stream, last in rows}
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Commit a batch of alerts (one transaction, one fsync)."""
+        if not entries:
+            return
+        now = time.time()
+        rows = []
+        for e in entries:
+            body = json.dumps(e.payload, separators=(",", ":"), allow_nan=False)
+            p = e.payload
+            size = len(body) + (len(e.snapshot) if e.snapshot else 0)
+            rows.append((p["stream"], p["seq"], p["epoch"], p["ts"], now, size, body, e.snapshot))
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "INSERT INTO alerts (stream, seq, epoch, ts, stored, bytes, payload, snapshot)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def prune(self, now: float | None = None) -> int:
+        """Apply retention; return how many alerts were deleted."""
+        now = time.time() if now is None else now
+        cur = self.db.execute("DELETE FROM alerts WHERE stored < ?", (now - self.max_age_s,))
+        deleted = cur.rowcount
+        (total,) = self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM alerts").fetchone()
+        if total > self.max_bytes:
+            # Oldest first until under the bound: find the id where the running total fits.
+            excess = total - self.max_bytes
+            cut = self.db.execute(
+                "SELECT id FROM (SELECT id, SUM(bytes) OVER (ORDER BY id) AS run FROM alerts)"
+                " WHERE run >= ? ORDER BY id LIMIT 1",
+                (excess,),
+            ).fetchone()
+            if cut is not None:
+                deleted += self.db.execute("DELETE FROM alerts WHERE id <= ?", cut).rowcount
+        return deleted
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def read_after(
+    db: sqlite3.Connection,
+    after: Mapping[str, int],
+    stream: str | None = None,
+    limit: int = 500,
+) -> tuple[list[Entry], bool]:
+    """Alerts with seq greater than ``after[stream]`` (-1 for streams not named), in the
+    order they were published; (entries, whether more remain)."""
+    if stream is not None:
+        after = {stream: after.get(stream, -1)}
+    known = list(after.items())
+    # (stream = a AND seq > n) OR ... OR, for all streams, those not named: everything.
+    terms = ["(stream = ? AND seq > ?)"] * len(known)
+    args: list[Any] = [v for pair in known for v in pair]
+    if stream is None:
+        terms.append(f"stream NOT IN ({', '.join('?' * len(known))})")
+        args += [name for name, _ in known]
+    sql = f"SELECT payload, snapshot FROM alerts WHERE {' OR '.join(terms)} ORDER BY id LIMIT ?"
+    rows = db.execute(sql, [*args, limit + 1]).fetchall()
+    entries = [Entry(json.loads(payload), snapshot) for payload, snapshot in rows[:limit]]
+    return entries, len(rows) > limit
