@@ -151,6 +151,9 @@ class Subscriber:
         self.close()
 
 
+RETRY_S = 1.0  # between replay attempts while the daemon does not answer
+
+
 class ReplayError(Exception):
     """The daemon's request socket did not answer (or answered with an error)."""
 
@@ -245,8 +248,10 @@ class AlertSubscriber:
         self._pending: deque[Event] = deque()
         self._handed: Event | None = None
         self.replayed = 0  # alerts that came from the journal rather than live
+        self.behind = True  # until the journal confirmed we have everything up to now
+        self._next_try = 0.0
         self.position = self._initial(position, start)
-        self._catch_up()
+        self._try_catch_up()
 
     def _initial(self, position: dict[str, int] | None, start: str) -> dict[str, int]:
         if position is not None:
@@ -260,6 +265,17 @@ class AlertSubscriber:
 
     def _wanted(self, stream: str | None) -> bool:
         return stream is not None and (self.streams is None or stream in self.streams)
+
+    def _try_catch_up(self) -> None:
+        """Catch up now if we can; if the daemon does not answer (starting, restarting),
+        stay behind: live alerts are ignored (the journal has them) and we retry."""
+        self._next_try = time.monotonic() + RETRY_S
+        try:
+            self._catch_up()
+        except ReplayError:
+            self.behind = True
+        else:
+            self.behind = False
 
     def _catch_up(self) -> None:
         """Queue every journaled alert after our position (and after what is queued)."""
@@ -286,8 +302,12 @@ class AlertSubscriber:
                 self._wanted(sid) and row.get("alert_seq", -1) > self._last(sid)
                 for sid, row in streams.items()
             )
-            if behind:
-                self._catch_up()
+            if behind or self.behind:
+                self._try_catch_up()
+            return
+        if self.behind:
+            if time.monotonic() >= self._next_try:
+                self._try_catch_up()
             return
         stream = str(event.stream)
         last = self._last(stream)
@@ -296,7 +316,7 @@ class AlertSubscriber:
         if event.seq == last + 1:
             self._pending.append(event)
         else:  # a gap, or a restart that published while we were away
-            self._catch_up()
+            self._try_catch_up()
 
     def recv(self, timeout_s: float | None = None) -> Event | None:
         """The next alert, or None if none within ``timeout_s``."""

@@ -140,6 +140,7 @@ class InferenceWorker:
         self.journal = journal
         self.analytics = Analytics(cfg, publisher, journal)
         self._next_prune = time.time() + PRUNE_EVERY_S
+        self._state_changes: dict[str, SourceState] = {}
         self.detector = detector
         self.inbox = inbox
         self.publisher = publisher
@@ -181,6 +182,7 @@ class InferenceWorker:
             if time.time() >= self._next_prune:
                 self.journal.prune()
                 self._next_prune = time.time() + PRUNE_EVERY_S
+        self._state_changes: dict[str, SourceState] = {}
 
     def _ingest(self, messages: list[Message]) -> None:
         for msg in messages:
@@ -200,7 +202,15 @@ class InferenceWorker:
             stats.decoded = update.counters["decoded"]
             stats.decode_errors = update.counters.get("decode_errors", 0)
         self.publisher.publish("status", update.stream, update.ts, status_fields(update))
-        self.analytics.on_state(update.stream, update.state)
+        # Frames sent before this update may still wait for a batch: tracks end after them.
+        self._state_changes[update.stream] = update.state
+        self._apply_state_changes()
+
+    def _apply_state_changes(self) -> None:
+        for stream, state in list(self._state_changes.items()):
+            if self.batcher.depth(stream) == 0:
+                del self._state_changes[stream]
+                self.analytics.on_state(stream, state)
 
     def _reader_for(self, ref: FrameRef) -> RingReader | None:
         reader = self.readers.get(ref.stream)
@@ -255,6 +265,8 @@ class InferenceWorker:
         metrics.BATCH_SIZE.observe(len(kept))
         for ref, detections, frame in zip(kept, results, frames, strict=True):
             self._publish_det(ref, detections, frame, taken, infer_ms, len(kept))
+        if self._state_changes:
+            self._apply_state_changes()
 
     def _publish_det(
         self,
