@@ -182,7 +182,6 @@ class InferenceWorker:
             if time.time() >= self._next_prune:
                 self.journal.prune()
                 self._next_prune = time.time() + PRUNE_EVERY_S
-        self._state_changes: dict[str, SourceState] = {}
 
     def _ingest(self, messages: list[Message]) -> None:
         for msg in messages:
