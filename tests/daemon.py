@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamd.client import Event, Subscriber
 
@@ -172,3 +173,21 @@ def http_status(cfg: Path) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://{listen}/status", timeout=5) as r:
         data: dict[str, Any] = json.load(r)
     return data
+
+
+def scrape(cfg: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on /metrics, keyed by (name, sorted labels)."""
+    listen = json.loads(cfg.read_text())["http"]["listen"]
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(
+    m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return m.get((name, tuple(sorted(labels.items()))), 0.0)

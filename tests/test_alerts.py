@@ -24,7 +24,7 @@ import pytest
 from streamd.client import AlertClient, Subscriber
 from streamd.publish import load_schema
 
-from .daemon import collect, start, stop_and_check_clean, write_pipeline
+from .daemon import collect, sample, scrape, start, stop_and_check_clean, write_pipeline
 from .groundtruth import iou
 from .util import free_port, shm_segments
 
@@ -98,6 +98,7 @@ def test_alerts_match_the_scene_and_are_journaled(
         replayed, more = client.replay({})
         state = client.state()
         client.close()
+        metrics = scrape(cfg)
         stop_and_check_clean(daemon, signal.SIGTERM, shm_before)
     finally:
         if daemon.poll() is None:
@@ -159,6 +160,14 @@ def test_alerts_match_the_scene_and_are_journaled(
     walk = state["streams"]["walk"]
     assert walk["lines"]["a"]["in"] == 1 and walk["zones"]["left"]["occupancy"] == 0
     assert state["alert_seq"]["walk"] == alerts[-1].seq
+    for line in LINE_X:
+        for direction in ("in", "out"):
+            labels = {"stream": "walk", "line": line, "direction": direction}
+            assert sample(metrics, "streamd_line_crossings_total", **labels) == 1.0
+    occupancy = ("streamd_zone_occupancy", (("stream", "walk"), ("zone", "left")))
+    assert metrics.get(occupancy) == 0.0  # exported, and empty after the person's track ended
+    fired = sum(v for (name, _), v in metrics.items() if name == "streamd_alerts_total")
+    assert fired == len(alerts)
 
 
 SUBSCRIBER = """

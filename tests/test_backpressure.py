@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import statistics
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 from streamd.client import GapTracker
 from streamd.publish.wire import decode
 
-from .daemon import EventLog, http_status, start, stop_and_check_clean, write_pipeline
+from .daemon import (
+    EventLog,
+    http_status,
+    sample,
+    scrape,
+    start,
+    stop_and_check_clean,
+    write_pipeline,
+)
 from .live import daemon_log, is_det, reference_stream
 
 pytestmark = pytest.mark.e2e
@@ -28,24 +33,6 @@ pytestmark = pytest.mark.e2e
 # The overload tests size their load against torch on this CPU (~17-20 fps at imgsz 320);
 # the onnx backend that auto picks here is about twice as fast.
 TORCH_CPU = {"imgsz": 320, "conf": 0.25, "backend": "cpu"}
-
-
-def scrape(cfg: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample on /metrics, keyed by (name, sorted labels)."""
-    listen = json.loads(cfg.read_text())["http"]["listen"]
-    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def sample(
-    m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
-    return m.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def accounted(beat: dict[str, Any]) -> int:

@@ -1,0 +1,118 @@
+"""The alert journal on its own: ordering, replay filters, seq continuity, retention, durability."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamd.cli import format_status
+from streamd.config import ConfigError, parse_config
+from streamd.publish.journal import AlertJournal, Entry, connect, read_after
+
+
+def alert(stream: str, seq: int, epoch: int = 1, pad: int = 0) -> Entry:
+    payload: dict[str, Any] = {"type": "alert", "stream": stream, "seq": seq, "epoch": epoch,
+                               "ts": 1.0 + seq, "rule": "in", "pad": "x" * pad}  # fmt: skip
+    return Entry(payload, b"\xff\xd8jpeg" if seq % 2 else None)
+
+
+def journal(tmp_path: Path, **kw: Any) -> AlertJournal:
+    opts = {"synchronous": "full", "max_age_days": 30.0, "max_mb": 512.0, **kw}
+    return AlertJournal(tmp_path / "j.sqlite", **opts)
+
+
+def test_replay_after_per_stream_in_publish_order(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    j.append([alert("a", 0), alert("b", 0), alert("a", 1)])
+    j.append([alert("b", 1), alert("a", 2)])
+    seqs = lambda entries: [(e.payload["stream"], e.payload["seq"]) for e in entries]  # noqa: E731
+    everything, more = read_after(j.db, {})
+    assert seqs(everything) == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2)] and not more
+    assert everything[1].snapshot is None and everything[2].snapshot == b"\xff\xd8jpeg"
+    # "b" not named: all of it; "a" after 0.
+    assert seqs(read_after(j.db, {"a": 0})[0]) == [("b", 0), ("a", 1), ("b", 1), ("a", 2)]
+    assert seqs(read_after(j.db, {"a": 0}, stream="a")[0]) == [("a", 1), ("a", 2)]
+    page, more = read_after(j.db, {}, limit=2)
+    assert seqs(page) == [("a", 0), ("b", 0)] and more
+    with pytest.raises(Exception, match="UNIQUE"):
+        j.append([alert("a", 2)])  # a seq is journaled once
+    assert len(read_after(j.db, {})[0]) == 5  # the failed batch left nothing
+
+
+def test_seq_continues_after_a_restart_and_a_reader_sees_commits(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    j.append([alert("a", 0), alert("a", 1), alert("b", 0)])
+    j.close()
+    again = journal(tmp_path)
+    assert again.next_seqs() == {"a": 2, "b": 1}
+    reader = connect(again.path, readonly=True)
+    again.append([alert("a", 2, epoch=2)])
+    assert [e.payload["epoch"] for e in read_after(reader, {"a": 1}, "a")[0]] == [2]
+
+
+def test_durability_setting_is_applied(tmp_path: Path) -> None:
+    full = journal(tmp_path)
+    assert full.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert full.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    full.close()
+    normal = journal(tmp_path, synchronous="normal")
+    assert normal.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_retention_by_age_and_by_size(tmp_path: Path) -> None:
+    j = journal(tmp_path, max_age_days=1.0, max_mb=0.01)  # ~10 KiB
+    j.append([alert("a", i, pad=1000) for i in range(5)])  # ~5 KiB
+    j.db.execute("UPDATE alerts SET stored = stored - 2 * 86400 WHERE seq < 2")  # 2 days old
+    assert j.prune() == 2
+    assert [e.payload["seq"] for e in read_after(j.db, {})[0]] == [2, 3, 4]
+    j.append([alert("a", i, pad=1000) for i in range(5, 15)])  # now ~13 KiB: over
+    deleted = j.prune(now=time.time())
+    left = [e.payload["seq"] for e in read_after(j.db, {})[0]]
+    assert deleted > 0 and left == list(range(15 - len(left), 15))  # the oldest went first
+    (size,) = j.db.execute("SELECT SUM(bytes) FROM alerts").fetchone()
+    assert size <= 0.01 * 1024 * 1024
+    assert j.next_seqs() == {"a": 15}  # numbering is unaffected by deletion
+
+
+def test_analytics_config_errors_name_the_key() -> None:
+    bad = {
+        "streams": [
+            {
+                "id": "a",
+                "url": "x.mp4",
+                "zones": [
+                    {"name": "door", "polygon": [[0, 0], [1, 0], [1, 1]], "alert_on": ["dwell>30"]}
+                ],
+            }
+        ]
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(json.dumps(bad))
+    assert "streams.0.zones.0.alert_on" in str(err.value) and "dwell>30" in str(err.value)
+    dup = {
+        "streams": [
+            {
+                "id": "a",
+                "url": "x.mp4",
+                "lines": [
+                    {"name": "g", "points": [[0, 0], [1, 1]]},
+                    {"name": "g", "points": [[0, 1], [1, 1]]},
+                ],
+            }
+        ]
+    }
+    with pytest.raises(ConfigError, match=r"streams.0.lines.*duplicate names \['g'\]"):
+        parse_config(json.dumps(dup))
+
+
+def test_status_table_shows_counts() -> None:
+    row = {"state": "streaming", "in_state_s": 3.0, "reason": None, "attempt": 0, "restarts": 0,
+           "fps": 5.0, "analysed": 10, "dropped": {"stale": 0}, "decode_errors": 0,
+           "zones": {"door": 2}, "lines": {"gate": {"in": 3, "out": 1}}}  # fmt: skip
+    text = format_status({"uptime_s": 4, "healthy": True, "backend": "onnx-cpu",
+                          "streams": {"cam": row}})  # fmt: skip
+    assert "cam: zone door: 2 inside, line gate: in 3 out 1" in text
