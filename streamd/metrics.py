@@ -82,3 +82,7 @@ ZONE_OCCUPANCY = Gauge(
     ["stream", "zone"],
     multiprocess_mode="livemax",
 )
+JOURNAL_ERRORS = Counter(
+    "streamd_journal_errors",
+    "Alert batches the journal could not store (published anyway, not replayable).",
+)

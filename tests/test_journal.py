@@ -116,3 +116,37 @@ def test_status_table_shows_counts() -> None:
     text = format_status({"uptime_s": 4, "healthy": True, "backend": "onnx-cpu",
                           "streams": {"cam": row}})  # fmt: skip
     assert "cam: zone door: 2 inside, line gate: in 3 out 1" in text
+
+
+def test_an_alert_the_journal_cannot_store_still_goes_out(tmp_path: Path) -> None:
+    """Disk full or file gone: live subscribers still get the alert; the failure is counted."""
+    import numpy as np
+
+    from streamd import metrics
+    from streamd.analytics.service import Analytics
+    from streamd.client import Subscriber
+    from streamd.publish.publisher import Publisher
+    from streamd.types import FrameRef
+
+    from .util import free_port
+
+    cfg = parse_config(json.dumps({"streams": [{"id": "cam", "url": "x.mp4", "zones": [
+        {"name": "all", "polygon": [[0, 0], [64, 0], [64, 64], [0, 64]], "alert_on": ["enter"],
+         "debounce_s": 0, "snapshot": True}]}]}))  # fmt: skip
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    publisher = Publisher(endpoint, hwm=100)
+    j = journal(tmp_path)
+    analytics = Analytics(cfg, publisher, j)
+    failures = metrics.JOURNAL_ERRORS._value.get()
+    with Subscriber(endpoint, topics=["alert."]) as sub:
+        time.sleep(0.3)  # let the subscription reach the publisher
+        j.db.close()  # every write now fails
+        ref = FrameRef("cam", "ring", 4, 64, 64, 0, 0, time.time(), 1.0, 1.0, time.time(), 7)
+        person = {"track_id": 3, "class_id": 0, "class": "person", "conf": 0.9,
+                  "bbox": [10.0, 10.0, 30.0, 50.0]}  # fmt: skip
+        analytics.on_frame(ref, [person], np.zeros((64, 64, 3), np.uint8))
+        event = sub.recv(5)
+    publisher.close()
+    assert event is not None and event.payload["rule"] == "enter" and event.payload["frame"] == 7
+    assert event.attachment is not None and event.attachment[:2] == b"\xff\xd8"  # a JPEG
+    assert metrics.JOURNAL_ERRORS._value.get() == failures + 1

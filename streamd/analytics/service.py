@@ -8,6 +8,7 @@ read under a lock from the replay thread.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from typing import Any
 
@@ -146,7 +147,13 @@ class Analytics:
             fields = alert_fields(a, ref, jpeg is not None)
             entries.append(Entry(self.publisher.envelope("alert", ref.stream, ref.capture_ts,
                                                          fields), jpeg))  # fmt: skip
-        self.journal.append(entries)  # on disk before anyone can have seen them
+        try:
+            self.journal.append(entries)  # on disk before anyone can have seen them
+        except sqlite3.Error as e:
+            # Disk full, file removed...: the alerts still go out live (losing them
+            # would be worse), but they cannot be replayed; counted and logged.
+            metrics.JOURNAL_ERRORS.inc()
+            log.error("journal: %d alert(s) of %s not journaled: %s", len(entries), ref.stream, e)
         for entry in entries:
             self.publisher.send(entry.payload, entry.snapshot)
             metrics.ALERTS.labels(ref.stream, entry.payload["rule"]).inc()

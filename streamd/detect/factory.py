@@ -95,6 +95,8 @@ def create_detector(cfg: ModelConfig, max_batch: int = 8) -> Detector:
 
 def _runner(kind: str, cfg: ModelConfig, model: torch.nn.Module, device: torch.device,
             max_batch: int, checkpoint: Path) -> Runner:  # fmt: skip
+    import torch
+
     from streamd.detect.yolo import CudaGraphRunner, TorchRunner
 
     if kind == "torch":
@@ -108,7 +110,12 @@ def _runner(kind: str, cfg: ModelConfig, model: torch.nn.Module, device: torch.d
         from streamd.detect.onnx_backend import OnnxRunner
 
         strides = [int(s) for s in getattr(model, "stride", [8, 16, 32])]
-        return OnnxRunner(onnx_path, device, max_batch, cfg.threads, strides)
+        runner = OnnxRunner(onnx_path, device, max_batch, cfg.threads, strides)
+        if runner.device.type == "cpu":
+            # torch only letterboxes and runs NMS here: one thread, so its OpenMP pool
+            # does not spin against onnxruntime's threads and the decoders.
+            torch.set_num_threads(1)
+        return runner
     return tensorrt_runner(cfg, device, max_batch, checkpoint, onnx_path)
 
 
