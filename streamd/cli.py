@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamd.config import ConfigError, load_config
+from streamd.config import ConfigError, PipelineConfig, load_config
 from streamd.runtime.logs import configure_logging
 
 log = logging.getLogger("streamd")
@@ -18,11 +18,18 @@ log = logging.getLogger("streamd")
 EXIT_BAD_CONFIG = 2
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
+def _load(path: str) -> PipelineConfig | None:
+    """The pipeline, or None after printing why it was refused."""
     try:
-        cfg = load_config(args.file)
+        return load_config(path)
     except ConfigError as e:
         print(e, file=sys.stderr)
+        return None
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    if cfg is None:
         return EXIT_BAD_CONFIG
     print(f"{args.file}: ok ({len(cfg.streams)} stream(s))")
     return 0
@@ -30,10 +37,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, "supervisor")
-    try:
-        cfg = load_config(args.file)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = _load(args.file)
+    if cfg is None:
         return EXIT_BAD_CONFIG
     from streamd.app import Daemon
 
@@ -196,10 +201,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_export_engine(args: argparse.Namespace) -> int:
     configure_logging("INFO", "export")
-    try:
-        cfg = load_config(args.file)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = _load(args.file)
+    if cfg is None:
         return EXIT_BAD_CONFIG
     from streamd.detect import DetectorError
     from streamd.detect.factory import export_model

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
@@ -79,7 +79,25 @@ class GapTracker:
         return None
 
 
-class Subscriber:
+class _Closing:
+    """``with`` support for anything with ``close()``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Subscriber(_Closing):
     """A SUB socket that yields :class:`Event` objects and tracks gaps."""
 
     def __init__(
@@ -139,17 +157,6 @@ class Subscriber:
         self._sock.close()
         self._ctx.term()
 
-    def __enter__(self) -> Subscriber:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 RETRY_S = 1.0  # between replay attempts while the daemon does not answer
 
@@ -158,7 +165,7 @@ class ReplayError(Exception):
     """The daemon's request socket did not answer (or answered with an error)."""
 
 
-class AlertClient:
+class AlertClient(_Closing):
     """Requests to the daemon's ``journal.endpoint``: replay and state."""
 
     def __init__(self, endpoint: str, timeout_s: float = 5.0) -> None:
@@ -209,7 +216,7 @@ class AlertClient:
         self._ctx.term()
 
 
-class AlertSubscriber:
+class AlertSubscriber(_Closing):
     """Every alert once, in order per stream: across gaps, reconnects, daemon restarts
     and this subscriber's own restarts.
 
@@ -357,14 +364,3 @@ class AlertSubscriber:
         self._done()
         self._sub.close()
         self._client.close()
-
-    def __enter__(self) -> AlertSubscriber:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
