@@ -259,3 +259,29 @@ def test_subscriber_and_daemon_restarts_lose_no_alert(
     assert first_of_second["seq"] > 0
     restarted = received[missed_from:]
     assert restarted[0]["replayed"] > 0, "the restarted subscriber did not replay what it missed"
+
+
+@pytest.mark.parametrize("problem", ["path", "endpoint"])
+def test_an_unusable_journal_refuses_start_naming_the_key(
+    person_model: Path, tmp_path: Path, problem: str
+) -> None:
+    import zmq
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    ctx = zmq.Context()
+    taken = ctx.socket(zmq.REP)
+    taken_port = taken.bind_to_random_port("tcp://127.0.0.1")
+    journal = {"path": str(blocker / "alerts.sqlite"), "endpoint": f"tcp://127.0.0.1:{free_port()}"}
+    if problem == "endpoint":
+        journal = {"path": str(tmp_path / "ok.sqlite"), "endpoint": f"tcp://127.0.0.1:{taken_port}"}
+    cfg = write_pipeline(tmp_path, person_model, free_port(), [{"id": "a", "url": "x.mp4"}],
+                         journal=journal)  # fmt: skip
+    try:
+        out = subprocess.run([sys.executable, "-m", "streamd.cli", "run", str(cfg)],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        taken.close()
+        ctx.term()
+    assert out.returncode != 0
+    assert f"journal.{problem}" in out.stdout + out.stderr
