@@ -18,10 +18,12 @@ import secrets
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.context import SpawnProcess
+from typing import Any
 
 from prometheus_client.multiprocess import mark_process_dead
 
@@ -34,7 +36,8 @@ from streamd.runtime.channel import Outbox
 from streamd.runtime.process import StopFlag
 from streamd.sources.reader import OpenOptions
 from streamd.sources.worker import EXIT_HUNG, EXIT_STOPPED, SourceSpec, source_main
-from streamd.types import SourceState, StatusUpdate
+from streamd.types import SourceState, StatusUpdate, WatchUpdate
+from streamd.view.overlay import LiveView
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,10 @@ class Daemon:
             cfg.publish.endpoint, [s.id for s in cfg.streams], cfg.publish.heartbeat_s
         )
         self._http: ControlServer | None = None
+        self.view: LiveView | None = None
+        self._watching: dict[str, float] = {}  # stream → view frames/s the viewers want
+        self._watch_lock = threading.Lock()
+        self._watch_outbox: Outbox | None = None  # HTTP threads' own socket, under the lock
 
     def run(self, duration_s: float | None = None) -> int:
         self.stop.install(signal.SIGINT, signal.SIGTERM)
@@ -129,6 +136,7 @@ class Daemon:
             if code is not None:
                 return code
             self._outbox = Outbox(self.inbox)
+            self._open_watch_channel()
             # Subscribed before any source speaks, so the board misses no transition.
             if not self.board.wait_heartbeat(HEARTBEAT_WAIT_S):
                 log.warning(
@@ -156,11 +164,31 @@ class Daemon:
             return
         try:
             exporter = MetricsExporter(self.board, self._metrics_dir)
-            self._http = ControlServer(listen, self.board, exporter)
+            self.view = LiveView(self.cfg, f"ipc://{self._tmp}/view", self._watch, self._hud)
+            exporter.view = self.view
+            self._http = ControlServer(listen, self.board, exporter, self.view, self.cfg.http.token)
         except OSError as e:
             raise StartupError(f"http.listen {listen}: {e.strerror or e}") from None
+        self.view.start()
         self._http.start()
-        log.info("status on http://%s/status", listen)
+        log.info("live view on http://%s/ (status: /status, metrics: /metrics)", listen)
+
+    def _watch(self, stream: str, max_fps: float) -> None:
+        """Called from HTTP threads as viewers come and go."""
+        with self._watch_lock:
+            self._watching[stream] = max_fps
+            if self._watch_outbox is not None:
+                self._watch_outbox.send(WatchUpdate(stream, max_fps))
+
+    def _open_watch_channel(self) -> None:
+        with self._watch_lock:
+            self._watch_outbox = Outbox(self.inbox)
+            for stream, max_fps in self._watching.items():  # viewers who came early
+                self._watch_outbox.send(WatchUpdate(stream, max_fps))
+
+    def _hud(self, stream: str) -> dict[str, Any]:
+        row: dict[str, Any] = self.board.snapshot()["streams"].get(stream, {})
+        return row
 
     def _start_source(self, source: _Source) -> None:
         spec = source.spec
@@ -182,8 +210,17 @@ class Daemon:
 
     def _start_inference(self) -> int | None:
         ready = self.ctx.Event()
+        view = f"ipc://{self._tmp}/view" if self.view is not None else None
         self.inference = self._spawn(
-            inference_main, "inference", InferenceSpec(self.cfg, self.inbox, self.log_level), ready
+            inference_main,
+            "inference",
+            InferenceSpec(
+                self.cfg,
+                self.inbox,
+                self.log_level,
+                f"ipc://{self._tmp}/view" if self.view is not None else None,
+            ),  # fmt: skip
+            ready,
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not ready.wait(0.2):
@@ -314,6 +351,10 @@ class Daemon:
                 p.join(1.0)
         if self._outbox is not None:
             self._outbox.close()
+        with self._watch_lock:
+            if self._watch_outbox is not None:
+                self._watch_outbox.close()
+                self._watch_outbox = None
         removed = sweep_segments(self.run_id)
         if removed:
             log.info(
@@ -324,6 +365,8 @@ class Daemon:
         shutil.rmtree(self._tmp, ignore_errors=True)
         if self._http is not None:
             self._http.close()
+        if self.view is not None:
+            self.view.close()
         self.board.close()
 
 

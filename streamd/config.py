@@ -127,11 +127,16 @@ class PublishConfig(_Strict):
 
 
 class HttpConfig(_Strict):
-    """The daemon's control endpoint: ``GET /status`` (and ``/healthz``)."""
+    """The daemon's HTTP endpoint: live view (``/``), ``/status``, ``/metrics``, ``/healthz``."""
 
     listen: str | None = Field(
         "127.0.0.1:8090",
         description="HOST:PORT to serve on (loopback by default); null turns it off.",
+    )
+    token: str | None = Field(
+        None,
+        description="Bearer token every request must carry (Authorization: Bearer, or "
+        "?token=); required when listen is not a loopback address. Use ${ENV}.",
     )
 
     @field_validator("listen")
@@ -140,6 +145,28 @@ class HttpConfig(_Strict):
         if v is not None and not re.match(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$", v):
             raise ValueError("must look like HOST:PORT, e.g. 127.0.0.1:8090")
         return v
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> HttpConfig:
+        if self.listen is not None and self.token is None and not _loopback(self.listen):
+            raise ValueError(
+                f"listen {self.listen} is reachable from other machines: set http.token "
+                "(the live view and status would otherwise be open to anyone)"
+            )
+        return self
+
+
+def _loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class OverlayConfig(_Strict):
+    """The annotated live view: only drawn and encoded while someone watches."""
+
+    max_fps: float = Field(10.0, gt=0.0, le=60.0, description="Annotated frames/s per stream.")
+    jpeg_quality: int = Field(75, ge=10, le=100)
+    trace_s: float = Field(2.0, ge=0.0, le=30.0, description="Motion trace length (seconds).")
 
 
 class SupervisorConfig(_Strict):
@@ -285,6 +312,7 @@ class PipelineConfig(_Strict):
     http: HttpConfig = Field(default_factory=lambda: HttpConfig())
     supervisor: SupervisorConfig = Field(default_factory=lambda: SupervisorConfig())
     tracks: TracksConfig = Field(default_factory=lambda: TracksConfig())
+    overlay: OverlayConfig = Field(default_factory=lambda: OverlayConfig())
     journal: JournalConfig = Field(default_factory=lambda: JournalConfig())
     streams: Annotated[list[StreamConfig], Field(min_length=1)]
 

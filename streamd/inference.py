@@ -33,7 +33,8 @@ from streamd.publish.replay import ReplayServer
 from streamd.runtime.channel import Inbox, Message
 from streamd.runtime.process import StopFlag, run_logged, setup_worker
 from streamd.track import StreamTracker
-from streamd.types import FrameRef, SourceState, StatusUpdate
+from streamd.types import FrameRef, SourceState, StatusUpdate, WatchUpdate
+from streamd.view.feed import ViewFeed
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class InferenceSpec:
     config: PipelineConfig
     inbox: str
     log_level: str = "INFO"
+    view: str | None = None  # the live view's frame endpoint (None: no HTTP, no view)
 
 
 @dataclass(slots=True)
@@ -56,6 +58,8 @@ class _StreamStats:
     fps: float = 0.0
     decoded: int = 0  # the source's totals, from its latest frame or status update
     decode_errors: int = 0
+    latency_sum_ms: float = 0.0  # capture → publish, since the last heartbeat
+    latency_n: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,8 @@ def _serve(spec: InferenceSpec, ready: MpEvent, stop: StopFlag) -> int:
         inbox = Inbox(spec.inbox)
         detector = create_detector(cfg.model, cfg.batching.max_batch)
         worker = InferenceWorker(cfg, detector, inbox, publisher, journal)
+        if spec.view is not None:
+            worker.view = ViewFeed(spec.view)
         replay = _replay_server(cfg, journal, publisher.epoch, worker)
     except (DetectorError, zmq.ZMQError, JournalError) as e:
         log.error("inference setup failed: %s", e)
@@ -141,6 +147,7 @@ class InferenceWorker:
         self.analytics = Analytics(cfg, publisher, journal)
         self._next_prune = time.time() + PRUNE_EVERY_S
         self._state_changes: dict[str, SourceState] = {}
+        self.view: ViewFeed | None = None
         self.detector = detector
         self.inbox = inbox
         self.publisher = publisher
@@ -191,6 +198,9 @@ class InferenceWorker:
                 stats = self.stats[msg.stream]
                 stats.decoded, stats.decode_errors = msg.decoded, msg.decode_errors
                 self.batcher.offer(msg)
+            elif isinstance(msg, WatchUpdate):
+                if self.view is not None:
+                    self.view.watch(msg)
             else:
                 self._publish_status(msg)
 
@@ -294,6 +304,14 @@ class InferenceWorker:
         )
         self.publisher.publish("det", ref.stream, ref.capture_ts, fields)
         self.analytics.on_frame(ref, objs, frame)
+        stats.latency_sum_ms += latency.total
+        stats.latency_n += 1
+        if self.view is not None and self.view.wants(ref.stream):
+            self.view.offer(ref.stream, frame, {
+                "frame": ref.frame, "ts": ref.capture_ts, "objects": objs,
+                "latency_ms": fields["latency_ms"]["total"], "fps": round(stats.fps, 2),
+                "counts": self.analytics.counts()[ref.stream],
+            })  # fmt: skip
         meters = self._meters[ref.stream]
         meters.analysed.inc()
         for stage, ms in fields["latency_ms"].items():
@@ -309,6 +327,8 @@ class InferenceWorker:
         for sid, st in self.stats.items():
             st.fps = (st.analysed - st.analysed_at_last_beat) / elapsed
             st.analysed_at_last_beat = st.analysed
+            mean_latency = st.latency_sum_ms / st.latency_n if st.latency_n else None
+            st.latency_sum_ms, st.latency_n = 0.0, 0
             streams[sid] = {
                 "state": st.state.value if st.state else None,
                 "analysed": st.analysed,
@@ -316,6 +336,7 @@ class InferenceWorker:
                 "fps": round(st.fps, 2),
                 "decoded": st.decoded,
                 "decode_errors": st.decode_errors,
+                "latency_ms": None if mean_latency is None else round(mean_latency, 1),
                 **counts[sid],
             }
         fields = {
@@ -333,3 +354,5 @@ class InferenceWorker:
         self.inbox.close()
         self.publisher.close()
         self.journal.close()
+        if self.view is not None:
+            self.view.close()

@@ -50,3 +50,12 @@ class StatusUpdate:
     detail: str = ""
     retry_in_s: float | None = None  # reconnecting: the backoff delay before the next attempt
     counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchUpdate:
+    """Supervisor → inference: send this stream's analysed frames for the live view at
+    most ``max_fps`` times a second (0: nobody watches, send none)."""
+
+    stream: str
+    max_fps: float

@@ -10,6 +10,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from streamd.control.board import StatusBoard
 from streamd.types import SourceState
+from streamd.view.overlay import LiveView
 
 
 class _BoardCollector:
@@ -17,6 +18,7 @@ class _BoardCollector:
 
     def __init__(self, board: StatusBoard) -> None:
         self._board = board
+        self.view: LiveView | None = None
 
     def collect(self) -> Iterator[Metric]:
         snap = self._board.snapshot()
@@ -46,13 +48,40 @@ class _BoardCollector:
         if snap["backend"]:
             info.add_metric([snap["backend"]], 1.0)
         yield from (state, restarts, up, info)
+        if self.view is not None:
+            yield from self._view_metrics(self.view)
+
+    @staticmethod
+    def _view_metrics(view: LiveView) -> Iterator[Metric]:
+        encoded = CounterMetricFamily(
+            "streamd_view_jpegs_encoded",
+            "Annotated JPEGs encoded for the live view (none while nobody watches).",
+            labels=["stream"],
+        )
+        viewers = GaugeMetricFamily(
+            "streamd_view_viewers", "Live-view clients connected now.", labels=["stream"]
+        )
+        for sid, n in view.encoded().items():
+            encoded.add_metric([sid], n)
+        for sid, n in view.viewers().items():
+            viewers.add_metric([sid], n)
+        yield from (encoded, viewers)
 
 
 class MetricsExporter:
     def __init__(self, board: StatusBoard, multiproc_dir: str | None) -> None:
         self._dir = multiproc_dir
         self._local = CollectorRegistry()
-        self._local.register(_BoardCollector(board))
+        self._board = _BoardCollector(board)
+        self._local.register(self._board)
+
+    @property
+    def view(self) -> LiveView | None:
+        return self._board.view
+
+    @view.setter
+    def view(self, view: LiveView | None) -> None:
+        self._board.view = view
 
     def render(self) -> bytes:
         out = b""

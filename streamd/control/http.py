@@ -1,21 +1,28 @@
-"""The daemon's HTTP endpoint: ``GET /status`` (JSON), ``/metrics`` (Prometheus), ``/healthz``.
+"""The daemon's HTTP endpoint: the live view (``/``, ``/streams/<id>``, ``.mjpg``,
+``.jpg``), ``GET /status`` (JSON), ``/metrics`` (Prometheus), ``/healthz``.
 
-Bound to loopback by default; it exposes stream ids and states, never URLs.
+Bound to loopback by default; off loopback ``http.token`` is required and
+checked on every request. It exposes stream ids and states, never URLs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import json
 import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamd.control.board import StatusBoard
 from streamd.control.exposition import MetricsExporter
+from streamd.view import pages
+from streamd.view.overlay import LiveView
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +32,23 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+BOUNDARY = "streamd-frame"
+MJPEG_WAIT_S = 5.0  # a viewer waiting this long for a frame gets the last one again
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/status":
+        url = urlsplit(self.path)
+        path, query = url.path, parse_qs(url.query)
+        if not self._authorised(query):
+            self._send(401, {"error": "missing or wrong token (Authorization: Bearer ...)"})
+            return
+        view = self.server.view
+        if view is not None and (path == "/" or path.startswith("/streams/")):
+            self._view(view, path)
+        elif path == "/status":
             self._send(200, self.server.board.snapshot())
         elif path == "/metrics" and self.server.exporter is not None:
             self._send_raw(200, self.server.exporter.render(), CONTENT_TYPE_LATEST)
@@ -39,8 +57,59 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200 if ok else 503, {"healthy": ok})
         else:
             self._send(
-                404, {"error": f"no such endpoint {path!r}; try /status, /metrics, /healthz"}
+                404, {"error": f"no such endpoint {path!r}; try /, /status, /metrics, /healthz"}
             )
+
+    def _authorised(self, query: dict[str, list[str]]) -> bool:
+        token = self.server.token
+        if token is None:
+            return True
+        given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        given = given or (query.get("token") or [""])[0]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _view(self, view: LiveView, path: str) -> None:
+        token = self.server.token
+        if path == "/":
+            page = pages.index(self.server.board.snapshot(), token)
+            self._send_raw(200, page.encode(), "text/html; charset=utf-8")
+            return
+        name = unquote(path.removeprefix("/streams/"))
+        sid, _, ext = name.rpartition(".") if name.endswith((".jpg", ".mjpg")) else (name, "", "")
+        if sid not in view.streams:
+            self._send(404, {"error": f"no stream {sid!r}"})
+        elif ext == "mjpg":
+            self._mjpeg(view, sid)
+        elif ext == "jpg":
+            self._jpeg(view, sid)
+        else:
+            self._send_raw(200, pages.stream(sid, token).encode(), "text/html; charset=utf-8")
+
+    def _jpeg(self, view: LiveView, sid: str) -> None:
+        with view.viewer(sid):
+            pic = view.next_picture(sid, 0, MJPEG_WAIT_S)
+        if pic is None:
+            self._send(503, {"error": f"no analysed frame of {sid!r} yet"})
+        else:
+            self._send_raw(200, pic.jpeg, "image/jpeg")
+
+    def _mjpeg(self, view: LiveView, sid: str) -> None:
+        """multipart/x-mixed-replace: browsers, VLC, ffplay and OpenCV play it."""
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        version = 0
+        with view.viewer(sid), contextlib.suppress(OSError):
+            while not self.server.closing.is_set():
+                pic = view.next_picture(sid, version, MJPEG_WAIT_S)
+                if pic is None:
+                    continue
+                version = pic.version
+                head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                        f"Content-Length: {len(pic.jpeg)}\r\n\r\n")  # fmt: skip
+                self.wfile.write(head.encode() + pic.jpeg + b"\r\n")
+                self.wfile.flush()
 
     def _send(self, code: int, body: Any) -> None:
         self._send_raw(code, json.dumps(body).encode(), "application/json")
@@ -53,17 +122,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http: " + format, *args)
+        # The request line may carry ?token=: log paths without their query.
+        safe = [a.split("?", 1)[0] if isinstance(a, str) else a for a in args]
+        log.debug("http: " + format, *safe)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, addr: tuple[str, int], board: StatusBoard, exporter: MetricsExporter | None
+        self,
+        addr: tuple[str, int],
+        board: StatusBoard,
+        exporter: MetricsExporter | None,
+        view: LiveView | None,
+        token: str | None,
     ) -> None:
         self.board = board
         self.exporter = exporter
+        self.view = view
+        self.token = token
+        self.closing = threading.Event()
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
         super().__init__(addr, _Handler)
@@ -73,9 +152,14 @@ class ControlServer:
     """Binds at construction (so a taken port refuses start-up), serves in a thread."""
 
     def __init__(
-        self, listen: str, board: StatusBoard, exporter: MetricsExporter | None = None
+        self,
+        listen: str,
+        board: StatusBoard,
+        exporter: MetricsExporter | None = None,
+        view: LiveView | None = None,
+        token: str | None = None,
     ) -> None:
-        self._server = _Server(split_listen(listen), board, exporter)
+        self._server = _Server(split_listen(listen), board, exporter, view, token)
         self.address = listen
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
@@ -83,6 +167,7 @@ class ControlServer:
         self._thread.start()
 
     def close(self) -> None:
+        self._server.closing.set()  # MJPEG writers end their loops
         if self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()

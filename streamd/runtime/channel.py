@@ -11,9 +11,9 @@ import pickle
 
 import zmq
 
-from streamd.types import FrameRef, StatusUpdate
+from streamd.types import FrameRef, StatusUpdate, WatchUpdate
 
-Message = FrameRef | StatusUpdate
+Message = FrameRef | StatusUpdate | WatchUpdate
 
 
 class Outbox:
@@ -61,7 +61,7 @@ class Inbox:
                 break
             # Only our own workers connect to this private ipc socket (0700 dir).
             msg = pickle.loads(data)
-            if isinstance(msg, FrameRef | StatusUpdate):
+            if isinstance(msg, FrameRef | StatusUpdate | WatchUpdate):
                 out.append(msg)
         return out
 
