@@ -214,12 +214,7 @@ class Daemon:
         self.inference = self._spawn(
             inference_main,
             "inference",
-            InferenceSpec(
-                self.cfg,
-                self.inbox,
-                self.log_level,
-                f"ipc://{self._tmp}/view" if self.view is not None else None,
-            ),  # fmt: skip
+            InferenceSpec(self.cfg, self.inbox, self.log_level, view),
             ready,
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
