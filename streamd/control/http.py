@@ -91,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
         if pic is None:
             self._send(503, {"error": f"no analysed frame of {sid!r} yet"})
         else:
-            self._send_raw(200, pic.jpeg, "image/jpeg")
+            self._send_raw(200, pic.jpeg, "image/jpeg", {"X-Streamd-Frame": str(pic.meta["frame"])})
 
     def _mjpeg(self, view: LiveView, sid: str) -> None:
         """multipart/x-mixed-replace: browsers, VLC, ffplay and OpenCV play it."""
@@ -107,16 +107,21 @@ class _Handler(BaseHTTPRequestHandler):
                     continue
                 version = pic.version
                 head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                        f"Content-Length: {len(pic.jpeg)}\r\n\r\n")  # fmt: skip
+                        f"Content-Length: {len(pic.jpeg)}\r\n"
+                        f"X-Streamd-Frame: {pic.meta['frame']}\r\n\r\n")  # fmt: skip
                 self.wfile.write(head.encode() + pic.jpeg + b"\r\n")
                 self.wfile.flush()
 
     def _send(self, code: int, body: Any) -> None:
         self._send_raw(code, json.dumps(body).encode(), "application/json")
 
-    def _send_raw(self, code: int, data: bytes, content_type: str) -> None:
+    def _send_raw(
+        self, code: int, data: bytes, content_type: str, extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -80,8 +80,8 @@ class FrameAnnotator:
         polygon = _points(zone.polygon, zone.normalized, w, h)
         sv.draw_polygon(scene, polygon, ZONE_COLOR, thickness=2)
         text = zone.name if inside is None else f"{zone.name}: {inside}"
-        x, y = polygon.min(axis=0)
-        sv.draw_text(scene, text, sv.Point(int(x) + 40, int(y) + 14), ZONE_COLOR,
+        x, y = polygon.mean(axis=0)  # the label at the zone's centre, clear of the HUD
+        sv.draw_text(scene, text, sv.Point(int(x), int(y)), ZONE_COLOR,
                      text_scale=0.5, background_color=sv.Color.BLACK)  # fmt: skip
 
     @staticmethod

@@ -1,0 +1,189 @@
+"""The live view through the real daemon: a real Chromium, OpenCV on the MJPEG URL,
+nothing encoded while nobody watches, the token."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+import supervision as sv
+
+from streamd.client import Subscriber
+
+from .daemon import sample, scrape, start, stop_and_check_clean, write_pipeline
+from .util import free_port, shm_segments
+
+pytestmark = pytest.mark.e2e
+VIEW_FPS = 4.0
+BOX_COLOR = sv.ColorPalette.DEFAULT.by_idx(0).as_bgr()  # class 0 ("Normal")
+
+
+@pytest.fixture(scope="module")
+def still_clip(scene: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scene's first frame held for 4 s: detections are the same in every frame, so a
+    screenshot taken at any moment can be checked against any published det event."""
+    video, _ = scene
+    out = tmp_path_factory.mktemp("still") / "still.mp4"
+    hold = "select=eq(n\\,0),loop=59:1:0"
+    cmd = ["ffmpeg", "-loglevel", "error", "-i", str(video), "-vf", hold, "-r", "15",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-frames:v", "60", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=60)
+    return out
+
+
+@pytest.fixture
+def viewed(
+    person_model: Path, still_clip: Path, tmp_path: Path
+) -> Iterator[tuple[Path, str, Subscriber]]:
+    port = free_port()
+    streams = [{"id": "cam", "url": str(still_clip), "loop": True, "realtime": True,
+                "lines": [{"name": "mid", "points": [[320, 0], [320, 360]]}]}]  # fmt: skip
+    cfg = write_pipeline(tmp_path, person_model, port, streams,
+                         overlay={"max_fps": VIEW_FPS, "jpeg_quality": 90})  # fmt: skip
+    listen = json.loads(cfg.read_text())["http"]["listen"]
+    shm_before = shm_segments()
+    sub = Subscriber(f"tcp://127.0.0.1:{port}", topics=["det.cam"])
+    daemon = start(cfg, tmp_path / "daemon.log")
+    try:
+        assert sub.recv(120) is not None, (tmp_path / "daemon.log").read_text()[-3000:]
+        yield cfg, f"http://{listen}", sub
+        stop_and_check_clean(daemon, signal.SIGTERM, shm_before)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        sub.close()
+
+
+def _boxes(sub: Subscriber) -> list[list[float]]:
+    event = sub.recv(10)
+    assert event is not None
+    boxes = [o["bbox"] for o in event.payload["objects"] if o["class_id"] == 0]
+    assert len(boxes) == 2, event.payload["objects"]  # the scene's two people
+    return boxes
+
+
+def _edge_share(img: npt.NDArray[np.uint8], box: list[float], scale: float = 1.0,
+                offset: tuple[float, float] = (0.0, 0.0)) -> float:  # fmt: skip
+    """Share of pixels along the box's left and right edges that have the box colour."""
+    x1, y1, x2, y2 = (v * scale for v in box)
+    ox, oy = offset
+    rows = np.arange(int(oy + y1 + 0.3 * (y2 - y1)), int(oy + y1 + 0.9 * (y2 - y1)))
+    hits = 0
+    for x in (x1, x2):
+        cols = np.arange(int(ox + x) - 2, int(ox + x) + 3)
+        patch = img[rows][:, cols].astype(int)
+        close = np.abs(patch - np.array(BOX_COLOR)).sum(axis=2) < 90
+        hits += int(close.any(axis=1).sum())
+    return hits / (2 * len(rows))
+
+
+def test_nothing_is_encoded_until_someone_watches(
+    viewed: tuple[Path, str, Subscriber],
+) -> None:
+    cfg, base, sub = viewed
+    time.sleep(3)  # frames are being analysed all along
+    m = scrape(cfg)
+    assert sample(m, "streamd_frames_analysed_total", stream="cam") > 10
+    assert sample(m, "streamd_view_jpegs_encoded_total", stream="cam") == 0
+    cap = cv2.VideoCapture(f"{base}/streams/cam.mjpg")
+    try:
+        frames, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < 6:
+            ok, frame = cap.read()
+            assert ok and frame.shape == (360, 640, 3)
+            frames += 1
+    finally:
+        cap.release()
+    rate = frames / 6
+    assert VIEW_FPS * 0.6 <= rate <= VIEW_FPS * 1.2, f"{rate:.1f} frames/s at max_fps {VIEW_FPS}"
+    share = min(_edge_share(frame, box) for box in _boxes(sub))
+    assert share > 0.8, f"box edges found on {share:.0%} of rows"  # drawn where detected
+    time.sleep(2)  # the viewer is gone: encoding stops
+    before = sample(scrape(cfg), "streamd_view_jpegs_encoded_total", stream="cam")
+    time.sleep(3)
+    m = scrape(cfg)
+    assert sample(m, "streamd_view_jpegs_encoded_total", stream="cam") == before >= frames
+    assert sample(m, "streamd_view_viewers", stream="cam") == 0
+
+
+def test_a_real_browser_shows_boxes_where_they_were_detected(
+    viewed: tuple[Path, str, Subscriber], tmp_path: Path
+) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver_bin, "make system-deps installs chromium and chromium-driver"
+    _, base, sub = viewed
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=900,700",
+                "--force-device-scale-factor=1"):  # fmt: skip
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(driver_bin), options=options)
+    try:
+        browser.get(f"{base}/")
+        assert "cam" in browser.page_source and "streaming" in browser.page_source
+        browser.find_element("link text", "cam").click()
+        deadline = time.monotonic() + 20
+        while browser.execute_script("return document.getElementById('live').naturalWidth") == 0:
+            assert time.monotonic() < deadline, "the MJPEG never showed"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        rect: dict[str, Any] = browser.execute_script(
+            "const r = document.getElementById('live').getBoundingClientRect();"
+            "return {x: r.x, y: r.y, w: r.width};"
+        )
+        png = browser.get_screenshot_as_png()
+    finally:
+        browser.quit()
+    (tmp_path / "browser.png").write_bytes(png)
+    shot = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    scale = rect["w"] / 640
+    for box in _boxes(sub):
+        share = _edge_share(shot, box, scale, (rect["x"], rect["y"]))
+        assert share > 0.8, f"box {box}: edges on {share:.0%} of rows in the screenshot"
+
+
+def test_token_is_required_when_set(person_model: Path, still_clip: Path, tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_pipeline(tmp_path, person_model, port, [{"id": "cam", "url": str(still_clip)}])
+    doc = json.loads(cfg.read_text())
+    doc["http"]["token"] = "s3cret"
+    cfg.write_text(json.dumps(doc))
+    base = f"http://{doc['http']['listen']}"
+    daemon = start(cfg, tmp_path / "daemon.log")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=2)
+            except urllib.error.HTTPError as e:
+                assert e.code == 401
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        for path in ("/", "/status", "/streams/cam.jpg"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{base}{path}", timeout=5)
+            assert refused.value.code == 401
+        req = urllib.request.Request(f"{base}/status", headers={"Authorization": "Bearer s3cret"})
+        assert urllib.request.urlopen(req, timeout=5).status == 200
+        assert urllib.request.urlopen(f"{base}/?token=s3cret", timeout=5).status == 200
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+    assert "s3cret" not in (tmp_path / "daemon.log").read_text()
