@@ -1,4 +1,4 @@
-"""Command line: run, validate, status, subscribe, bench, export-engine, synth."""
+"""Command line: run, validate, status, view, subscribe, bench, export-engine, synth."""
 
 from __future__ import annotations
 
@@ -199,6 +199,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from streamd.view.viewer import mjpeg_url, view
+
+    try:
+        address = _status_address(args.target)
+        token = load_config(args.target).http.token if Path(args.target).is_file() else None
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    url = mjpeg_url(address, args.stream, args.token or token)
+    return view(url, args.out, args.seconds, args.fps)
+
+
 def _cmd_export_engine(args: argparse.Namespace) -> int:
     configure_logging("INFO", "export")
     cfg = _load(args.file)
@@ -268,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--http-port", type=int, default=8099)
     b.add_argument("--out", default="bench.json", help="JSON results file")
     b.set_defaults(func=_cmd_bench)
+
+    v = sub.add_parser("view", help="watch a stream's annotated live view (or record it)")
+    v.add_argument("stream")
+    v.add_argument("target", nargs="?", default="127.0.0.1:8090",
+                   help="the pipeline file (its http.listen and token) or HOST:PORT")  # fmt: skip
+    v.add_argument("--out", help="write an MP4 file instead of opening a window")
+    v.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    v.add_argument("--fps", type=float, default=10.0, help="--out: the file's frame rate")
+    v.add_argument("--token", default=None, help="http.token, when HOST:PORT is given")
+    v.set_defaults(func=_cmd_view)
 
     ex = sub.add_parser(
         "export-engine",

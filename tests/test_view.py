@@ -187,3 +187,34 @@ def test_token_is_required_when_set(person_model: Path, still_clip: Path, tmp_pa
         daemon.terminate()
         daemon.wait(15)
     assert "s3cret" not in (tmp_path / "daemon.log").read_text()
+
+
+def test_streamd_view_records_the_annotated_stream(
+    viewed: tuple[Path, str, Subscriber], tmp_path: Path
+) -> None:
+    import sys
+
+    cfg, _, sub = viewed
+    out = tmp_path / "view.mp4"
+    done = subprocess.run(
+        [sys.executable, "-m", "streamd.cli", "view", "cam", str(cfg), "--out", str(out),
+         "--seconds", "3", "--fps", str(VIEW_FPS)],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    cap = cv2.VideoCapture(str(out))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    assert VIEW_FPS * 3 * 0.5 <= len(frames) <= VIEW_FPS * 3 * 1.3
+    assert frames[0].shape == (360, 640, 3)
+    share = min(_edge_share(frames[-1], box) for box in _boxes(sub))
+    assert share > 0.7, f"box edges on {share:.0%} of rows in the recording"
+    no_display = subprocess.run([sys.executable, "-m", "streamd.cli", "view", "cam", str(cfg)],
+                                capture_output=True, text=True, timeout=60,
+                                env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert no_display.returncode == 2 and "--out" in no_display.stderr
