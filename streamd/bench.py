@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -51,6 +52,8 @@ class BenchSpec:
     model_seconds: float = 8.0  # per batch size, detector alone
     port: int = 5599
     http_port: int = 8099
+    viewers: int = 0  # live-view clients on the first stream, on and off in turns
+    viewer_window_s: float = 10.0
 
 
 def _frames(spec: BenchSpec, workdir: Path, count: int) -> list[npt.NDArray[np.uint8]]:
@@ -206,20 +209,98 @@ def pipeline(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
     gpu_stop = threading.Event()
     threading.Thread(target=_gpu_utilisation, args=(gpu_stop, gpu), daemon=True).start()
     measured_from = [time.monotonic()]
+    arrivals: list[float] = []
+    toggler = _ViewerToggler(spec, measured_from) if spec.viewers else None
     try:
-        dets, beats = _collect(sub, daemon, spec, measured_from)
+        dets, beats = _collect(sub, daemon, spec, measured_from, arrivals)
     finally:
+        if toggler is not None:
+            toggler.stop()
         gpu_stop.set()
         processes = sampler.stop(since=measured_from[0])
         daemon.terminate()
         daemon.wait(15)
         sub.close()
         log.close()
-    return _summarise(spec, dets, beats, processes, gpu)
+    report = _summarise(spec, dets, beats, processes, gpu)
+    if toggler is not None:
+        report["viewers"] = toggler.summary(arrivals)
+    return report
+
+
+class _ViewerToggler:
+    """N MJPEG clients on stream s0 for a window, none for the next, in turns: analysed
+    fps with and without viewers compared within one run (this machine drifts between runs)."""
+
+    def __init__(self, spec: BenchSpec, measured_from: list[float]) -> None:
+        self.spec = spec
+        self.measured_from = measured_from
+        self.phases: list[tuple[float, float, bool]] = []
+        self.frames = 0  # MJPEG parts the viewers received
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while time.monotonic() < self.measured_from[0] + 1.0:  # set once the first det arrives
+            if self._halt.wait(0.2):
+                return
+        on = False
+        while not self._halt.is_set():
+            start = time.monotonic()
+            watching = threading.Event()
+            clients = [threading.Thread(target=self._watch, args=(watching,), daemon=True)
+                       for _ in range(self.spec.viewers if on else 0)]  # fmt: skip
+            watching.set()
+            for c in clients:
+                c.start()
+            self._halt.wait(self.spec.viewer_window_s)
+            watching.clear()
+            for c in clients:
+                c.join(5)
+            self.phases.append((start, time.monotonic(), on))
+            on = not on
+
+    def _watch(self, watching: threading.Event) -> None:
+        url = f"http://127.0.0.1:{self.spec.http_port}/streams/s0.mjpg"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            while watching.is_set():
+                chunk = r.read(65536)
+                if not chunk:
+                    return
+                with self._lock:
+                    self.frames += chunk.count(b"--streamd-frame")
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(self.spec.viewer_window_s + 10)
+
+    def summary(self, arrivals: list[float]) -> dict[str, Any]:
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        for start, end, on in self.phases:
+            # Skip each window's first second: clients connecting, encoding starting.
+            n = sum(1 for t in arrivals if start + 1.0 <= t < end)
+            rates[on].append(n / max(1e-6, end - start - 1.0))
+        without = statistics.fmean(rates[False]) if rates[False] else 0.0
+        with_v = statistics.fmean(rates[True]) if rates[True] else 0.0
+        watched = sum(end - start for start, end, on in self.phases if on)
+        return {
+            "viewers": self.spec.viewers,
+            "windows": len(self.phases),
+            "analysed_fps_without": round(without, 2),
+            "analysed_fps_with": round(with_v, 2),
+            "ratio": round(with_v / without, 3) if without else 0.0,
+            "view_fps_per_viewer": round(self.frames / max(1e-6, watched) / self.spec.viewers, 2),
+        }
 
 
 def _collect(
-    sub: Subscriber, daemon: subprocess.Popen[bytes], spec: BenchSpec, measured_from: list[float]
+    sub: Subscriber,
+    daemon: subprocess.Popen[bytes],
+    spec: BenchSpec,
+    measured_from: list[float],
+    arrivals: list[float],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Events of the measured window (after warm-up); sets ``measured_from[0]`` to its start."""
     start = time.monotonic()
@@ -237,6 +318,7 @@ def _collect(
                 measured_from[0] = now + spec.warmup_s
             if now - first >= spec.warmup_s:
                 dets.append(ev.payload)
+                arrivals.append(now)
         elif first is not None and now - first >= spec.warmup_s:
             beats.append(ev.payload)
         if first is not None and now - first >= spec.warmup_s + spec.duration_s:
@@ -321,6 +403,14 @@ def format_table(report: dict[str, Any]) -> str:
             )
         if p["gpu_utilisation_percent_mean"] is not None:
             lines.append(f"  gpu utilisation mean {p['gpu_utilisation_percent_mean']}%")
+        if "viewers" in p:
+            v = p["viewers"]
+            lines.append(
+                f"  live view: analysed {v['analysed_fps_without']}/s without, "
+                f"{v['analysed_fps_with']}/s with {v['viewers']} viewers ({v['ratio']:.3f}; "
+                f"target ≥ 0.95) over {v['windows']} windows; {v['view_fps_per_viewer']} "
+                "view frames/s each"
+            )
     if "efficiency" in report:
         e = report["efficiency"]
         lines.append(

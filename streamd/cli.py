@@ -190,6 +190,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model_seconds=args.model_seconds,
         port=args.port,
         http_port=args.http_port,
+        viewers=args.viewers,
     )
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     report = run(spec, args.model_only, sizes)
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model-seconds", type=float, default=8.0, help="detector-alone run per size")
     b.add_argument("--port", type=int, default=5599, help="ZeroMQ port of the benchmark daemon")
     b.add_argument("--http-port", type=int, default=8099)
+    b.add_argument("--viewers", type=int, default=0,
+                   help="live-view clients on stream s0, on and off every 10 s: fps with/without")  # fmt: skip
     b.add_argument("--out", default="bench.json", help="JSON results file")
     b.set_defaults(func=_cmd_bench)
 
