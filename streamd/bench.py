@@ -18,8 +18,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-import urllib.request
 import time
+import urllib.request
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path

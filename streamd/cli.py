@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=5599, help="ZeroMQ port of the benchmark daemon")
     b.add_argument("--http-port", type=int, default=8099)
     b.add_argument("--viewers", type=int, default=0,
-                   help="live-view clients on stream s0, on and off every 10 s: fps with/without")  # fmt: skip
+                   help="live-view clients on stream s0, on/off every 10 s")  # fmt: skip
     b.add_argument("--out", default="bench.json", help="JSON results file")
     b.set_defaults(func=_cmd_bench)
 
