@@ -243,7 +243,8 @@ class _ViewerToggler:
         self._thread.start()
 
     def _run(self) -> None:
-        while time.monotonic() < self.measured_from[0] + 1.0:  # set once the first det arrives
+        launched = self.measured_from[0]  # moved to first det + warm-up once one arrives
+        while self.measured_from[0] == launched or time.monotonic() < self.measured_from[0]:
             if self._halt.wait(0.2):
                 return
         on = False
@@ -278,10 +279,13 @@ class _ViewerToggler:
 
     def summary(self, arrivals: list[float]) -> dict[str, Any]:
         rates: dict[bool, list[float]] = {True: [], False: []}
+        windows = []
         for start, end, on in self.phases:
             # Skip each window's first second: clients connecting, encoding starting.
             n = sum(1 for t in arrivals if start + 1.0 <= t < end)
             rates[on].append(n / max(1e-6, end - start - 1.0))
+            windows.append({"viewers": self.spec.viewers if on else 0,
+                            "analysed_fps": round(rates[on][-1], 2)})  # fmt: skip
         without = statistics.fmean(rates[False]) if rates[False] else 0.0
         with_v = statistics.fmean(rates[True]) if rates[True] else 0.0
         watched = sum(end - start for start, end, on in self.phases if on)
@@ -292,6 +296,7 @@ class _ViewerToggler:
             "analysed_fps_with": round(with_v, 2),
             "ratio": round(with_v / without, 3) if without else 0.0,
             "view_fps_per_viewer": round(self.frames / max(1e-6, watched) / self.spec.viewers, 2),
+            "by_window": windows,
         }
 
 

@@ -191,6 +191,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         port=args.port,
         http_port=args.http_port,
         viewers=args.viewers,
+        viewer_window_s=args.viewer_window,
     )
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     report = run(spec, args.model_only, sizes)
@@ -281,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=5599, help="ZeroMQ port of the benchmark daemon")
     b.add_argument("--http-port", type=int, default=8099)
     b.add_argument("--viewers", type=int, default=0,
-                   help="live-view clients on stream s0, on/off every 10 s")  # fmt: skip
+                   help="live-view clients on stream s0, on and off in turns")  # fmt: skip
+    b.add_argument("--viewer-window", type=float, default=10.0, help="seconds per turn")
     b.add_argument("--out", default="bench.json", help="JSON results file")
     b.set_defaults(func=_cmd_bench)
 

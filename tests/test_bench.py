@@ -29,7 +29,8 @@ def bench(tmp: Path, model: Path, *args: str) -> dict:  # type: ignore[type-arg]
 
 def test_bench_pipeline_and_model_only(tmp_path: Path, person_model: Path) -> None:
     report = bench(tmp_path, person_model, "--streams", "2", "--fps", "10", "--width", "320",
-                   "--height", "180", "--duration", "6", "--warmup", "2")  # fmt: skip
+                   "--height", "180", "--duration", "8", "--warmup", "2", "--viewers", "2",
+                   "--viewer-window", "2")  # fmt: skip
     p = report["pipeline"]
     assert report["machine"]["cores"] >= 1
     assert p["analysed_fps_total"] > 0 and set(p["analysed_fps_per_stream"]) == {"s0", "s1"}
@@ -40,6 +41,10 @@ def test_bench_pipeline_and_model_only(tmp_path: Path, person_model: Path) -> No
     assert p["latency_ms"]["total"]["p50"] >= p["latency_ms"]["infer"]["p50"]
     assert {"supervisor", "inference", "source s0", "source s1"} <= set(p["processes"])
     assert set(p["dropped"]) == {"queue_full", "stale", "sampled"}
+    v = p["viewers"]  # live-view clients on and off in 2 s turns
+    assert v["windows"] >= 3 and {w["viewers"] for w in v["by_window"]} == {0, 2}
+    assert v["analysed_fps_with"] > 0 and v["analysed_fps_without"] > 0
+    assert v["view_fps_per_viewer"] > 1  # the viewers really got frames
     e = report["efficiency"]
     assert e["ratio"] == pytest.approx(e["pipeline_fps"] / e["model_only_fps"], abs=1e-3)
 
