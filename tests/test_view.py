@@ -218,3 +218,36 @@ def test_streamd_view_records_the_annotated_stream(
                                 capture_output=True, text=True, timeout=60,
                                 env={"PATH": "/usr/bin:/bin"})  # fmt: skip
     assert no_display.returncode == 2 and "--out" in no_display.stderr
+
+
+def test_a_stalled_viewer_slows_nobody_and_buffers_nothing(
+    viewed: tuple[Path, str, Subscriber],
+) -> None:
+    import socket
+
+    import psutil
+
+    cfg, base, _ = viewed
+    host, port = base.removeprefix("http://").split(":")
+    supervisor = next(p for p in psutil.process_iter(["cmdline"])
+                      if str(cfg) in " ".join(p.info["cmdline"] or []))  # fmt: skip
+    stalled = socket.create_connection((host, int(port)))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /streams/cam.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+    try:
+        time.sleep(2)
+        rss_before = supervisor.memory_info().rss
+        cap = cv2.VideoCapture(f"{base}/streams/cam.mjpg")
+        frames, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < 8:
+            ok, _ = cap.read()
+            assert ok
+            frames += 1
+        cap.release()
+        growth = supervisor.memory_info().rss - rss_before
+    finally:
+        stalled.close()
+    assert frames / 8 >= VIEW_FPS * 0.6, f"the reading viewer got {frames / 8:.1f}/s"
+    assert growth < 20 * 2**20, f"supervisor grew {growth / 2**20:.1f} MiB"
+    m = scrape(cfg)
+    assert sample(m, "streamd_frames_analysed_total", stream="cam") > 0
