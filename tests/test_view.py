@@ -4,6 +4,7 @@ nothing encoded while nobody watches, the token."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -135,7 +136,9 @@ def test_a_real_browser_shows_boxes_where_they_were_detected(
     browser = webdriver.Chrome(service=Service(driver_bin), options=options)
     try:
         browser.get(f"{base}/")
-        assert "cam" in browser.page_source and "streaming" in browser.page_source
+        page = browser.page_source
+        assert "cam" in page and "streaming" in page
+        assert re.search(r"<td>\d+ ms</td>", page), "the index shows the stream's latency"
         browser.find_element("link text", "cam").click()
         deadline = time.monotonic() + 20
         while browser.execute_script("return document.getElementById('live').naturalWidth") == 0:
@@ -251,3 +254,42 @@ def test_a_stalled_viewer_slows_nobody_and_buffers_nothing(
     assert growth < 20 * 2**20, f"supervisor grew {growth / 2**20:.1f} MiB"
     m = scrape(cfg)
     assert sample(m, "streamd_frames_analysed_total", stream="cam") > 0
+
+
+def test_boxes_sit_on_their_own_frame_while_people_move_and_frames_drop(
+    person_model: Path, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Walking people, 2 of every 3 frames sampled out: each JPEG's boxes are that frame's."""
+    video, _ = scene
+    port = free_port()
+    streams = [{"id": "cam", "url": str(video), "loop": True, "realtime": True, "max_fps": 5}]
+    cfg = write_pipeline(tmp_path, person_model, port, streams)
+    listen = json.loads(cfg.read_text())["http"]["listen"]
+    sub = Subscriber(f"tcp://127.0.0.1:{port}", topics=["det.cam"])
+    daemon = start(cfg, tmp_path / "daemon.log")
+    dets: dict[int, list[list[float]]] = {}
+    try:
+        assert sub.recv(120) is not None
+        checked = 0
+        for _ in range(6):
+            with urllib.request.urlopen(f"http://{listen}/streams/cam.jpg", timeout=10) as r:
+                frame_no = int(r.headers["X-Streamd-Frame"])
+                jpeg = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
+            deadline = time.monotonic() + 10
+            while frame_no not in dets and time.monotonic() < deadline:
+                ev = sub.recv(1.0)  # the det event went out before its view frame
+                if ev is not None:
+                    dets[ev.payload["frame"]] = [o["bbox"] for o in ev.payload["objects"]]
+            boxes = dets.get(frame_no)
+            assert boxes, f"frame {frame_no} was never published as a det event"
+            for box in boxes:
+                assert _edge_share(jpeg, box) > 0.8, f"frame {frame_no}: box {box} not drawn"
+            checked += 1
+            time.sleep(0.7)
+        m = scrape(cfg)
+        assert sample(m, "streamd_frames_dropped_total", stream="cam", cause="sampled") > 20
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+        sub.close()
+    assert checked == 6

@@ -96,7 +96,7 @@ class StatusBoard:
             row = self._streams.get(sid)
             if row is not None:
                 for key in ("analysed", "fps", "dropped", "decoded", "decode_errors", "zones",
-                            "lines", "alert_seq"):  # fmt: skip
+                            "lines", "alert_seq", "latency_ms"):  # fmt: skip
                     row[key] = s.get(key)
         self._beat_seen.set()
 
