@@ -286,16 +286,17 @@ class AlertSubscriber(_Closing):
 
     def _catch_up(self) -> None:
         """Queue every journaled alert after our position (and after what is queued)."""
+        after = dict(self.position)
+        for e in self._pending:
+            after[str(e.stream)] = e.seq
         while True:
-            after = dict(self.position)
-            for e in self._pending:
-                after[str(e.stream)] = e.seq
             events, more = self._client.replay(after)
             for e in events:
+                after[str(e.stream)] = e.seq  # also past streams we skip, or we would loop
                 if self._wanted(e.stream):
                     self._pending.append(e)
                     self.replayed += 1
-            if not more:
+            if not more or not events:
                 return
 
     def _last(self, stream: str) -> int:

@@ -150,3 +150,30 @@ def test_an_alert_the_journal_cannot_store_still_goes_out(tmp_path: Path) -> Non
     assert event is not None and event.payload["rule"] == "enter" and event.payload["frame"] == 7
     assert event.attachment is not None and event.attachment[:2] == b"\xff\xd8"  # a JPEG
     assert metrics.JOURNAL_ERRORS._value.get() == failures + 1
+
+
+def test_a_filtered_subscriber_pages_past_other_streams(tmp_path: Path) -> None:
+    """1,200 alerts of another stream around ours: replay pages (500 at a time) past them."""
+    from streamd.client import AlertSubscriber
+    from streamd.publish.publisher import Publisher
+    from streamd.publish.replay import ReplayServer
+
+    from .util import free_port
+
+    j = journal(tmp_path)
+    entries = [alert("b", i) for i in range(1200)]
+    for k, at in enumerate((10, 600, 1190)):
+        entries.insert(at + k, alert("a", k))
+    j.append(entries)
+    pub_endpoint, req_endpoint = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    publisher = Publisher(pub_endpoint, hwm=100)
+    server = ReplayServer(req_endpoint, j.path, epoch=1, state=lambda: {})
+    server.start()
+    try:
+        with AlertSubscriber(pub_endpoint, req_endpoint, streams=["a"]) as sub:
+            got = [sub.recv(2) for _ in range(3)]
+            assert sub.recv(0.5) is None
+    finally:
+        server.close()
+        publisher.close()
+    assert [(e.stream, e.seq) for e in got if e is not None] == [("a", 0), ("a", 1), ("a", 2)]

@@ -33,7 +33,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 BOUNDARY = "streamd-frame"
-MJPEG_WAIT_S = 5.0  # a viewer waiting this long for a frame gets the last one again
+MJPEG_WAIT_S = 5.0  # .jpg: give up after this long without an analysed frame
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -86,8 +86,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_raw(200, pages.stream(sid, token).encode(), "text/html; charset=utf-8")
 
     def _jpeg(self, view: LiveView, sid: str) -> None:
-        with view.viewer(sid):
-            pic = view.next_picture(sid, 0, MJPEG_WAIT_S)
+        with view.viewer(sid) as after:
+            pic = view.next_picture(sid, after, MJPEG_WAIT_S)
         if pic is None:
             self._send(503, {"error": f"no analysed frame of {sid!r} yet"})
         else:
@@ -99,8 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        version = 0
-        with view.viewer(sid), contextlib.suppress(OSError):
+        with view.viewer(sid) as version, contextlib.suppress(OSError):
             while not self.server.closing.is_set():
                 pic = view.next_picture(sid, version, MJPEG_WAIT_S)
                 if pic is None:

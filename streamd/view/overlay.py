@@ -68,16 +68,19 @@ class LiveView:
         self._thread.start()
 
     @contextlib.contextmanager
-    def viewer(self, stream: str) -> Iterator[None]:
-        """Register a viewer of ``stream`` for the duration of the block."""
+    def viewer(self, stream: str) -> Iterator[int]:
+        """Register a viewer of ``stream`` for the duration of the block; yields the picture
+        version to wait beyond: the current one if frames were not flowing (it may be
+        old), the one before it if other viewers keep it fresh."""
         with self._cond:
             s = self.streams[stream]
             s.viewers += 1
             first = s.viewers == 1
+            current = s.picture.version if s.picture is not None else 0
         if first:
             self._watch(stream, self.cfg.max_fps)
         try:
-            yield
+            yield current if first else max(0, current - 1)
         finally:
             with self._cond:
                 s.viewers -= 1
