@@ -135,8 +135,13 @@ def test_a_real_browser_shows_boxes_where_they_were_detected(
         options.add_argument(arg)
     browser = webdriver.Chrome(service=Service(driver_bin), options=options)
     try:
-        browser.get(f"{base}/")
-        page = browser.page_source
+        deadline = time.monotonic() + 10
+        while True:  # the latency comes with the next heartbeat (1 s)
+            browser.get(f"{base}/")
+            page = browser.page_source
+            if re.search(r"<td>\d+ ms</td>", page) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert "cam" in page and "streaming" in page
         assert re.search(r"<td>\d+ ms</td>", page), "the index shows the stream's latency"
         browser.find_element("link text", "cam").click()
