@@ -187,8 +187,7 @@ class Daemon:
                 self._watch_outbox.send(WatchUpdate(stream, max_fps))
 
     def _hud(self, stream: str) -> dict[str, Any]:
-        row: dict[str, Any] = self.board.snapshot()["streams"].get(stream, {})
-        return row
+        return self.board.row(stream)
 
     def _start_source(self, source: _Source) -> None:
         spec = source.spec

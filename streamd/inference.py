@@ -310,7 +310,7 @@ class InferenceWorker:
             self.view.offer(ref.stream, frame, {
                 "frame": ref.frame, "ts": ref.capture_ts, "objects": objs,
                 "latency_ms": fields["latency_ms"]["total"], "fps": round(stats.fps, 2),
-                "counts": self.analytics.counts()[ref.stream],
+                "counts": self.analytics.counts(ref.stream),
             })  # fmt: skip
         meters = self._meters[ref.stream]
         meters.analysed.inc()
@@ -323,7 +323,6 @@ class InferenceWorker:
         elapsed = max(1e-6, now - self._last_beat)
         self._last_beat = now
         streams = {}
-        counts = self.analytics.counts()
         for sid, st in self.stats.items():
             st.fps = (st.analysed - st.analysed_at_last_beat) / elapsed
             st.analysed_at_last_beat = st.analysed
@@ -337,7 +336,7 @@ class InferenceWorker:
                 "decoded": st.decoded,
                 "decode_errors": st.decode_errors,
                 "latency_ms": None if mean_latency is None else round(mean_latency, 1),
-                **counts[sid],
+                **self.analytics.counts(sid),
             }
         fields = {
             "uptime_s": round(now - self.started, 3),

@@ -67,9 +67,7 @@ class TrackEvent:
 
 @dataclass
 class _Track:
-    first: Observation
     first_ts: float
-    first_frame: int
     last: Observation
     last_ts: float
     last_update_ts: float
@@ -91,8 +89,8 @@ class _Side:
     raw: int
     raw_since: float
     confirmed: int | None
-    prev_point: tuple[float, float]
-    crossing_point: tuple[float, float] | None = None
+    prev_point: tuple[float, float] | None = None  # lines: the anchor in the last frame
+    within_segment: bool = False  # lines: the last side change crossed between the ends
     entered_at: float | None = None
     dwell_fired: set[float] = field(default_factory=set)  # thresholds fired this visit
 
@@ -239,7 +237,7 @@ class StreamAnalytics:
     def _observe(self, obj: Observation, frame: int, ts: float) -> list[TrackEvent]:
         tr = self.tracks.get(obj.track_id)
         if tr is None:
-            tr = _Track(obj, ts, frame, obj, ts, ts)
+            tr = _Track(ts, obj, ts, ts)
             tr.classes[obj.cls] += 1
             self.tracks[obj.track_id] = tr
             return [TrackEvent("new", obj, frame, ts, {})]
@@ -277,10 +275,9 @@ class StreamAnalytics:
         objs = [o for o in seen.values() if _eligible(cfg, o, ages[o.track_id])]
         alerts: list[Alert] = []
         for obj, inside in zip(objs, zone.inside(objs, w, h), strict=True):
-            point = _anchor(obj, cfg.anchor)
             side = zone.sides.get(obj.track_id)
             if side is None:
-                side = zone.sides[obj.track_id] = _Side(int(inside), ts, None, point)
+                side = zone.sides[obj.track_id] = _Side(int(inside), ts, None)
             if int(inside) != side.raw:
                 side.raw, side.raw_since = int(inside), ts
             if side.confirmed != side.raw and ts - side.raw_since >= cfg.debounce_s - EPS:
@@ -361,14 +358,13 @@ class StreamAnalytics:
             if side is None:
                 line.sides[obj.track_id] = _Side(s, ts, s or None, point)
                 continue
-            if s != 0 and s != side.raw:
-                inside = line.within(side.prev_point, point, w, h)
+            if s != 0 and s != side.raw and side.prev_point is not None:
                 side.raw, side.raw_since = s, ts
-                side.crossing_point = point if inside else None
+                side.within_segment = line.within(side.prev_point, point, w, h)
             side.prev_point = point
             settled = ts - side.raw_since >= cfg.debounce_s - EPS
             if side.raw != side.confirmed and side.raw != 0 and settled:
-                crossed = side.confirmed is not None and side.crossing_point is not None
+                crossed = side.confirmed is not None and side.within_segment
                 side.confirmed = side.raw
                 if crossed:
                     alerts += self._cross(line, obj, "in" if side.raw > 0 else "out", frame, ts)

@@ -162,15 +162,13 @@ class Analytics:
         with self.lock:
             return {sid: a.state() for sid, a in self.streams.items()}
 
-    def counts(self) -> dict[str, Any]:
-        """Zone occupancy and line counts per stream, for heartbeats and metrics."""
+    def counts(self, stream: str) -> dict[str, Any]:
+        """A stream's zone occupancy, line counts and last alert seq (heartbeats, live view)."""
         with self.lock:
-            out = {}
-            for sid, a in self.streams.items():
-                out[sid] = {
-                    "zones": {z.name: z.occupancy for z in a.zones},
-                    "lines": {ln.name: dict(ln.counts) for ln in a.lines},
-                    # Lets a subscriber see alerts it missed at the end of a burst.
-                    "alert_seq": self.publisher.last_seq("alert", sid),
-                }
-            return out
+            a = self.streams[stream]
+            return {
+                "zones": {z.name: z.occupancy for z in a.zones},
+                "lines": {ln.name: dict(ln.counts) for ln in a.lines},
+                # Lets a subscriber see alerts it missed at the end of a burst.
+                "alert_seq": self.publisher.last_seq("alert", stream),
+            }

@@ -121,6 +121,11 @@ class StatusBoard:
             last = self._last_beat
         return last is not None and time.time() - last < 3 * self._heartbeat_s + 1.0
 
+    def row(self, stream: str) -> dict[str, Any]:
+        """One stream's row (a copy), without copying every other stream's."""
+        with self._lock:
+            return copy.deepcopy(self._streams.get(stream, {}))
+
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
         with self._lock:

@@ -69,8 +69,7 @@ class AlertJournal:
 
     def next_seqs(self) -> dict[str, int]:
         """Per stream, the seq the next alert gets (continuing across restarts)."""
-        rows = self.db.execute("SELECT stream, MAX(seq) FROM alerts GROUP BY stream")
-        return {stream: int(last) + 1 for stream, last in rows}
+        return {stream: last + 1 for stream, last in last_seqs(self.db).items()}
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Commit a batch of alerts (one transaction, one fsync)."""
@@ -115,6 +114,12 @@ class AlertJournal:
 
     def close(self) -> None:
         self.db.close()
+
+
+def last_seqs(db: sqlite3.Connection) -> dict[str, int]:
+    """Per stream, the seq of its last journaled alert."""
+    rows = db.execute("SELECT stream, MAX(seq) FROM alerts GROUP BY stream")
+    return {stream: int(last) for stream, last in rows}
 
 
 def read_after(

@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from streamd.publish.journal import connect, read_after
+from streamd.publish.journal import connect, last_seqs, read_after
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,8 @@ class ReplayServer:
                       "epoch": self._epoch}  # fmt: skip
             return [json.dumps(header).encode(), *snaps]
         if op == "state":
-            rows = db.execute("SELECT stream, MAX(seq) FROM alerts GROUP BY stream").fetchall()
             state = {"epoch": self._epoch, "streams": self._state(),
-                     "alert_seq": {s: int(q) for s, q in rows}}  # fmt: skip
+                     "alert_seq": last_seqs(db)}  # fmt: skip
             return [json.dumps(state).encode()]
         return [json.dumps({"error": f"unknown op {op!r} (replay, state)"}).encode()]
 
