@@ -54,6 +54,8 @@ class BenchSpec:
     http_port: int = 8099
     viewers: int = 0  # live-view clients on the first stream, on and off in turns
     viewer_window_s: float = 10.0
+    boxes: int = 10  # backend null: boxes per frame
+    block: bool = False  # files read as fast as the pipeline takes them (drop_policy block)
 
 
 def _frames(spec: BenchSpec, workdir: Path, count: int) -> list[npt.NDArray[np.uint8]]:
@@ -105,6 +107,7 @@ def _model_cfg(spec: BenchSpec) -> ModelConfig:
             "backend": spec.backend,
             "device": spec.device,
             "conf": 0.25,
+            "null_boxes": spec.boxes,
         }
     )
 
@@ -194,7 +197,7 @@ def pipeline(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
         "http": {"listen": f"127.0.0.1:{spec.http_port}"},
         "journal": {"path": str(workdir / "alerts.sqlite"), "endpoint": "tcp://127.0.0.1:*"},
         "streams": [
-            {"id": f"s{i}", "url": str(clip), "loop": True, "realtime": True}
+            {"id": f"s{i}", "url": str(clip), "loop": True, "realtime": not spec.block}
             for i in range(spec.streams)
         ],
     }
@@ -349,8 +352,13 @@ def _summarise(
         for cause, n in s["dropped"].items():
             drops[cause] += n - first["streams"][sid]["dropped"][cause]
     batches = [d["batch"] for d in dets]
+    fps_total = len(dets) / spec.duration_s
+    cpu_percent = sum(p["cpu_percent_mean"] for p in processes.values())
     return {
-        "analysed_fps_total": round(len(dets) / spec.duration_s, 2),
+        "cpu_percent_total": round(cpu_percent, 1),
+        # All streamd processes together: the host cost of one analysed frame.
+        "cpu_ms_per_frame": round(cpu_percent * 10.0 / fps_total, 3) if fps_total else None,
+        "analysed_fps_total": round(fps_total, 2),
         "analysed_fps_per_stream": {
             s: round(n / spec.duration_s, 2) for s, n in sorted(per_stream.items())
         },
@@ -395,6 +403,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"batch mean {p['batch_size_mean']}, backend {p['backend']}"
         )
         lines.append(f"  per stream: {p['analysed_fps_per_stream']}")
+        lines.append(
+            f"  cpu: {p['cpu_percent_total']}% over all streamd processes = "
+            f"{p['cpu_ms_per_frame']} ms per analysed frame (bench client "
+            f"{p.get('bench_client_cpu_s')} s)"
+        )
         lines.append(f"  dropped: {p['dropped']}")
         for st, q in p["latency_ms"].items():
             lines.append(
@@ -431,7 +444,15 @@ def run(spec: BenchSpec, model_only_flag: bool, batch_sizes: list[int]) -> dict[
         report["model_only"] = model_only(spec, batch_sizes)
         return report
     with tempfile.TemporaryDirectory(prefix="streamd-bench-") as tmp:
+        client0 = psutil.Process().cpu_times()
         report["pipeline"] = pipeline(spec, Path(tmp))
+        client1 = psutil.Process().cpu_times()
+    # The subscriber in this process shares the machine: say what it cost.
+    report["pipeline"]["bench_client_cpu_s"] = round(
+        client1.user + client1.system - client0.user - client0.system, 2
+    )
+    if spec.backend == "null":
+        return report  # no model to compare with: the host path is the figure
     # Compare with the detector alone at the batch size the pipeline ran at.
     batch = max(1, round(report["pipeline"]["batch_size_mean"]))
     report["model_only"] = model_only(spec, [batch])

@@ -192,6 +192,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         viewers=args.viewers,
         viewer_window_s=args.viewer_window,
+        boxes=args.boxes,
+        block=args.block,
     )
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     report = run(spec, args.model_only, sizes)
@@ -274,7 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=float, default=5.0, help="seconds ignored after first event")
     b.add_argument("--weights", default="models/person-yolov8s.pt")
     b.add_argument("--imgsz", type=int, default=320)
-    b.add_argument("--backend", default="auto")
+    b.add_argument(
+        "--backend",
+        default="auto",
+        help="auto, torch, onnx, tensorrt, cpu, or null (no model: the host path)",
+    )
+    b.add_argument("--boxes", type=int, default=10, help="--backend null: boxes per frame")
+    b.add_argument(
+        "--block",
+        action="store_true",
+        help="files read as fast as the pipeline takes them (drop_policy block) "
+        "instead of live-paced",
+    )
     b.add_argument("--device", default="auto")
     b.add_argument("--max-batch", type=int, default=8)
     b.add_argument("--max-wait-ms", type=float, default=10.0)

@@ -53,11 +53,15 @@ class ModelConfig(_Strict):
         description="Ultralytics checkpoint: a path (relative to the pipeline file) or a "
         "name ultralytics can fetch on a machine with internet.",
     )
-    backend: Literal["auto", "tensorrt", "torch", "onnx", "cpu"] = Field(
+    backend: Literal["auto", "tensorrt", "torch", "onnx", "cpu", "null"] = Field(
         "auto",
         description="Detector backend. auto: TensorRT on CUDA when installed, else torch FP16 "
         "with CUDA graphs on CUDA; without CUDA onnxruntime when installed (faster than torch "
-        "on CPUs), else torch. cpu = torch on the CPU.",
+        "on CPUs), else torch. cpu = torch on the CPU. null = no model: null_boxes moving "
+        "boxes per frame, to measure the host path (auto never picks it).",
+    )
+    null_boxes: int = Field(
+        10, ge=0, le=1000, description="backend null: boxes returned per frame."
     )
     precision: Literal["fp16", "int8", "fp32"] = Field(
         "fp16", description="TensorRT engine precision (int8 needs model.calibration)."
@@ -83,6 +87,12 @@ class ModelConfig(_Strict):
     classes: list[str] | None = Field(
         None, description="Class names to keep (checked against the model at start-up)."
     )
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _yaml_null(cls, v: object) -> object:
+        # YAML reads a bare `backend: null` as None: that is the null backend too.
+        return "null" if v is None else v
 
 
 class TrackerConfig(_Strict):

@@ -269,7 +269,7 @@ class InferenceWorker:
         if not frames:
             return
         t0 = time.perf_counter()
-        results = self.detector.detect(frames)
+        results = self.detector.detect(frames, kept)
         infer_ms = (time.perf_counter() - t0) * 1000.0
         metrics.BATCH_SIZE.observe(len(kept))
         for ref, detections, frame in zip(kept, results, frames, strict=True):

@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import supervision as sv
 
+from streamd.types import FrameRef
+
 
 class DetectorError(Exception):
     """A detector that cannot be built from the configuration (bad weights, unknown class...)."""
@@ -23,4 +25,9 @@ class Detector(Protocol):
     names: dict[int, str]
     backend: str  # which backend actually runs, e.g. "torch-cpu", "torch-cuda-fp16"
 
-    def detect(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[sv.Detections]: ...
+    def detect(
+        self, frames: Sequence[npt.NDArray[np.uint8]], refs: Sequence[FrameRef] | None = None
+    ) -> list[sv.Detections]:
+        """``refs``: the frames' descriptors, for a backend that needs the stream or its
+        clock (``null``); model backends look at the pixels only."""
+        ...

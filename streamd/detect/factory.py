@@ -21,6 +21,8 @@ def choose_backend(
     requested: str, cuda: bool, onnx_runtime: bool, tensorrt: bool = False
 ) -> tuple[str, str]:
     """(backend, why) for ``model.backend``; raises DetectorError if it cannot be had."""
+    if requested == "null":
+        return "null", "asked for: a measurement backend (no model)"
     if requested == "tensorrt":
         if not cuda:
             raise DetectorError("model.backend tensorrt: needs a CUDA GPU and none is usable")
@@ -72,6 +74,8 @@ def create_detector(cfg: ModelConfig, max_batch: int = 8) -> Detector:
     from streamd.detect.onnx_export import onnxruntime_available
     from streamd.detect.yolo import YoloDetector, load_checkpoint, stride_of
 
+    if cfg.backend == "null":
+        return _null_detector(cfg)
     device = resolve_device(cfg.device, cfg.backend)
     cuda = device.type == "cuda"
     kind, why = choose_backend(cfg.backend, cuda, onnxruntime_available(),
@@ -90,6 +94,17 @@ def create_detector(cfg: ModelConfig, max_batch: int = 8) -> Detector:
         cfg.weights,
         names,
     )
+    return detector
+
+
+def _null_detector(cfg: ModelConfig) -> Detector:
+    from streamd.detect.null_backend import NullDetector
+    from streamd.detect.yolo import class_ids
+
+    detector = NullDetector(cfg.null_boxes)
+    class_ids(detector.names, cfg.classes)  # the same check as a real model's
+    log.warning("detector backend=null: %d synthetic boxes per frame, no model (measurement "
+                "only)", cfg.null_boxes)  # fmt: skip
     return detector
 
 

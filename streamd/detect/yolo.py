@@ -20,6 +20,7 @@ import torch
 from streamd.config import ModelConfig
 from streamd.detect.base import DetectorError
 from streamd.detect.prepost import input_shape, postprocess, preprocess, to_detections
+from streamd.types import FrameRef
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ class YoloDetector:
             raise DetectorError(f"{self.backend}: warm-up returned {len(out)} results for 1 frame")
 
     @torch.inference_mode()
-    def detect(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[sv.Detections]:
+    def detect(
+        self, frames: Sequence[npt.NDArray[np.uint8]], refs: Sequence[FrameRef] | None = None
+    ) -> list[sv.Detections]:
         out: list[sv.Detections] = []
         for start in range(0, len(frames), self.runner.max_batch):
             out += self._detect(frames[start : start + self.runner.max_batch])
