@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from streamd.analytics.config import LineConfig, TracksConfig, ZoneConfig
 from streamd.analytics.engine import Alert, Observation, StreamAnalytics, TrackEvent
+from streamd.config import LineConfig, TracksConfig, ZoneConfig
 
 FPS = 10
 W, H = 640, 480

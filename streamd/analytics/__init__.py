@@ -1,1 +1,1 @@
-"""Zones, lines, dwell and track lifecycle → alerts (engine.py); its YAML (config.py)."""
+"""Zones, lines, dwell and track lifecycle → alerts (engine.py); its YAML is in streamd.config."""

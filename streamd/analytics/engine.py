@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import supervision as sv
 
-from streamd.analytics.config import ZONE_RULE, LineConfig, TracksConfig, ZoneConfig
+from streamd.config import ZONE_RULE, LineConfig, TracksConfig, ZoneConfig
 
 # Capture times are floats: a threshold met "exactly" must not miss by 1e-16.
 EPS = 1e-6
