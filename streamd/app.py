@@ -1,10 +1,11 @@
-"""Composition root: the supervisor spawns the inference worker and one worker per source.
+"""Composition root: the supervisor spawns the detector process and one process per camera.
 
-Start order: the HTTP control port is bound first and the inference worker
-binds the public and internal sockets and loads the model next, so a taken
-port or a model that cannot serve the configuration stops start-up before any
-camera is opened. A source worker that dies is restarted (rate-limited) with
-its shared memory reclaimed; the others never notice. Shutdown: SIGTERM every
+Start order (:meth:`Daemon._start`): the HTTP port, the public event endpoint
+(the bus), the journal and its request socket are bound first, then the
+detector process loads the model, so a taken port, an unusable journal or a
+model that cannot serve the configuration stops start-up before any camera is
+opened. A camera's process that dies is restarted (rate-limited) with its
+shared memory reclaimed; the others never notice. Shutdown: SIGTERM every
 worker, wait, SIGKILL stragglers, then unlink every segment of this run.
 """
 
@@ -17,33 +18,39 @@ import os
 import secrets
 import shutil
 import signal
+import sqlite3
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 from typing import Any
 
+import zmq
 from prometheus_client.multiprocess import mark_process_dead
 
+from streamd.analysis import AnalysisSpec
 from streamd.config import PipelineConfig, StreamConfig
 from streamd.control import ControlServer, StatusBoard
 from streamd.control.exposition import MetricsExporter
+from streamd.control.plane import ControlPlane
 from streamd.frames.ring import segment_prefix, sweep_segments
-from streamd.inference import EXIT_SETUP_FAILED, InferenceSpec, inference_main
+from streamd.inference import InferenceSpec, inference_main
+from streamd.publish.bus import BusProxy
+from streamd.publish.journal import AlertJournal
+from streamd.publish.replay import ReplayServer
 from streamd.runtime.channel import Outbox
+from streamd.runtime.exits import DaemonExit, WorkerExit
 from streamd.runtime.process import StopFlag
 from streamd.sources.reader import OpenOptions
-from streamd.sources.worker import EXIT_HUNG, EXIT_STOPPED, SourceSpec, source_main
+from streamd.sources.worker import SourceSpec, source_main
 from streamd.types import SourceState, StatusUpdate, WatchUpdate
 from streamd.view.overlay import LiveView
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_WORKER_DIED = 1
-EXIT_REFUSED = 2
 TERM_GRACE_S = 3.0
 READY_TIMEOUT_S = 300.0  # first model load may compile/fuse for a while
 
@@ -67,7 +74,12 @@ class StartupError(Exception):
 
 
 def source_spec(
-    stream: StreamConfig, index: int, run_id: str, inbox: str, log_level: str
+    stream: StreamConfig,
+    index: int,
+    run_id: str,
+    inbox: str,
+    analysis: AnalysisSpec,
+    log_level: str,
 ) -> SourceSpec:
     return SourceSpec(
         stream=stream.id,
@@ -90,6 +102,7 @@ def source_spec(
         max_fps=stream.max_fps,
         run_id=run_id,
         inbox=inbox,
+        analysis=analysis,
         log_level=log_level,
     )
 
@@ -102,53 +115,41 @@ class Daemon:
         self.log_level = log_level
         self.ctx = mp.get_context("spawn")
         self.run_id = f"{os.getpid():x}{secrets.token_hex(2)}"
+        self.epoch = int(time.time() * 1000)  # every publisher of this run, until it restarts
         self.stop = StopFlag()
         self._tmp = ""
         self._metrics_dir = ""
-        self.inbox = ""
         self.inference: SpawnProcess | None = None
         self.sources: dict[str, _Source] = {}
-        self._outbox: Outbox | None = None
+        self._names: dict[int, str] = {}
+        self._outbox: Outbox | None = None  # to the control plane: status said on behalf
         self.board = StatusBoard(
             cfg.publish.endpoint, [s.id for s in cfg.streams], cfg.publish.heartbeat_s
         )
         self._http: ControlServer | None = None
+        self._bus: BusProxy | None = None
+        self._journal: AlertJournal | None = None
+        self._replay: ReplayServer | None = None
+        self._plane: ControlPlane | None = None
         self.view: LiveView | None = None
         self._watching: dict[str, float] = {}  # stream → view frames/s the viewers want
         self._watch_lock = threading.Lock()
-        self._watch_outbox: Outbox | None = None  # HTTP threads' own socket, under the lock
+        self._watch_outboxes: dict[str, Outbox] = {}  # HTTP threads' sockets, under the lock
+
+    def _endpoint(self, name: str) -> str:
+        return f"ipc://{self._tmp}/{name}"
 
     def run(self, duration_s: float | None = None) -> int:
         self.stop.install(signal.SIGINT, signal.SIGTERM)
         self._tmp = tempfile.mkdtemp(prefix="streamd-")  # 0700: private ipc sockets
-        self.inbox = f"ipc://{self._tmp}/inbox"
         # Workers inherit this and write their metrics there (prometheus multiprocess mode).
         self._metrics_dir = os.path.join(self._tmp, "metrics")
         os.mkdir(self._metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
         try:
-            try:
-                self._start_http()
-            except StartupError as e:
-                log.error("%s", e)
-                return EXIT_REFUSED
-            code = self._start_inference()
+            code = self._start()
             if code is not None:
                 return code
-            self._outbox = Outbox(self.inbox)
-            self._open_watch_channel()
-            # Subscribed before any source speaks, so the board misses no transition.
-            if not self.board.wait_heartbeat(HEARTBEAT_WAIT_S):
-                log.warning(
-                    "no heartbeat on %s yet; /status may miss early transitions",
-                    self.cfg.publish.endpoint,
-                )
-            for index, stream in enumerate(self.cfg.streams):
-                source = _Source(
-                    source_spec(stream, index, self.run_id, self.inbox, self.log_level)
-                )
-                self.sources[stream.id] = source
-                self._start_source(source)
             log.info(
                 "running %d stream(s); publishing on %s",
                 len(self.sources),
@@ -158,13 +159,50 @@ class Daemon:
         finally:
             self._shutdown()
 
+    def _start(self) -> int | None:
+        """Bring everything up in order; an exit code if start-up is refused or stopped."""
+        try:
+            self._start_http()
+            self._start_bus()
+            self._start_journal()
+        except StartupError as e:
+            log.error("%s", e)
+            return DaemonExit.REFUSED
+        code = self._start_inference()
+        if code is not None:
+            return code
+        self._outbox = Outbox(self._endpoint("control"))
+        # Subscribed before any source speaks, so the board misses no transition.
+        if not self.board.wait_heartbeat(HEARTBEAT_WAIT_S):
+            log.warning(
+                "no heartbeat on %s yet; /status may miss early transitions",
+                self.cfg.publish.endpoint,
+            )
+        for index, stream in enumerate(self.cfg.streams):
+            spec = source_spec(stream, index, self.run_id, self._endpoint("inbox"),
+                               self._analysis_spec(index, self.epoch), self.log_level)  # fmt: skip
+            self.sources[stream.id] = _Source(spec)
+            self._start_source(self.sources[stream.id])
+        return None
+
+    def _analysis_spec(self, index: int, epoch: int) -> AnalysisSpec:
+        return AnalysisSpec(
+            pipeline=self.cfg,
+            results=self._endpoint(f"results-{index}"),
+            bus=self._endpoint("bus"),
+            control=self._endpoint("control"),
+            view=self._endpoint("view") if self.view is not None else None,
+            names=self._names,
+            epoch=epoch,
+        )
+
     def _start_http(self) -> None:
         listen = self.cfg.http.listen
         if listen is None:
             return
         try:
             exporter = MetricsExporter(self.board, self._metrics_dir)
-            self.view = LiveView(self.cfg, f"ipc://{self._tmp}/view", self._watch, self._hud)
+            self.view = LiveView(self.cfg, self._endpoint("view"), self._watch, self._hud)
             exporter.view = self.view
             self._http = ControlServer(listen, self.board, exporter, self.view, self.cfg.http.token)
         except OSError as e:
@@ -173,18 +211,37 @@ class Daemon:
         self._http.start()
         log.info("live view on http://%s/ (status: /status, metrics: /metrics)", listen)
 
+    def _start_bus(self) -> None:
+        p = self.cfg.publish
+        try:
+            self._bus = BusProxy(self._endpoint("bus"), p.endpoint, p.hwm, p.sndbuf_kib)
+        except zmq.ZMQError as e:
+            raise StartupError(f"publish.endpoint {p.endpoint}: {e}") from None
+        self._bus.start()
+
+    def _start_journal(self) -> None:
+        j = self.cfg.journal
+        path = Path(str(j.path))
+        try:
+            self._journal = AlertJournal(path, j.synchronous, j.max_age_days, j.max_mb)
+        except (OSError, sqlite3.Error) as e:
+            raise StartupError(f"journal.path {path}: {e}") from None
+        self._plane = ControlPlane(self.cfg, self._endpoint("control"), self._endpoint("bus"),
+                                   self.epoch, self._journal)  # fmt: skip
+        try:
+            self._replay = ReplayServer(j.endpoint, path, self.epoch, self._plane.state)
+        except zmq.ZMQError as e:
+            raise StartupError(f"journal.endpoint {j.endpoint}: {e}") from None
+        self._plane.start()
+        self._replay.start()
+
     def _watch(self, stream: str, max_fps: float) -> None:
         """Called from HTTP threads as viewers come and go."""
         with self._watch_lock:
             self._watching[stream] = max_fps
-            if self._watch_outbox is not None:
-                self._watch_outbox.send(WatchUpdate(stream, max_fps))
-
-    def _open_watch_channel(self) -> None:
-        with self._watch_lock:
-            self._watch_outbox = Outbox(self.inbox)
-            for stream, max_fps in self._watching.items():  # viewers who came early
-                self._watch_outbox.send(WatchUpdate(stream, max_fps))
+            outbox = self._watch_outboxes.get(stream)
+            if outbox is not None:
+                outbox.send(WatchUpdate(stream, max_fps))
 
     def _hud(self, stream: str) -> dict[str, Any]:
         return self.board.row(stream)
@@ -192,8 +249,11 @@ class Daemon:
     def _start_source(self, source: _Source) -> None:
         spec = source.spec
         if source.restarts:
+            # A restarted camera process is a new publisher: a new epoch, not a gap.
+            analysis = replace(spec.analysis, epoch=int(time.time() * 1000))
             spec = replace(
                 spec,
+                analysis=analysis,
                 restarts=source.restarts,
                 resumed_from=SourceState.RECONNECTING,
                 resumed_since=source.resumed_since,
@@ -201,6 +261,12 @@ class Daemon:
         source.process = self._spawn(source_main, f"source-{spec.stream}", spec)
         source.restart_at = None
         self.board.set_worker(spec.stream, source.process.pid, source.restarts)
+        with self._watch_lock:
+            outbox = self._watch_outboxes.get(spec.stream)
+            if outbox is None:
+                outbox = self._watch_outboxes[spec.stream] = Outbox(spec.analysis.results)
+            if self._watching.get(spec.stream):  # viewers who came early, or stayed
+                outbox.send(WatchUpdate(spec.stream, self._watching[spec.stream]))
 
     def _spawn(self, target: Callable[..., None], name: str, *args: object) -> SpawnProcess:
         proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
@@ -208,29 +274,33 @@ class Daemon:
         return proc
 
     def _start_inference(self) -> int | None:
-        ready = self.ctx.Event()
-        view = f"ipc://{self._tmp}/view" if self.view is not None else None
-        self.inference = self._spawn(
-            inference_main,
-            "inference",
-            InferenceSpec(self.cfg, self.inbox, self.log_level, view),
-            ready,
+        names_rx, names_tx = self.ctx.Pipe(duplex=False)
+        spec = InferenceSpec(
+            self.cfg,
+            self._endpoint("inbox"),
+            self._endpoint("control"),
+            tuple(self._endpoint(f"results-{i}") for i in range(len(self.cfg.streams))),
+            self.log_level,
         )
+        self.inference = self._spawn(inference_main, "inference", spec, names_tx)
+        names_tx.close()
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not ready.wait(0.2):
+        while not names_rx.poll(0.2):
             if not self.inference.is_alive():
-                refused = self.inference.exitcode == EXIT_SETUP_FAILED
+                refused = self.inference.exitcode == WorkerExit.SETUP_FAILED
                 log.error(
                     "inference worker %s (exit code %s)",
                     "refused the configuration" if refused else "died",
                     self.inference.exitcode,
                 )
-                return EXIT_REFUSED if refused else EXIT_WORKER_DIED
+                return DaemonExit.REFUSED if refused else DaemonExit.WORKER_DIED
             if self.stop.is_set():
-                return EXIT_OK
+                return DaemonExit.OK
             if time.monotonic() > deadline:
                 log.error("inference worker not ready after %.0fs", READY_TIMEOUT_S)
-                return EXIT_WORKER_DIED
+                return DaemonExit.WORKER_DIED
+        self._names.update(names_rx.recv())  # the model's classes, for the cameras' events
+        names_rx.close()
         return None
 
     def _supervise(self, duration_s: float | None) -> int:
@@ -239,14 +309,14 @@ class Daemon:
         while not self.stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("duration of %.1fs reached", duration_s)
-                return EXIT_OK
+                return DaemonExit.OK
             waitables = [self.inference.sentinel] + [
                 s.process.sentinel for s in self.sources.values() if s.process is not None
             ]
             multiprocessing.connection.wait(waitables, timeout=0.2)
             if not self.inference.is_alive():
                 log.error("inference worker died (exit code %s); stopping", self.inference.exitcode)
-                return EXIT_WORKER_DIED
+                return DaemonExit.WORKER_DIED
             now = time.monotonic()
             for source in self.sources.values():
                 if source.process is not None and not source.process.is_alive():
@@ -254,7 +324,7 @@ class Daemon:
                 elif source.restart_at is not None and now >= source.restart_at:
                     self._start_source(source)
         log.info("stop requested")
-        return EXIT_OK
+        return DaemonExit.OK
 
     def _source_exited(self, source: _Source) -> None:
         assert source.process is not None
@@ -266,15 +336,15 @@ class Daemon:
         removed = sweep_segments(self.run_id, f"{source.spec.index}_{pid}_")
         stream = source.spec.stream
         self.board.set_worker(stream, None, source.restarts)
-        if code == EXIT_OK:  # it reached ended/failed and said so itself
+        if code == WorkerExit.OK:  # it reached ended/failed and said so itself
             log.info("source %s finished", stream)
             return
-        reason = "worker_hung" if code == EXIT_HUNG else "worker_crashed"
+        reason = "worker_hung" if code == WorkerExit.HUNG else "worker_crashed"
         detail = _describe_exit(code)
         log.error(
             "source worker %s %s (%s); %d segment(s) reclaimed",
             stream,
-            "hung" if code == EXIT_HUNG else "died",
+            "hung" if code == WorkerExit.HUNG else "died",
             detail,
             len(removed),
         )
@@ -329,26 +399,16 @@ class Daemon:
         return now
 
     def _shutdown(self) -> None:
-        procs = [s.process for s in self.sources.values() if s.process is not None]
-        if self.inference is not None:
-            procs.append(self.inference)
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        deadline = time.monotonic() + TERM_GRACE_S
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        for p in procs:
-            if p.is_alive():
-                log.warning("worker %s did not stop within %.0fs; killing", p.name, TERM_GRACE_S)
-                p.kill()
-                p.join(1.0)
+        self._stop_workers()
+        with self._watch_lock:
+            for outbox in self._watch_outboxes.values():
+                outbox.close()
+            self._watch_outboxes.clear()
         if self._outbox is not None:
             self._outbox.close()
-        with self._watch_lock:
-            if self._watch_outbox is not None:
-                self._watch_outbox.close()
-                self._watch_outbox = None
+        for part in (self._replay, self._plane, self._bus, self._journal):
+            if part is not None:
+                part.close()
         removed = sweep_segments(self.run_id)
         if removed:
             log.info(
@@ -363,9 +423,25 @@ class Daemon:
             self.view.close()
         self.board.close()
 
+    def _stop_workers(self) -> None:
+        procs = [s.process for s in self.sources.values() if s.process is not None]
+        if self.inference is not None:
+            procs.append(self.inference)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + TERM_GRACE_S
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                log.warning("worker %s did not stop within %.0fs; killing", p.name, TERM_GRACE_S)
+                p.kill()
+                p.join(1.0)
+
 
 def _describe_exit(code: int | None) -> str:
-    if code == EXIT_STOPPED:
+    if code == WorkerExit.STOPPED:
         return "stopped by a signal"
     if code is not None and code < 0:
         try:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from streamd.config import ConfigError, PipelineConfig, load_config
+from streamd.runtime.exits import DaemonExit
 from streamd.runtime.logs import configure_logging
 
 log = logging.getLogger("streamd")
 
-EXIT_BAD_CONFIG = 2
+EXIT_BAD_CONFIG = DaemonExit.REFUSED
 
 
 def _load(path: str) -> PipelineConfig | None:

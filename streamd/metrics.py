@@ -80,9 +80,35 @@ ZONE_OCCUPANCY = Gauge(
     "streamd_zone_occupancy",
     "Tracks inside the zone now.",
     ["stream", "zone"],
-    multiprocess_mode="livemax",
+    # Written by the camera's process, which exits when its file ends: its last value
+    # stands (0 once the tracks ended), and a restarted process's newer one wins.
+    multiprocess_mode="mostrecent",
 )
 JOURNAL_ERRORS = Counter(
     "streamd_journal_errors",
     "Alert batches the journal could not store (published anyway, not replayable).",
+)
+BUS_DROPPED = Counter(
+    "streamd_bus_dropped_messages",
+    "Events a process could not hand to the supervisor's bus (its queue was full), by type: "
+    "subscribers see them as seq gaps.",
+    ["type"],
+)
+RESULTS_DROPPED = Counter(
+    "streamd_results_dropped",
+    "Detection results the detector process could not hand to a stream's process (its "
+    "queue was full, or the process was restarting).",
+    ["stream"],
+)
+SINK_ERRORS = Counter(
+    "streamd_sink_errors",
+    "Per-frame consumers (det event, analytics, live view, meters) that raised; the others "
+    "still ran.",
+    ["stream", "sink"],
+)
+VIEW_FRAMES = Counter(
+    "streamd_view_frames",
+    "Analysed frames a camera's process offered the live view while watched: sent, or "
+    "dropped because the view was still busy with earlier ones.",
+    ["stream", "outcome"],
 )

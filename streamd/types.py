@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 
 class SourceState(StrEnum):
@@ -59,3 +63,84 @@ class WatchUpdate:
 
     stream: str
     max_fps: float
+
+
+@dataclass(frozen=True, slots=True)
+class Boxes:
+    """A frame's detections as plain arrays (what crosses from the detector to a camera)."""
+
+    xyxy: npt.NDArray[np.float32]  # (N, 4), source pixels
+    confidence: npt.NDArray[np.float32]  # (N,)
+    class_id: npt.NDArray[np.int64]  # (N,)
+
+
+@dataclass(frozen=True, slots=True)
+class StageDrops:
+    """The detector process's drop totals for one stream (counted by its batcher)."""
+
+    queue_full: int = 0
+    stale: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Detected:
+    """Inference → the stream's own process: the boxes of one announced frame."""
+
+    ref: FrameRef
+    boxes: Boxes
+    infer_ms: float
+    taken_ts: float  # wall time the frame's batch was taken
+    batch: int
+    drops: StageDrops
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Inference → the stream's own process: an announced frame that will not be analysed."""
+
+    ref: FrameRef
+    cause: str  # queue_full | stale
+    drops: StageDrops
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRow:
+    """One stream's figures, sent by its process every heartbeat and published in the
+    ``heartbeat`` event (docs/events.md); the status board and the live view read it too."""
+
+    stream: str
+    analysed: int = 0
+    fps: float = 0.0
+    dropped: dict[str, int] = field(
+        default_factory=lambda: {"queue_full": 0, "stale": 0, "sampled": 0}
+    )
+    decoded: int = 0
+    decode_errors: int = 0
+    latency_ms: float | None = None  # mean capture → publish since the last row
+    zones: dict[str, int] = field(default_factory=dict)
+    lines: dict[str, dict[str, int]] = field(default_factory=dict)
+    alert_seq: int = -1
+    tracks: dict[str, Any] = field(default_factory=dict)  # analytics state (the `state` request)
+
+    def beat_fields(self, state: SourceState | None) -> dict[str, Any]:
+        """The row as it appears in a heartbeat."""
+        return {
+            "state": state.value if state else None,
+            "analysed": self.analysed,
+            "dropped": dict(self.dropped),
+            "fps": round(self.fps, 2),
+            "decoded": self.decoded,
+            "decode_errors": self.decode_errors,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
+            "zones": dict(self.zones),
+            "lines": {k: dict(v) for k, v in self.lines.items()},
+            "alert_seq": self.alert_seq,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceBeat:
+    """Inference → supervisor every heartbeat: the detector is alive, and which one runs."""
+
+    backend: str
+    ts: float

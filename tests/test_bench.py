@@ -51,3 +51,17 @@ def test_bench_pipeline_and_model_only(tmp_path: Path, person_model: Path) -> No
     only = bench(tmp_path, person_model, "--model-only", "--batch-sizes", "1,2")
     assert set(only["model_only"]["by_batch"]) == {"1", "2"}
     assert all(r["fps"] > 0 for r in only["model_only"]["by_batch"].values())
+
+
+def test_bench_null_backend_measures_the_host_path(tmp_path: Path, person_model: Path) -> None:
+    """`--backend null --block`: files as fast as the host path takes them, no model;
+    the report has the host figures (their size is a benchmark's business, not a test's)."""
+    report = bench(tmp_path, person_model, "--backend", "null", "--boxes", "5", "--block",
+                   "--streams", "2", "--width", "320", "--height", "180", "--duration", "4",
+                   "--warmup", "2")  # fmt: skip
+    p = report["pipeline"]
+    assert p["backend"] == "null"
+    assert p["analysed_fps_total"] > p["offered_fps_total"]  # unpaced: more than live rate
+    assert p["cpu_ms_per_frame"] > 0 and p["cpu_percent_total"] > 0
+    assert {"supervisor", "inference", "source s0", "source s1"} <= set(p["processes"])
+    assert "efficiency" not in report and "model_only" not in report  # no model to compare

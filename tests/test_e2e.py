@@ -69,7 +69,9 @@ def test_daemon_end_to_end(
         def done(evs: list[Event]) -> bool:
             walk = sum(1 for e in evs if e.topic == "det.walk")
             live_states = {e.payload["state"] for e in evs if e.topic == "status.live"}
-            return walk >= len(truth) and "streaming" in live_states
+            # `ended` comes after the stream's last det event (its frames analysed first).
+            ended = any(e.topic == "status.walk" and e.payload["state"] == "ended" for e in evs)
+            return walk >= len(truth) and "streaming" in live_states and ended
 
         events = collect(sub, done, timeout_s=240)
         assert daemon.poll() is None, (tmp / "daemon.log").read_text()[-3000:]

@@ -122,9 +122,13 @@ def test_an_alert_the_journal_cannot_store_still_goes_out(tmp_path: Path) -> Non
     """Disk full or file gone: live subscribers still get the alert; the failure is counted."""
     import numpy as np
 
+    import supervision as sv
+
     from streamd import metrics
-    from streamd.analytics.service import Analytics
+    from streamd.analysis.sinks import AnalysedFrame
+    from streamd.analytics.service import AnalyticsSink
     from streamd.client import Subscriber
+    from streamd.publish.events import Latency
     from streamd.publish.publisher import Publisher
     from streamd.types import FrameRef
 
@@ -136,7 +140,7 @@ def test_an_alert_the_journal_cannot_store_still_goes_out(tmp_path: Path) -> Non
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     publisher = Publisher(endpoint, hwm=100)
     j = journal(tmp_path)
-    analytics = Analytics(cfg, publisher, j)
+    analytics = AnalyticsSink(cfg.streams[0], cfg, publisher, j)
     failures = metrics.JOURNAL_ERRORS._value.get()
     with Subscriber(endpoint, topics=["alert."]) as sub:
         time.sleep(0.3)  # let the subscription reach the publisher
@@ -144,7 +148,9 @@ def test_an_alert_the_journal_cannot_store_still_goes_out(tmp_path: Path) -> Non
         ref = FrameRef("cam", "ring", 4, 64, 64, 0, 0, time.time(), 1.0, 1.0, time.time(), 7)
         person = {"track_id": 3, "class_id": 0, "class": "person", "conf": 0.9,
                   "bbox": [10.0, 10.0, 30.0, 50.0]}  # fmt: skip
-        analytics.on_frame(ref, [person], np.zeros((64, 64, 3), np.uint8))
+        image = np.zeros((64, 64, 3), np.uint8)
+        analytics.on_frame(AnalysedFrame(ref, sv.Detections.empty(), [person], image,
+                                         Latency(0, 0, 0, 0, 0), {}, 1, 1, 0.0))  # fmt: skip
         event = sub.recv(5)
     publisher.close()
     assert event is not None and event.payload["rule"] == "enter" and event.payload["frame"] == 7

@@ -1,16 +1,18 @@
-"""Analytics in the inference worker: tracked objects in, ``track.*`` and ``alert.*`` out.
+"""One camera's analytics, in that camera's own process: tracked objects in,
+``track.<id>`` and ``alert.<id>`` out.
 
 Alerts are committed to the journal before they are published (one
-transaction per frame that raised any). The state a late joiner asks for is
-read under a lock from the replay thread.
+transaction per frame that raised any). Their ``seq`` continues from the
+journal's last one for this stream, across restarts of this process and of
+the daemon.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -18,10 +20,13 @@ import numpy.typing as npt
 
 from streamd import metrics
 from streamd.analytics.engine import Alert, Observation, StreamAnalytics, TrackEvent
-from streamd.config import PipelineConfig
+from streamd.config import PipelineConfig, StreamConfig
 from streamd.publish.journal import AlertJournal, Entry
 from streamd.publish.publisher import Publisher
 from streamd.types import FrameRef, SourceState
+
+if TYPE_CHECKING:
+    from streamd.analysis.sinks import AnalysedFrame
 
 log = logging.getLogger(__name__)
 
@@ -91,46 +96,48 @@ def track_fields(event: TrackEvent) -> dict[str, Any]:
     return {"event": event.event, **_object(event.obj), "frame": event.frame, **event.extra}
 
 
-class Analytics:
-    def __init__(self, cfg: PipelineConfig, publisher: Publisher, journal: AlertJournal) -> None:
+class AnalyticsSink:
+    """The per-frame consumer that turns a stream's tracks into track and alert events."""
+
+    name = "analytics"
+
+    def __init__(
+        self, stream: StreamConfig, cfg: PipelineConfig, publisher: Publisher, journal: AlertJournal
+    ) -> None:
+        self.stream = stream.id
         self.publisher = publisher
         self.journal = journal
-        self.lock = threading.Lock()
-        self.streams = {
-            s.id: StreamAnalytics(s.zones, s.lines, cfg.tracks, cfg.tracker.lost_track_s)
-            for s in cfg.streams
-        }
-        self.last_ref: dict[str, FrameRef] = {}
-        for stream, next_seq in journal.next_seqs().items():
-            publisher.continue_from("alert", stream, next_seq)
+        self.engine = StreamAnalytics(stream.zones, stream.lines, cfg.tracks,
+                                      cfg.tracker.lost_track_s)  # fmt: skip
+        self.last_ref: FrameRef | None = None
+        self._occupancy = {z.name: metrics.ZONE_OCCUPANCY.labels(stream.id, z.name)
+                           for z in stream.zones}  # fmt: skip
+        publisher.continue_from("alert", stream.id, journal.next_seq(stream.id))
 
-    def on_frame(
-        self, ref: FrameRef, objs: list[dict[str, Any]], frame: npt.NDArray[np.uint8]
-    ) -> None:
-        with self.lock:
-            events, alerts = self.streams[ref.stream].update(
-                observations(objs), ref.frame, ref.media_ts, ref.width, ref.height
-            )
-            self.last_ref[ref.stream] = ref
-            self._meter(ref.stream)
-        self._emit(ref, events, alerts, frame)
+    def on_frame(self, frame: AnalysedFrame) -> None:
+        ref = frame.ref
+        events, alerts = self.engine.update(
+            observations(frame.objects), ref.frame, ref.media_ts, ref.width, ref.height
+        )
+        self.last_ref = ref
+        self._meter()
+        self._emit(ref, events, alerts, frame.image)
 
-    def _meter(self, stream: str) -> None:
-        a = self.streams[stream]
-        for zone in a.zones:
-            metrics.ZONE_OCCUPANCY.labels(stream, zone.name).set(zone.occupancy)
-        for line in a.lines:
+    def _meter(self) -> None:
+        for zone in self.engine.zones:
+            self._occupancy[zone.name].set(zone.occupancy)
+        for line in self.engine.lines:
             for direction in line.crossed:
-                metrics.LINE_CROSSINGS.labels(stream, line.name, direction).inc()
+                metrics.LINE_CROSSINGS.labels(self.stream, line.name, direction).inc()
             line.crossed.clear()
 
-    def on_state(self, stream: str, state: SourceState) -> None:
-        ref = self.last_ref.get(stream)
-        if state not in _ENDS_TRACKS or ref is None or stream not in self.streams:
+    def on_state(self, state: SourceState) -> None:
+        """The stream stopped delivering frames: its tracks end now, not never."""
+        ref = self.last_ref
+        if state not in _ENDS_TRACKS or ref is None:
             return
-        with self.lock:
-            events, alerts = self.streams[stream].end_all(ref.frame, ref.media_ts, state.value)
-            self._meter(stream)
+        events, alerts = self.engine.end_all(ref.frame, ref.media_ts, state.value)
+        self._meter()
         self._emit(ref, events, alerts, None)
 
     def _emit(self, ref: FrameRef, events: list[TrackEvent], alerts: list[Alert],
@@ -159,16 +166,21 @@ class Analytics:
             metrics.ALERTS.labels(ref.stream, entry.payload["rule"]).inc()
 
     def state(self) -> dict[str, Any]:
-        with self.lock:
-            return {sid: a.state() for sid, a in self.streams.items()}
+        """Active tracks, occupancy and counts (what a ``state`` request answers)."""
+        return self.engine.state()
 
-    def counts(self, stream: str) -> dict[str, Any]:
-        """A stream's zone occupancy, line counts and last alert seq (heartbeats, live view)."""
-        with self.lock:
-            a = self.streams[stream]
-            return {
-                "zones": {z.name: z.occupancy for z in a.zones},
-                "lines": {ln.name: dict(ln.counts) for ln in a.lines},
-                # Lets a subscriber see alerts it missed at the end of a burst.
-                "alert_seq": self.publisher.last_seq("alert", stream),
-            }
+    def counts(self) -> Counts:
+        """Zone occupancy, line counts and the last alert seq (heartbeats, live view)."""
+        return Counts(
+            zones={z.name: z.occupancy for z in self.engine.zones},
+            lines={ln.name: dict(ln.counts) for ln in self.engine.lines},
+            # Lets a subscriber see alerts it missed at the end of a burst.
+            alert_seq=self.publisher.last_seq("alert", self.stream),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    zones: dict[str, int]
+    lines: dict[str, dict[str, int]]
+    alert_seq: int

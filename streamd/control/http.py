@@ -91,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
         if pic is None:
             self._send(503, {"error": f"no analysed frame of {sid!r} yet"})
         else:
-            self._send_raw(200, pic.jpeg, "image/jpeg", {"X-Streamd-Frame": str(pic.meta["frame"])})
+            self._send_raw(200, pic.jpeg, "image/jpeg", {"X-Streamd-Frame": str(pic.meta.frame)})
 
     def _mjpeg(self, view: LiveView, sid: str) -> None:
         """multipart/x-mixed-replace: browsers, VLC, ffplay and OpenCV play it."""
@@ -107,7 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
                 version = pic.version
                 head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                         f"Content-Length: {len(pic.jpeg)}\r\n"
-                        f"X-Streamd-Frame: {pic.meta['frame']}\r\n\r\n")  # fmt: skip
+                        f"X-Streamd-Frame: {pic.meta.frame}\r\n\r\n")  # fmt: skip
                 self.wfile.write(head.encode() + pic.jpeg + b"\r\n")
                 self.wfile.flush()
 

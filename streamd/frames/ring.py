@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from streamd.types import FrameRef
+
 _HEADER_FIELDS = 2  # write_count, read_count
 _ALIGN = 64
 _SHM_DIR = Path("/dev/shm")
@@ -159,13 +161,23 @@ class RingReader(_RingView):
 
     def read(self, slot: int, seq: int) -> Frame | None:
         """A copy of frame ``seq`` from ``slot``, or None if it was overwritten."""
-        stamp = _HEADER_FIELDS + slot
-        if self.header[stamp] != seq:
+        view = self.view(slot, seq)
+        if view is None:
             return None
-        frame: Frame = self.data[slot].copy()
-        if self.header[stamp] != seq:
+        frame: Frame = view.copy()
+        return frame if self.intact(slot, seq) else None
+
+    def view(self, slot: int, seq: int) -> Frame | None:
+        """Frame ``seq`` in place (no copy), or None if already overwritten; whoever reads
+        it must check :meth:`intact` afterwards (the writer may lap a ``latest`` ring)."""
+        if not self.intact(slot, seq):
             return None
+        frame: Frame = self.data[slot]
         return frame
+
+    def intact(self, slot: int, seq: int) -> bool:
+        """Slot ``slot`` still holds frame ``seq``, completely written."""
+        return bool(self.header[_HEADER_FIELDS + slot] == seq)
 
     def release(self, seq: int) -> None:
         """Mark frames up to ``seq`` consumed (frees slots for a blocking writer)."""
@@ -175,6 +187,47 @@ class RingReader(_RingView):
     def close(self) -> None:
         self.release_views()
         self.shm.close()
+
+
+class RingReaders:
+    """The detector process's readers, one per stream, re-attached when a stream's writer
+    moves to a new segment (restart, resolution change)."""
+
+    def __init__(self) -> None:
+        self._readers: dict[str, RingReader] = {}
+
+    def _reader(self, ref: FrameRef) -> RingReader | None:
+        reader = self._readers.get(ref.stream)
+        if reader is not None and reader.name == ref.ring:
+            return reader
+        if reader is not None:
+            reader.close()
+            del self._readers[ref.stream]
+        try:
+            reader = RingReader(ref.ring, ref.slots, ref.height, ref.width)
+        except FileNotFoundError:
+            return None  # the writer restarted or resized since
+        self._readers[ref.stream] = reader
+        return reader
+
+    def view(self, ref: FrameRef) -> Frame | None:
+        reader = self._reader(ref)
+        return None if reader is None else reader.view(ref.slot, ref.seq)
+
+    def intact(self, ref: FrameRef) -> bool:
+        reader = self._readers.get(ref.stream)
+        return reader is not None and reader.name == ref.ring and reader.intact(ref.slot, ref.seq)
+
+    def release(self, ref: FrameRef) -> None:
+        reader = self._reader(ref)
+        if reader is not None:
+            reader.release(ref.seq)
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            with contextlib.suppress(Exception):
+                reader.close()
+        self._readers.clear()
 
 
 def ring_name(run_id: str, stream_index: int, generation: int) -> str:

@@ -60,16 +60,33 @@ def connect(path: Path, synchronous: str = "full", readonly: bool = False) -> sq
 
 
 class AlertJournal:
-    def __init__(self, path: Path, synchronous: str, max_age_days: float, max_mb: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str,
+        max_age_days: float,
+        max_mb: float,
+        prune: bool = True,
+    ) -> None:
+        """``prune``: apply retention now (the supervisor does; the cameras' processes,
+        which only append, do not)."""
         self.path = path
         self.max_age_s = max_age_days * 86400.0
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.db = connect(path, synchronous)
-        self.prune()
+        if prune:
+            self.prune()
 
     def next_seqs(self) -> dict[str, int]:
         """Per stream, the seq the next alert gets (continuing across restarts)."""
         return {stream: last + 1 for stream, last in last_seqs(self.db).items()}
+
+    def next_seq(self, stream: str) -> int:
+        """The seq the next alert of ``stream`` gets (continuing across restarts)."""
+        (last,) = self.db.execute(
+            "SELECT MAX(seq) FROM alerts WHERE stream = ?", (stream,)
+        ).fetchone()
+        return 0 if last is None else int(last) + 1
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Commit a batch of alerts (one transaction, one fsync)."""

@@ -1,4 +1,10 @@
-"""The ZeroMQ PUB publisher: envelopes, per-(stream, kind) sequence numbers, epoch."""
+"""The publisher: envelopes, per-(stream, kind) sequence numbers, epoch.
+
+In the daemon every process that publishes (each camera's process, the
+supervisor) pushes its events into the supervisor's bus (``bus=True``: a
+PUSH socket), which forwards them to the one public PUB socket
+(:mod:`streamd.publish.bus`). ``bus=False`` binds a PUB socket itself.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,16 @@ from streamd.publish.wire import SCHEMA_VERSION, encode, topic_for
 log = logging.getLogger(__name__)
 
 
+def configure_pub(sock: zmq.Socket[Any], hwm: int, sndbuf_kib: int) -> None:
+    """The public PUB socket's limits: a slow subscriber loses messages, never the daemon."""
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    if sndbuf_kib > 0:
+        # Bounds what the kernel holds per subscriber on top of the HWM: without it
+        # a stalled subscriber gets megabytes of stale events instead of a gap.
+        sock.setsockopt(zmq.SNDBUF, sndbuf_kib * 1024)
+    sock.setsockopt(zmq.LINGER, 200)
+
+
 class Publisher:
     """Binds a PUB socket; ``publish`` never blocks (a slow subscriber loses messages at HWM).
 
@@ -24,20 +40,26 @@ class Publisher:
     """
 
     def __init__(
-        self, endpoint: str, hwm: int, epoch: int | None = None, sndbuf_kib: int = 0
+        self,
+        endpoint: str,
+        hwm: int,
+        epoch: int | None = None,
+        sndbuf_kib: int = 0,
+        *,
+        bus: bool = False,
     ) -> None:
         self.epoch = epoch if epoch is not None else int(time.time() * 1000)
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock = self._ctx.socket(zmq.PUSH if bus else zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
-        if sndbuf_kib > 0:
-            # Bounds what the kernel holds per subscriber on top of the HWM: without it
-            # a stalled subscriber gets megabytes of stale events instead of a gap.
-            self._sock.setsockopt(zmq.SNDBUF, sndbuf_kib * 1024)
-        self._sock.setsockopt(zmq.LINGER, 200)
-        self._sock.bind(endpoint)
+        if bus:
+            # Flush what is queued when the process stops (the last frames' events).
+            self._sock.setsockopt(zmq.LINGER, 1000)
+            self._sock.connect(endpoint)
+        else:
+            configure_pub(self._sock, hwm, sndbuf_kib)
+            self._sock.bind(endpoint)
         self._seq: defaultdict[tuple[str, str | None], int] = defaultdict(int)
-        self.published = 0
 
     def publish(
         self,
@@ -80,9 +102,14 @@ class Publisher:
 
     def send(self, payload: dict[str, Any], attachment: bytes | None = None) -> None:
         kind, stream = str(payload["type"]), payload["stream"]
+        parts = encode(topic_for(kind, stream), payload, attachment)
+        try:
+            # Never blocks: a bus that cannot keep up costs a seq gap, not pipeline time.
+            self._sock.send_multipart(parts, zmq.NOBLOCK, copy=attachment is not None)
+        except zmq.Again:
+            metrics.BUS_DROPPED.labels(kind).inc()
+            return
         metrics.PUBLISHED.labels(kind).inc()
-        self._sock.send_multipart(encode(topic_for(kind, stream), payload, attachment), copy=False)
-        self.published += 1
 
     def close(self) -> None:
         self._sock.close()

@@ -1,35 +1,58 @@
-"""Internal descriptor channel: workers PUSH small typed messages to the inference process.
+"""Internal channels: small typed messages between the daemon's processes, never pixels.
 
 ZeroMQ rather than a multiprocessing.Queue because a worker SIGKILLed in the
 middle of a put cannot wedge a ZeroMQ socket shared with the other workers
-(every worker owns its own socket).
+(every worker owns its own socket). All endpoints are ipc sockets in the
+supervisor's private (0700) run directory; only our own processes connect.
+
+- source workers → detector process: ``FrameRef`` (:class:`Outbox` → :class:`Inbox`)
+- detector process → each stream's process: ``Detected`` / ``Dropped`` (:class:`ResultRouter`)
+- supervisor → a stream's process: ``WatchUpdate``
+- streams and the detector → supervisor: ``StatusUpdate``, ``StreamRow``, ``InferenceBeat``
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 
 import zmq
 
-from streamd.types import FrameRef, StatusUpdate, WatchUpdate
+from streamd import metrics
+from streamd.types import (
+    Detected,
+    Dropped,
+    FrameRef,
+    InferenceBeat,
+    StatusUpdate,
+    StreamRow,
+    WatchUpdate,
+)
 
-Message = FrameRef | StatusUpdate | WatchUpdate
+log = logging.getLogger(__name__)
+
+Message = FrameRef | StatusUpdate | WatchUpdate | Detected | Dropped | StreamRow | InferenceBeat
+_TYPES = (FrameRef, StatusUpdate, WatchUpdate, Detected, Dropped, StreamRow, InferenceBeat)
+
+
+def _dumps(msg: Message) -> bytes:
+    return pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class Outbox:
-    """A worker's sending end; never blocks the caller for long."""
+    """A sending end (connects); never blocks the caller for long."""
 
-    def __init__(self, endpoint: str, linger_ms: int = 1000) -> None:
+    def __init__(self, endpoint: str, linger_ms: int = 1000, hwm: int = 10_000) -> None:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
-        self._sock.setsockopt(zmq.SNDHWM, 10_000)
+        self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.connect(endpoint)
 
     def send(self, msg: Message) -> bool:
         """Queue ``msg``; False if the channel is full (the caller counts the drop)."""
         try:
-            self._sock.send(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL), zmq.NOBLOCK)
+            self._sock.send(_dumps(msg), zmq.NOBLOCK)
         except zmq.Again:
             return False
         return True
@@ -40,13 +63,13 @@ class Outbox:
 
 
 class Inbox:
-    """The inference process's receiving end (bound)."""
+    """A receiving end (binds)."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, hwm: int = 100_000) -> None:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PULL)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        self._sock.setsockopt(zmq.RCVHWM, hwm)
         self._sock.bind(endpoint)
 
     def poll(self, timeout_s: float) -> bool:
@@ -59,12 +82,42 @@ class Inbox:
                 data = self._sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            # Only our own workers connect to this private ipc socket (0700 dir).
-            msg = pickle.loads(data)
-            if isinstance(msg, FrameRef | StatusUpdate | WatchUpdate):
+            msg = pickle.loads(data)  # only our own processes reach this 0700 directory
+            if isinstance(msg, _TYPES):
                 out.append(msg)
         return out
 
     def close(self) -> None:
         self._sock.close()
+        self._ctx.term()
+
+
+class ResultRouter:
+    """The detector process's sockets to every stream's process, one PUSH each.
+
+    A stream whose process is restarting is not waited for: its results queue up
+    to the HWM and are then dropped (counted); the new process ignores results
+    for frames of its predecessor's rings.
+    """
+
+    def __init__(self, endpoints: dict[str, str], hwm: int = 10_000) -> None:
+        self._ctx = zmq.Context()
+        self._socks: dict[str, zmq.Socket[bytes]] = {}
+        self._dropped = {stream: metrics.RESULTS_DROPPED.labels(stream) for stream in endpoints}
+        for stream, endpoint in endpoints.items():
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.connect(endpoint)
+            self._socks[stream] = sock
+
+    def send(self, stream: str, msg: Detected | Dropped) -> None:
+        try:
+            self._socks[stream].send(_dumps(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            self._dropped[stream].inc()
+
+    def close(self) -> None:
+        for sock in self._socks.values():
+            sock.close()
         self._ctx.term()

@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import setproctitle
 
+from streamd.runtime.exits import WorkerExit
 from streamd.runtime.logs import configure_logging
 from streamd.runtime.redact import redact_url
 
@@ -54,9 +55,6 @@ def _die_with_parent() -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
 
 
-EXIT_CRASHED = 1
-
-
 def run_logged(main: Callable[[], int]) -> NoReturn:
     """Run a worker's body; an unexpected exception is logged (redacted) and exits 1.
 
@@ -66,7 +64,7 @@ def run_logged(main: Callable[[], int]) -> NoReturn:
         code = main()
     except Exception:
         log.critical("worker crashed", exc_info=True)
-        code = EXIT_CRASHED
+        code = WorkerExit.CRASHED
     logging.shutdown()
     sys.exit(code)
 

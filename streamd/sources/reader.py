@@ -43,9 +43,28 @@ class OpenOptions:
 
 @dataclass(slots=True)
 class DecodedFrame:
-    image: npt.NDArray[np.uint8]  # BGR, HxWx3
+    """A decoded picture; converted to BGR only if asked for (sampling may drop it first)."""
+
+    picture: av.VideoFrame
     decode_ms: float
     pts_s: float | None
+    _image: npt.NDArray[np.uint8] | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.picture.height)
+
+    @property
+    def width(self) -> int:
+        return int(self.picture.width)
+
+    def image(self) -> npt.NDArray[np.uint8]:
+        """The picture as BGR, HxWx3 (converted once; the time counts as decoding)."""
+        if self._image is None:
+            t0 = time.perf_counter()
+            self._image = np.asarray(self.picture.to_ndarray(format="bgr24"), dtype=np.uint8)
+            self.decode_ms += (time.perf_counter() - t0) * 1000.0
+        return self._image
 
 
 @dataclass(slots=True)
@@ -123,7 +142,7 @@ def open_source(opts: OpenOptions) -> av.container.InputContainer:
 def decode_frames(
     container: av.container.InputContainer, counters: DecodeCounters, stall_timeout_s: float
 ) -> Iterator[DecodedFrame]:
-    """Yield decoded BGR frames until the end of the input.
+    """Yield decoded frames until the end of the input.
 
     Corrupt packets and undecodable data are skipped and counted in
     ``counters.decode_errors``. Raises :class:`SourceStalled` when no frame
@@ -154,11 +173,8 @@ def decode_frames(
         t0 = time.perf_counter()
         frames = _decode_packet(packet, counters)
         for frame in frames:
-            image: npt.NDArray[np.uint8] = np.asarray(
-                frame.to_ndarray(format="bgr24"), dtype=np.uint8
-            )
             counters.decoded += 1
-            yield DecodedFrame(image, (time.perf_counter() - t0) * 1000.0, frame.time)
+            yield DecodedFrame(frame, (time.perf_counter() - t0) * 1000.0, frame.time)
             t0 = time.perf_counter()
             last_frame = time.monotonic()
         if not frames and time.monotonic() - last_frame > stall_timeout_s:

@@ -1,7 +1,9 @@
-"""The source worker process: open → demux → decode → shared-memory ring → descriptor.
+"""The camera process: open → demux → decode → shared-memory ring → descriptor, and,
+on a second thread, that camera's work after detection (:mod:`streamd.analysis`).
 
 One per stream, so a camera that hangs, crashes or spews garbage cannot stall
-the others. Every state change is sent as a :class:`StatusUpdate`.
+the others, and per-camera work runs on as many cores as there are cameras.
+Every state change is sent to the supervisor as a :class:`StatusUpdate`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 import av
 
 from streamd import metrics
-from streamd.config import DropPolicy, ReconnectConfig, source_kind
-from streamd.frames.ring import Frame, FrameRing, ring_name
+from streamd.analysis import AnalysisSpec, StreamAnalysis
+from streamd.config import DropPolicy, ReconnectConfig, StreamConfig, source_kind
+from streamd.frames.ring import FrameRing, ring_name
 from streamd.runtime.channel import Outbox
+from streamd.runtime.exits import WorkerExit
 from streamd.runtime.process import StopFlag, run_logged, setup_worker
 from streamd.runtime.redact import redact_url
 from streamd.runtime.watchdog import Watchdog
@@ -35,9 +39,9 @@ from streamd.types import FrameRef, SourceState, StatusUpdate
 log = logging.getLogger(__name__)
 
 
-EXIT_HUNG = 4  # the watchdog ended a worker stuck inside ffmpeg
-EXIT_STOPPED = 5  # stopped by a signal before reaching ended/failed
 WATCHDOG_GRACE_S = 5.0  # on top of ffmpeg's own timeouts
+FINISH_TIMEOUT_S = 30.0  # the last frames' results, after the stream is over
+_TERMINAL = (SourceState.ENDED, SourceState.FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,8 @@ class SourceSpec:
     buffer: int
     reconnect: ReconnectConfig
     run_id: str
-    inbox: str
+    inbox: str  # the detector process's descriptor inbox
+    analysis: AnalysisSpec
     log_level: str = "INFO"
     max_fps: float | None = None
     restarts: int = 0  # how many times the supervisor restarted this stream's worker
@@ -63,6 +68,9 @@ class SourceSpec:
     @property
     def is_file(self) -> bool:
         return source_kind(self.open.url) == "file"
+
+    def stream_config(self) -> StreamConfig:
+        return next(s for s in self.analysis.pipeline.streams if s.id == self.stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +128,7 @@ def source_main(spec: SourceSpec) -> None:
         worker = SourceWorker(spec, stop)
         worker.run()
         # 0 only for a stream that is over (ended/failed); anything else is restarted.
-        return 0 if worker.finished else EXIT_STOPPED
+        return WorkerExit.OK if worker.finished else WorkerExit.STOPPED
 
     run_logged(body)
 
@@ -133,8 +141,9 @@ class SourceWorker:
         self.stop = stop
         self.counters = DecodeCounters()
         self.outbox = Outbox(spec.inbox)
+        self.control = Outbox(spec.analysis.control)
         self.ring: FrameRing | None = None
-        self.watchdog = Watchdog(EXIT_HUNG)
+        self.watchdog = Watchdog(WorkerExit.HUNG)
         self.backoff = Backoff(spec.reconnect.initial_s, spec.reconnect.max_s)
         self._generation = 0
         self._state: SourceState | None = spec.resumed_from
@@ -149,19 +158,35 @@ class SourceWorker:
         self._sampler = None if spec.max_fps is None else Sampler(spec.max_fps)
         self._pacer = Pacer()
         self._media = MediaClock()
+        self._terminal: StatusUpdate | None = None  # said once the last frames are analysed
+        self.analysis = StreamAnalysis(
+            spec.stream_config(),
+            spec.analysis,
+            lambda: (self.counters.decoded, self.counters.decode_errors),
+            lambda: dict(self._dropped),
+        )
 
     @property
     def finished(self) -> bool:
         return self._state in (SourceState.ENDED, SourceState.FAILED)
 
     def run(self) -> None:
+        self.analysis.start()
         try:
             self._run()
             self._drain_ring()
+            if self.stop.is_set():
+                self.analysis.stop()
+            else:
+                self.analysis.finish(FINISH_TIMEOUT_S)
+            if self._terminal is not None:
+                self._say(self._terminal)
         finally:
+            self.analysis.stop()
             if self.ring is not None:
                 self.ring.close()
             self.outbox.close()
+            self.control.close()
 
     def _drain_ring(self, timeout_s: float = 30.0) -> None:
         # block policy promises every frame is analysed: keep the segment until
@@ -245,8 +270,8 @@ class SourceWorker:
         finally:
             container.close()
 
-    def _ring_for(self, frame: Frame) -> FrameRing:
-        h, w = frame.shape[:2]
+    def _ring_for(self, decoded: DecodedFrame) -> FrameRing:
+        h, w = decoded.height, decoded.width
         if self.ring is None or self.ring.shape[:2] != (h, w):
             if self.ring is not None:
                 log.info("resolution changed to %dx%d; new frame ring", w, h)
@@ -262,17 +287,20 @@ class SourceWorker:
         self._frames += 1
         capture_ts = time.time() - decoded.decode_ms / 1000.0
         media_ts = self._media.stamp(decoded.pts_s, capture_ts)
+        if not self.analysis.alive:
+            raise RuntimeError("the analysis thread died; restarting this camera's process")
         if self._sampler is not None and not self._sampler.keep(media_ts):
             self._drop("sampled")
             return True
-        ring = self._ring_for(decoded.image)
+        ring = self._ring_for(decoded)
         policy = self.spec.drop_policy
         if policy == "block" and not ring.wait_free(1, self.stop.is_set):
             return False
         if policy == "oldest" and ring.free_slots() < 1:
             self._drop("queue_full")  # the queued frames are kept; this newer one goes
             return True
-        slot, seq = ring.write(decoded.image)
+        image = decoded.image()  # BGR only for frames that sampling kept
+        slot, seq = ring.write(image)
         ref = FrameRef(
             stream=self.spec.stream,
             ring=ring.name,
@@ -290,8 +318,11 @@ class SourceWorker:
             decode_errors=self.counters.decode_errors,
             source_dropped=dict(self._dropped),
         )
+        # Kept for the analysis thread (snapshots, live view) before the detector can answer.
+        self.analysis.inflight.add(ring.name, seq, image)
         if not self.outbox.send(ref):
             log.warning("descriptor channel full; frame %d not announced", seq)
+            self.analysis.inflight.pop(ring.name, seq)
             ring.unwrite()
             self._drop("queue_full")
         return True
@@ -329,8 +360,17 @@ class SourceWorker:
         log_fn = log.warning if state in (SourceState.FAILED, SourceState.STALLED) else log.info
         log_fn("%s -> %s (%s) %s", self._state, state, reason, detail)
         self._state, self._state_since = state, now
-        if not self.outbox.send(update):
-            log.error("internal channel full: status %s for %s not delivered", state, reason)
+        self.analysis.on_state(state)
+        if state in _TERMINAL:
+            # Said after the frames before it are analysed and published: a subscriber
+            # that stops at `ended` has every det event of the stream.
+            self._terminal = update
+        else:
+            self._say(update)
+
+    def _say(self, update: StatusUpdate) -> None:
+        if not self.control.send(update):
+            log.error("internal channel full: status %s not delivered", update.state)
 
     def _counters(self) -> dict[str, int]:
         return {

@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import supervision as sv
 
-from streamd.analytics.config import LineConfig, ZoneConfig
-from streamd.config import OverlayConfig, StreamConfig
+from streamd.config import LineConfig, OverlayConfig, StreamConfig, ZoneConfig
+from streamd.view.feed import ViewMeta
 
 ZONE_COLOR = sv.Color.from_hex("#00b4ff")
 LINE_COLOR = sv.Color.from_hex("#ffd000")
@@ -48,22 +48,21 @@ class FrameAnnotator:
         )
 
     def draw(
-        self, frame: npt.NDArray[np.uint8], meta: dict[str, Any], hud: dict[str, Any]
+        self, frame: npt.NDArray[np.uint8], meta: ViewMeta, state: str | None
     ) -> npt.NDArray[np.uint8]:
         h, w = frame.shape[:2]
         scene = frame.copy()
-        counts = meta.get("counts") or {}
         for zone in self.stream.zones:
-            self._zone(scene, zone, (counts.get("zones") or {}).get(zone.name), w, h)
+            self._zone(scene, zone, meta.zones.get(zone.name), w, h)
         for line in self.stream.lines:
-            self._line(scene, line, (counts.get("lines") or {}).get(line.name), w, h)
-        dets = detections(meta["objects"])
-        tracked = detections([o for o in meta["objects"] if o["track_id"] is not None])
+            self._line(scene, line, meta.lines.get(line.name), w, h)
+        dets = detections(meta.objects)
+        tracked = detections([o for o in meta.objects if o["track_id"] is not None])
         if len(tracked):
             scene = self.traces.annotate(scene, tracked)
         scene = self.boxes.annotate(scene, dets)
-        scene = self.labels.annotate(scene, dets, labels=self._label_texts(meta["objects"]))
-        self._hud(scene, meta, hud)
+        scene = self.labels.annotate(scene, dets, labels=self._label_texts(meta.objects))
+        self._hud(scene, meta, state)
         return scene
 
     @staticmethod
@@ -96,10 +95,10 @@ class FrameAnnotator:
         sv.draw_text(scene, text, sv.Point(int(mid[0]), int(mid[1])), LINE_COLOR,
                      text_scale=0.5, background_color=sv.Color.BLACK)  # fmt: skip
 
-    def _hud(self, scene: npt.NDArray[np.uint8], meta: dict[str, Any], hud: dict[str, Any]) -> None:
+    def _hud(self, scene: npt.NDArray[np.uint8], meta: ViewMeta, state: str | None) -> None:
         text = (
-            f"{self.stream.id}  {hud.get('state') or '-'}  {meta.get('fps', 0):.1f} fps  "
-            f"{meta.get('latency_ms', 0):.0f} ms  frame {meta['frame']}"
+            f"{self.stream.id}  {state or '-'}  {meta.fps:.1f} fps  "
+            f"{meta.latency_ms:.0f} ms  frame {meta.frame}"
         )
         cv2.rectangle(scene, (0, 0), (min(scene.shape[1], 9 * len(text) + 12), 24), (0, 0, 0), -1)
         cv2.putText(scene, text, (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,

@@ -1,7 +1,7 @@
 """Supervisor side of the live view: viewers, drawing, JPEG encoding.
 
 A stream is drawn and encoded only while at least one viewer is registered
-for it: the first viewer asks the inference worker for frames
+for it: the first viewer asks the stream's own process for frames
 (``WatchUpdate``), the last one to leave stops them. Each frame is drawn and
 encoded once however many viewers there are; every viewer gets the newest
 JPEG when it is ready for one (a slow viewer skips frames, nothing queues).
@@ -10,7 +10,6 @@ JPEG when it is ready for one (a slow viewer skips frames, nothing queues).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ import zmq
 
 from streamd.config import PipelineConfig
 from streamd.view.draw import FrameAnnotator
+from streamd.view.feed import ViewMeta
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class Picture:
     version: int  # increases with every new JPEG of the stream
     jpeg: bytes
-    meta: dict[str, Any]
+    meta: ViewMeta
 
 
 class _Stream:
@@ -114,31 +114,27 @@ class LiveView:
             while not self._stop.is_set():
                 if not self._sock.poll(200):
                     continue
-                latest: dict[str, tuple[dict[str, Any], bytes]] = {}
+                latest: dict[str, tuple[ViewMeta, bytes]] = {}
                 with contextlib.suppress(zmq.Again):
                     while True:  # keep only the newest frame of each stream
                         head, pixels = self._sock.recv_multipart(zmq.NOBLOCK)
-                        meta = json.loads(head)
-                        latest[meta["stream"]] = (meta, pixels)
+                        meta = ViewMeta.decode(head)
+                        latest[meta.stream] = (meta, pixels)
                 for meta, pixels in latest.values():
                     self._render(meta, pixels)
         finally:
             self._sock.close()
 
-    def _render(self, meta: dict[str, Any], pixels: bytes) -> None:
-        s = self.streams.get(meta["stream"])
+    def _render(self, meta: ViewMeta, pixels: bytes) -> None:
+        s = self.streams.get(meta.stream)
         if s is None or s.viewers == 0:
             return  # a frame already in flight when the last viewer left
-        h, w = meta["shape"]
+        h, w = meta.shape
         frame = np.frombuffer(pixels, dtype=np.uint8).reshape(h, w, 3)
-        hud = self._hud(meta["stream"])
-        meta.setdefault(
-            "counts", {"zones": hud.get("zones") or {}, "lines": hud.get("lines") or {}}
-        )
-        drawn = s.annotator.draw(frame, meta, hud)
+        drawn = s.annotator.draw(frame, meta, self._hud(meta.stream).get("state"))
         ok, buf = cv2.imencode(".jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
         if not ok:
-            log.warning("live view: JPEG encoding failed for %s", meta["stream"])
+            log.warning("live view: JPEG encoding failed for %s", meta.stream)
             return
         with self._cond:
             version = (s.picture.version if s.picture else 0) + 1

@@ -1,0 +1,266 @@
+"""The analysis thread of a camera's process: boxes in, tracked, analysed, published.
+
+The decoding thread announces each frame to the detector process and keeps
+its pixels here (:class:`InFlight`) until the detector says what became of
+it: boxes (:class:`~streamd.types.Detected`) or a drop notice. A state change
+of the source (stalled, ended...) is applied to the analytics only once every
+frame announced before it has come back, so tracks end after the last frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import supervision as sv
+
+from streamd.analysis.sinks import AnalysedFrame, DetSink, MeterSink, Sinks, ViewSink
+from streamd.analytics.service import AnalyticsSink
+from streamd.config import PipelineConfig, StreamConfig
+from streamd.publish import Publisher
+from streamd.publish.events import Latency, objects
+from streamd.publish.journal import AlertJournal
+from streamd.runtime.channel import Inbox, Outbox
+from streamd.track import StreamTracker
+from streamd.types import (
+    Detected,
+    Dropped,
+    SourceState,
+    StageDrops,
+    StreamRow,
+    WatchUpdate,
+)
+from streamd.view.feed import ViewFeed
+
+log = logging.getLogger(__name__)
+
+BUS_HWM = 10_000
+STATE_GRACE_S = 5.0  # apply a state change after this long even if frames never came back
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisSpec:
+    """What a camera's process needs beyond decoding; picklable for the spawn start method."""
+
+    pipeline: PipelineConfig
+    results: str  # bound here: Detected/Dropped from the detector, WatchUpdate from the supervisor
+    bus: str  # the supervisor's event bus (PUSH)
+    control: str  # the supervisor's inbox: this stream's heartbeat rows
+    view: str | None  # the live view's frame endpoint (None: no HTTP, no view)
+    names: dict[int, str]  # the detector's class names
+    epoch: int  # this process's publisher epoch (a restarted process gets a new one)
+
+
+class InFlight:
+    """Pixels of announced frames until their outcome arrives; shared by both threads.
+
+    Bounded: under ``latest`` the detector may never answer for frames a full ring
+    lapped (it sends a drop notice; this is the safety net if a notice was lost).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._frames: OrderedDict[tuple[str, int], tuple[float, npt.NDArray[np.uint8]]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def add(self, ring: str, seq: int, image: npt.NDArray[np.uint8]) -> None:
+        with self._lock:
+            self._frames[(ring, seq)] = (time.monotonic(), image)
+            while len(self._frames) > self._limit:
+                self._frames.popitem(last=False)
+
+    def pop(self, ring: str, seq: int) -> npt.NDArray[np.uint8] | None:
+        with self._lock:
+            entry = self._frames.pop((ring, seq), None)
+        return None if entry is None else entry[1]
+
+    def pending(self, older_than_s: float = 0.0) -> int:
+        """Frames still out; with ``older_than_s``, only those out longer than that."""
+        cutoff = time.monotonic() - older_than_s
+        with self._lock:
+            return sum(1 for t, _ in self._frames.values() if t <= cutoff)
+
+
+class _Counters:
+    """This stream's figures between heartbeats."""
+
+    def __init__(self) -> None:
+        self.analysed = 0
+        self.at_last_beat = 0
+        self.fps = 0.0
+        self.latency_sum_ms = 0.0
+        self.latency_n = 0
+        self.stage = StageDrops()
+        self.source: dict[str, int] = {}
+
+    def dropped(self, source: dict[str, int] | None = None) -> dict[str, int]:
+        # The names and meaning of docs/events.md: the detector's drops plus the source's.
+        src = self.source if source is None else source
+        return {
+            "queue_full": self.stage.queue_full + src.get("queue_full", 0),
+            "stale": self.stage.stale,
+            "sampled": src.get("sampled", 0),
+        }
+
+
+class StreamAnalysis:
+    """Runs on its own thread in the camera's process until :meth:`finish` or :meth:`stop`."""
+
+    def __init__(
+        self,
+        stream: StreamConfig,
+        spec: AnalysisSpec,
+        decode_counts: Callable[[], tuple[int, int]],
+        source_drops: Callable[[], dict[str, int]],
+    ) -> None:
+        cfg = spec.pipeline
+        self.stream = stream.id
+        self.spec = spec
+        self.inflight = InFlight(limit=2 * stream.buffer + 8)
+        self._decode_counts = decode_counts
+        self._source_drops = source_drops
+        self._states: queue.SimpleQueue[SourceState] = queue.SimpleQueue()
+        self._pending_state: tuple[SourceState, float] | None = None
+        self._finish = threading.Event()
+        self._halt = threading.Event()
+        self._mailbox = Inbox(spec.results, hwm=10_000)
+        self._control = Outbox(spec.control)
+        self.publisher = Publisher(spec.bus, BUS_HWM, epoch=spec.epoch, bus=True)
+        j = cfg.journal
+        journal = AlertJournal(Path(str(j.path)), j.synchronous, j.max_age_days, j.max_mb,
+                               prune=False)  # fmt: skip
+        self.analytics = AnalyticsSink(stream, cfg, self.publisher, journal)
+        self._journal = journal
+        self.tracker = StreamTracker(cfg.tracker)
+        self.feed = ViewFeed(spec.view, stream.id) if spec.view is not None else None
+        sinks: list[object] = [DetSink(self.publisher), self.analytics, MeterSink(stream.id)]
+        if self.feed is not None:
+            sinks.append(ViewSink(self.feed, self.analytics.counts))
+        self.sinks = Sinks(stream.id, sinks)  # type: ignore[arg-type]
+        self.counters = _Counters()
+        self._heartbeat_s = cfg.publish.heartbeat_s
+        self._last_beat = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="analysis", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """False once the thread died of something other than being told to stop."""
+        return self._thread.is_alive() or self._finish.is_set() or self._halt.is_set()
+
+    def on_state(self, state: SourceState) -> None:
+        """Called by the decoding thread on every transition."""
+        self._states.put(state)
+
+    def finish(self, timeout_s: float) -> None:
+        """The source is done: analyse what is still out (up to ``timeout_s``), then stop."""
+        self._finish.set()
+        self._thread.join(timeout_s)
+        self.stop()
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+
+    def _run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                wait = max(0.0, self._last_beat + self._heartbeat_s - time.monotonic())
+                if self._mailbox.poll(min(0.05 if self._finish.is_set() else 0.2, wait)):
+                    for msg in self._mailbox.drain(1000):
+                        self._handle(msg)
+                self._apply_states()
+                if time.monotonic() >= self._last_beat + self._heartbeat_s:
+                    self._beat()
+                if self._finish.is_set() and self._settled():
+                    break
+            self._beat()  # the final figures
+        finally:
+            self._close()
+
+    def _settled(self) -> bool:
+        return self.inflight.pending() == 0 and self._pending_state is None
+
+    def _handle(self, msg: object) -> None:
+        if isinstance(msg, Detected):
+            image = self.inflight.pop(msg.ref.ring, msg.ref.seq)
+            self.counters.stage = msg.drops
+            self._analyse(msg, image)
+        elif isinstance(msg, Dropped):
+            self.inflight.pop(msg.ref.ring, msg.ref.seq)
+            self.counters.stage = msg.drops
+        elif isinstance(msg, WatchUpdate) and self.feed is not None:
+            self.feed.watch(msg)
+
+    def _analyse(self, msg: Detected, image: npt.NDArray[np.uint8] | None) -> None:
+        ref, b = msg.ref, msg.boxes
+        t0 = time.perf_counter()
+        detections = sv.Detections(xyxy=b.xyxy, confidence=b.confidence, class_id=b.class_id)
+        tracked = self.tracker.update(detections, ref.media_ts)
+        track_ms = (time.perf_counter() - t0) * 1000.0
+        c = self.counters
+        c.analysed += 1
+        c.source = ref.source_dropped
+        latency = Latency(decode=ref.decode_ms, queue=(msg.taken_ts - ref.ready_ts) * 1000.0,
+                          infer=msg.infer_ms, track=track_ms,
+                          total=(time.time() - ref.capture_ts) * 1000.0)  # fmt: skip
+        c.latency_sum_ms += latency.total
+        c.latency_n += 1
+        frame = AnalysedFrame(ref, tracked, objects(tracked, self.spec.names), image, latency,
+                              c.dropped(), c.analysed, msg.batch, c.fps)  # fmt: skip
+        self.sinks.on_frame(frame)
+
+    def _apply_states(self) -> None:
+        while self._pending_state is None and not self._states.empty():
+            self._pending_state = (self._states.get(), time.monotonic())
+        if self._pending_state is None:
+            return
+        state, since = self._pending_state
+        # Frames announced before the change may still come back: tracks end after them.
+        overdue = time.monotonic() - since > STATE_GRACE_S
+        if self.inflight.pending() == 0 or overdue:
+            self._pending_state = None
+            self.analytics.on_state(state)
+
+    def row(self) -> StreamRow:
+        c = self.counters
+        counts = self.analytics.counts()
+        decoded, errors = self._decode_counts()
+        return StreamRow(
+            stream=self.stream, analysed=c.analysed, fps=c.fps,
+            dropped=c.dropped(self._source_drops()),
+            decoded=decoded, decode_errors=errors,
+            latency_ms=c.latency_sum_ms / c.latency_n if c.latency_n else None,
+            zones=counts.zones, lines=counts.lines, alert_seq=counts.alert_seq,
+            tracks=self.analytics.state(),
+        )  # fmt: skip
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        c = self.counters
+        c.fps = (c.analysed - c.at_last_beat) / max(1e-6, now - self._last_beat)
+        c.at_last_beat = c.analysed
+        self._last_beat = now
+        self._control.send(self.row())
+        c.latency_sum_ms, c.latency_n = 0.0, 0
+
+    def _close(self) -> None:
+        self._mailbox.close()
+        self._control.close()
+        self.publisher.close()
+        self._journal.close()
+        if self.feed is not None:
+            self.feed.close()
