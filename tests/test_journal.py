@@ -121,7 +121,6 @@ def test_status_table_shows_counts() -> None:
 def test_an_alert_the_journal_cannot_store_still_goes_out(tmp_path: Path) -> None:
     """Disk full or file gone: live subscribers still get the alert; the failure is counted."""
     import numpy as np
-
     import supervision as sv
 
     from streamd import metrics

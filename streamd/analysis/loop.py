@@ -192,7 +192,9 @@ class StreamAnalysis:
             self._close()
 
     def _settled(self) -> bool:
-        return self.inflight.pending() == 0 and self._pending_state is None
+        return (
+            self.inflight.pending() == 0 and self._pending_state is None and self._states.empty()
+        )
 
     def _handle(self, msg: object) -> None:
         if isinstance(msg, Detected):
@@ -224,14 +226,16 @@ class StreamAnalysis:
         self.sinks.on_frame(frame)
 
     def _apply_states(self) -> None:
-        while self._pending_state is None and not self._states.empty():
-            self._pending_state = (self._states.get(), time.monotonic())
-        if self._pending_state is None:
-            return
-        state, since = self._pending_state
-        # Frames announced before the change may still come back: tracks end after them.
-        overdue = time.monotonic() - since > STATE_GRACE_S
-        if self.inflight.pending() == 0 or overdue:
+        while True:
+            if self._pending_state is None:
+                if self._states.empty():
+                    return
+                self._pending_state = (self._states.get(), time.monotonic())
+            state, since = self._pending_state
+            # Frames announced before the change may still come back: tracks end after them.
+            overdue = time.monotonic() - since > STATE_GRACE_S
+            if self.inflight.pending() and not overdue:
+                return
             self._pending_state = None
             self.analytics.on_state(state)
 
