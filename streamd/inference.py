@@ -153,28 +153,31 @@ class InferenceWorker:
         views: list[npt.NDArray[np.uint8]] = []
         kept: list[FrameRef] = []
         for ref in refs:
-            view = self.readers.view(ref)
+            view = self.readers.claim(ref)
             if view is None:
                 self._lost(ref)
             else:
                 views.append(view)
                 kept.append(ref)
         if not kept:
+            self.readers.sweep()
             return
         t0 = time.perf_counter()
         results = self.detector.detect(views, kept)
         infer_ms = (time.perf_counter() - t0) * 1000.0
         metrics.BATCH_SIZE.observe(len(kept))
         for ref, detections in zip(kept, results, strict=True):
-            # The detector read the slot in place: if the writer lapped it meanwhile, the
+            # The detector read the slot in place: if the writer lapped it anyway, the
             # boxes may belong to a torn frame (seqlock check after the read).
-            if not self.readers.intact(ref):
+            if not self.readers.done(ref):
                 self._lost(ref)
                 continue
             self._release(ref)
             msg = Detected(ref, boxes_of(detections), infer_ms, taken, len(kept),
                            self._drops(ref.stream))  # fmt: skip
             self.router.send(ref.stream, msg)
+        del views, results  # no view into a ring outlives the batch
+        self.readers.sweep()
 
     def _lost(self, ref: FrameRef) -> None:
         """A frame overwritten in its ring before (or while) it was read."""

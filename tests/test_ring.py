@@ -122,3 +122,23 @@ def test_unwrite_returns_the_slot_of_a_frame_nobody_was_told_about() -> None:
     finally:
         reader.close()
         ring.close()
+
+
+def test_a_claimed_slot_is_lapped_around_not_over() -> None:
+    """The detector reads a frame in place: a fast `latest` writer skips its slot."""
+    ring = FrameRing("streamd_test_ring_claim", 3, 4, 4)
+    reader = RingReader(ring.name, 3, 4, 4)
+    try:
+        slot, seq = ring.write(np.full((4, 4, 3), 5, np.uint8))
+        view = reader.claim(slot, seq)
+        assert view is not None
+        used = [ring.write(np.full((4, 4, 3), 9, np.uint8))[0] for _ in range(6)]
+        assert slot not in used and sorted(set(used)) == sorted({0, 1, 2} - {slot})
+        assert reader.intact(slot, seq) and int(view.max()) == 5  # never torn
+        reader.unclaim(slot)
+        del view
+        assert slot in {ring.write(np.zeros((4, 4, 3), np.uint8))[0] for _ in range(3)}
+        assert not reader.intact(slot, seq)  # unclaimed: lapped as before
+    finally:
+        reader.close()
+        ring.close()

@@ -192,9 +192,7 @@ class StreamAnalysis:
             self._close()
 
     def _settled(self) -> bool:
-        return (
-            self.inflight.pending() == 0 and self._pending_state is None and self._states.empty()
-        )
+        return self.inflight.pending() == 0 and self._pending_state is None and self._states.empty()
 
     def _handle(self, msg: object) -> None:
         if isinstance(msg, Detected):

@@ -1,10 +1,13 @@
 """A single-writer frame ring in POSIX shared memory.
 
-Layout: an int64 header ``[write_count, read_count, slot_seq[0..n-1]]``
-followed by ``n`` BGR frames of one fixed shape. The writer marks a slot
-``-1`` while it writes and stamps the frame's sequence number when done; a
-reader copies the slot and checks the stamp before and after, so a frame the
-writer overwrote mid-copy is detected (seqlock) instead of read torn.
+Layout: an int64 header ``[write_count, read_count, slot_seq[0..n-1],
+claimed[0..n-1]]`` followed by ``n`` BGR frames of one fixed shape. The
+writer marks a slot ``-1`` while it writes and stamps the frame's sequence
+number when done; a reader checks the stamp before and after it used the slot,
+so a frame the writer overwrote meanwhile is detected (seqlock) instead of
+read torn. A reader that uses a slot in place (the detector letterboxes
+straight from it) claims it first, and the writer skips claimed slots, so a
+fast ``latest`` writer laps around a frame being detected instead of over it.
 
 ``read_count`` is advanced by the reader after it copied a frame; the
 ``block`` drop policy makes the writer wait on it, so no frame is lost.
@@ -64,7 +67,7 @@ def _open_untracked(name: str, create: bool, size: int = 0) -> shared_memory.Sha
 
 
 def _layout(slots: int, height: int, width: int) -> tuple[int, int]:
-    header_bytes = (_HEADER_FIELDS + slots) * 8
+    header_bytes = (_HEADER_FIELDS + 2 * slots) * 8
     data_offset = (header_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
     return data_offset, data_offset + slots * height * width * 3
 
@@ -80,6 +83,9 @@ class _RingView:
         self.header: npt.NDArray[np.int64] = np.ndarray(
             (_HEADER_FIELDS + slots,), dtype=np.int64, buffer=shm.buf
         )
+        self.claimed: npt.NDArray[np.int64] = np.ndarray(
+            (slots,), dtype=np.int64, buffer=shm.buf, offset=(_HEADER_FIELDS + slots) * 8
+        )
         self.data: npt.NDArray[np.uint8] = np.ndarray(
             (slots, height, width, 3), dtype=np.uint8, buffer=shm.buf, offset=offset
         )
@@ -91,6 +97,7 @@ class _RingView:
     def release_views(self) -> None:
         # numpy views must go before the mmap can close.
         del self.header
+        del self.claimed
         del self.data
 
 
@@ -102,6 +109,9 @@ class FrameRing(_RingView):
         super().__init__(_open_untracked(name, create=True, size=size), slots, height, width)
         self.header[:] = 0
         self.header[_HEADER_FIELDS:] = -1
+        self.claimed[:] = 0
+        self._next = 0  # the slot to write next, unless a reader holds it
+        self._last = 0
 
     def free_slots(self) -> int:
         return self.slots - (int(self.header[0]) - int(self.header[1]))
@@ -128,13 +138,23 @@ class FrameRing(_RingView):
     def write(self, frame: Frame) -> tuple[int, int]:
         """Copy ``frame`` into the next slot; return (slot, seq)."""
         seq = int(self.header[0])
-        slot = seq % self.slots
+        slot = self._free_slot()
+        self._last, self._next = slot, (slot + 1) % self.slots
         stamp = _HEADER_FIELDS + slot
         self.header[stamp] = -1
         self.data[slot] = frame
         self.header[stamp] = seq
         self.header[0] = seq + 1
         return slot, seq
+
+    def _free_slot(self) -> int:
+        # block/oldest writers only write into released slots, which readers unclaim first,
+        # so this skips nothing for them; a latest writer goes around a claimed slot.
+        for k in range(self.slots):
+            slot = (self._next + k) % self.slots
+            if self.claimed[slot] == 0:
+                return slot
+        return self._next  # every slot held: lap anyway (the readers see it torn)
 
     def unwrite(self) -> None:
         """Take back the last write, whose descriptor could not be sent.
@@ -143,6 +163,7 @@ class FrameRing(_RingView):
         this a ``block``/``oldest`` writer would wait forever for its release.
         """
         self.header[0] = int(self.header[0]) - 1
+        self._next = self._last
 
     def close(self) -> None:
         self.release_views()
@@ -175,6 +196,17 @@ class RingReader(_RingView):
         frame: Frame = self.data[slot]
         return frame
 
+    def claim(self, slot: int, seq: int) -> Frame | None:
+        """Like :meth:`view`, and the writer keeps off the slot until :meth:`unclaim`."""
+        self.claimed[slot] = 1
+        frame = self.view(slot, seq)
+        if frame is None:
+            self.claimed[slot] = 0
+        return frame
+
+    def unclaim(self, slot: int) -> None:
+        self.claimed[slot] = 0
+
     def intact(self, slot: int, seq: int) -> bool:
         """Slot ``slot`` still holds frame ``seq``, completely written."""
         return bool(self.header[_HEADER_FIELDS + slot] == seq)
@@ -190,38 +222,53 @@ class RingReader(_RingView):
 
 
 class RingReaders:
-    """The detector process's readers, one per stream, re-attached when a stream's writer
-    moves to a new segment (restart, resolution change)."""
+    """The detector process's readers, keyed by segment; a stream's writer moves to a new
+    segment on a restart or a resolution change.
+
+    A reader its stream has moved away from is closed only at :meth:`sweep` (after a
+    batch): the detector may still hold views into it until then.
+    """
 
     def __init__(self) -> None:
         self._readers: dict[str, RingReader] = {}
+        self._current: dict[str, str] = {}  # stream → its newest segment
 
     def _reader(self, ref: FrameRef) -> RingReader | None:
-        reader = self._readers.get(ref.stream)
-        if reader is not None and reader.name == ref.ring:
-            return reader
-        if reader is not None:
-            reader.close()
-            del self._readers[ref.stream]
-        try:
-            reader = RingReader(ref.ring, ref.slots, ref.height, ref.width)
-        except FileNotFoundError:
-            return None  # the writer restarted or resized since
-        self._readers[ref.stream] = reader
+        reader = self._readers.get(ref.ring)
+        if reader is None:
+            try:
+                reader = RingReader(ref.ring, ref.slots, ref.height, ref.width)
+            except FileNotFoundError:
+                return None  # the writer restarted or resized since
+            self._readers[ref.ring] = reader
+            self._current[ref.stream] = ref.ring
         return reader
 
-    def view(self, ref: FrameRef) -> Frame | None:
+    def claim(self, ref: FrameRef) -> Frame | None:
+        """The frame in place, its slot claimed; or None if it is gone already."""
         reader = self._reader(ref)
-        return None if reader is None else reader.view(ref.slot, ref.seq)
+        return None if reader is None else reader.claim(ref.slot, ref.seq)
 
-    def intact(self, ref: FrameRef) -> bool:
-        reader = self._readers.get(ref.stream)
-        return reader is not None and reader.name == ref.ring and reader.intact(ref.slot, ref.seq)
+    def done(self, ref: FrameRef) -> bool:
+        """Unclaim a frame used in place; True if it stayed intact all along."""
+        reader = self._readers.get(ref.ring)
+        if reader is None:
+            return False
+        intact = reader.intact(ref.slot, ref.seq)
+        reader.unclaim(ref.slot)
+        return intact
 
     def release(self, ref: FrameRef) -> None:
         reader = self._reader(ref)
         if reader is not None:
             reader.release(ref.seq)
+
+    def sweep(self) -> None:
+        """Close readers of segments their stream has left (no views are held now)."""
+        current = set(self._current.values())
+        for name in [n for n in self._readers if n not in current]:
+            with contextlib.suppress(Exception):
+                self._readers.pop(name).close()
 
     def close(self) -> None:
         for reader in self._readers.values():

@@ -275,6 +275,7 @@ class SourceWorker:
         if self.ring is None or self.ring.shape[:2] != (h, w):
             if self.ring is not None:
                 log.info("resolution changed to %dx%d; new frame ring", w, h)
+                self._drain_ring()  # block: the frames of the old size are analysed first
                 self.ring.close()
             self._generation += 1
             name = ring_name(self.spec.run_id, self.spec.index, self._generation)
