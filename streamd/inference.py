@@ -70,12 +70,11 @@ def _serve(spec: InferenceSpec, ready: Connection, stop: StopFlag) -> int:
 
 def boxes_of(detections: sv.Detections) -> Boxes:
     n = len(detections)
-    conf = detections.confidence
-    cls = detections.class_id
-    return Boxes(
-        np.asarray(detections.xyxy, dtype=np.float32).reshape(n, 4),
-        np.ones(n, np.float32) if conf is None else np.asarray(conf, dtype=np.float32),
-        np.zeros(n, np.int64) if cls is None else np.asarray(cls, dtype=np.int64),
+    conf, cls = detections.confidence, detections.class_id
+    return Boxes.pack(
+        np.asarray(detections.xyxy).reshape(n, 4),
+        np.ones(n, np.float32) if conf is None else conf,
+        np.zeros(n, np.int64) if cls is None else cls,
     )
 
 

@@ -67,11 +67,27 @@ class WatchUpdate:
 
 @dataclass(frozen=True, slots=True)
 class Boxes:
-    """A frame's detections as plain arrays (what crosses from the detector to a camera)."""
+    """A frame's detections, packed as float32 rows ``x1 y1 x2 y2 conf class`` (source
+    pixels): one bytes object crosses from the detector to a camera, not three arrays
+    (pickling numpy arrays costs several times more)."""
 
-    xyxy: npt.NDArray[np.float32]  # (N, 4), source pixels
-    confidence: npt.NDArray[np.float32]  # (N,)
-    class_id: npt.NDArray[np.int64]  # (N,)
+    packed: bytes
+
+    @classmethod
+    def pack(
+        cls,
+        xyxy: npt.NDArray[np.floating[Any]],
+        confidence: npt.NDArray[np.floating[Any]],
+        class_id: npt.NDArray[np.integer[Any]],
+    ) -> Boxes:
+        rows = np.empty((len(xyxy), 6), dtype=np.float32)
+        rows[:, :4] = xyxy
+        rows[:, 4] = confidence
+        rows[:, 5] = class_id
+        return cls(rows.tobytes())
+
+    def rows(self) -> npt.NDArray[np.float32]:
+        return np.frombuffer(self.packed, dtype=np.float32).reshape(-1, 6)
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,9 +206,11 @@ class StreamAnalysis:
             self.feed.watch(msg)
 
     def _analyse(self, msg: Detected, image: npt.NDArray[np.uint8] | None) -> None:
-        ref, b = msg.ref, msg.boxes
+        ref, rows = msg.ref, msg.boxes.rows()
         t0 = time.perf_counter()
-        detections = sv.Detections(xyxy=b.xyxy, confidence=b.confidence, class_id=b.class_id)
+        detections = sv.Detections(
+            xyxy=rows[:, :4], confidence=rows[:, 4], class_id=rows[:, 5].astype(np.int64)
+        )
         tracked = self.tracker.update(detections, ref.media_ts)
         track_ms = (time.perf_counter() - t0) * 1000.0
         c = self.counters
