@@ -29,7 +29,15 @@ from streamd.frames.ring import RingReaders
 from streamd.runtime.channel import Inbox, Outbox, ResultRouter
 from streamd.runtime.exits import WorkerExit
 from streamd.runtime.process import StopFlag, run_logged, setup_worker
-from streamd.types import Boxes, Detected, Dropped, FrameRef, InferenceBeat, StageDrops
+from streamd.types import (
+    Boxes,
+    Detected,
+    Dropped,
+    FrameRef,
+    InferenceBeat,
+    Results,
+    StageDrops,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +173,7 @@ class InferenceWorker:
         results = self.detector.detect(views, kept)
         infer_ms = (time.perf_counter() - t0) * 1000.0
         metrics.BATCH_SIZE.observe(len(kept))
+        outcomes: dict[str, list[Detected]] = {}
         for ref, detections in zip(kept, results, strict=True):
             # The detector read the slot in place: if the writer lapped it anyway, the
             # boxes may belong to a torn frame (seqlock check after the read).
@@ -174,7 +183,9 @@ class InferenceWorker:
             self._release(ref)
             msg = Detected(ref, boxes_of(detections), infer_ms, taken, len(kept),
                            self._drops(ref.stream))  # fmt: skip
-            self.router.send(ref.stream, msg)
+            outcomes.setdefault(ref.stream, []).append(msg)
+        for stream, items in outcomes.items():
+            self.router.send(stream, Results(tuple(items)))
         del views, results  # no view into a ring outlives the batch
         self.readers.sweep()
 

@@ -120,6 +120,13 @@ class Dropped:
 
 
 @dataclass(frozen=True, slots=True)
+class Results:
+    """The outcomes of one batch's frames of one stream, in one message (fewer wake-ups)."""
+
+    items: tuple[Detected, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRow:
     """One stream's figures, sent by its process every heartbeat and published in the
     ``heartbeat`` event (docs/events.md); the status board and the live view read it too."""

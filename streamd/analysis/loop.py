@@ -33,6 +33,7 @@ from streamd.track import StreamTracker
 from streamd.types import (
     Detected,
     Dropped,
+    Results,
     SourceState,
     StageDrops,
     StreamRow,
@@ -195,7 +196,10 @@ class StreamAnalysis:
         return self.inflight.pending() == 0 and self._pending_state is None and self._states.empty()
 
     def _handle(self, msg: object) -> None:
-        if isinstance(msg, Detected):
+        if isinstance(msg, Results):
+            for item in msg.items:
+                self._handle(item)
+        elif isinstance(msg, Detected):
             image = self.inflight.pop(msg.ref.ring, msg.ref.seq)
             self.counters.stage = msg.drops
             self._analyse(msg, image)

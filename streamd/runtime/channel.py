@@ -6,7 +6,8 @@ middle of a put cannot wedge a ZeroMQ socket shared with the other workers
 supervisor's private (0700) run directory; only our own processes connect.
 
 - source workers → detector process: ``FrameRef`` (:class:`Outbox` → :class:`Inbox`)
-- detector process → each stream's process: ``Detected`` / ``Dropped`` (:class:`ResultRouter`)
+- detector process → each stream's process: ``Results`` (a batch's ``Detected``) /
+  ``Dropped`` (:class:`ResultRouter`)
 - supervisor → a stream's process: ``WatchUpdate``
 - streams and the detector → supervisor: ``StatusUpdate``, ``StreamRow``, ``InferenceBeat``
 """
@@ -24,6 +25,7 @@ from streamd.types import (
     Dropped,
     FrameRef,
     InferenceBeat,
+    Results,
     StatusUpdate,
     StreamRow,
     WatchUpdate,
@@ -31,8 +33,10 @@ from streamd.types import (
 
 log = logging.getLogger(__name__)
 
-Message = FrameRef | StatusUpdate | WatchUpdate | Detected | Dropped | StreamRow | InferenceBeat
-_TYPES = (FrameRef, StatusUpdate, WatchUpdate, Detected, Dropped, StreamRow, InferenceBeat)
+Message = (
+    FrameRef | StatusUpdate | WatchUpdate | Detected | Dropped | Results | StreamRow | InferenceBeat
+)
+_TYPES = (FrameRef, StatusUpdate, WatchUpdate, Detected, Dropped, Results, StreamRow, InferenceBeat)
 
 
 def _dumps(msg: Message) -> bytes:
@@ -111,7 +115,7 @@ class ResultRouter:
             sock.connect(endpoint)
             self._socks[stream] = sock
 
-    def send(self, stream: str, msg: Detected | Dropped) -> None:
+    def send(self, stream: str, msg: Detected | Dropped | Results) -> None:
         try:
             self._socks[stream].send(_dumps(msg), zmq.NOBLOCK)
         except zmq.Again:
