@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamd.config import ConfigError, load_config, parse_config
+from streamd.config import ConfigError, load_config, parse_config, source_kind
 
 GOOD = """
 model: {weights: yolo11n.pt, imgsz: 320}
@@ -169,9 +169,9 @@ streams:
         env={},
     )
     cam, desk, mjpeg = cfg.streams
-    assert (cam.kind, cam.transport, cam.reconnect.max_s) == ("rtsp", "udp", 10)
-    assert (desk.kind, desk.width, desk.fps) == ("webcam", 1280, 30)
-    assert (mjpeg.kind, mjpeg.on_corrupt, mjpeg.effective_drop_policy) == (
+    assert (source_kind(cam.url), cam.transport, cam.reconnect.max_s) == ("rtsp", "udp", 10)
+    assert (source_kind(desk.url), desk.width, desk.fps) == ("webcam", 1280, 30)
+    assert (source_kind(mjpeg.url), mjpeg.on_corrupt, mjpeg.effective_drop_policy) == (
         "http",
         "conceal",
         "latest",

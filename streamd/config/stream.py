@@ -126,10 +126,6 @@ class StreamConfig(_Strict):
         return self
 
     @property
-    def kind(self) -> SourceKind:
-        return source_kind(self.url)
-
-    @property
     def effective_drop_policy(self) -> DropPolicy:
         return _effective_policy(self.url, self.realtime, self.drop_policy)
 

@@ -31,6 +31,3 @@ class StreamTracker:
 
     def update(self, detections: sv.Detections, ts: float) -> sv.Detections:
         return self._tracker.update(detections, timestamp=ts)
-
-    def reset(self) -> None:
-        self._tracker = self._build()
