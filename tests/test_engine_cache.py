@@ -105,11 +105,41 @@ def test_model_hash_is_of_the_bytes(tmp_path: Path) -> None:
         ("cpu", True, True, True, "torch"),
         ("onnx", True, True, True, "onnx"),
         ("tensorrt", True, False, True, "tensorrt"),
+        ("null", False, False, False, "null"),  # the measurement backend, only when asked
     ],
 )
 def test_backend_choice(requested: str, cuda: bool, ort: bool, trt: bool, expected: str) -> None:
     kind, why = choose_backend(requested, cuda, ort, trt)
     assert kind == expected and why
+
+
+def test_null_backend_is_asked_for_by_yaml_null_and_never_chosen_by_auto() -> None:
+    from streamd.config import parse_config
+
+    cfg = parse_config("model: {backend: null, null_boxes: 3}\nstreams: [{id: a, url: x.mp4}]")
+    assert cfg.model.backend == "null" and cfg.model.null_boxes == 3
+    picks = {choose_backend("auto", c, o, t)[0] for c in (0, 1) for o in (0, 1) for t in (0, 1)}
+    assert "null" not in picks
+
+
+def test_null_boxes_move_smoothly_and_differ_between_streams() -> None:
+    import numpy as np
+
+    from streamd.detect.null_backend import NullDetector
+    from streamd.types import FrameRef
+
+    det = NullDetector(10)
+    frame = np.zeros((180, 320, 3), np.uint8)
+
+    def boxes(stream: str, t: float) -> np.ndarray:
+        ref = FrameRef(stream, "r", 4, 180, 320, 0, 0, 0.0, t, 0.0, 0.0)
+        return np.asarray(det.detect([frame], [ref])[0].xyxy)
+
+    a0, a1 = boxes("a", 1.0), boxes("a", 1.0 + 1 / 30)
+    assert a0.shape == (10, 4) and (a0[:, 2] > a0[:, 0]).all() and (a0[:, 3] > a0[:, 1]).all()
+    assert 0 < np.abs(a1 - a0).max() < 3.0  # moves, a few pixels per frame at most
+    assert np.abs(boxes("b", 1.0) - a0).max() > 1.0  # another stream, other paths
+    assert (a0 >= 0).all() and (a0[:, 2] <= 320).all() and (a0[:, 3] <= 180).all()
 
 
 def test_asking_for_an_absent_backend_is_refused_with_the_fix() -> None:
