@@ -249,8 +249,11 @@ class Daemon:
     def _start_source(self, source: _Source) -> None:
         spec = source.spec
         if source.restarts:
-            # A restarted camera process is a new publisher: a new epoch, not a gap.
-            analysis = replace(spec.analysis, epoch=int(time.time() * 1000))
+            # A restarted camera process is a new publisher: a new epoch, not a gap; its
+            # alerts number on from the last one its predecessor published.
+            assert self._plane is not None
+            analysis = replace(spec.analysis, epoch=int(time.time() * 1000),
+                               alert_seq_from=self._plane.alert_seq(spec.stream) + 1)  # fmt: skip
             spec = replace(
                 spec,
                 analysis=analysis,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -144,7 +145,7 @@ class InferenceWorker:
         d = self.batcher.drops(stream)
         return StageDrops(d.queue_full, d.stale)
 
-    def _drop(self, ref: FrameRef, cause: str) -> None:
+    def _drop(self, ref: FrameRef, cause: Literal["queue_full", "stale"]) -> None:
         self._release(ref)
         self.router.send(ref.stream, Dropped(ref, cause, self._drops(ref.stream)))
 

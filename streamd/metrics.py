@@ -96,8 +96,9 @@ BUS_DROPPED = Counter(
 )
 RESULTS_DROPPED = Counter(
     "streamd_results_dropped",
-    "Detection results the detector process could not hand to a stream's process (its "
-    "queue was full, or the process was restarting).",
+    "Detection results that never reached a stream's analysis: the detector process could "
+    "not hand them over (queue full, process restarting), or they were for the frames of a "
+    "restarted process's predecessor (ignored).",
     ["stream"],
 )
 SINK_ERRORS = Counter(
@@ -111,4 +112,10 @@ VIEW_FRAMES = Counter(
     "Analysed frames a camera's process offered the live view while watched: sent, or "
     "dropped because the view was still busy with earlier ones.",
     ["stream", "outcome"],
+)
+INFLIGHT_EVICTED = Counter(
+    "streamd_inflight_evicted",
+    "Announced frames a camera's process stopped waiting for (their result never came "
+    "back in time): analysed without pixels if it comes, so no snapshot or live-view frame.",
+    ["stream"],
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -58,7 +58,7 @@ class StatusUpdate:
 
 @dataclass(frozen=True, slots=True)
 class WatchUpdate:
-    """Supervisor → inference: send this stream's analysed frames for the live view at
+    """Supervisor → a camera's process: send its analysed frames for the live view at
     most ``max_fps`` times a second (0: nobody watches, send none)."""
 
     stream: str
@@ -115,7 +115,7 @@ class Dropped:
     """Inference → the stream's own process: an announced frame that will not be analysed."""
 
     ref: FrameRef
-    cause: str  # queue_full | stale
+    cause: Literal["queue_full", "stale"]
     drops: StageDrops
 
 

@@ -13,22 +13,24 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import supervision as sv
 
-from streamd.analysis.sinks import AnalysedFrame, DetSink, MeterSink, Sinks, ViewSink
+from streamd import metrics
+from streamd.analysis.inflight import InFlight
+from streamd.analysis.sinks import AnalysedFrame, DetSink, FrameSink, MeterSink, Sinks, ViewSink
 from streamd.analytics.service import AnalyticsSink
 from streamd.config import PipelineConfig, StreamConfig
 from streamd.publish import Publisher
 from streamd.publish.events import Latency, objects
 from streamd.publish.journal import AlertJournal
 from streamd.runtime.channel import Inbox, Outbox
+from streamd.runtime.process import StopFlag
 from streamd.track import StreamTracker
 from streamd.types import (
     Detected,
@@ -58,38 +60,30 @@ class AnalysisSpec:
     view: str | None  # the live view's frame endpoint (None: no HTTP, no view)
     names: dict[int, str]  # the detector's class names
     epoch: int  # this process's publisher epoch (a restarted process gets a new one)
+    # Alerts of this stream published so far (from the supervisor): a restarted process
+    # numbers on from here even where the journal missed one (disk full).
+    alert_seq_from: int = 0
 
 
-class InFlight:
-    """Pixels of announced frames until their outcome arrives; shared by both threads.
+class SourceSide(Protocol):
+    """What the analysis reads from its camera's decoding side."""
 
-    Bounded: under ``latest`` the detector may never answer for frames a full ring
-    lapped (it sends a drop notice; this is the safety net if a notice was lost).
-    """
+    stop: StopFlag
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._frames: OrderedDict[tuple[str, int], tuple[float, npt.NDArray[np.uint8]]] = (
-            OrderedDict()
-        )
-        self._lock = threading.Lock()
+    def owns(self, ring: str) -> bool:
+        """The segment is one of this process's rings (not a predecessor's)."""
+        ...
 
-    def add(self, ring: str, seq: int, image: npt.NDArray[np.uint8]) -> None:
-        with self._lock:
-            self._frames[(ring, seq)] = (time.monotonic(), image)
-            while len(self._frames) > self._limit:
-                self._frames.popitem(last=False)
+    def decode_counts(self) -> tuple[int, int]: ...
 
-    def pop(self, ring: str, seq: int) -> npt.NDArray[np.uint8] | None:
-        with self._lock:
-            entry = self._frames.pop((ring, seq), None)
-        return None if entry is None else entry[1]
+    def drops(self) -> dict[str, int]: ...
 
-    def pending(self, older_than_s: float = 0.0) -> int:
-        """Frames still out; with ``older_than_s``, only those out longer than that."""
-        cutoff = time.monotonic() - older_than_s
-        with self._lock:
-            return sum(1 for t, _ in self._frames.values() if t <= cutoff)
+
+def _analytics(stream: StreamConfig, spec: AnalysisSpec, publisher: Publisher) -> AnalyticsSink:
+    j = spec.pipeline.journal
+    journal = AlertJournal(Path(str(j.path)), j.synchronous, j.max_age_days, j.max_mb,
+                           prune=False)  # fmt: skip
+    return AnalyticsSink(stream, spec.pipeline, publisher, journal, spec.alert_seq_from)
 
 
 class _Counters:
@@ -121,34 +115,32 @@ class StreamAnalysis:
         self,
         stream: StreamConfig,
         spec: AnalysisSpec,
-        decode_counts: Callable[[], tuple[int, int]],
-        source_drops: Callable[[], dict[str, int]],
+        source: SourceSide,
     ) -> None:
         cfg = spec.pipeline
         self.stream = stream.id
         self.spec = spec
-        self.inflight = InFlight(limit=2 * stream.buffer + 8)
-        self._decode_counts = decode_counts
-        self._source_drops = source_drops
-        self._states: queue.SimpleQueue[SourceState] = queue.SimpleQueue()
-        self._pending_state: tuple[SourceState, float] | None = None
+        self._source = source
+        latest = stream.effective_drop_policy == "latest"
+        limit = stream.buffer + cfg.batching.max_batch + 8
+        self.inflight = InFlight(stream.id, latest, limit)
+        self._states: queue.SimpleQueue[tuple[SourceState, int]] = queue.SimpleQueue()
+        self._pending_state: tuple[SourceState, int, float] | None = None
         self._finish = threading.Event()
         self._halt = threading.Event()
+        self.settled = False  # every announced frame came back and was published
         self._mailbox = Inbox(spec.results, hwm=10_000)
         self._control = Outbox(spec.control)
         self.publisher = Publisher(spec.bus, BUS_HWM, epoch=spec.epoch, bus=True)
-        j = cfg.journal
-        journal = AlertJournal(Path(str(j.path)), j.synchronous, j.max_age_days, j.max_mb,
-                               prune=False)  # fmt: skip
-        self.analytics = AnalyticsSink(stream, cfg, self.publisher, journal)
-        self._journal = journal
+        self.analytics = _analytics(stream, spec, self.publisher)
         self.tracker = StreamTracker(cfg.tracker)
         self.feed = ViewFeed(spec.view, stream.id) if spec.view is not None else None
-        sinks: list[object] = [DetSink(self.publisher), self.analytics, MeterSink(stream.id)]
+        sinks: list[FrameSink] = [DetSink(self.publisher), self.analytics, MeterSink(stream.id)]
         if self.feed is not None:
             sinks.append(ViewSink(self.feed, self.analytics.counts))
-        self.sinks = Sinks(stream.id, sinks)  # type: ignore[arg-type]
+        self.sinks = Sinks(stream.id, sinks)
         self.counters = _Counters()
+        self._foreign = metrics.RESULTS_DROPPED.labels(stream.id)
         self._heartbeat_s = cfg.publish.heartbeat_s
         self._last_beat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="analysis", daemon=True)
@@ -162,14 +154,17 @@ class StreamAnalysis:
         return self._thread.is_alive() or self._finish.is_set() or self._halt.is_set()
 
     def on_state(self, state: SourceState) -> None:
-        """Called by the decoding thread on every transition."""
-        self._states.put(state)
+        """Called by the decoding thread on every transition: applied once the frames
+        announced before it came back."""
+        self._states.put((state, self.inflight.mark()))
 
-    def finish(self, timeout_s: float) -> None:
-        """The source is done: analyse what is still out (up to ``timeout_s``), then stop."""
+    def finish(self, timeout_s: float) -> bool:
+        """The source is done: analyse what is still out (up to ``timeout_s``, or until the
+        process is told to stop), then stop; True if everything was published."""
         self._finish.set()
         self._thread.join(timeout_s)
         self.stop()
+        return self.settled
 
     def stop(self) -> None:
         self._halt.set()
@@ -178,7 +173,7 @@ class StreamAnalysis:
 
     def _run(self) -> None:
         try:
-            while not self._halt.is_set():
+            while not (self._halt.is_set() or self._source.stop.is_set()):
                 wait = max(0.0, self._last_beat + self._heartbeat_s - time.monotonic())
                 if self._mailbox.poll(min(0.05 if self._finish.is_set() else 0.2, wait)):
                     for msg in self._mailbox.drain(1000):
@@ -187,6 +182,7 @@ class StreamAnalysis:
                 if time.monotonic() >= self._last_beat + self._heartbeat_s:
                     self._beat()
                 if self._finish.is_set() and self._settled():
+                    self.settled = True
                     break
             self._beat()  # the final figures
         finally:
@@ -199,6 +195,10 @@ class StreamAnalysis:
         if isinstance(msg, Results):
             for item in msg.items:
                 self._handle(item)
+        elif isinstance(msg, Detected | Dropped) and not self._source.owns(msg.ref.ring):
+            # Queued for this stream while its previous process died: not this tracker's
+            # clock or frames.
+            self._foreign.inc()
         elif isinstance(msg, Detected):
             image = self.inflight.pop(msg.ref.ring, msg.ref.seq)
             self.counters.stage = msg.drops
@@ -234,11 +234,12 @@ class StreamAnalysis:
             if self._pending_state is None:
                 if self._states.empty():
                     return
-                self._pending_state = (self._states.get(), time.monotonic())
-            state, since = self._pending_state
+                state, mark = self._states.get()
+                self._pending_state = (state, mark, time.monotonic())
+            state, mark, since = self._pending_state
             # Frames announced before the change may still come back: tracks end after them.
             overdue = time.monotonic() - since > STATE_GRACE_S
-            if self.inflight.pending() and not overdue:
+            if self.inflight.pending(upto=mark) and not overdue:
                 return
             self._pending_state = None
             self.analytics.on_state(state)
@@ -246,10 +247,10 @@ class StreamAnalysis:
     def row(self) -> StreamRow:
         c = self.counters
         counts = self.analytics.counts()
-        decoded, errors = self._decode_counts()
+        decoded, errors = self._source.decode_counts()
         return StreamRow(
             stream=self.stream, analysed=c.analysed, fps=c.fps,
-            dropped=c.dropped(self._source_drops()),
+            dropped=c.dropped(self._source.drops()),
             decoded=decoded, decode_errors=errors,
             latency_ms=c.latency_sum_ms / c.latency_n if c.latency_n else None,
             zones=counts.zones, lines=counts.lines, alert_seq=counts.alert_seq,
@@ -268,7 +269,7 @@ class StreamAnalysis:
     def _close(self) -> None:
         self._mailbox.close()
         self._control.close()
-        self.publisher.close()
-        self._journal.close()
+        self.publisher.close()  # waits (linger) until its last events are on the bus
+        self.analytics.journal.close()
         if self.feed is not None:
             self.feed.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +17,7 @@ import numpy.typing as npt
 import supervision as sv
 
 from streamd import metrics
+from streamd.analytics.service import Counts
 from streamd.publish import Publisher
 from streamd.publish.events import Latency, det_fields
 from streamd.types import FrameRef
@@ -104,13 +105,13 @@ class ViewSink:
 
     name = "view"
 
-    def __init__(self, feed: ViewFeed, counts: Any) -> None:
+    def __init__(self, feed: ViewFeed, counts: Callable[[], Counts]) -> None:
         self.feed = feed
-        self._counts = counts  # () -> Counts of this stream's analytics
+        self._counts = counts  # this stream's zone and line counts, now
 
     def on_frame(self, frame: AnalysedFrame) -> None:
         ref = frame.ref
-        if frame.image is None or not self.feed.wants(ref.stream):
+        if frame.image is None or not self.feed.wants():
             return
         c = self._counts()
         meta = ViewMeta(stream=ref.stream, frame=ref.frame, ts=ref.capture_ts,

@@ -102,7 +102,12 @@ class AnalyticsSink:
     name = "analytics"
 
     def __init__(
-        self, stream: StreamConfig, cfg: PipelineConfig, publisher: Publisher, journal: AlertJournal
+        self,
+        stream: StreamConfig,
+        cfg: PipelineConfig,
+        publisher: Publisher,
+        journal: AlertJournal,
+        alert_seq_from: int = 0,
     ) -> None:
         self.stream = stream.id
         self.publisher = publisher
@@ -112,7 +117,8 @@ class AnalyticsSink:
         self.last_ref: FrameRef | None = None
         self._occupancy = {z.name: metrics.ZONE_OCCUPANCY.labels(stream.id, z.name)
                            for z in stream.zones}  # fmt: skip
-        publisher.continue_from("alert", stream.id, journal.next_seq(stream.id))
+        next_seq = max(journal.next_seq(stream.id), alert_seq_from)
+        publisher.continue_from("alert", stream.id, next_seq)
 
     def on_frame(self, frame: AnalysedFrame) -> None:
         ref = frame.ref

@@ -24,7 +24,7 @@ class PublishConfig(_Strict):
     @field_validator("endpoint")
     @classmethod
     def _zmq_endpoint(cls, v: str) -> str:
-        # inproc:// cannot work: the publisher lives in the inference process.
+        # inproc:// cannot work: subscribers live in other processes.
         if not re.match(r"^(tcp|ipc)://.+", v):
             raise ValueError("must look like tcp://HOST:PORT or ipc://PATH")
         return v

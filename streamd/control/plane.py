@@ -6,16 +6,24 @@ figures (:class:`~streamd.types.StreamRow`); the detector process sends an
 as ``status.<id>`` (one seq per stream across restarts of its process) and a
 ``heartbeat`` every ``publish.heartbeat_s`` — only while the detector's beats
 keep coming, so a hung detector shows as a missing heartbeat (``/healthz``).
-It also keeps the journal's retention, off every frame path.
+A stream's ``ended``/``failed`` is held back for a moment: the camera sends it
+only after its last events were handed to the bus, but the bus takes turns
+between its senders, so they may still be queued behind it.
+
+The journal's retention runs on a thread of its own, so a long delete delays
+neither heartbeats nor any frame.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
+from streamd import metrics
 from streamd.config import PipelineConfig
 from streamd.publish import Publisher
 from streamd.publish.events import status_fields
@@ -27,6 +35,9 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 600.0  # journal retention check
 BEAT_STALE_INTERVALS = 3  # detector beats missed before heartbeats stop
+ROW_STALE_INTERVALS = 2  # a camera row this old reports no fps and no latency
+TERMINAL_HOLD_S = 0.2  # ended/failed wait this long behind the stream's last events
+_TERMINAL = (SourceState.ENDED, SourceState.FAILED)
 
 
 class ControlPlane:
@@ -46,54 +57,94 @@ class ControlPlane:
         self._journal = journal
         self._lock = threading.Lock()
         self._rows = {s.id: StreamRow(stream=s.id) for s in cfg.streams}
+        self._row_at = {s.id: 0.0 for s in cfg.streams}  # when each row arrived
+        self._held: list[tuple[float, StatusUpdate]] = []  # terminal states, due time
         self._states: dict[str, SourceState | None] = {s.id: None for s in cfg.streams}
         self._inference: InferenceBeat | None = None
         self._started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="control", daemon=True)
+        self._retention = threading.Thread(target=self._retain, name="retention", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._retention.start()
+
+    def _retain(self) -> None:
+        while not self._stop.wait(PRUNE_EVERY_S):
+            try:
+                deleted = self._journal.prune()
+            except sqlite3.Error as e:  # busy past the timeout, disk trouble: next time
+                metrics.JOURNAL_ERRORS.inc()
+                log.error("journal retention failed: %s", e)
+            else:
+                if deleted:
+                    log.info("journal retention: %d alert(s) deleted", deleted)
 
     def _run(self) -> None:
         # The publisher lives and dies in this thread (ZeroMQ sockets are not thread-safe).
         publisher = Publisher(self._bus, 10_000, epoch=self._epoch, bus=True)
         next_beat = time.time()
-        next_prune = time.time() + PRUNE_EVERY_S
         try:
             while not self._stop.is_set():
-                if self._inbox.poll(max(0.0, min(0.2, next_beat - time.time()))):
+                wait = min(0.05 if self._held else 0.2, next_beat - time.time())
+                if self._inbox.poll(max(0.0, wait)):
                     for msg in self._inbox.drain():
                         self._handle(msg, publisher)
+                self._release_held(publisher, time.monotonic())
                 if time.time() >= next_beat:
                     self._heartbeat(publisher)
                     next_beat = time.time() + self._heartbeat_s
-                if time.time() >= next_prune:
-                    self._journal.prune()
-                    next_prune = time.time() + PRUNE_EVERY_S
+            self._release_held(publisher, float("inf"))
         finally:
             publisher.close()
             self._inbox.close()
 
     def _handle(self, msg: object, publisher: Publisher) -> None:
         if isinstance(msg, StatusUpdate) and msg.stream in self._states:
-            self._states[msg.stream] = msg.state
-            publisher.publish("status", msg.stream, msg.ts, status_fields(msg))
+            if msg.state in _TERMINAL and msg.reason != "restart_limit":
+                self._held.append((time.monotonic() + TERMINAL_HOLD_S, msg))
+            else:
+                self._status(msg, publisher)
         elif isinstance(msg, StreamRow) and msg.stream in self._rows:
             with self._lock:
                 self._rows[msg.stream] = msg
+                self._row_at[msg.stream] = time.monotonic()
         elif isinstance(msg, InferenceBeat):
             self._inference = msg
         else:
             log.warning("unexpected control message %r ignored", type(msg).__name__)
+
+    def _status(self, update: StatusUpdate, publisher: Publisher) -> None:
+        self._states[update.stream] = update.state
+        publisher.publish("status", update.stream, update.ts, status_fields(update))
+
+    def _release_held(self, publisher: Publisher, now: float) -> None:
+        due = [u for t, u in self._held if t <= now]
+        self._held = [(t, u) for t, u in self._held if t > now]
+        for update in due:
+            self._status(update, publisher)
+
+    def _rows_now(self) -> dict[str, StreamRow]:
+        """The rows, with no rate and no latency for a camera that stopped reporting."""
+        stale = time.monotonic() - ROW_STALE_INTERVALS * self._heartbeat_s
+        with self._lock:
+            return {
+                sid: row if self._row_at[sid] >= stale else replace(row, fps=0.0, latency_ms=None)
+                for sid, row in self._rows.items()
+            }
+
+    def alert_seq(self, stream: str) -> int:
+        """The seq of the stream's last alert its process reported (-1: none)."""
+        with self._lock:
+            return self._rows[stream].alert_seq
 
     def _heartbeat(self, publisher: Publisher) -> None:
         beat = self._inference
         now = time.time()
         if beat is None or now - beat.ts > BEAT_STALE_INTERVALS * self._heartbeat_s:
             return  # the detector is not (yet, or any more) alive: no heartbeat
-        with self._lock:
-            rows = dict(self._rows)
+        rows = self._rows_now()
         fields = {
             "uptime_s": round(now - self._started, 3),
             "backend": beat.backend,
@@ -108,6 +159,7 @@ class ControlPlane:
 
     def close(self) -> None:
         self._stop.set()
+        self._retention.join(2.0)
         if self._thread.is_alive():
             self._thread.join(2.0)
         else:

@@ -9,7 +9,7 @@ read torn. A reader that uses a slot in place (the detector letterboxes
 straight from it) claims it first, and the writer skips claimed slots, so a
 fast ``latest`` writer laps around a frame being detected instead of over it.
 
-``read_count`` is advanced by the reader after it copied a frame; the
+``read_count`` is advanced by the reader once it is done with a frame; the
 ``block`` drop policy makes the writer wait on it, so no frame is lost.
 
 Ownership: the writer creates and unlinks its segment. Attachers never
@@ -104,9 +104,14 @@ class _RingView:
 class FrameRing(_RingView):
     """The writer's side: creates, fills and finally unlinks the segment."""
 
-    def __init__(self, name: str, slots: int, height: int, width: int) -> None:
+    def __init__(
+        self, name: str, slots: int, height: int, width: int, skip_claimed: bool = True
+    ) -> None:
+        """``skip_claimed``: go around slots a reader holds (``latest``). A ``block`` or
+        ``oldest`` writer only writes released slots and keeps strict slot order."""
         _, size = _layout(slots, height, width)
         super().__init__(_open_untracked(name, create=True, size=size), slots, height, width)
+        self._skip_claimed = skip_claimed
         self.header[:] = 0
         self.header[_HEADER_FIELDS:] = -1
         self.claimed[:] = 0
@@ -148,8 +153,8 @@ class FrameRing(_RingView):
         return slot, seq
 
     def _free_slot(self) -> int:
-        # block/oldest writers only write into released slots, which readers unclaim first,
-        # so this skips nothing for them; a latest writer goes around a claimed slot.
+        if not self._skip_claimed:
+            return self._next
         for k in range(self.slots):
             slot = (self._next + k) % self.slots
             if self.claimed[slot] == 0:
@@ -175,7 +180,7 @@ class FrameRing(_RingView):
 
 
 class RingReader(_RingView):
-    """The reader's side: attaches without tracking, copies frames out."""
+    """The reader's side: attaches without tracking; frames used in place or copied out."""
 
     def __init__(self, name: str, slots: int, height: int, width: int) -> None:
         super().__init__(_open_untracked(name, create=False), slots, height, width)
@@ -225,15 +230,19 @@ class RingReaders:
     """The detector process's readers, keyed by segment; a stream's writer moves to a new
     segment on a restart or a resolution change.
 
-    A reader its stream has moved away from is closed only at :meth:`sweep` (after a
-    batch): the detector may still hold views into it until then.
+    A reader its stream has moved away from, or that nothing was read from for
+    ``idle_s`` (a stream that ended), is closed at :meth:`sweep` (after a batch: the
+    detector may hold views into it until then).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, idle_s: float = 30.0) -> None:
         self._readers: dict[str, RingReader] = {}
         self._current: dict[str, str] = {}  # stream → its newest segment
+        self._used: dict[str, float] = {}  # segment → monotonic time of its last claim
+        self._idle_s = idle_s
 
-    def _reader(self, ref: FrameRef) -> RingReader | None:
+    def claim(self, ref: FrameRef) -> Frame | None:
+        """The frame in place, its slot claimed; or None if it is gone already."""
         reader = self._readers.get(ref.ring)
         if reader is None:
             try:
@@ -242,12 +251,8 @@ class RingReaders:
                 return None  # the writer restarted or resized since
             self._readers[ref.ring] = reader
             self._current[ref.stream] = ref.ring
-        return reader
-
-    def claim(self, ref: FrameRef) -> Frame | None:
-        """The frame in place, its slot claimed; or None if it is gone already."""
-        reader = self._reader(ref)
-        return None if reader is None else reader.claim(ref.slot, ref.seq)
+        self._used[ref.ring] = time.monotonic()
+        return reader.claim(ref.slot, ref.seq)
 
     def done(self, ref: FrameRef) -> bool:
         """Unclaim a frame used in place; True if it stayed intact all along."""
@@ -259,16 +264,28 @@ class RingReaders:
         return intact
 
     def release(self, ref: FrameRef) -> None:
-        reader = self._reader(ref)
-        if reader is not None:
+        """Hand the frame's slot back to a block/oldest writer (if its ring is attached:
+        a frame dropped before it was ever read attaches nothing)."""
+        reader = self._readers.get(ref.ring)
+        if reader is None:
+            try:
+                reader = RingReader(ref.ring, ref.slots, ref.height, ref.width)
+            except FileNotFoundError:
+                return
             reader.release(ref.seq)
+            reader.close()
+            return
+        reader.release(ref.seq)
 
     def sweep(self) -> None:
-        """Close readers of segments their stream has left (no views are held now)."""
+        """Close readers of segments left behind or idle (no views are held now)."""
         current = set(self._current.values())
-        for name in [n for n in self._readers if n not in current]:
-            with contextlib.suppress(Exception):
-                self._readers.pop(name).close()
+        idle = time.monotonic() - self._idle_s
+        for name in list(self._readers):
+            if name not in current or self._used.get(name, 0.0) < idle:
+                self._used.pop(name, None)
+                with contextlib.suppress(Exception):
+                    self._readers.pop(name).close()
 
     def close(self) -> None:
         for reader in self._readers.values():

@@ -55,12 +55,19 @@ class BusProxy:
             steer.close(linger=0)
 
     def close(self) -> None:
+        """Stop forwarding, pass on what is still queued (the last events), then close."""
         if self._thread.is_alive():
             self._control.send(b"TERMINATE")
             self._thread.join(2.0)
+            self._drain()
         self._close_sockets()
         self._ctx.term()
 
+    def _drain(self) -> None:
+        while self._pull.poll(0):
+            self._pub.send_multipart(self._pull.recv_multipart(zmq.NOBLOCK), zmq.NOBLOCK)
+
     def _close_sockets(self) -> None:
-        for sock in (self._pull, self._pub, self._control):
-            sock.close(linger=0)
+        self._pull.close(linger=0)
+        self._control.close(linger=0)
+        self._pub.close()  # its own linger (configure_pub): a moment to flush

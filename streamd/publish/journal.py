@@ -7,7 +7,8 @@ restarts (the journal knows the last one per stream), so "everything after
 seq N" means the same thing before and after a restart; the new ``epoch`` still
 shows the restart.
 
-WAL mode: the replay thread reads while the inference loop appends.
+WAL mode: the replay thread reads while every camera's process appends its own
+stream's alerts (writers take turns: ``BEGIN IMMEDIATE``, 5 s busy timeout).
 Retention: rows older than ``max_age_days``, then the oldest beyond
 ``max_mb`` of payload and snapshot bytes, are deleted (the file keeps its
 pages for reuse rather than shrinking).

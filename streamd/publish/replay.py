@@ -10,8 +10,8 @@ Requests are one JSON frame:
 - ``{"op": "state"}`` → active tracks, zone occupancy and line counts per
   stream, plus ``alert_seq`` (last alert seq per stream) and ``epoch``.
 
-It runs on its own thread with its own read-only SQLite connection, so a large
-replay never stalls the inference loop.
+It runs on its own thread of the supervisor with its own read-only SQLite
+connection, so a large replay never stalls a camera or the detector.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ Every state change is sent to the supervisor as a :class:`StatusUpdate`.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import av
 from streamd import metrics
 from streamd.analysis import AnalysisSpec, StreamAnalysis
 from streamd.config import DropPolicy, ReconnectConfig, StreamConfig, source_kind
-from streamd.frames.ring import FrameRing, ring_name
+from streamd.frames.ring import FrameRing, ring_name, segment_prefix
 from streamd.runtime.channel import Outbox
 from streamd.runtime.exits import WorkerExit
 from streamd.runtime.process import StopFlag, run_logged, setup_worker
@@ -159,12 +160,18 @@ class SourceWorker:
         self._pacer = Pacer()
         self._media = MediaClock()
         self._terminal: StatusUpdate | None = None  # said once the last frames are analysed
-        self.analysis = StreamAnalysis(
-            spec.stream_config(),
-            spec.analysis,
-            lambda: (self.counters.decoded, self.counters.decode_errors),
-            lambda: dict(self._dropped),
-        )
+        self._ring_prefix = f"{segment_prefix(spec.run_id)}{spec.index}_{os.getpid()}_"
+        self.analysis = StreamAnalysis(spec.stream_config(), spec.analysis, self)
+
+    # What the analysis thread reads of this side (analysis.loop.SourceSide).
+    def owns(self, ring: str) -> bool:
+        return ring.startswith(self._ring_prefix)
+
+    def decode_counts(self) -> tuple[int, int]:
+        return self.counters.decoded, self.counters.decode_errors
+
+    def drops(self) -> dict[str, int]:
+        return dict(self._dropped)
 
     @property
     def finished(self) -> bool:
@@ -175,11 +182,10 @@ class SourceWorker:
         try:
             self._run()
             self._drain_ring()
-            if self.stop.is_set():
-                self.analysis.stop()
-            else:
-                self.analysis.finish(FINISH_TIMEOUT_S)
-            if self._terminal is not None:
+            # `ended`/`failed` only once the stream's last events are out (and not if
+            # we were told to stop meanwhile: then the daemon is going down anyway).
+            settled = not self.stop.is_set() and self.analysis.finish(FINISH_TIMEOUT_S)
+            if self._terminal is not None and settled:
                 self._say(self._terminal)
         finally:
             self.analysis.stop()
@@ -279,7 +285,9 @@ class SourceWorker:
                 self.ring.close()
             self._generation += 1
             name = ring_name(self.spec.run_id, self.spec.index, self._generation)
-            self.ring = FrameRing(name, self.spec.buffer, h, w)
+            # A latest writer laps around a slot the detector reads in place; block and
+            # oldest writers wait for released slots instead.
+            self.ring = FrameRing(name, self.spec.buffer, h, w, self.spec.drop_policy == "latest")
         return self.ring
 
     def _publish(self, decoded: DecodedFrame) -> bool:
@@ -320,7 +328,7 @@ class SourceWorker:
             source_dropped=dict(self._dropped),
         )
         # Kept for the analysis thread (snapshots, live view) before the detector can answer.
-        self.analysis.inflight.add(ring.name, seq, image)
+        self.analysis.inflight.add(ring.name, slot, seq, image)
         if not self.outbox.send(ref):
             log.warning("descriptor channel full; frame %d not announced", seq)
             self.analysis.inflight.pop(ring.name, seq)

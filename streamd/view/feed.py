@@ -60,7 +60,7 @@ class ViewFeed:
     def watch(self, update: WatchUpdate) -> None:
         self.rate = update.max_fps if update.max_fps > 0 else None
 
-    def wants(self, stream: str) -> bool:
+    def wants(self) -> bool:
         return self.rate is not None and time.monotonic() >= self._due
 
     def offer(self, frame: npt.NDArray[np.uint8], meta: ViewMeta) -> None:
