@@ -114,8 +114,8 @@ VIEW_FRAMES = Counter(
     ["stream", "outcome"],
 )
 INFLIGHT_EVICTED = Counter(
-    "streamd_inflight_evicted",
-    "Announced frames a camera's process stopped waiting for (their result never came "
-    "back in time): analysed without pixels if it comes, so no snapshot or live-view frame.",
+    "streamd_analysed_without_pixels",
+    "Frames analysed after their camera's process let go of the pixels (the result came "
+    "very late): no snapshot, no live-view frame.",
     ["stream"],
 )

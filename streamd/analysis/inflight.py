@@ -1,63 +1,69 @@
 """Pixels of the frames a camera announced, kept until the detector says what became of them.
 
 Shared by the decoding thread (``add``) and the analysis thread (``pop``).
-Bounded the way the ring is: under ``latest`` a frame whose slot the writer
-reused is gone (the writer skips a slot the detector is reading, so that is
-never the frame being detected: the detector reports it dropped); under
-``block``/``oldest`` the writer reuses a slot only after the detector
-released it, so entries wait for their results, up to a safety bound.
+Every announced frame gets an outcome from the detector (boxes, or a drop
+notice), so entries leave when it is handled; the camera announces no more
+than ``room`` frames ahead of its analysis, which bounds the pixels held
+(references to decoded frames, no copies) to about a batch's worth of frames.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from streamd import metrics
-
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
     mark: int  # announce order, for state changes (which frames came before them)
-    slot: int
     image: npt.NDArray[np.uint8]
 
 
 class InFlight:
-    def __init__(self, stream: str, latest: bool, limit: int) -> None:
-        self._latest = latest
-        self._limit = limit
+    """``room``: frames a camera may have out at once (announced, and their outcome not yet
+    handled by its analysis). The camera waits (``block``) or drops (``latest``,
+    ``oldest``) beyond it, so an analysis thread slower than the detector cannot queue
+    results without bound."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self._limit = room + 8  # safety bound on held pixels: results lost on the way
+        self._resolved = 0
         self._frames: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
-        self._slots: dict[tuple[str, int], int] = {}  # latest: (ring, slot) → its frame's seq
         self._announced = 0
         self._lock = threading.Lock()
-        self._evicted = metrics.INFLIGHT_EVICTED.labels(stream)
 
-    def add(self, ring: str, slot: int, seq: int, image: npt.NDArray[np.uint8]) -> None:
+    def add(self, ring: str, seq: int, image: npt.NDArray[np.uint8]) -> None:
         with self._lock:
             self._announced += 1
-            if self._latest:
-                lapped = self._slots.get((ring, slot))
-                if lapped is not None:
-                    self._frames.pop((ring, lapped), None)
-                self._slots[(ring, slot)] = seq
-            self._frames[(ring, seq)] = _Entry(self._announced, slot, image)
+            self._frames[(ring, seq)] = _Entry(self._announced, image)
             while len(self._frames) > self._limit:
-                self._frames.popitem(last=False)  # results lost on the way: counted
-                self._evicted.inc()
+                self._frames.popitem(last=False)  # its result is late: analysed without pixels
 
     def pop(self, ring: str, seq: int) -> npt.NDArray[np.uint8] | None:
+        """The frame's outcome is handled: its pixels if still held."""
         with self._lock:
+            self._resolved += 1
             entry = self._frames.pop((ring, seq), None)
-            if entry is None:
-                return None
-            if self._latest and self._slots.get((ring, entry.slot)) == seq:
-                del self._slots[(ring, entry.slot)]
-            return entry.image
+        return None if entry is None else entry.image
+
+    def full(self) -> bool:
+        with self._lock:
+            return self._announced - self._resolved >= self.room
+
+    def wait_room(self, should_stop: Callable[[], bool], poll_s: float = 0.002) -> bool:
+        """Wait until another frame may go out; False if told to stop first."""
+        while self.full():
+            if should_stop():
+                return False
+            time.sleep(poll_s)
+        return True
 
     def mark(self) -> int:
         """How many frames were announced so far."""

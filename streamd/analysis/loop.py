@@ -121,9 +121,10 @@ class StreamAnalysis:
         self.stream = stream.id
         self.spec = spec
         self._source = source
-        latest = stream.effective_drop_policy == "latest"
-        limit = stream.buffer + cfg.batching.max_batch + 8
-        self.inflight = InFlight(stream.id, latest, limit)
+        # Room for a ring's worth being detected plus a batch's worth of announcements
+        # (displaced frames are only reported between batches), twice over.
+        room = 2 * (stream.buffer + cfg.batching.max_batch)
+        self.inflight = InFlight(room)
         self._states: queue.SimpleQueue[tuple[SourceState, int]] = queue.SimpleQueue()
         self._pending_state: tuple[SourceState, int, float] | None = None
         self._finish = threading.Event()
@@ -141,6 +142,7 @@ class StreamAnalysis:
         self.sinks = Sinks(stream.id, sinks)
         self.counters = _Counters()
         self._foreign = metrics.RESULTS_DROPPED.labels(stream.id)
+        self._no_pixels = metrics.INFLIGHT_EVICTED.labels(stream.id)
         self._heartbeat_s = cfg.publish.heartbeat_s
         self._last_beat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="analysis", daemon=True)
@@ -201,6 +203,8 @@ class StreamAnalysis:
             self._foreign.inc()
         elif isinstance(msg, Detected):
             image = self.inflight.pop(msg.ref.ring, msg.ref.seq)
+            if image is None:
+                self._no_pixels.inc()
             self.counters.stage = msg.drops
             self._analyse(msg, image)
         elif isinstance(msg, Dropped):

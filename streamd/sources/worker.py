@@ -301,8 +301,10 @@ class SourceWorker:
         if self._sampler is not None and not self._sampler.keep(media_ts):
             self._drop("sampled")
             return True
-        ring = self._ring_for(decoded)
         policy = self.spec.drop_policy
+        if not self._room(policy):
+            return not self.stop.is_set()
+        ring = self._ring_for(decoded)
         if policy == "block" and not ring.wait_free(1, self.stop.is_set):
             return False
         if policy == "oldest" and ring.free_slots() < 1:
@@ -328,13 +330,23 @@ class SourceWorker:
             source_dropped=dict(self._dropped),
         )
         # Kept for the analysis thread (snapshots, live view) before the detector can answer.
-        self.analysis.inflight.add(ring.name, slot, seq, image)
+        self.analysis.inflight.add(ring.name, seq, image)
         if not self.outbox.send(ref):
             log.warning("descriptor channel full; frame %d not announced", seq)
             self.analysis.inflight.pop(ring.name, seq)
             ring.unwrite()
             self._drop("queue_full")
         return True
+
+    def _room(self, policy: DropPolicy) -> bool:
+        """Whether this frame may go out: the analysis thread has to keep up too."""
+        inflight = self.analysis.inflight
+        if not inflight.full():
+            return True
+        if policy == "block":
+            return inflight.wait_room(self.stop.is_set)
+        self._drop("queue_full")  # the analysis is behind: this frame is not announced
+        return False
 
     def _drop(self, cause: str) -> None:
         self._dropped[cause] = self._dropped.get(cause, 0) + 1
