@@ -112,6 +112,7 @@ class InferenceWorker:
             },
         )
         self.readers = RingReaders()
+        self._outgoing: dict[str, list[Detected | Dropped]] = {}  # per stream, until flushed
 
     def run(self, stop: StopFlag) -> None:
         next_beat = time.time()
@@ -128,6 +129,7 @@ class InferenceWorker:
                 for ref in self.batcher.pop_discarded():
                     self._drop(ref, "stale")  # already counted by the batcher
                 self.process(batch)
+            self._flush()
             if time.time() >= next_beat:
                 self.control.send(InferenceBeat(self.detector.backend, time.time()))
                 # From now, not from the missed slot: a slow batch must not cause a burst.
@@ -147,7 +149,15 @@ class InferenceWorker:
 
     def _drop(self, ref: FrameRef, cause: Literal["queue_full", "stale"]) -> None:
         self._release(ref)
-        self.router.send(ref.stream, Dropped(ref, cause, self._drops(ref.stream)))
+        self._outgoing.setdefault(ref.stream, []).append(
+            Dropped(ref, cause, self._drops(ref.stream))
+        )
+
+    def _flush(self) -> None:
+        """Each stream's outcomes since the last flush, in one message (fewer wake-ups)."""
+        for stream, items in self._outgoing.items():
+            self.router.send(stream, Results(tuple(items)))
+        self._outgoing.clear()
 
     def _release(self, ref: FrameRef) -> None:
         # oldest/block writers wait for (or drop on) a full ring: hand the slot back,
@@ -174,7 +184,6 @@ class InferenceWorker:
         results = self.detector.detect(views, kept)
         infer_ms = (time.perf_counter() - t0) * 1000.0
         metrics.BATCH_SIZE.observe(len(kept))
-        outcomes: dict[str, list[Detected]] = {}
         for ref, detections in zip(kept, results, strict=True):
             # The detector read the slot in place: if the writer lapped it anyway, the
             # boxes may belong to a torn frame (seqlock check after the read).
@@ -184,9 +193,7 @@ class InferenceWorker:
             self._release(ref)
             msg = Detected(ref, boxes_of(detections), infer_ms, taken, len(kept),
                            self._drops(ref.stream))  # fmt: skip
-            outcomes.setdefault(ref.stream, []).append(msg)
-        for stream, items in outcomes.items():
-            self.router.send(stream, Results(tuple(items)))
+            self._outgoing.setdefault(ref.stream, []).append(msg)
         del views, results  # no view into a ring outlives the batch
         self.readers.sweep()
 

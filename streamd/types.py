@@ -121,9 +121,10 @@ class Dropped:
 
 @dataclass(frozen=True, slots=True)
 class Results:
-    """The outcomes of one batch's frames of one stream, in one message (fewer wake-ups)."""
+    """Outcomes of one stream's frames (a batch's boxes, the frames it displaced or
+    dropped as stale), in one message: fewer wake-ups than one each."""
 
-    items: tuple[Detected, ...]
+    items: tuple[Detected | Dropped, ...]
 
 
 @dataclass(frozen=True, slots=True)

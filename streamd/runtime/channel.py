@@ -6,8 +6,8 @@ middle of a put cannot wedge a ZeroMQ socket shared with the other workers
 supervisor's private (0700) run directory; only our own processes connect.
 
 - source workers → detector process: ``FrameRef`` (:class:`Outbox` → :class:`Inbox`)
-- detector process → each stream's process: ``Results`` (a batch's ``Detected``) /
-  ``Dropped`` (:class:`ResultRouter`)
+- detector process → each stream's process: ``Results`` (its ``Detected`` and
+  ``Dropped``, gathered per loop turn; :class:`ResultRouter`)
 - supervisor → a stream's process: ``WatchUpdate``
 - streams and the detector → supervisor: ``StatusUpdate``, ``StreamRow``, ``InferenceBeat``
 """
