@@ -124,6 +124,7 @@ class InferenceWorker:
                 timeouts.append(due)
             if self.inbox.poll(min(timeouts)):
                 self._ingest(self.inbox.drain())
+                self._flush()  # displaced frames are reported now, not after the next batch
             if self.batcher.wait_time(time.time()) == 0.0:
                 batch = self.batcher.take(time.time())
                 for ref in self.batcher.pop_discarded():
