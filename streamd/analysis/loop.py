@@ -153,7 +153,8 @@ class StreamAnalysis:
     @property
     def alive(self) -> bool:
         """False once the thread died of something other than being told to stop."""
-        return self._thread.is_alive() or self._finish.is_set() or self._halt.is_set()
+        told = self._finish.is_set() or self._halt.is_set() or self._source.stop.is_set()
+        return self._thread.is_alive() or told
 
     def on_state(self, state: SourceState) -> None:
         """Called by the decoding thread on every transition: applied once the frames
