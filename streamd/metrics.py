@@ -116,6 +116,6 @@ VIEW_FRAMES = Counter(
 INFLIGHT_EVICTED = Counter(
     "streamd_analysed_without_pixels",
     "Frames analysed after their camera's process let go of the pixels (the result came "
-    "very late): no snapshot, no live-view frame.",
+    "more than 10 s late): no snapshot, no live-view frame.",
     ["stream"],
 )

@@ -180,3 +180,23 @@ def test_a_killed_camera_process_loses_no_journaled_alert(small_clip: Path, tmp_
     assert alerts.count("b") > b_at_kill
     # Every journaled alert reached the subscriber exactly once (live or replayed).
     assert sorted(alerts.got) == sorted(journaled)
+
+
+def test_inflight_gate_closes_at_room_and_a_lost_answer_does_not_close_it_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numpy as np
+
+    from streamd.analysis import inflight
+
+    gate = inflight.InFlight(room=3)
+    image = np.zeros((2, 2, 3), np.uint8)
+    for seq in range(3):
+        gate.add("r", seq, image)
+    assert gate.full() and gate.pending() == 3 and gate.pending(upto=1) == 1
+    assert gate.pop("r", 1) is image and not gate.full()
+    gate.add("r", 3, image)
+    monkeypatch.setattr(inflight, "LOST_AFTER_S", 0.05)
+    time.sleep(0.1)  # the answers for 0, 2 and 3 never come
+    assert not gate.full() and gate.pending() == 0
+    assert gate.pop("r", 2) is None  # a very late answer: analysed without pixels

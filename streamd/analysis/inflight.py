@@ -18,11 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+LOST_AFTER_S = 10.0  # an answer this late is not coming: stop waiting for it
+
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
     mark: int  # announce order, for state changes (which frames came before them)
     image: npt.NDArray[np.uint8]
+    at: float  # monotonic time it was announced
 
 
 class InFlight:
@@ -33,8 +36,6 @@ class InFlight:
 
     def __init__(self, room: int) -> None:
         self.room = room
-        self._limit = room + 8  # safety bound on held pixels: results lost on the way
-        self._resolved = 0
         self._frames: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
         self._announced = 0
         self._lock = threading.Lock()
@@ -42,20 +43,22 @@ class InFlight:
     def add(self, ring: str, seq: int, image: npt.NDArray[np.uint8]) -> None:
         with self._lock:
             self._announced += 1
-            self._frames[(ring, seq)] = _Entry(self._announced, image)
-            while len(self._frames) > self._limit:
-                self._frames.popitem(last=False)  # its result is late: analysed without pixels
+            self._frames[(ring, seq)] = _Entry(self._announced, image, time.monotonic())
 
     def pop(self, ring: str, seq: int) -> npt.NDArray[np.uint8] | None:
         """The frame's outcome is handled: its pixels if still held."""
         with self._lock:
-            self._resolved += 1
             entry = self._frames.pop((ring, seq), None)
         return None if entry is None else entry.image
 
     def full(self) -> bool:
         with self._lock:
-            return self._announced - self._resolved >= self.room
+            # A lost answer must not close the gate for good: the oldest go after a while
+            # (analysed without pixels if their answer still comes).
+            cutoff = time.monotonic() - LOST_AFTER_S
+            while self._frames and next(iter(self._frames.values())).at < cutoff:
+                self._frames.popitem(last=False)
+            return len(self._frames) >= self.room
 
     def wait_room(self, should_stop: Callable[[], bool], poll_s: float = 0.002) -> bool:
         """Wait until another frame may go out; False if told to stop first."""
