@@ -25,6 +25,7 @@ from streamd import metrics
 from streamd.analysis.inflight import InFlight
 from streamd.analysis.sinks import AnalysedFrame, DetSink, FrameSink, MeterSink, Sinks, ViewSink
 from streamd.analytics.service import AnalyticsSink
+from streamd.batching import DropCounters
 from streamd.config import PipelineConfig, StreamConfig
 from streamd.publish import Publisher
 from streamd.publish.events import Latency, objects
@@ -99,13 +100,9 @@ class _Counters:
         self.source: dict[str, int] = {}
 
     def dropped(self, source: dict[str, int] | None = None) -> dict[str, int]:
-        # The names and meaning of docs/events.md: the detector's drops plus the source's.
+        """The detector's drops plus the source's, as in the det event (docs/events.md)."""
         src = self.source if source is None else source
-        return {
-            "queue_full": self.stage.queue_full + src.get("queue_full", 0),
-            "stale": self.stage.stale,
-            "sampled": src.get("sampled", 0),
-        }
+        return DropCounters(self.stage.queue_full, self.stage.stale, src).as_dict()
 
 
 class StreamAnalysis:
