@@ -1,4 +1,4 @@
-"""Command line: run, validate, status, view, subscribe, bench, export-engine, synth."""
+"""Command line: run, validate, status, view, subscribe, keys, bench, export-engine, synth."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from streamd.config import ConfigError, PipelineConfig, load_config
+from streamd.config import ConfigError, PipelineConfig, load_config, resolve_key_paths
 from streamd.runtime.exits import DaemonExit
 from streamd.runtime.logs import configure_logging
+
+if TYPE_CHECKING:
+    from streamd.publish.curve import ClientKeys
 
 log = logging.getLogger("streamd")
 
@@ -22,15 +25,27 @@ EXIT_BAD_CONFIG = DaemonExit.REFUSED
 def _load(path: str) -> PipelineConfig | None:
     """The pipeline, or None after printing why it was refused."""
     try:
-        return load_config(path)
+        cfg = load_config(path)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return None
+    # Key paths are relative to the pipeline file, like journal.path (load_config's
+    # resolve_paths does not know the security section yet).
+    security = resolve_key_paths(cfg.security, Path(path).parent)
+    return cfg.model_copy(update={"security": security})
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from streamd.publish.curve import KeyFileError, load_server_keys
+
     cfg = _load(args.file)
     if cfg is None:
+        return EXIT_BAD_CONFIG
+    try:
+        if cfg.security.curve is not None:
+            load_server_keys(cfg.security.curve)  # the files run would read
+    except KeyFileError as e:
+        print(f"{args.file}: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     print(f"{args.file}: ok ({len(cfg.streams)} stream(s))")
     return 0
@@ -42,12 +57,51 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_BAD_CONFIG
     from streamd.app import Daemon
+    from streamd.publish.curve import KeyFileError
 
-    return Daemon(cfg, args.log_level).run(args.duration)
+    try:
+        daemon = Daemon(cfg, args.log_level)
+    except KeyFileError as e:
+        print(f"{args.file}: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return daemon.run(args.duration)
+
+
+def _client_keys(args: argparse.Namespace) -> ClientKeys | None:
+    """``ClientKeys`` from --client-key/--server-key, None without them; KeyFileError."""
+    from streamd.publish.curve import ClientKeys
+
+    if args.client_key is None and args.server_key is None:
+        return None
+    if args.client_key is None or args.server_key is None:
+        raise ValueError("--client-key and --server-key go together")
+    return ClientKeys.load(args.client_key, args.server_key)
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from streamd.publish.curve import make_key_pair
+
+    folder = Path(args.dir)
+    for name in args.names:
+        try:
+            public, secret = make_key_pair(folder, name)
+        except (FileExistsError, ValueError) as e:
+            print(f"streamd keys: {e}", file=sys.stderr)
+            return 1
+        print(f"{public}  public: give it out (clients: into the daemon's authorized_clients)")
+        print(f"{secret}  secret (0600): keep it where it is used, share it with no one")
+    return 0
 
 
 def _cmd_subscribe(args: argparse.Namespace) -> int:
     from streamd.client import Gap, Subscriber
+    from streamd.publish.curve import KeyFileError
+
+    try:
+        keys = _client_keys(args)
+    except (KeyFileError, ValueError) as e:
+        print(f"streamd subscribe: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
 
     def on_gap(gap: Gap) -> None:
         print(
@@ -67,7 +121,7 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
         )
 
     seen = 0
-    with Subscriber(args.endpoint, topics=args.topic or [""], on_gap=on_gap) as sub:
+    with Subscriber(args.endpoint, topics=args.topic or [""], on_gap=on_gap, curve=keys) as sub:
         try:
             for event in sub.events(timeout_s=args.timeout):
                 print(json.dumps(event.payload, separators=(",", ":")), flush=True)
@@ -253,7 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topic", action="append", help="topic prefix filter, e.g. det. (repeatable)")
     s.add_argument("--count", type=int, default=None, help="exit after N events")
     s.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    s.add_argument("--client-key", help="security.curve: this client's .key_secret file")
+    s.add_argument("--server-key", help="security.curve: the daemon's public .key file")
     s.set_defaults(func=_cmd_subscribe)
+
+    k = sub.add_parser(
+        "keys", help="make CURVE key pairs (NAME.key public, NAME.key_secret 0600) in DIR"
+    )
+    k.add_argument("dir", help="folder to write into (made if missing)")
+    k.add_argument("names", nargs="+", metavar="NAME", help="e.g. server, or a client's name")
+    k.set_defaults(func=_cmd_keys)
 
     st = sub.add_parser("status", help="show every stream's state from a running daemon")
     st.add_argument(

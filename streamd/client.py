@@ -9,6 +9,13 @@
 ``seq`` is consecutive per (stream, topic kind) within an ``epoch``; a jump is
 recorded as a :class:`Gap`; a new epoch is a publisher restart, recorded in
 ``restarts`` and not counted as a gap.
+
+A daemon with ``security.curve`` talks only to clients holding an authorized key:
+
+    keys = ClientKeys.load("keys/alice.key_secret", "keys/server.key")
+    with Subscriber("tcp://cams.example:5556", curve=keys) as sub: ...
+
+With a key it does not know (or none) the handshake fails and nothing arrives.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from typing import Any, Self
 
 import zmq
 
+from streamd.publish.curve import ClientKeys, connect_with
 from streamd.publish.wire import Event, decode
 
 __all__ = [
     "AlertClient",
     "AlertSubscriber",
+    "ClientKeys",
     "Event",
     "Gap",
     "GapTracker",
@@ -98,7 +107,11 @@ class _Closing:
 
 
 class Subscriber(_Closing):
-    """A SUB socket that yields :class:`Event` objects and tracks gaps."""
+    """A SUB socket that yields :class:`Event` objects and tracks gaps.
+
+    ``curve``: this client's keys and the daemon's public key, for a daemon with
+    ``security.curve``.
+    """
 
     def __init__(
         self,
@@ -106,11 +119,13 @@ class Subscriber(_Closing):
         topics: Iterable[str] = ("",),
         rcvhwm: int = 10_000,
         on_gap: Callable[[Gap], None] | None = None,
+        curve: ClientKeys | None = None,
     ) -> None:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        connect_with(self._sock, curve)
         for topic in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._sock.connect(endpoint)
@@ -166,11 +181,18 @@ class ReplayError(Exception):
 
 
 class AlertClient(_Closing):
-    """Requests to the daemon's ``journal.endpoint``: replay and state."""
+    """Requests to the daemon's ``journal.endpoint``: replay and state.
 
-    def __init__(self, endpoint: str, timeout_s: float = 5.0) -> None:
+    A daemon that refuses ``curve`` (wrong or missing key) never answers:
+    :class:`ReplayError` after ``timeout_s``.
+    """
+
+    def __init__(
+        self, endpoint: str, timeout_s: float = 5.0, curve: ClientKeys | None = None
+    ) -> None:
         self._endpoint = endpoint
         self._timeout_ms = int(timeout_s * 1000)
+        self._curve = curve
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
 
@@ -178,6 +200,7 @@ class AlertClient(_Closing):
         if self._sock is None:
             self._sock = self._ctx.socket(zmq.REQ)
             self._sock.setsockopt(zmq.LINGER, 0)
+            connect_with(self._sock, self._curve)
             self._sock.connect(self._endpoint)
         self._sock.send(json.dumps(req).encode())
         if not self._sock.poll(self._timeout_ms):
@@ -232,7 +255,8 @@ class AlertSubscriber(_Closing):
     per stream, e.g. stored with your own results: exactly once), else
     ``state_file`` (saved after each alert is handled, i.e. when the next one is
     asked for: at least once if this process dies mid-alert), else ``start``:
-    ``"journal"`` (everything journaled) or ``"now"``.
+    ``"journal"`` (everything journaled) or ``"now"``. ``curve``: the keys for a
+    daemon with ``security.curve`` (both endpoints use them).
     """
 
     def __init__(
@@ -244,13 +268,14 @@ class AlertSubscriber(_Closing):
         state_file: str | None = None,
         start: str = "journal",
         timeout_s: float = 5.0,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.streams = None if streams is None else set(streams)
         topics = ["heartbeat"] + (
             ["alert."] if self.streams is None else [f"alert.{s}" for s in self.streams]
         )
-        self._sub = Subscriber(endpoint, topics=topics)
-        self._client = AlertClient(request_endpoint, timeout_s)
+        self._sub = Subscriber(endpoint, topics=topics, curve=curve)
+        self._client = AlertClient(request_endpoint, timeout_s, curve)
         self._state_file = state_file
         self._pending: deque[Event] = deque()
         self._handed: Event | None = None

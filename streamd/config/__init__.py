@@ -4,9 +4,9 @@ A bad file is refused before anything starts, with the dotted path of the
 offending key and the reason (see :class:`ConfigError`).
 
 One module per section (``model``, ``tracker``, ``batching``, ``publish``, ``http``,
-``overlay``, ``supervisor``, ``stream``, ``analytics``), the whole file in ``pipeline``,
-the shared strict base in ``base`` and YAML loading in ``loader``. Nothing here imports
-the stages it configures. Import from ``streamd.config``: every name is re-exported.
+``overlay``, ``supervisor``, ``stream``, ``analytics``, ``security``), the whole file in
+``pipeline``, the shared strict base in ``base`` and YAML loading in ``loader``. Nothing
+here imports the stages it configures. Import from ``streamd.config``: every name is re-exported.
 """
 
 from streamd.config.analytics import (
@@ -27,6 +27,12 @@ from streamd.config.model import ModelConfig
 from streamd.config.overlay import OverlayConfig
 from streamd.config.pipeline import PipelineConfig
 from streamd.config.publish import PublishConfig
+from streamd.config.security import (
+    CurveConfig,
+    SecurityConfig,
+    reachable_without_keys,
+    resolve_key_paths,
+)
 from streamd.config.stream import STREAM_ID_PATTERN, ReconnectConfig, StreamConfig
 from streamd.config.supervisor import SupervisorConfig
 from streamd.config.tracker import TrackerConfig
@@ -38,6 +44,7 @@ __all__ = [
     "ZONE_RULE",
     "BatchingConfig",
     "ConfigError",
+    "CurveConfig",
     "DropPolicy",
     "HttpConfig",
     "JournalConfig",
@@ -48,6 +55,7 @@ __all__ = [
     "Point",
     "PublishConfig",
     "ReconnectConfig",
+    "SecurityConfig",
     "SourceKind",
     "StreamConfig",
     "SupervisorConfig",
@@ -56,6 +64,8 @@ __all__ = [
     "ZoneConfig",
     "load_config",
     "parse_config",
+    "reachable_without_keys",
+    "resolve_key_paths",
     "resolve_paths",
     "source_kind",
 ]

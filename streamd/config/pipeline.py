@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from streamd.config.analytics import JournalConfig, TracksConfig
 from streamd.config.base import _Strict
@@ -13,12 +13,15 @@ from streamd.config.http import HttpConfig
 from streamd.config.model import ModelConfig
 from streamd.config.overlay import OverlayConfig
 from streamd.config.publish import PublishConfig
+from streamd.config.security import SecurityConfig, reachable_without_keys
 from streamd.config.stream import StreamConfig
 from streamd.config.supervisor import SupervisorConfig
 from streamd.config.tracker import TrackerConfig
 
 
 class PipelineConfig(_Strict):
+    # First: fields validate in order, and the publish and journal checks read it.
+    security: SecurityConfig = Field(default_factory=lambda: SecurityConfig())
     model: ModelConfig = Field(default_factory=lambda: ModelConfig())
     tracker: TrackerConfig = Field(default_factory=lambda: TrackerConfig())
     batching: BatchingConfig = Field(default_factory=lambda: BatchingConfig())
@@ -29,6 +32,21 @@ class PipelineConfig(_Strict):
     overlay: OverlayConfig = Field(default_factory=lambda: OverlayConfig())
     journal: JournalConfig = Field(default_factory=lambda: JournalConfig())
     streams: Annotated[list[StreamConfig], Field(min_length=1)]
+
+    @field_validator("publish", "journal")
+    @classmethod
+    def _keys_off_loopback(
+        cls, section: PublishConfig | JournalConfig, info: ValidationInfo
+    ) -> PublishConfig | JournalConfig:
+        security = info.data.get("security")  # absent if it was invalid: reported already
+        open_to_others = reachable_without_keys(section.endpoint)
+        if security is not None and security.curve is None and open_to_others:
+            raise ValueError(
+                f"endpoint {section.endpoint} is reachable from other machines: set "
+                "security.curve (server_secret, authorized_clients), or bind to 127.0.0.1 "
+                "(events and alerts would otherwise go to anyone who connects)"
+            )
+        return section
 
     @field_validator("streams")
     @classmethod

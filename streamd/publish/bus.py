@@ -15,21 +15,31 @@ from typing import Any
 
 import zmq
 
+from streamd.publish.curve import ServerKeys, serve
 from streamd.publish.publisher import configure_pub
 
 BUS_HWM = 100_000  # inside the host: generous, the public PUB's HWM is the one that bounds
 
 
 class BusProxy:
-    """Binds the internal PULL and the public PUB; ``start`` forwards until ``close``."""
+    """Binds the internal PULL and the public PUB; ``start`` forwards until ``close``.
 
-    def __init__(self, bus: str, public: str, hwm: int, sndbuf_kib: int) -> None:
+    With ``curve`` keys the public PUB is a CURVE server: encrypted, and only
+    authorized clients get a subscription through. The internal PULL is ipc in the
+    run's private folder and stays plain.
+    """
+
+    def __init__(
+        self, bus: str, public: str, hwm: int, sndbuf_kib: int, curve: ServerKeys | None = None
+    ) -> None:
         self._ctx = zmq.Context()
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, BUS_HWM)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pub = self._ctx.socket(zmq.PUB)
         configure_pub(self._pub, hwm, sndbuf_kib)
+        if curve is not None:
+            serve(self._pub, curve)
         self._control = self._ctx.socket(zmq.PAIR)
         self._control_addr = f"inproc://bus-control-{id(self)}"
         self._control.bind(self._control_addr)
@@ -38,6 +48,7 @@ class BusProxy:
             self._pull.bind(bus)
         except zmq.ZMQError:
             self._close_sockets()
+            self._ctx.term()  # also ends the context's ZAP handler, if any
             raise
         self._thread = threading.Thread(target=self._run, name="bus", daemon=True)
 
