@@ -39,6 +39,7 @@ from streamd.control.plane import ControlPlane
 from streamd.frames.ring import segment_prefix, sweep_segments
 from streamd.inference import InferenceSpec, inference_main
 from streamd.publish.bus import BusProxy
+from streamd.publish.curve import ClientKeys, ServerKeys, load_server_keys
 from streamd.publish.journal import AlertJournal
 from streamd.publish.replay import ReplayServer
 from streamd.runtime.channel import Outbox
@@ -123,8 +124,9 @@ class Daemon:
         self.sources: dict[str, _Source] = {}
         self._names: dict[int, str] = {}
         self._outbox: Outbox | None = None  # to the control plane: status said on behalf
+        self._curve, board_keys = _curve_keys(cfg)  # KeyFileError: refused, nothing started
         self.board = StatusBoard(
-            cfg.publish.endpoint, [s.id for s in cfg.streams], cfg.publish.heartbeat_s
+            cfg.publish.endpoint, [s.id for s in cfg.streams], cfg.publish.heartbeat_s, board_keys
         )
         self._http: ControlServer | None = None
         self._bus: BusProxy | None = None
@@ -214,7 +216,9 @@ class Daemon:
     def _start_bus(self) -> None:
         p = self.cfg.publish
         try:
-            self._bus = BusProxy(self._endpoint("bus"), p.endpoint, p.hwm, p.sndbuf_kib)
+            self._bus = BusProxy(
+                self._endpoint("bus"), p.endpoint, p.hwm, p.sndbuf_kib, self._curve
+            )
         except zmq.ZMQError as e:
             raise StartupError(f"publish.endpoint {p.endpoint}: {e}") from None
         self._bus.start()
@@ -229,7 +233,9 @@ class Daemon:
         self._plane = ControlPlane(self.cfg, self._endpoint("control"), self._endpoint("bus"),
                                    self.epoch, self._journal)  # fmt: skip
         try:
-            self._replay = ReplayServer(j.endpoint, path, self.epoch, self._plane.state)
+            self._replay = ReplayServer(
+                j.endpoint, path, self.epoch, self._plane.state, self._curve
+            )
         except zmq.ZMQError as e:
             raise StartupError(f"journal.endpoint {j.endpoint}: {e}") from None
         self._plane.start()
@@ -441,6 +447,21 @@ class Daemon:
                 log.warning("worker %s did not stop within %.0fs; killing", p.name, TERM_GRACE_S)
                 p.kill()
                 p.join(1.0)
+
+
+def _curve_keys(cfg: PipelineConfig) -> tuple[ServerKeys | None, ClientKeys | None]:
+    """The public sockets' CURVE keys, and the status board's: it subscribes to its own
+    publisher, with a key pair made for this run (no file holds it) that is let in."""
+    if cfg.security.curve is None:
+        return None, None
+    server = load_server_keys(cfg.security.curve)
+    board = ClientKeys.ephemeral(server.public)
+    log.info(
+        "CURVE on publish.endpoint and journal.endpoint: %d authorized client key(s) from %s",
+        len(server.authorized),
+        cfg.security.curve.authorized_clients,
+    )
+    return server.allowing(board.public), board
 
 
 def _describe_exit(code: int | None) -> str:

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from streamd.client import Event, Subscriber
+from streamd.client import ClientKeys, Event, Subscriber
 from streamd.types import SourceState
 
 _WILDCARD_TCP = re.compile(r"^tcp://(\*|0\.0\.0\.0|\[::\]):")
@@ -49,8 +49,15 @@ def _blank(stream: str) -> dict[str, Any]:
 
 
 class StatusBoard:
-    def __init__(self, endpoint: str, streams: list[str], heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        streams: list[str],
+        heartbeat_s: float,
+        curve: ClientKeys | None = None,  # the publisher's CURVE keys let this client in
+    ) -> None:
         self._endpoint = connect_endpoint(endpoint)
+        self._curve = curve
         self._heartbeat_s = heartbeat_s
         self._lock = threading.Lock()
         self._streams = {sid: _blank(sid) for sid in streams}
@@ -65,7 +72,7 @@ class StatusBoard:
 
     def _run(self) -> None:
         # The socket lives and dies in this thread (ZeroMQ sockets are not thread-safe).
-        with Subscriber(self._endpoint, topics=["status.", "heartbeat"]) as sub:
+        with Subscriber(self._endpoint, topics=["status.", "heartbeat"], curve=self._curve) as sub:
             while not self._closed.is_set():
                 event = sub.recv(0.2)
                 if event is not None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import zmq
 
+from streamd.publish.curve import ServerKeys, serve
 from streamd.publish.journal import connect, last_seqs, read_after
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,18 @@ MAX_LIMIT = 5000
 
 class ReplayServer:
     def __init__(
-        self, endpoint: str, journal: Path, epoch: int, state: Callable[[], dict[str, Any]]
+        self,
+        endpoint: str,
+        journal: Path,
+        epoch: int,
+        state: Callable[[], dict[str, Any]],
+        curve: ServerKeys | None = None,
     ) -> None:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:  # a client without an authorized key never gets a reply
+            serve(self._sock, curve)
         self._sock.bind(endpoint)  # in the caller's thread: a taken port fails start-up
         self._journal = journal
         self._epoch = epoch
