@@ -181,7 +181,8 @@ class _ZapHandler(threading.Thread):
 
 
 def _read_certificate(path: str | Path, key: str) -> tuple[bytes, bytes | None]:
-    if not Path(path).exists():
+    path = Path(path).expanduser()
+    if not path.exists():
         raise KeyFileError(key, path, "no such file")
     try:
         public, secret = zmq.auth.load_certificate(path)
