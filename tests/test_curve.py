@@ -19,7 +19,7 @@ import pytest
 import zmq.auth
 
 from streamd.cli import main
-from streamd.client import AlertClient, ClientKeys, ReplayError, Subscriber
+from streamd.client import AlertClient, AlertSubscriber, ClientKeys, ReplayError, Subscriber
 from streamd.config import ConfigError, parse_config
 
 from .daemon import http_status, start, stop_and_check_clean, write_pipeline
@@ -192,6 +192,10 @@ def test_only_authorized_keys_get_events_and_journal_answers(keys: Path, clip: P
 
             with AlertClient(requests, timeout_s=5.0, curve=alice) as client:
                 assert "cam" in client.state()["streams"]
+            with AlertSubscriber(endpoint, requests, curve=alice, start="now") as alerts:
+                assert not alerts.behind  # the journal answered (no alerts in this pipeline)
+            with AlertSubscriber(endpoint, requests, curve=mallory, timeout_s=1.0) as alerts:
+                assert alerts.behind  # the journal never answered it
             for refused in (mallory, None):
                 with (
                     AlertClient(requests, timeout_s=2.0, curve=refused) as client,
