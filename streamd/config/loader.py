@@ -1,5 +1,10 @@
 """Safe YAML loading of a pipeline file: no tags, no duplicate keys, ``${ENV}`` substitution,
 validation errors as (key path, reason), and paths resolved against the file's folder.
+
+Bounded, so a hostile file costs a second, not the host: at most ``MAX_CONFIG_BYTES``
+are read, and a document that would hold more than ``MAX_VALUES`` values once its
+aliases are expanded is refused before anything is built from it (a few hundred
+bytes of nested anchors, "billion laughs", expand to billions of values).
 """
 
 from __future__ import annotations
@@ -18,10 +23,67 @@ from streamd.config.pipeline import PipelineConfig
 from streamd.runtime.redact import redact_url
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_CONFIG_BYTES = 1024 * 1024
+# Every value (mapping, list, scalar) counted once per place it appears after aliases
+# are expanded: a pipeline of hundreds of streams with zones has a few ten thousand.
+MAX_VALUES = 100_000
+
+
+class _Unbounded(yaml.YAMLError):
+    """A document past the loader's bounds."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys instead of keeping the last."""
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last, and
+    documents that expand past ``MAX_VALUES`` values."""
+
+    _composed = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # Counted while composing, so a file of a million tiny values stops early too.
+        self._composed += 1
+        if self._composed > MAX_VALUES:
+            raise _Unbounded(_too_many())
+        return super().compose_node(parent, index)
+
+    def get_single_data(self) -> Any:
+        # BaseConstructor.get_single_data, with the size checked between composing
+        # (aliases are shared nodes: cheap) and constructing (where sharing ends).
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return self.construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Values under ``node`` with aliases expanded; each distinct node is visited once."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise _Unbounded("a YAML alias refers to a node that contains it (recursive alias)")
+    open_.add(key)
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, open_)
+        if total > MAX_VALUES:
+            raise _Unbounded(_too_many())
+    open_.discard(key)
+    sizes[key] = total
+    return total
+
+
+def _too_many() -> str:
+    return (
+        f"more than {MAX_VALUES} values, counting each YAML alias expanded (an alias "
+        "bomb?): refused to bound time and memory"
+    )
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -73,8 +135,23 @@ def parse_config(
     text: str, source: str = "<string>", env: Mapping[str, str] | None = None
 ) -> PipelineConfig:
     """Parse and validate pipeline YAML; raise :class:`ConfigError` on any problem."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, [("", _too_big(f"{len(text)} characters"))])
+    try:
+        return _parse(text, source, env)
+    except RecursionError:
+        raise ConfigError(source, [("", "nested too deeply")]) from None
+
+
+def _too_big(what: str) -> str:
+    return f"{what}: too large; the limit for a pipeline file is {MAX_CONFIG_BYTES} bytes"
+
+
+def _parse(text: str, source: str, env: Mapping[str, str] | None) -> PipelineConfig:
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _Unbounded as e:
+        raise ConfigError(source, [("", str(e))]) from None
     except yaml.constructor.ConstructorError as e:
         where = f"line {e.problem_mark.line + 1}" if e.problem_mark else ""
         reason = e.problem or str(e)
@@ -149,7 +226,17 @@ def load_config(path: str | Path) -> PipelineConfig:
     """Load, validate and resolve a pipeline file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_CONFIG_BYTES:  # refused unread
+                raise ConfigError(str(p), [("", _too_big(f"{size} bytes"))])
+            data = f.read(MAX_CONFIG_BYTES + 1)  # a pipe or device has no size: read bounded
     except OSError as e:
         raise ConfigError(str(p), [("", f"cannot read file: {e.strerror}")]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(p), [("", _too_big(f"more than {MAX_CONFIG_BYTES} bytes"))])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(p), [("", f"not UTF-8 text (byte {e.start})")]) from None
     return resolve_paths(parse_config(text, source=str(p)), p.parent, p.stem)
