@@ -240,6 +240,7 @@ class Daemon:
             raise StartupError(f"journal.endpoint {j.endpoint}: {e}") from None
         self._plane.start()
         self._replay.start()
+        self.board.watch("replay", self._replay.alive)
 
     def _watch(self, stream: str, max_fps: float) -> None:
         """Called from HTTP threads as viewers come and go."""

@@ -11,6 +11,7 @@ import copy
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from streamd.client import ClientKeys, Event, Subscriber
@@ -64,6 +65,7 @@ class StatusBoard:
         self._backend: str | None = None
         self._epoch: int | None = None
         self._last_beat: float | None = None
+        self._watched: dict[str, Callable[[], bool]] = {}  # supervisor parts: name → alive()
         self._started = time.time()
         self._beat_seen = threading.Event()
         self._closed = threading.Event()
@@ -122,11 +124,24 @@ class StatusBoard:
             state = SourceState(row["state"]) if row["state"] else None
             return state, row["since"] or self._started
 
+    def watch(self, name: str, alive: Callable[[], bool]) -> None:
+        """Count a supervisor part (e.g. the replay thread) in health."""
+        with self._lock:
+            self._watched[name] = alive
+
+    def dead(self) -> list[str]:
+        """Watched parts that stopped: a dead thread never comes back, so it is unhealthy."""
+        with self._lock:
+            watched = list(self._watched.items())
+        return [name for name, alive in watched if not alive()]
+
     def healthy(self) -> bool:
-        """The detector is alive: a heartbeat arrived within three intervals."""
+        """The detector is alive (a heartbeat arrived within three intervals) and every
+        watched part is alive."""
         with self._lock:
             last = self._last_beat
-        return last is not None and time.time() - last < 3 * self._heartbeat_s + 1.0
+        beating = last is not None and time.time() - last < 3 * self._heartbeat_s + 1.0
+        return beating and not self.dead()
 
     def row(self, stream: str) -> dict[str, Any]:
         """One stream's row (a copy), without copying every other stream's."""
@@ -145,6 +160,7 @@ class StatusBoard:
             "epoch": epoch,
             "backend": backend,
             "healthy": self.healthy(),
+            "dead": self.dead(),
             "streams": streams,
         }
 

@@ -12,25 +12,99 @@ Requests are one JSON frame:
 
 It runs on its own thread of the supervisor with its own read-only SQLite
 connection, so a large replay never stalls a camera or the detector.
+
+Anyone who can reach the port can send anything, so a request is checked
+before it is used: one frame of at most ``MAX_REQUEST_BYTES`` (libzmq drops a
+sender past ``MAX_MESSAGE_BYTES`` without buffering it), strict JSON types,
+stream ids as in the pipeline file, at most ``MAX_AFTER_STREAMS`` streams in
+``after``, seqs within SQLite's int64, ``limit`` 1..``MAX_LIMIT``. Anything
+else is answered with ``{"error": ...}`` naming what is wrong; a failure while
+answering is logged and answered too, so the thread only ends when closed.
+``alive()`` says whether it still serves (part of ``/healthz``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import zmq
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from streamd.config import STREAM_ID_PATTERN
 from streamd.publish.curve import ServerKeys, serve
 from streamd.publish.journal import connect, last_seqs, read_after
 
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 5000
+MAX_REQUEST_BYTES = 64 * 1024  # 512 streams with the longest ids and seqs fit
+MAX_MESSAGE_BYTES = 1024 * 1024  # libzmq's hard cap: past it the sender is dropped, no reply
+# Each named stream is one OR term in read_after's query; SQLite refuses expression
+# trees deeper than 1000, and no daemon has this many streams.
+MAX_AFTER_STREAMS = 512
+INT64_MAX = 2**63 - 1  # SQLite's INTEGER
+
+StreamId = Annotated[str, StringConstraints(pattern=STREAM_ID_PATTERN)]
+Seq = Annotated[int, Field(ge=-1, le=INT64_MAX)]
+
+
+class _Request(BaseModel):
+    # strict: 1.0, "1" or true are not seqs; a typo in a key is an error, not a default.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ReplayRequest(_Request):
+    op: Literal["replay"]
+    after: dict[StreamId, Seq] = Field(default_factory=dict, max_length=MAX_AFTER_STREAMS)
+    stream: StreamId | None = None
+    limit: int = Field(500, ge=1, le=MAX_LIMIT)
+
+
+class StateRequest(_Request):
+    op: Literal["state"]
+
+
+_REQUEST: TypeAdapter[ReplayRequest | StateRequest] = TypeAdapter(
+    Annotated[ReplayRequest | StateRequest, Field(discriminator="op")]
+)
+
+
+class BadRequest(ValueError):
+    """A request the server refuses; the message goes back to the client."""
+
+
+def parse_request(frames: list[bytes]) -> ReplayRequest | StateRequest:
+    """The request in ``frames``, or :class:`BadRequest` saying what is wrong with it."""
+    if len(frames) != 1:
+        raise BadRequest(f"a request is one frame of JSON, got {len(frames)} frames")
+    body = frames[0]
+    if len(body) > MAX_REQUEST_BYTES:
+        raise BadRequest(f"request of {len(body)} bytes; the limit is {MAX_REQUEST_BYTES} bytes")
+    try:
+        # pydantic's JSON parser bounds nesting depth itself (no RecursionError).
+        return _REQUEST.validate_json(body)
+    except ValidationError as e:
+        raise BadRequest(_describe(e)) from None
+
+
+def _describe(e: ValidationError) -> str:
+    # The locations and messages only: never echo the (possibly huge) input back.
+    parts = []
+    for err in e.errors(include_url=False, include_input=False):
+        loc = err["loc"][1:] if err["loc"][:1] in (("replay",), ("state",)) else err["loc"]
+        where = ".".join(str(p) for p in loc)  # after the union's tag: after.<stream>
+        parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
+    return "; ".join(parts[:5])
+
+
+def _error(message: str) -> list[bytes]:
+    return [json.dumps({"error": message}).encode()]
 
 
 class ReplayServer:
@@ -47,6 +121,7 @@ class ReplayServer:
         self._sock.setsockopt(zmq.LINGER, 0)
         if curve is not None:  # a client without an authorized key never gets a reply
             serve(self._sock, curve)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._sock.bind(endpoint)  # in the caller's thread: a taken port fails start-up
         self._journal = journal
         self._epoch = epoch
@@ -57,41 +132,49 @@ class ReplayServer:
     def start(self) -> None:
         self._thread.start()
 
+    def alive(self) -> bool:
+        """Whether the thread is serving requests (it ends only when closed or if it
+        cannot open the journal)."""
+        return self._thread.is_alive() and not self._stop.is_set()
+
     def _serve(self) -> None:
-        db = connect(self._journal, readonly=True)
+        try:
+            db = connect(self._journal, readonly=True)
+        except sqlite3.Error:
+            log.exception("replay: cannot open %s; replay and state are down", self._journal)
+            return  # alive() is false from now on: /healthz says so
         try:
             while not self._stop.is_set():
-                if not self._sock.poll(200):
-                    continue
-                request = self._sock.recv()
-                try:
-                    reply = self._handle(db, json.loads(request))
-                except (ValueError, TypeError, KeyError) as e:
-                    reply = [json.dumps({"error": f"bad request: {e}"}).encode()]
-                self._sock.send_multipart(reply)
+                if self._sock.poll(200):
+                    self._sock.send_multipart(self._answer(db, self._sock.recv_multipart()))
         finally:
             db.close()
             self._sock.close()
 
-    def _handle(self, db: Any, req: dict[str, Any]) -> list[bytes]:
-        op = req.get("op")
-        if op == "replay":
-            after = {str(k): int(v) for k, v in (req.get("after") or {}).items()}
-            limit = max(1, min(MAX_LIMIT, int(req.get("limit", 500))))
-            entries, more = read_after(db, after, req.get("stream"), limit)
-            snaps = [e.snapshot for e in entries if e.snapshot is not None]
-            index, refs = 0, []
-            for e in entries:
-                refs.append(None if e.snapshot is None else index)
-                index += e.snapshot is not None
-            header = {"alerts": [e.payload for e in entries], "snapshots": refs, "more": more,
-                      "epoch": self._epoch}  # fmt: skip
-            return [json.dumps(header).encode(), *snaps]
-        if op == "state":
+    def _answer(self, db: sqlite3.Connection, frames: list[bytes]) -> list[bytes]:
+        try:
+            return self._handle(db, parse_request(frames))
+        except BadRequest as e:
+            return _error(f"bad request: {e}")
+        except Exception:
+            # A bug or a journal fault: this request fails, the service does not.
+            log.exception("replay: could not answer a request")
+            return _error("internal error answering the request; see the daemon's log")
+
+    def _handle(self, db: sqlite3.Connection, req: ReplayRequest | StateRequest) -> list[bytes]:
+        if isinstance(req, StateRequest):
             state = {"epoch": self._epoch, "streams": self._state(),
                      "alert_seq": last_seqs(db)}  # fmt: skip
             return [json.dumps(state).encode()]
-        return [json.dumps({"error": f"unknown op {op!r} (replay, state)"}).encode()]
+        entries, more = read_after(db, req.after, req.stream, req.limit)
+        snaps = [e.snapshot for e in entries if e.snapshot is not None]
+        index, refs = 0, []
+        for e in entries:
+            refs.append(None if e.snapshot is None else index)
+            index += e.snapshot is not None
+        header = {"alerts": [e.payload for e in entries], "snapshots": refs, "more": more,
+                  "epoch": self._epoch}  # fmt: skip
+        return [json.dumps(header).encode(), *snaps]
 
     def close(self) -> None:
         self._stop.set()
