@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from streamd.config.base import _Strict
+
+MIN_TOKEN_CHARS = 16  # off loopback: a guessable token is no token
 
 
 class HttpConfig(_Strict):
@@ -19,7 +21,9 @@ class HttpConfig(_Strict):
     token: str | None = Field(
         None,
         description="Bearer token every request must carry (Authorization: Bearer, or "
-        "?token=); required when listen is not a loopback address. Use ${ENV}.",
+        f"?token=); required when listen is not a loopback address, and then at least "
+        f"{MIN_TOKEN_CHARS} characters. Never empty: leave it out (null) for no token on "
+        "loopback. Use ${ENV}.",
     )
 
     @field_validator("listen")
@@ -27,6 +31,27 @@ class HttpConfig(_Strict):
     def _host_port(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$", v):
             raise ValueError("must look like HOST:PORT, e.g. 127.0.0.1:8090")
+        return v
+
+    @field_validator("token")
+    @classmethod
+    def _token_strength(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # An unset ${HTTP_TOKEN:-} substitutes to "": that must not mean "no auth".
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError(
+                "empty (an unset ${VAR:-}?): set a token, or leave the key out on a loopback "
+                "address"
+            )
+        if v != v.strip():
+            raise ValueError("begins or ends with whitespace, which an HTTP header drops")
+        listen = info.data.get("listen")
+        if listen is not None and not _loopback(listen) and len(v) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"has {len(v)} characters; listen {listen} is reachable from other machines, so "
+                f"it needs at least {MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 16`)"
+            )
         return v
 
     @model_validator(mode="after")

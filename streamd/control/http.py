@@ -1,8 +1,10 @@
 """The daemon's HTTP endpoint: the live view (``/``, ``/streams/<id>``, ``.mjpg``,
 ``.jpg``), ``GET /status`` (JSON), ``/metrics`` (Prometheus), ``/healthz``.
 
-Bound to loopback by default; off loopback ``http.token`` is required and
-checked on every request. It exposes stream ids and states, never URLs.
+Bound to loopback by default; off loopback ``http.token`` (16+ characters) is
+required and checked on every request: ``Authorization: Bearer <token>`` (the
+scheme in any case; a bare token is refused) or ``?token=``. It exposes stream
+ids and states, never URLs.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def bearer(authorization: str) -> str:
+    """The credentials of a ``Bearer`` Authorization header, else "" (a bare token or
+    another scheme is not a bearer token). The scheme is case-insensitive (RFC 7235)."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
 BOUNDARY = "streamd-frame"
 MJPEG_WAIT_S = 5.0  # .jpg: give up after this long without an analysed frame
 
@@ -43,7 +52,11 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path, query = url.path, parse_qs(url.query)
         if not self._authorised(query):
-            self._send(401, {"error": "missing or wrong token (Authorization: Bearer ...)"})
+            self._send(
+                401,
+                {"error": "missing or wrong token (Authorization: Bearer ..., or ?token=)"},
+                {"WWW-Authenticate": 'Bearer realm="streamd"'},
+            )
             return
         view = self.server.view
         if view is not None and (path == "/" or path.startswith("/streams/")):
@@ -64,9 +77,9 @@ class _Handler(BaseHTTPRequestHandler):
         token = self.server.token
         if token is None:
             return True
-        given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        given = given or (query.get("token") or [""])[0]
-        return hmac.compare_digest(given.encode(), token.encode())
+        given = bearer(self.headers.get("Authorization", "")) or (query.get("token") or [""])[0]
+        # Nothing given never passes, even if a token of "" slipped past validation.
+        return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
     def _view(self, view: LiveView, path: str) -> None:
         token = self.server.token
@@ -111,8 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(head.encode() + pic.jpeg + b"\r\n")
                 self.wfile.flush()
 
-    def _send(self, code: int, body: Any) -> None:
-        self._send_raw(code, json.dumps(body).encode(), "application/json")
+    def _send(self, code: int, body: Any, extra: dict[str, str] | None = None) -> None:
+        self._send_raw(code, json.dumps(body).encode(), "application/json", extra)
 
     def _send_raw(
         self, code: int, data: bytes, content_type: str, extra: dict[str, str] | None = None

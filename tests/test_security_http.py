@@ -1,0 +1,91 @@
+"""The HTTP token (issue 13, bug 3): an empty or short token is refused by validation,
+and the real HTTP server accepts only ``Bearer <token>`` (any case) or ``?token=``."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from streamd.config import ConfigError, parse_config
+from streamd.control.board import StatusBoard
+from streamd.control.http import ControlServer
+
+from .util import free_port
+
+TOKEN = "0123456789abcdef-token"
+STREAMS = "streams: [{id: a, url: x.mp4}]"
+
+
+def http_section(listen: str, token: str | None) -> str:
+    tok = "" if token is None else f", token: {token!r}"
+    return f"http: {{listen: {listen!r}{tok}}}\n{STREAMS}"
+
+
+@pytest.mark.parametrize(
+    ("listen", "weak", "env", "reason", "strong"),
+    [
+        ("0.0.0.0:8090", "", {}, "empty", TOKEN),
+        ("0.0.0.0:8090", "${HTTP_TOKEN:-}", {}, "empty", TOKEN),  # unset, empty default
+        ("0.0.0.0:8090", "${HTTP_TOKEN}", {"HTTP_TOKEN": ""}, "empty", TOKEN),
+        ("0.0.0.0:8090", "   ", {}, "empty", TOKEN),
+        ("[::]:8090", "short-token", {}, "at least 16", TOKEN),
+        ("0.0.0.0:8090", "0123456789abcde", {}, "at least 16", "0123456789abcdef"),  # 15, 16
+        ("127.0.0.1:8090", "", {}, "empty", None),  # loopback: "" is not "no token"; None is
+        ("127.0.0.1:8090", f" {TOKEN}", {}, "whitespace", "s3cret"),  # loopback: short is ok
+    ],
+)
+def test_weak_tokens_are_refused_naming_http_token(
+    listen: str, weak: str, env: dict[str, str], reason: str, strong: str | None
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(http_section(listen, weak), env=env)
+    assert refused.value.problems[0][0] == "http.token"
+    assert reason in refused.value.problems[0][1]
+    assert parse_config(http_section(listen, strong), env=env).http.token == strong
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    board = StatusBoard(f"tcp://127.0.0.1:{free_port()}", ["a"], heartbeat_s=1.0)
+    listen = f"127.0.0.1:{free_port()}"
+    http = ControlServer(listen, board, token=TOKEN)
+    http.start()
+    yield f"http://{listen}"
+    http.close()
+    board.close()
+
+
+def get(url: str, authorization: str | None = None) -> int:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_the_server_takes_only_a_bearer_token(server: str) -> None:
+    expected = {
+        f"Bearer {TOKEN}": 200,
+        f"bearer {TOKEN}": 200,  # RFC 7235: the scheme is case-insensitive
+        f"BEARER {TOKEN}": 200,
+        TOKEN: 401,  # a bare token is not a bearer token
+        f"Basic {TOKEN}": 401,
+        "Bearer wrong-token-wrong-token": 401,
+        "Bearer ": 401,
+        "": 401,
+    }
+    got = {authorization: get(f"{server}/status", authorization) for authorization in expected}
+    assert got == expected
+    assert get(f"{server}/status") == 401  # no header at all
+
+
+def test_query_token_still_works_and_a_refusal_names_the_scheme(server: str) -> None:
+    assert get(f"{server}/status?token={TOKEN}") == 200
+    assert get(f"{server}/status?token=wrong") == 401
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{server}/healthz", timeout=5)
+    assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
