@@ -18,8 +18,9 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
-import tempfile
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from streamd.publish.replay import ReplayServer
 from streamd.runtime.channel import Outbox
 from streamd.runtime.exits import DaemonExit, WorkerExit
 from streamd.runtime.process import StopFlag
+from streamd.runtime.rundir import make_run_dir, stale_run_dirs
 from streamd.sources.reader import OpenOptions
 from streamd.sources.worker import SourceSpec, source_main
 from streamd.types import SourceState, StatusUpdate, WatchUpdate
@@ -143,7 +145,8 @@ class Daemon:
 
     def run(self, duration_s: float | None = None) -> int:
         self.stop.install(signal.SIGINT, signal.SIGTERM)
-        self._tmp = tempfile.mkdtemp(prefix="streamd-")  # 0700: private ipc sockets
+        _clear_stale_runs()
+        self._tmp = str(make_run_dir(self.run_id))  # 0700: private ipc sockets
         # Workers inherit this and write their metrics there (prometheus multiprocess mode).
         self._metrics_dir = os.path.join(self._tmp, "metrics")
         os.mkdir(self._metrics_dir)
@@ -215,6 +218,7 @@ class Daemon:
 
     def _start_bus(self) -> None:
         p = self.cfg.publish
+        _refuse_taken_ipc("publish.endpoint", p.endpoint)
         try:
             self._bus = BusProxy(
                 self._endpoint("bus"), p.endpoint, p.hwm, p.sndbuf_kib, self._curve
@@ -230,6 +234,7 @@ class Daemon:
             self._journal = AlertJournal(path, j.synchronous, j.max_age_days, j.max_mb)
         except (OSError, sqlite3.Error) as e:
             raise StartupError(f"journal.path {path}: {e}") from None
+        _refuse_taken_ipc("journal.endpoint", j.endpoint)
         self._plane = ControlPlane(self.cfg, self._endpoint("control"), self._endpoint("bus"),
                                    self.epoch, self._journal)  # fmt: skip
         try:
@@ -463,6 +468,39 @@ def _curve_keys(cfg: PipelineConfig) -> tuple[ServerKeys | None, ClientKeys | No
         cfg.security.curve.authorized_clients,
     )
     return server.allowing(board.public), board
+
+
+def _refuse_taken_ipc(key: str, endpoint: str) -> None:
+    """A taken ipc path refuses start-up like a taken port: libzmq would unlink whatever
+    is there before binding, silently taking a live process's socket (or deleting a file)."""
+    path = endpoint.removeprefix("ipc://")
+    if path == endpoint or path.startswith("@"):  # tcp, or abstract: bind itself says in use
+        return
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(f"{key} {endpoint}: {path} exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:  # refused (its process is gone: zmq replaces it), or not ours to ask
+            return
+    raise StartupError(f"{key} {endpoint}: Address already in use (a process listens there)")
+
+
+def _clear_stale_runs() -> None:
+    """Remove what supervisors that died without cleaning up (SIGKILL) left behind."""
+    for path, owner in stale_run_dirs():
+        segments = sweep_segments(owner.run_id)
+        shutil.rmtree(path, ignore_errors=True)
+        log.warning(
+            "removed %s and %d shared-memory segment(s) left by supervisor %d, which is gone",
+            path,
+            len(segments),
+            owner.pid,
+        )
 
 
 def _describe_exit(code: int | None) -> str:

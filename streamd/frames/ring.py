@@ -21,6 +21,7 @@ writers by name prefix.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -32,6 +33,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streamd.types import FrameRef
+
+log = logging.getLogger(__name__)
 
 _HEADER_FIELDS = 2  # write_count, read_count
 _ALIGN = 64
@@ -50,9 +53,14 @@ def sweep_segments(run_id: str, sub_prefix: str = "") -> list[str]:
     if not _SHM_DIR.is_dir():
         return removed
     for path in _SHM_DIR.glob(segment_prefix(run_id) + sub_prefix + "*"):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             path.unlink()
-            removed.append(path.name)
+        except FileNotFoundError:
+            continue
+        except PermissionError:  # another user's file under our name (/dev/shm is sticky)
+            log.warning("cannot remove %s: not ours", path)
+            continue
+        removed.append(path.name)
     return removed
 
 

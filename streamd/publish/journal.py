@@ -17,12 +17,17 @@ pages for reuse rather than shrinking).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -47,11 +52,47 @@ class Entry:
     snapshot: bytes | None
 
 
+# The journal holds JPEG snapshots of people: owner-only, whatever the umask.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def _private_dir(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) 0700; warn if an existing one lets others in."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)  # the umask can only narrow it
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    # An existing folder may be shared on purpose (/var/lib, a home): not ours to
+    # change. The files stay private; a folder others may write to lets them delete
+    # or replace the journal, which is worth saying.
+    if not missing and mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.warning("journal folder %s is writable by other users (mode %o)", folder, mode)
+
+
+def _private_files(path: Path) -> None:
+    """Make the database 0600 (creating it so) before SQLite opens it: SQLite gives
+    its -wal and -shm the database's own mode, in whichever process makes them."""
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, PRIVATE_FILE_MODE))
+    for name in _COMPANIONS:  # a journal from before may have been made 0644
+        file = path.with_name(path.name + name)
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_IMODE(st.st_mode) & ~PRIVATE_FILE_MODE and st.st_uid == os.getuid():
+            os.chmod(file, PRIVATE_FILE_MODE)
+            log.info("journal file %s made private (was mode %o)", file, st.st_mode & 0o777)
+
+
 def connect(path: Path, synchronous: str = "full", readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(path.parent)
+        _private_files(path)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
