@@ -264,8 +264,11 @@ class Daemon:
             # A restarted camera process is a new publisher: a new epoch, not a gap; its
             # alerts number on from the last one its predecessor published.
             assert self._plane is not None
+            # Its tracker starts afresh: it ends the tracks the dead one last reported.
+            ended = tuple(self._plane.take_active_tracks(spec.stream))
             analysis = replace(spec.analysis, epoch=int(time.time() * 1000),
-                               alert_seq_from=self._plane.alert_seq(spec.stream) + 1)  # fmt: skip
+                               alert_seq_from=self._plane.alert_seq(spec.stream) + 1,
+                               generation=source.restarts, predecessor_tracks=ended)  # fmt: skip
             spec = replace(
                 spec,
                 analysis=analysis,
@@ -373,6 +376,7 @@ class Daemon:
                 "restart_limit",
                 f"{reason}: {detail}; {len(source.recent)} restart(s) within {window:g}s",
                 source.restarts,
+                generation=source.restarts + 1,  # no process comes after the dead one
             )
             return
         delay = RESTART_DELAYS_S[min(len(source.recent), len(RESTART_DELAYS_S) - 1)]
@@ -380,9 +384,11 @@ class Daemon:
         source.restarts += 1
         source.restart_at = now + delay
         # A dead worker cannot report its own state: say it on its behalf.
+        # Said for the process to come (generation): the dead one's last words are stale.
         source.resumed_since = self._say(
-            stream, SourceState.RECONNECTING, reason, detail, source.restarts, delay
-        )
+            stream, SourceState.RECONNECTING, reason, detail, source.restarts, delay,
+            generation=source.restarts,
+        )  # fmt: skip
 
     def _say(
         self,
@@ -392,6 +398,8 @@ class Daemon:
         detail: str,
         attempt: int,
         retry_in_s: float | None = None,
+        *,
+        generation: int,
     ) -> float:
         """Publish a transition for a stream whose worker cannot; returns its time."""
         prev, since = self.board.state(stream)
@@ -409,6 +417,7 @@ class Daemon:
                 detail=detail,
                 retry_in_s=retry_in_s,
                 counters={"restarts": self.sources[stream].restarts},
+                generation=generation,
             )
         )
         return now

@@ -84,6 +84,18 @@ ZONE_OCCUPANCY = Gauge(
     # stands (0 once the tracks ended), and a restarted process's newer one wins.
     multiprocess_mode="mostrecent",
 )
+STALE_UPDATES = Counter(
+    "streamd_stale_updates",
+    "State updates and rows of a stream's superseded (dead) process, dropped.",
+    ["stream"],
+)
+ALERTS_UNJOURNALED = Counter(
+    "streamd_alerts_unjournaled",
+    "Alerts published live without a journal entry (not replayable), by cause: "
+    "journal_error (the commit failed: disk full...), queue_full (the journal was stuck "
+    "for a queue's worth of alerts), journal_stuck (still queued when the camera stopped).",
+    ["stream", "cause"],
+)
 JOURNAL_ERRORS = Counter(
     "streamd_journal_errors",
     "Alert batches the journal could not store (published anyway, not replayable).",

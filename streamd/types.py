@@ -54,6 +54,9 @@ class StatusUpdate:
     detail: str = ""
     retry_in_s: float | None = None  # reconnecting: the backoff delay before the next attempt
     counters: dict[str, int] = field(default_factory=dict)
+    # Which of the stream's processes it is about (restarts before it): an update from a
+    # superseded one, late in the inbox, is dropped.
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,19 @@ class Results:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalHealth:
+    """A camera's alert journal writer, in its heartbeat row."""
+
+    queued: int = 0  # frames' worth of alerts waiting for the journal
+    stalled_s: float = 0.0  # how long the commit in progress has been running (0: none)
+    unjournaled: int = 0  # alerts published without a journal entry, since the process began
+
+    def fields(self) -> dict[str, Any]:
+        return {"queued": self.queued, "stalled_s": self.stalled_s,
+                "unjournaled": self.unjournaled}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRow:
     """One stream's figures, sent by its process every heartbeat and published in the
     ``heartbeat`` event (docs/events.md); the status board and the live view read it too."""
@@ -145,6 +161,8 @@ class StreamRow:
     lines: dict[str, dict[str, int]] = field(default_factory=dict)
     alert_seq: int = -1
     tracks: dict[str, Any] = field(default_factory=dict)  # analytics state (the `state` request)
+    journal: JournalHealth = field(default_factory=JournalHealth)
+    generation: int = 0  # which of the stream's processes sent it (restarts so far)
 
     def beat_fields(self, state: SourceState | None) -> dict[str, Any]:
         """The row as it appears in a heartbeat."""
@@ -159,6 +177,7 @@ class StreamRow:
             "zones": dict(self.zones),
             "lines": {k: dict(v) for k, v in self.lines.items()},
             "alert_seq": self.alert_seq,
+            "journal": self.journal.fields(),
         }
 
 

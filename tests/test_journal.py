@@ -136,12 +136,14 @@ def test_an_alert_the_journal_cannot_store_still_goes_out(tmp_path: Path) -> Non
     cfg = parse_config(json.dumps({"streams": [{"id": "cam", "url": "x.mp4", "zones": [
         {"name": "all", "polygon": [[0, 0], [64, 0], [64, 64], [0, 64]], "alert_on": ["enter"],
          "debounce_s": 0, "snapshot": True}]}]}))  # fmt: skip
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint, alert_endpoint = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
     publisher = Publisher(endpoint, hwm=100)
     j = journal(tmp_path)
-    analytics = AnalyticsSink(cfg.streams[0], cfg, publisher, j)
     failures = metrics.JOURNAL_ERRORS._value.get()
-    with Subscriber(endpoint, topics=["alert."]) as sub:
+    with Subscriber(alert_endpoint, topics=["alert."]) as sub:
+        # Alerts go out on the journal thread's own socket, after the commit.
+        analytics = AnalyticsSink(cfg.streams[0], cfg, publisher, j,
+                                  lambda: Publisher(alert_endpoint, hwm=100))  # fmt: skip
         time.sleep(0.3)  # let the subscription reach the publisher
         j.db.close()  # every write now fails
         ref = FrameRef("cam", "ring", 4, 64, 64, 0, 0, time.time(), 1.0, 1.0, time.time(), 7)
@@ -151,10 +153,12 @@ def test_an_alert_the_journal_cannot_store_still_goes_out(tmp_path: Path) -> Non
         analytics.on_frame(AnalysedFrame(ref, sv.Detections.empty(), [person], image,
                                          Latency(0, 0, 0, 0, 0), {}, 1, 1, 0.0))  # fmt: skip
         event = sub.recv(5)
+        analytics.close(5.0)
     publisher.close()
     assert event is not None and event.payload["rule"] == "enter" and event.payload["frame"] == 7
     assert event.attachment is not None and event.attachment[:2] == b"\xff\xd8"  # a JPEG
     assert metrics.JOURNAL_ERRORS._value.get() == failures + 1
+    assert analytics.counts().journal.unjournaled == 1
 
 
 def test_a_filtered_subscriber_pages_past_other_streams(tmp_path: Path) -> None:

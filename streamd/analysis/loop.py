@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BUS_HWM = 10_000
 STATE_GRACE_S = 5.0  # apply a state change after this long even if frames never came back
+JOURNAL_CLOSE_S = 5.0  # at stop, how long queued alerts may wait for the journal
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,9 @@ class AnalysisSpec:
     # Alerts of this stream published so far (from the supervisor): a restarted process
     # numbers on from here even where the journal missed one (disk full).
     alert_seq_from: int = 0
+    generation: int = 0  # this stream's processes before this one (its rows carry it)
+    # The active tracks the dead process before this one last reported: ended here.
+    predecessor_tracks: tuple[dict[str, Any], ...] = ()
 
 
 class SourceSide(Protocol):
@@ -84,7 +88,12 @@ def _analytics(stream: StreamConfig, spec: AnalysisSpec, publisher: Publisher) -
     j = spec.pipeline.journal
     journal = AlertJournal(Path(str(j.path)), j.synchronous, j.max_age_days, j.max_mb,
                            prune=False)  # fmt: skip
-    return AnalyticsSink(stream, spec.pipeline, publisher, journal, spec.alert_seq_from)
+
+    def alert_bus() -> Publisher:  # the journal thread's own socket to the bus
+        return Publisher(spec.bus, BUS_HWM, epoch=spec.epoch, bus=True)
+
+    return AnalyticsSink(stream, spec.pipeline, publisher, journal, alert_bus,
+                         spec.alert_seq_from)  # fmt: skip
 
 
 class _Counters:
@@ -173,6 +182,7 @@ class StreamAnalysis:
 
     def _run(self) -> None:
         try:
+            self.analytics.end_predecessor(list(self.spec.predecessor_tracks), time.time())
             while not (self._halt.is_set() or self._source.stop.is_set()):
                 wait = max(0.0, self._last_beat + self._heartbeat_s - time.monotonic())
                 if self._mailbox.poll(min(0.05 if self._finish.is_set() else 0.2, wait)):
@@ -184,6 +194,7 @@ class StreamAnalysis:
                 if self._finish.is_set() and self._settled():
                     self.settled = True
                     break
+            self.analytics.close(JOURNAL_CLOSE_S)  # queued alerts journaled and out
             self._beat()  # the final figures
         finally:
             self._close()
@@ -256,7 +267,8 @@ class StreamAnalysis:
             decoded=decoded, decode_errors=errors,
             latency_ms=c.latency_sum_ms / c.latency_n if c.latency_n else None,
             zones=counts.zones, lines=counts.lines, alert_seq=counts.alert_seq,
-            tracks=self.analytics.state(),
+            tracks=self.analytics.state(), journal=counts.journal,
+            generation=self.spec.generation,
         )  # fmt: skip
 
     def _beat(self) -> None:
@@ -271,7 +283,7 @@ class StreamAnalysis:
     def _close(self) -> None:
         self._mailbox.close()
         self._control.close()
+        self.analytics.close(JOURNAL_CLOSE_S)  # no-op if done already
         self.publisher.close()  # waits (linger) until its last events are on the bus
-        self.analytics.journal.close()
         if self.feed is not None:
             self.feed.close()

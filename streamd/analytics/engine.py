@@ -71,6 +71,7 @@ class _Track:
     last: Observation
     last_ts: float
     last_update_ts: float
+    last_frame: int = 0
     frames: int = 1
     classes: Counter[str] = field(default_factory=Counter)
     zones: set[str] = field(default_factory=set)
@@ -237,11 +238,11 @@ class StreamAnalytics:
     def _observe(self, obj: Observation, frame: int, ts: float) -> list[TrackEvent]:
         tr = self.tracks.get(obj.track_id)
         if tr is None:
-            tr = _Track(ts, obj, ts, ts)
+            tr = _Track(ts, obj, ts, ts, frame)
             tr.classes[obj.cls] += 1
             self.tracks[obj.track_id] = tr
             return [TrackEvent("new", obj, frame, ts, {})]
-        tr.last, tr.last_ts = obj, ts
+        tr.last, tr.last_ts, tr.last_frame = obj, ts, frame
         tr.frames += 1
         tr.classes[obj.cls] += 1
         if ts - tr.last_update_ts >= self.tracks_cfg.update_interval_s - EPS:
@@ -386,8 +387,10 @@ class StreamAnalytics:
     def state(self) -> dict[str, Any]:
         """Active tracks, zone occupancy and line counts: what a late joiner asks for."""
         tracks = [
-            {"track_id": tid, "class": tr.last.cls, "bbox": list(tr.last.bbox),
-             "first_media_ts": tr.first_ts, "last_media_ts": tr.last_ts, "zones": sorted(tr.zones)}
+            {"track_id": tid, "class_id": tr.last.class_id, "class": tr.last.cls,
+             "conf": tr.last.conf, "bbox": list(tr.last.bbox), "frame": tr.last_frame,
+             "first_media_ts": tr.first_ts, "last_media_ts": tr.last_ts, "frames": tr.frames,
+             "classes": dict(tr.classes), "zones": sorted(tr.zones)}
             for tid, tr in self.tracks.items()
         ]  # fmt: skip
         zones = {

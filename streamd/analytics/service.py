@@ -2,15 +2,17 @@
 ``track.<id>`` and ``alert.<id>`` out.
 
 Alerts are committed to the journal before they are published (one
-transaction per frame that raised any). Their ``seq`` continues from the
-journal's last one for this stream, across restarts of this process and of
-the daemon.
+transaction per frame that raised any), on a thread of their own
+(:class:`~streamd.publish.alert_writer.AlertWriter`), so a slow or hung
+journal disk delays alerts, never this camera's frames. Their ``seq``
+continues from the journal's last one for this stream, across restarts of
+this process and of the daemon (above the reserved block after an unclean end).
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +23,10 @@ import numpy.typing as npt
 from streamd import metrics
 from streamd.analytics.engine import Alert, Observation, StreamAnalytics, TrackEvent
 from streamd.config import PipelineConfig, StreamConfig
+from streamd.publish.alert_writer import AlertWriter
 from streamd.publish.journal import AlertJournal, Entry
 from streamd.publish.publisher import Publisher
-from streamd.types import FrameRef, SourceState
+from streamd.types import FrameRef, JournalHealth, SourceState
 
 if TYPE_CHECKING:
     from streamd.analysis.sinks import AnalysedFrame
@@ -107,8 +110,10 @@ class AnalyticsSink:
         cfg: PipelineConfig,
         publisher: Publisher,
         journal: AlertJournal,
+        alert_bus: Callable[[], Publisher],
         alert_seq_from: int = 0,
     ) -> None:
+        """``alert_bus`` makes the socket alerts go out on, in the journal's thread."""
         self.stream = stream.id
         self.publisher = publisher
         self.journal = journal
@@ -119,6 +124,9 @@ class AnalyticsSink:
                            for z in stream.zones}  # fmt: skip
         next_seq = max(journal.next_seq(stream.id), alert_seq_from)
         publisher.continue_from("alert", stream.id, next_seq)
+        self.writer = AlertWriter(journal, stream.id, next_seq, alert_bus)
+        self._overflowing = False
+        self._closed = False
 
     def on_frame(self, frame: AnalysedFrame) -> None:
         ref = frame.ref
@@ -136,6 +144,21 @@ class AnalyticsSink:
             for direction in line.crossed:
                 metrics.LINE_CROSSINGS.labels(self.stream, line.name, direction).inc()
             line.crossed.clear()
+
+    def end_predecessor(self, tracks: list[dict[str, Any]], ts: float) -> None:
+        """End the tracks the process this one replaces (it died) had as of its last
+        heartbeat, with reason ``restart``: this process's tracker starts afresh, and
+        these ends go out before any track of its own."""
+        for t in tracks:
+            first, last = float(t["first_media_ts"]), float(t["last_media_ts"])
+            fields = {
+                "event": "end", "track_id": t["track_id"], "class_id": t["class_id"],
+                "class": t["class"], "conf": t["conf"], "bbox": t["bbox"], "frame": t["frame"],
+                "reason": "restart", "first_media_ts": first, "last_media_ts": last,
+                "duration_s": round(last - first, 3), "frames": t["frames"],
+                "classes": t["classes"], "zones": t["zones"],
+            }  # fmt: skip
+            self.publisher.publish("track", self.stream, ts, fields)
 
     def on_state(self, state: SourceState) -> None:
         """The stream stopped delivering frames: its tracks end now, not never."""
@@ -160,16 +183,17 @@ class AnalyticsSink:
             fields = alert_fields(a, ref, jpeg is not None)
             entries.append(Entry(self.publisher.envelope("alert", ref.stream, ref.capture_ts,
                                                          fields), jpeg))  # fmt: skip
-        try:
-            self.journal.append(entries)  # on disk before anyone can have seen them
-        except sqlite3.Error as e:
-            # Disk full, file removed...: the alerts still go out live (losing them
-            # would be worse), but they cannot be replayed; counted and logged.
-            metrics.JOURNAL_ERRORS.inc()
-            log.error("journal: %d alert(s) of %s not journaled: %s", len(entries), ref.stream, e)
+        if self.writer.submit(entries):  # journaled, then published, by the writer
+            self._overflowing = False
+            return
+        # The journal has been stuck for a queue's worth of alerts: live, not replayable.
+        if not self._overflowing:
+            log.error("journal queue of %s full: alerts go out live, unjournaled", ref.stream)
+        self._overflowing = True
         for entry in entries:
             self.publisher.send(entry.payload, entry.snapshot)
             metrics.ALERTS.labels(ref.stream, entry.payload["rule"]).inc()
+        self.writer.unjournaled(entries, "queue_full")
 
     def state(self) -> dict[str, Any]:
         """Active tracks, occupancy and counts (what a ``state`` request answers)."""
@@ -181,8 +205,18 @@ class AnalyticsSink:
             zones={z.name: z.occupancy for z in self.engine.zones},
             lines={ln.name: dict(ln.counts) for ln in self.engine.lines},
             # Lets a subscriber see alerts it missed at the end of a burst.
-            alert_seq=self.publisher.last_seq("alert", self.stream),
+            alert_seq=self.writer.published,
+            journal=self.writer.health(),
         )
+
+    def close(self, timeout_s: float) -> None:
+        """Journal and publish the alerts still queued, then close the journal (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        last = self.publisher.last_seq("alert", self.stream)
+        if self.writer.close(timeout_s, last, self.publisher):
+            self.journal.close()  # not under a write stuck in another thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +224,4 @@ class Counts:
     zones: dict[str, int]
     lines: dict[str, dict[str, int]]
     alert_seq: int
+    journal: JournalHealth

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamd.client import ClientKeys, Event, Subscriber
+from streamd.publish.alert_writer import STALL_S
 from streamd.types import SourceState
 
 _WILDCARD_TCP = re.compile(r"^tcp://(\*|0\.0\.0\.0|\[::\]):")
@@ -105,7 +106,7 @@ class StatusBoard:
             row = self._streams.get(sid)
             if row is not None:
                 for key in ("analysed", "fps", "dropped", "decoded", "decode_errors", "zones",
-                            "lines", "alert_seq", "latency_ms"):  # fmt: skip
+                            "lines", "alert_seq", "latency_ms", "journal"):  # fmt: skip
                     row[key] = s.get(key)
         self._beat_seen.set()
 
@@ -136,12 +137,14 @@ class StatusBoard:
         return [name for name, alive in watched if not alive()]
 
     def healthy(self) -> bool:
-        """The detector is alive (a heartbeat arrived within three intervals) and every
-        watched part is alive."""
+        """The detector is alive (a heartbeat arrived within three intervals), no
+        stream's alert journal is stuck and every watched part is alive."""
         with self._lock:
             last = self._last_beat
+            stuck = any((row.get("journal") or {}).get("stalled_s", 0) > STALL_S
+                        for row in self._streams.values())  # fmt: skip
         beating = last is not None and time.time() - last < 3 * self._heartbeat_s + 1.0
-        return beating and not self.dead()
+        return beating and not stuck and not self.dead()
 
     def row(self, stream: str) -> dict[str, Any]:
         """One stream's row (a copy), without copying every other stream's."""

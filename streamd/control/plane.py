@@ -10,6 +10,12 @@ A stream's ``ended``/``failed`` is held back for a moment: the camera sends it
 only after its last events were handed to the bus, but the bus takes turns
 between its senders, so they may still be queued behind it.
 
+The inbox interleaves the messages of every process, so a dead camera
+process's last words can arrive after the supervisor said what became of it
+(``reconnecting``, or ``failed``/``restart_limit``). Every update and row
+carries the generation of the process it is about; one from a superseded
+generation is dropped.
+
 The journal's retention runs on a thread of its own, so a long delete delays
 neither heartbeats nor any frame.
 """
@@ -60,6 +66,7 @@ class ControlPlane:
         self._row_at = {s.id: 0.0 for s in cfg.streams}  # when each row arrived
         self._held: list[tuple[float, StatusUpdate]] = []  # terminal states, due time
         self._states: dict[str, SourceState | None] = {s.id: None for s in cfg.streams}
+        self._generation = {s.id: 0 for s in cfg.streams}  # newest process of each stream
         self._inference: InferenceBeat | None = None
         self._started = time.time()
         self._stop = threading.Event()
@@ -100,7 +107,21 @@ class ControlPlane:
             publisher.close()
             self._inbox.close()
 
+    def _current(self, msg: StatusUpdate | StreamRow) -> bool:
+        """False for a message of a superseded process of its stream."""
+        newest = self._generation.get(msg.stream)
+        if newest is None:
+            return True  # not a stream of ours: ignored below
+        if msg.generation < newest:
+            metrics.STALE_UPDATES.labels(msg.stream).inc()
+            return False
+        self._generation[msg.stream] = msg.generation
+        return True
+
     def _handle(self, msg: object, publisher: Publisher) -> None:
+        if isinstance(msg, StatusUpdate | StreamRow) and not self._current(msg):
+            log.info("%s of a superseded process of %s dropped", type(msg).__name__, msg.stream)
+            return
         if isinstance(msg, StatusUpdate) and msg.stream in self._states:
             if msg.state in _TERMINAL and msg.reason != "restart_limit":
                 self._held.append((time.monotonic() + TERMINAL_HOLD_S, msg))
@@ -123,7 +144,8 @@ class ControlPlane:
         due = [u for t, u in self._held if t <= now]
         self._held = [(t, u) for t, u in self._held if t > now]
         for update in due:
-            self._status(update, publisher)
+            if update.generation >= self._generation[update.stream]:  # not superseded meanwhile
+                self._status(update, publisher)
 
     def _rows_now(self) -> dict[str, StreamRow]:
         """The rows, with no rate and no latency for a camera that stopped reporting."""
@@ -133,6 +155,14 @@ class ControlPlane:
                 sid: row if self._row_at[sid] >= stale else replace(row, fps=0.0, latency_ms=None)
                 for sid, row in self._rows.items()
             }
+
+    def take_active_tracks(self, stream: str) -> list[dict[str, Any]]:
+        """The stream's active tracks as of its (dead) process's last row, forgotten here
+        so that they are ended once, by the one process that replaces it."""
+        with self._lock:
+            row = self._rows[stream]
+            self._rows[stream] = replace(row, tracks={**row.tracks, "tracks": []})
+            return list(row.tracks.get("tracks", []))
 
     def alert_seq(self, stream: str) -> int:
         """The seq of the stream's last alert its process reported (-1: none)."""

@@ -43,7 +43,17 @@ CREATE TABLE IF NOT EXISTS alerts (
     UNIQUE (stream, seq)
 );
 CREATE INDEX IF NOT EXISTS alerts_stored ON alerts (stored);
+CREATE TABLE IF NOT EXISTS seq_reserve (
+    stream TEXT PRIMARY KEY,
+    upto   INTEGER NOT NULL
+);
 """
+
+# Alert seqs are reserved this far ahead of the last one handed out, in the same
+# transaction as the alerts: while the disk is full, alerts still go out live (not
+# journaled) with seqs from the reserved block, and a process that starts after
+# an unclean end numbers on above the block, so no published seq is ever reused.
+SEQ_RESERVE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +134,35 @@ class AlertJournal:
         return {stream: last + 1 for stream, last in last_seqs(self.db).items()}
 
     def next_seq(self, stream: str) -> int:
-        """The seq the next alert of ``stream`` gets (continuing across restarts)."""
+        """The seq the next alert of ``stream`` gets: after its last journaled one, and
+        after its reserved block when the process before did not end cleanly (it may
+        have published seqs from the block that never reached the journal)."""
         (last,) = self.db.execute(
             "SELECT MAX(seq) FROM alerts WHERE stream = ?", (stream,)
         ).fetchone()
-        return 0 if last is None else int(last) + 1
+        reserved = self._reserved(stream)
+        return max(-1 if last is None else int(last), -1 if reserved is None else reserved) + 1
 
-    def append(self, entries: Sequence[Entry]) -> None:
-        """Commit a batch of alerts (one transaction, one fsync)."""
+    def _reserved(self, stream: str) -> int | None:
+        row = self.db.execute("SELECT upto FROM seq_reserve WHERE stream = ?", (stream,))
+        found = row.fetchone()
+        return None if found is None else int(found[0])
+
+    def reserve(self, stream: str, upto: int) -> None:
+        """Record that seqs of ``stream`` up to ``upto`` may be handed out."""
+        self.db.execute(
+            "INSERT INTO seq_reserve (stream, upto) VALUES (?, ?)"
+            " ON CONFLICT (stream) DO UPDATE SET upto = excluded.upto",
+            (stream, upto),
+        )
+
+    def release(self, stream: str, last_handed_out: int) -> None:
+        """A clean end: the next process continues right after the last seq handed out."""
+        self.reserve(stream, last_handed_out)
+
+    def append(self, entries: Sequence[Entry], reserve: Mapping[str, int] | None = None) -> None:
+        """Commit a batch of alerts (one transaction, one fsync), with ``reserve``
+        (stream → upto) in the same transaction."""
         if not entries:
             return
         now = time.time()
@@ -148,6 +179,8 @@ class AlertJournal:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            for stream, upto in (reserve or {}).items():
+                self.reserve(stream, upto)
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
