@@ -191,9 +191,14 @@ def format_status(status: dict[str, Any]) -> str:
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     head = (
         f"backend {status.get('backend') or '-'}  uptime {status['uptime_s']:.0f}s  "
-        f"{'healthy' if status.get('healthy') else 'UNHEALTHY (no heartbeat)'}"
+        f"{'healthy' if status.get('healthy') else _unhealthy(status)}"
     )
     return "\n".join([head, *lines, *_analytics_lines(status)])
+
+
+def _unhealthy(status: dict[str, Any]) -> str:
+    problems = status.get("problems") or ["no heartbeat"]
+    return f"UNHEALTHY ({'; '.join(problems)})"
 
 
 def _analytics_lines(status: dict[str, Any]) -> list[str]:

@@ -129,13 +129,13 @@ def _lock_journal(path: Path, hold_s: float, locked: threading.Event) -> None:
     db.close()
 
 
-def _healthz(cfg: Path) -> int:
+def _healthz(cfg: Path) -> tuple[int, list[str]]:
     listen = json.loads(cfg.read_text())["http"]["listen"]
     try:
         with urllib.request.urlopen(f"http://{listen}/healthz", timeout=5) as r:
-            return int(r.status)
+            return int(r.status), json.load(r)["problems"]
     except urllib.error.HTTPError as e:
-        return int(e.code)
+        return int(e.code), json.load(e)["problems"]
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +173,10 @@ def test_a_stuck_journal_delays_alerts_not_detection(circling_clip: Path, tmp_pa
         holder.start()
         assert locked.wait(5)
         t0 = time.time()
-        stuck_health = 200
+        stuck_health, problems = 200, []
         while stuck_health == 200 and time.time() < t0 + hold_s - 1.0:
             time.sleep(0.5)
-            stuck_health = _healthz(cfg)
+            stuck_health, problems = _healthz(cfg)
         stuck_rows = [e.payload["streams"]["a"]["journal"] for _, e in watcher.snapshot()
                       if e.topic == "heartbeat" and e.payload["streams"].get("a")]  # fmt: skip
         det_rate = watcher.rate("det.a", t0 + 1.0, t0 + STALL_S + 1.0)
@@ -189,11 +189,11 @@ def test_a_stuck_journal_delays_alerts_not_detection(circling_clip: Path, tmp_pa
             a = alerts.recv(1.0)
             if a is not None:
                 got.append(a)
-        recovered_health = _healthz(cfg)
+        recovered_health = _healthz(cfg)[0]
         until = time.monotonic() + 5.0  # the next heartbeat shows the journal moving again
         while recovered_health != 200 and time.monotonic() < until:
             time.sleep(0.5)
-            recovered_health = _healthz(cfg)
+            recovered_health = _healthz(cfg)[0]
         stop_and_check_clean(daemon, signal.SIGTERM, shm_before)
     finally:
         alerts.close()
@@ -205,6 +205,7 @@ def test_a_stuck_journal_delays_alerts_not_detection(circling_clip: Path, tmp_pa
     assert max(r["queued"] for r in stuck_rows) >= 1
     assert max(r["stalled_s"] for r in stuck_rows) > STALL_S - 2
     assert stuck_health == 503 and recovered_health == 200
+    assert len(problems) == 1 and problems[0].startswith("alert journal of a stuck for")
     seqs = [a.seq for a in got]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and len(seqs) >= 8
     with sqlite3.connect(journal) as db:

@@ -144,14 +144,17 @@ def test_healthz_fails_while_the_replay_thread_is_dead(tmp_path: Path) -> None:
     dead = ReplayServer(f"tcp://127.0.0.1:{free_port()}", tmp_path / "gone.sqlite", 1, dict)
     try:
         board.apply(heartbeat())  # the detector is alive
-        assert healthz(listen) == (200, {"healthy": True, "dead": []})
+        assert healthz(listen) == (200, {"healthy": True, "problems": [], "dead": []})
         board.watch("replay", dead.alive)
         dead.start()
         deadline = time.monotonic() + 5
         while dead.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         board.apply(heartbeat())
-        assert healthz(listen) == (503, {"healthy": False, "dead": ["replay"]})
+        assert healthz(listen) == (
+            503,
+            {"healthy": False, "problems": ["replay thread dead"], "dead": ["replay"]},
+        )
         assert board.snapshot()["healthy"] is False  # /status and `streamd status` agree
     finally:
         dead.close()
@@ -207,7 +210,7 @@ def test_the_running_daemon_survives_hostile_requests(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while healthz(listen)[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.3)
-        assert healthz(listen) == (200, {"healthy": True, "dead": []})
+        assert healthz(listen) == (200, {"healthy": True, "problems": [], "dead": []})
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:

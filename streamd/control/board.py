@@ -136,15 +136,26 @@ class StatusBoard:
             watched = list(self._watched.items())
         return [name for name, alive in watched if not alive()]
 
-    def healthy(self) -> bool:
-        """The detector is alive (a heartbeat arrived within three intervals), no
-        stream's alert journal is stuck and every watched part is alive."""
+    def beating(self) -> bool:
+        """The detector is alive: a heartbeat arrived within three intervals."""
         with self._lock:
             last = self._last_beat
-            stuck = any((row.get("journal") or {}).get("stalled_s", 0) > STALL_S
-                        for row in self._streams.values())  # fmt: skip
-        beating = last is not None and time.time() - last < 3 * self._heartbeat_s + 1.0
-        return beating and not stuck and not self.dead()
+        return last is not None and time.time() - last < 3 * self._heartbeat_s + 1.0
+
+    def problems(self) -> list[str]:
+        """What makes the daemon unhealthy now, in words (empty: healthy)."""
+        with self._lock:
+            stuck = {sid: (row.get("journal") or {}).get("stalled_s", 0)
+                     for sid, row in self._streams.items()}  # fmt: skip
+        out = [] if self.beating() else ["no heartbeat: the detector is down or hung"]
+        out += [f"alert journal of {sid} stuck for {s:.0f}s" for sid, s in stuck.items()
+                if s > STALL_S]  # fmt: skip
+        return out + [f"{name} thread dead" for name in self.dead()]
+
+    def healthy(self) -> bool:
+        """The detector is alive, no stream's alert journal is stuck and every watched
+        part is alive."""
+        return not self.problems()
 
     def row(self, stream: str) -> dict[str, Any]:
         """One stream's row (a copy), without copying every other stream's."""
@@ -152,6 +163,7 @@ class StatusBoard:
             return copy.deepcopy(self._streams.get(stream, {}))
 
     def snapshot(self) -> dict[str, Any]:
+        problems = self.problems()
         now = time.time()
         with self._lock:
             streams = copy.deepcopy(self._streams)
@@ -162,7 +174,8 @@ class StatusBoard:
             "uptime_s": round(now - self._started, 3),
             "epoch": epoch,
             "backend": backend,
-            "healthy": self.healthy(),
+            "healthy": not problems,
+            "problems": problems,
             "dead": self.dead(),
             "streams": streams,
         }

@@ -39,7 +39,7 @@ class _BoardCollector:
         up = GaugeMetricFamily(
             "streamd_detector_up", "1 while the inference worker heartbeats, else 0."
         )
-        up.add_metric([], 1.0 if snap["healthy"] else 0.0)
+        up.add_metric([], 1.0 if self._board.beating() else 0.0)
         info = GaugeMetricFamily(
             "streamd_detector_backend",
             "1 for the detector backend that runs (auto's choice), e.g. onnx-cpu.",

@@ -66,8 +66,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics" and self.server.exporter is not None:
             self._send_raw(200, self.server.exporter.render(), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            ok, dead = self.server.board.healthy(), self.server.board.dead()
-            self._send(200 if ok else 503, {"healthy": ok, "dead": dead})
+            board = self.server.board
+            problems, dead = board.problems(), board.dead()
+            self._send(503 if problems else 200,
+                       {"healthy": not problems, "problems": problems, "dead": dead})  # fmt: skip
         else:
             self._send(
                 404, {"error": f"no such endpoint {path!r}; try /, /status, /metrics, /healthz"}
