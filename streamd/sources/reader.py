@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, unquote
@@ -207,21 +207,43 @@ def _decode_packet(packet: av.Packet[Any], counters: DecodeCounters) -> list[av.
 
 
 class Pacer:
-    """Sleeps so that a file plays at its own frame rate (``realtime: true``)."""
+    """Sleeps so that a file plays at its own frame rate (``realtime: true``).
 
-    def __init__(self) -> None:
+    A frame is due at the wall time of an origin frame plus its pts distance from
+    it. When pts goes back or leaps ahead (a spliced or looped MPEG-TS, a
+    resolution change that restarts the clock), that distance means nothing: the
+    origin moves so the frame is due one frame step after the one before, and
+    the stream goes on at its rate instead of racing to catch up or stalling.
+    """
+
+    MAX_LEAP_S = 1.0  # beyond the usual step: a pause in the stream longer than this is a jump
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, nominal_dt: float = 1.0 / 30.0
+    ) -> None:
+        self._clock = clock
         self._origin: tuple[float, float] | None = None  # (wall, pts)
+        self._last_pts = 0.0
+        self._dt = nominal_dt  # the last sane step between frames
 
     def reset(self) -> None:
         self._origin = None
 
     def delay(self, pts_s: float | None) -> float:
+        """Seconds to wait before the frame with this pts is due."""
         if pts_s is None:
             return 0.0
-        now = time.monotonic()
+        now = self._clock()
         if self._origin is None:
             self._origin = (now, pts_s)
-            return 0.0
+        else:
+            step = pts_s - self._last_pts
+            if 0.0 <= step <= self._dt + self.MAX_LEAP_S:
+                self._dt = step or self._dt
+            else:  # a jump: due one usual step after the frame before
+                wall0, pts0 = self._origin
+                self._origin = (wall0 + (self._last_pts - pts0) + self._dt, pts_s)
+        self._last_pts = pts_s
         wall0, pts0 = self._origin
         return max(0.0, wall0 + (pts_s - pts0) - now)
 
