@@ -503,7 +503,7 @@ def _clear_stale_runs() -> None:
     """Remove what supervisors that died without cleaning up (SIGKILL) left behind."""
     for path, owner in stale_run_dirs():
         segments = sweep_segments(owner.run_id)
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)  # another supervisor may be at it too
         log.warning(
             "removed %s and %d shared-memory segment(s) left by supervisor %d, which is gone",
             path,

@@ -48,6 +48,8 @@ class Owner:
             started: float = psutil.Process(self.pid).create_time()
         except psutil.NoSuchProcess:
             return False
+        except psutil.AccessDenied:  # hidden from us (hidepid): cannot tell, so alive
+            return True
         return abs(started - self.started) < START_TOLERANCE_S
 
 
@@ -60,9 +62,9 @@ def make_run_dir(run_id: str) -> Path:
     return path
 
 
-def stale_run_dirs(tmp: Path | None = None) -> Iterator[tuple[Path, Owner]]:
-    """Run directories in ``tmp`` (the temp dir) whose supervisor is gone."""
-    for path in (tmp or Path(tempfile.gettempdir())).glob(PREFIX + "*"):
+def stale_run_dirs() -> Iterator[tuple[Path, Owner]]:
+    """Run directories in the temp dir whose supervisor is gone."""
+    for path in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
         owner = _owner(path)
         if owner is not None and owner.pid_ns == _pid_namespace() and not owner.alive():
             yield path, owner
