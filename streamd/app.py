@@ -303,23 +303,30 @@ class Daemon:
         self.inference = self._spawn(inference_main, "inference", spec, names_tx)
         names_tx.close()
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not names_rx.poll(0.2):
-            if not self.inference.is_alive():
-                refused = self.inference.exitcode == WorkerExit.SETUP_FAILED
-                log.error(
-                    "inference worker %s (exit code %s)",
-                    "refused the configuration" if refused else "died",
-                    self.inference.exitcode,
-                )
-                return DaemonExit.REFUSED if refused else DaemonExit.WORKER_DIED
-            if self.stop.is_set():
-                return DaemonExit.OK
-            if time.monotonic() > deadline:
-                log.error("inference worker not ready after %.0fs", READY_TIMEOUT_S)
-                return DaemonExit.WORKER_DIED
-        self._names.update(names_rx.recv())  # the model's classes, for the cameras' events
-        names_rx.close()
+        with names_rx:
+            while not names_rx.poll(0.2):
+                if not self.inference.is_alive():
+                    return self._inference_gone()
+                if self.stop.is_set():
+                    return DaemonExit.OK
+                if time.monotonic() > deadline:
+                    log.error("inference worker not ready after %.0fs", READY_TIMEOUT_S)
+                    return DaemonExit.WORKER_DIED
+            try:
+                self._names.update(names_rx.recv())  # the model's classes, for the cameras
+            except EOFError:  # it closed the pipe without an answer: it is on its way out
+                self.inference.join(5.0)
+                return self._inference_gone()
         return None
+
+    def _inference_gone(self) -> int:
+        """The detector process ended before it was ready: refused, or died."""
+        assert self.inference is not None
+        refused = self.inference.exitcode == WorkerExit.SETUP_FAILED
+        log.error("inference worker %s (exit code %s)",
+                  "refused the configuration" if refused else "died",
+                  self.inference.exitcode)  # fmt: skip
+        return DaemonExit.REFUSED if refused else DaemonExit.WORKER_DIED
 
     def _supervise(self, duration_s: float | None) -> int:
         assert self.inference is not None

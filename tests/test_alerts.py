@@ -287,5 +287,6 @@ def test_an_unusable_journal_refuses_start_naming_the_key(
     finally:
         taken.close()
         ctx.term()
-    assert out.returncode != 0
+    assert out.returncode == 2  # refused, not crashed
     assert f"journal.{problem}" in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import zmq
 
 from .daemon import write_pipeline
@@ -97,3 +98,18 @@ def test_an_ipc_socket_left_by_a_dead_process_is_reused(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "running 1 stream(s)" in out.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_configuration_the_detector_refuses_exits_2_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """The detector process refuses its setup (tensorrt without a GPU): the supervisor
+    says so and exits 2 (refused), however the closed pipe and the exit race."""
+    model = {"weights": "unused.pt", "backend": "tensorrt", "imgsz": 320}
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), free_port(), [{"id": "a", "url": "x.mp4"}],
+                         model=model)  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "streamd.cli", "run", str(cfg)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "refused the configuration" in out.stderr and "Traceback" not in out.stderr

@@ -189,7 +189,8 @@ class ControlPlane:
 
     def close(self) -> None:
         self._stop.set()
-        self._retention.join(2.0)
+        if self._retention.ident is not None:  # started (start-up may fail before)
+            self._retention.join(2.0)
         if self._thread.is_alive():
             self._thread.join(2.0)
         else:
