@@ -14,13 +14,20 @@ It runs on its own thread of the supervisor with its own read-only SQLite
 connection, so a large replay never stalls a camera or the detector.
 
 Anyone who can reach the port can send anything, so a request is checked
-before it is used: one frame of at most ``MAX_REQUEST_BYTES`` (libzmq drops a
-sender past ``MAX_MESSAGE_BYTES`` without buffering it), strict JSON types,
+before it is used: one frame of at most ``MAX_REQUEST_BYTES``, strict JSON types,
 stream ids as in the pipeline file, at most ``MAX_AFTER_STREAMS`` streams in
 ``after``, seqs within SQLite's int64, ``limit`` 1..``MAX_LIMIT``. Anything
 else is answered with ``{"error": ...}`` naming what is wrong; a failure while
 answering is logged and answered too, so the thread only ends when closed.
 ``alive()`` says whether it still serves (part of ``/healthz``).
+
+What bounds the memory a request takes: libzmq drops a connection that sends a
+frame over ``MAX_MESSAGE_BYTES`` (``MAXMSGSIZE`` is per frame), and queues at
+most ``REQUEST_HWM`` complete messages per connection. It does not bound how
+many frames one message has, and holds a message's frames until its last one
+arrived, so one oversized multipart message per connection is libzmq's to hold;
+this thread then reads it frame by frame, keeps only the first frame and lets
+each other go as it comes (never a list of them), and answers with an error.
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ log = logging.getLogger(__name__)
 
 MAX_LIMIT = 5000
 MAX_REQUEST_BYTES = 64 * 1024  # 512 streams with the longest ids and seqs fit
-MAX_MESSAGE_BYTES = 1024 * 1024  # libzmq's hard cap: past it the sender is dropped, no reply
+MAX_MESSAGE_BYTES = 1024 * 1024  # per frame: past it libzmq drops the sender, no reply
+# Complete requests queued per connection: a REQ client has one in flight; a DEALER
+# pipelining hundreds would otherwise be buffered (libzmq's default is 1000).
+REQUEST_HWM = 8
 # Each named stream is one OR term in read_after's query; SQLite refuses expression
 # trees deeper than 1000, and no daemon has this many streams.
 MAX_AFTER_STREAMS = 512
@@ -79,13 +89,10 @@ class BadRequest(ValueError):
     """A request the server refuses; the message goes back to the client."""
 
 
-def parse_request(frames: list[bytes]) -> ReplayRequest | StateRequest:
-    """The request in ``frames``, or :class:`BadRequest` saying what is wrong with it."""
-    if len(frames) != 1:
-        raise BadRequest(f"a request is one frame of JSON, got {len(frames)} frames")
-    body = frames[0]
+def parse_body(body: bytes) -> ReplayRequest | StateRequest:
+    """The request in one frame's ``body``, or :class:`BadRequest` saying what is wrong."""
     if len(body) > MAX_REQUEST_BYTES:
-        raise BadRequest(f"request of {len(body)} bytes; the limit is {MAX_REQUEST_BYTES} bytes")
+        raise BadRequest(_too_long(len(body)))
     try:
         # pydantic's JSON parser bounds nesting depth itself (no RecursionError).
         return _REQUEST.validate_json(body)
@@ -101,6 +108,26 @@ def _describe(e: ValidationError) -> str:
         where = ".".join(str(p) for p in loc)  # after the union's tag: after.<stream>
         parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
     return "; ".join(parts[:5])
+
+
+def _too_long(size: int) -> str:
+    return f"request of {size} bytes; the limit is {MAX_REQUEST_BYTES} bytes"
+
+
+def receive_body(sock: zmq.Socket[Any]) -> bytes:
+    """The one frame of the request waiting on ``sock``; :class:`BadRequest` if it has more
+    frames or is too long. Frames past the first are dropped as they are read, and the
+    first is copied only when it is short enough, so no request is ever held whole here."""
+    first = sock.recv(copy=False)
+    frames = 1
+    while sock.getsockopt(zmq.RCVMORE):
+        sock.recv(copy=False)  # released at once: only the count is kept
+        frames += 1
+    if frames != 1:
+        raise BadRequest(f"a request is one frame of JSON, got {frames} frames")
+    if len(first) > MAX_REQUEST_BYTES:
+        raise BadRequest(_too_long(len(first)))
+    return first.bytes
 
 
 def _error(message: str) -> list[bytes]:
@@ -122,6 +149,7 @@ class ReplayServer:
         if curve is not None:  # a client without an authorized key never gets a reply
             serve(self._sock, curve)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self._sock.setsockopt(zmq.RCVHWM, REQUEST_HWM)
         self._sock.bind(endpoint)  # in the caller's thread: a taken port fails start-up
         self._journal = journal
         self._epoch = epoch
@@ -146,14 +174,14 @@ class ReplayServer:
         try:
             while not self._stop.is_set():
                 if self._sock.poll(200):
-                    self._sock.send_multipart(self._answer(db, self._sock.recv_multipart()))
+                    self._sock.send_multipart(self._answer(db))
         finally:
             db.close()
             self._sock.close()
 
-    def _answer(self, db: sqlite3.Connection, frames: list[bytes]) -> list[bytes]:
+    def _answer(self, db: sqlite3.Connection) -> list[bytes]:
         try:
-            return self._handle(db, parse_request(frames))
+            return self._handle(db, parse_body(receive_body(self._sock)))
         except BadRequest as e:
             return _error(f"bad request: {e}")
         except Exception:
