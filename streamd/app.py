@@ -226,6 +226,8 @@ class Daemon:
         except zmq.ZMQError as e:
             raise StartupError(f"publish.endpoint {p.endpoint}: {e}") from None
         self._bus.start()
+        if self._bus.zap is not None:
+            self.board.watch("publish ZAP", self._bus.zap.is_alive)
 
     def _start_journal(self) -> None:
         j = self.cfg.journal
@@ -246,6 +248,8 @@ class Daemon:
         self._plane.start()
         self._replay.start()
         self.board.watch("replay", self._replay.alive)
+        if self._replay.zap is not None:
+            self.board.watch("journal ZAP", self._replay.zap.is_alive)
 
     def _watch(self, stream: str, max_fps: float) -> None:
         """Called from HTTP threads as viewers come and go."""

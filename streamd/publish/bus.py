@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from streamd.publish.curve import ServerKeys, serve
+from streamd.publish.curve import ServerKeys, ZapHandler, serve
 from streamd.publish.publisher import configure_pub
 
 BUS_HWM = 100_000  # inside the host: generous, the public PUB's HWM is the one that bounds
@@ -38,8 +38,8 @@ class BusProxy:
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pub = self._ctx.socket(zmq.PUB)
         configure_pub(self._pub, hwm, sndbuf_kib)
-        if curve is not None:
-            serve(self._pub, curve)
+        # The PUB's ZAP handler (CURVE only): watched in health, no client gets in without it.
+        self.zap: ZapHandler | None = None if curve is None else serve(self._pub, curve)
         self._control = self._ctx.socket(zmq.PAIR)
         self._control_addr = f"inproc://bus-control-{id(self)}"
         self._control.bind(self._control_addr)

@@ -4,14 +4,16 @@ Keys are pyzmq certificate files (``zmq.auth.create_certificates``): ``NAME.key`
 holds a public key, ``NAME.key_secret`` the public and the secret key. The daemon
 reads its own secret certificate and a folder of authorized client ``*.key``
 files once, at start-up; :func:`serve` makes a socket a CURVE server and answers
-its context's ZAP requests with pyzmq's :class:`zmq.auth.Authenticator`, so a
-client whose key is not authorized is refused during the handshake: it never
-gets a message. Secret keys stay in memory: never logged, never in a ``repr``.
+its context's ZAP requests on a thread of its own, so a client whose key is not
+authorized is refused during the handshake: it never gets a message. It fails
+closed: the server socket enforces its ZAP domain, so should that thread ever be
+gone every client is refused (libzmq's default would let any key in), and a
+request the thread cannot judge is refused, not fatal to it. Secret keys stay in
+memory: never logged, never in a ``repr``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -33,6 +35,8 @@ if TYPE_CHECKING:  # the client library imports this module: no pydantic at run 
 log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "streamd"
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks (RFC 27)
+ZAP_VERSION = b"1.0"
 
 
 class KeyFileError(Exception):
@@ -96,16 +100,21 @@ def load_server_keys(curve: CurveConfig) -> ServerKeys:
     return ServerKeys(public, secret, authorized)
 
 
-def serve(sock: zmq.Socket[Any], keys: ServerKeys) -> None:
+def serve(sock: zmq.Socket[Any], keys: ServerKeys) -> ZapHandler:
     """Make ``sock`` (not yet bound) a CURVE server that lets in only authorized clients.
 
-    One server socket per context: the context gets its own ZAP handler.
+    One server socket per context: the context gets its own ZAP handler, returned so
+    that its owner can show in health whether it is alive.
     """
-    _ZapHandler(sock.context, keys.authorized).start()
+    handler = ZapHandler(sock.context, keys.authorized)
+    handler.start()
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
     sock.zap_domain = ZAP_DOMAIN.encode()
+    # Without it libzmq lets every client in when no ZAP handler answers: fail closed.
+    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
     sock.curve_server = True
+    return handler
 
 
 def connect_with(sock: zmq.Socket[Any], keys: ClientKeys | None) -> None:
@@ -141,43 +150,64 @@ def make_key_pair(folder: Path, name: str) -> tuple[Path, Path]:
     return targets
 
 
-class _Keyring:
-    """The credentials provider pyzmq's Authenticator asks about each CURVE client."""
+def zap_reply(request: list[bytes], authorized: frozenset[bytes]) -> list[bytes]:
+    """The ZAP (RFC 27) reply to ``request``: 200 for a CURVE client in our domain whose
+    (z85) key is authorized, or a plain-socket (NULL) peer of the context's internal
+    sockets, as pyzmq's Authenticator allowed; 400 for anything else."""
+    request_id = request[1] if len(request) > 1 else b""
+    if len(request) < 6 or request[0] != ZAP_VERSION:
+        return _zap_answer(request_id, b"400", b"malformed ZAP request")
+    domain, mechanism, credentials = request[2], request[5], request[6:]
+    if mechanism == b"NULL":
+        allowed = True
+    else:
+        allowed = (
+            mechanism == b"CURVE"
+            and domain == ZAP_DOMAIN.encode()
+            and len(credentials) == 1
+            and len(credentials[0]) == 32
+            and z85.encode(credentials[0]) in authorized
+        )
+    return _zap_answer(request_id, *((b"200", b"OK") if allowed else (b"400", b"NO ACCESS")))
 
-    def __init__(self, authorized: frozenset[bytes]) -> None:
-        self._authorized = authorized
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key in self._authorized
+def _zap_answer(request_id: bytes, code: bytes, text: bytes) -> list[bytes]:
+    return [ZAP_VERSION, request_id, code, text, b"", b""]  # no user id, no metadata
 
 
-class _ZapHandler(threading.Thread):
-    """pyzmq's Authenticator answering one context's ZAP requests until it is terminated.
+class ZapHandler(threading.Thread):
+    """Answers one context's ZAP requests until the context is terminated.
 
-    Not ``ThreadAuthenticator``: that one must be stopped before its context can be
-    terminated, and the sockets' owners terminate their contexts in ``close()``.
-    This thread needs no stop: terminating the context ends it.
+    Not pyzmq's ``ThreadAuthenticator``: that one must be stopped before its context
+    can be terminated, and the sockets' owners terminate their contexts in
+    ``close()``; this thread needs no stop. ``is_alive()`` goes into health.
     """
 
     def __init__(self, ctx: zmq.Context[Any], authorized: frozenset[bytes]) -> None:
         super().__init__(name="zap", daemon=True)
-        self._auth = zmq.auth.Authenticator(ctx, log=log)
-        self._auth.configure_curve_callback(ZAP_DOMAIN, _Keyring(authorized))
-        self._auth.start()  # binds the context's ZAP endpoint now, before the server binds
+        self._authorized = authorized
+        self._zap: zmq.Socket[Any] = ctx.socket(zmq.REP)
+        self._zap.bind(ZAP_ENDPOINT)  # now, before the server binds and a client knocks
 
     def run(self) -> None:
-        loop = asyncio.new_event_loop()  # handle_zap_message is a coroutine; nothing awaits
-        zap = self._auth.zap_socket
         try:
             while True:
                 try:
-                    request = zap.recv_multipart()
+                    request = self._zap.recv_multipart()
                 except zmq.ContextTerminated:
                     return
-                loop.run_until_complete(self._auth.handle_zap_message(request))
+                self._zap.send_multipart(self._judge(request))
         finally:
-            zap.close(linger=0)  # lets the context's term() return
-            loop.close()
+            self._zap.close(linger=0)  # lets the context's term() return
+
+    def _judge(self, request: list[bytes]) -> list[bytes]:
+        try:
+            return zap_reply(request, self._authorized)
+        except Exception:
+            # One request that cannot be judged is refused; the thread goes on, since
+            # without it no client at all gets in.
+            log.exception("ZAP: could not judge a client's handshake; refused")
+            return _zap_answer(request[1] if len(request) > 1 else b"", b"500", b"error")
 
 
 def _read_certificate(path: str | Path, key: str) -> tuple[bytes, bytes | None]:

@@ -44,7 +44,7 @@ import zmq
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from streamd.config import STREAM_ID_PATTERN
-from streamd.publish.curve import ServerKeys, serve
+from streamd.publish.curve import ServerKeys, ZapHandler, serve
 from streamd.publish.journal import connect, last_seqs, read_after
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,9 @@ class ReplayServer:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None:  # a client without an authorized key never gets a reply
-            serve(self._sock, curve)
+        # CURVE: a client without an authorized key never gets a reply, nor does any
+        # client should this handler be gone (watched in health).
+        self.zap: ZapHandler | None = None if curve is None else serve(self._sock, curve)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._sock.setsockopt(zmq.RCVHWM, REQUEST_HWM)
         self._sock.bind(endpoint)  # in the caller's thread: a taken port fails start-up
