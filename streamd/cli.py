@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamd.config import ConfigError, PipelineConfig, load_config, resolve_key_paths
+from streamd.config import ConfigError, PipelineConfig, load_config
 from streamd.runtime.exits import DaemonExit
 from streamd.runtime.logs import configure_logging
 
@@ -25,14 +25,10 @@ EXIT_BAD_CONFIG = DaemonExit.REFUSED
 def _load(path: str) -> PipelineConfig | None:
     """The pipeline, or None after printing why it was refused."""
     try:
-        cfg = load_config(path)
+        return load_config(path)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return None
-    # Key paths are relative to the pipeline file, like journal.path (load_config's
-    # resolve_paths does not know the security section yet).
-    security = resolve_key_paths(cfg.security, Path(path).parent)
-    return cfg.model_copy(update={"security": security})
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

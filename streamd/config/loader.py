@@ -4,7 +4,8 @@ validation errors as (key path, reason), and paths resolved against the file's f
 Bounded, so a hostile file costs a second, not the host: at most ``MAX_CONFIG_BYTES``
 are read, and a document that would hold more than ``MAX_VALUES`` values once its
 aliases are expanded is refused before anything is built from it (a few hundred
-bytes of nested anchors, "billion laughs", expand to billions of values).
+bytes of nested anchors, "billion laughs", expand to billions of values), and
+``${ENV}`` substitution builds at most ``MAX_CONFIG_BYTES`` characters.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 from streamd.config.base import ConfigError, source_kind
 from streamd.config.pipeline import PipelineConfig
+from streamd.config.security import resolve_key_paths
 from streamd.runtime.redact import redact_url
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -33,9 +38,9 @@ class _Unbounded(yaml.YAMLError):
     """A document past the loader's bounds."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys instead of keeping the last, and
-    documents that expand past ``MAX_VALUES`` values."""
+class _Bounded(Composer, SafeConstructor):
+    """Composes and constructs a document, refusing one that would expand past
+    ``MAX_VALUES`` values; the parser is the subclass's."""
 
     _composed = 0
 
@@ -99,32 +104,82 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
     return out
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+class _PyLoader(_Bounded, yaml.SafeLoader):
+    """SafeLoader, bounded: PyYAML's own scanner and parser, in Python."""
 
 
-def _substitute_env(
-    node: Any, path: str, env: Mapping[str, str], problems: list[tuple[str, str]]
-) -> Any:
-    if isinstance(node, dict):
-        return {
-            k: _substitute_env(v, f"{path}.{k}" if path else str(k), env, problems)
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_substitute_env(v, f"{path}.{i}", env, problems) for i, v in enumerate(node)]
-    if not isinstance(node, str):
-        return node
+_Loader: type[_Bounded] = _PyLoader
+if yaml.__with_libyaml__:
+    from yaml._yaml import CParser
 
-    def repl(m: re.Match[str]) -> str:
+    class _CLoader(_Bounded, CParser, Resolver):
+        """SafeLoader, bounded, over libyaml's scanner and parser: several times faster
+        to reach the value bound (a flat file of ``MAX_VALUES`` values is refused in
+        0.3 s rather than 1.4 s). Composing stays in Python, where the bound is counted."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            _Bounded.__init__(self)  # Composer's anchors
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+    _Loader = _CLoader
+
+# Both refuse duplicate mapping keys instead of keeping the last.
+_Bounded.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _EnvSubstitution:
+    """``${NAME}`` and ``${NAME:-default}`` replaced in every string value.
+
+    Bounded like the YAML: each distinct value is substituted once (an alias is the
+    same object as its anchor, so they share the result instead of each building a
+    copy), and the strings built may hold at most ``MAX_CONFIG_BYTES`` characters in
+    all, counted as they are built: a few kB of aliased ``${X}`` would otherwise
+    build hundreds of MB.
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.problems: list[tuple[str, str]] = []
+        self._left = MAX_CONFIG_BYTES
+        self._done: dict[int, Any] = {}  # id(value) → its substitute; the values outlive it
+
+    def __call__(self, node: Any, path: str = "") -> Any:
+        key = id(node)
+        if key not in self._done:
+            self._done[key] = self._substitute(node, path)
+        return self._done[key]
+
+    def _substitute(self, node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {k: self(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self(v, f"{path}.{i}") for i, v in enumerate(node)]
+        if not isinstance(node, str) or "${" not in node:
+            return node
+        self._spend(len(node))
+        return _ENV_REF.sub(lambda m: self._value(m, path), node)
+
+    def _value(self, m: re.Match[str], path: str) -> str:
         name, default = m.group(1), m.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        problems.append((path, f"environment variable {name} is not set"))
-        return ""
+        if name in self._env:
+            value = self._env[name]
+        elif default is not None:
+            value = default
+        else:
+            self.problems.append((path, f"environment variable {name} is not set"))
+            value = ""
+        self._spend(len(value))
+        return value
 
-    return _ENV_REF.sub(repl, node)
+    def _spend(self, chars: int) -> None:
+        self._left -= chars
+        if self._left < 0:
+            raise _Unbounded(
+                f"${{ENV}} substitution builds more than {MAX_CONFIG_BYTES} characters "
+                "(aliases of a value holding ${VAR}?): refused to bound time and memory"
+            )
 
 
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
@@ -147,9 +202,17 @@ def _too_big(what: str) -> str:
     return f"{what}: too large; the limit for a pipeline file is {MAX_CONFIG_BYTES} bytes"
 
 
+def _load_yaml(text: str) -> Any:
+    loader = _Loader(text)  # type: ignore[call-arg]  # each loader class takes the text
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()  # type: ignore[attr-defined]  # the parser's
+
+
 def _parse(text: str, source: str, env: Mapping[str, str] | None) -> PipelineConfig:
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+        raw = _load_yaml(text)
     except _Unbounded as e:
         raise ConfigError(source, [("", str(e))]) from None
     except yaml.constructor.ConstructorError as e:
@@ -159,13 +222,18 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None) -> PipelineCon
             reason = f"YAML tags that are not plain data are refused ({reason})"
         raise ConfigError(source, [(where, reason)]) from None
     except yaml.YAMLError as e:
+        if "maximum nesting depth" in str(e):  # libyaml's own bound (1000 levels)
+            raise ConfigError(source, [("", "nested too deeply")]) from None
         raise ConfigError(source, [("", f"invalid YAML: {e}")]) from None
     if not isinstance(raw, dict):
         raise ConfigError(source, [("", "the file must be a mapping with at least 'streams'")])
-    problems: list[tuple[str, str]] = []
-    data = _substitute_env(raw, "", os.environ if env is None else env, problems)
-    if problems:
-        raise ConfigError(source, problems)
+    substitute = _EnvSubstitution(os.environ if env is None else env)
+    try:
+        data = substitute(raw)
+    except _Unbounded as e:
+        raise ConfigError(source, [("", str(e))]) from None
+    if substitute.problems:
+        raise ConfigError(source, substitute.problems)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
@@ -184,7 +252,8 @@ def _redacted_reason(err: Any) -> str:
 
 
 def resolve_paths(cfg: PipelineConfig, base_dir: Path, name: str = "pipeline") -> PipelineConfig:
-    """Resolve file URLs, weights and the journal relative to the pipeline file's folder."""
+    """Resolve file URLs, weights, the journal and the CURVE key files relative to the
+    pipeline file's folder (``~`` expanded in key paths)."""
     streams = [
         s.model_copy(update={"url": _resolve_file_url(s.url, base_dir)}) for s in cfg.streams
     ]
@@ -197,7 +266,10 @@ def resolve_paths(cfg: PipelineConfig, base_dir: Path, name: str = "pipeline") -
     journal = cfg.journal.model_copy(
         update={"path": _journal_path(cfg.journal.path, base_dir, name)}
     )
-    return cfg.model_copy(update={"streams": streams, "model": model, "journal": journal})
+    security = resolve_key_paths(cfg.security, base_dir)
+    return cfg.model_copy(
+        update={"streams": streams, "model": model, "journal": journal, "security": security}
+    )
 
 
 def _journal_path(path: str | None, base_dir: Path, name: str) -> str:

@@ -85,9 +85,9 @@ class ClientKeys:
 def load_server_keys(curve: CurveConfig) -> ServerKeys:
     """Read ``security.curve``'s files; :class:`KeyFileError` names the key at fault."""
     public, secret = _read_pair(curve.server_secret, "security.curve.server_secret")
-    _warn_if_shared(Path(curve.server_secret))
-    folder = curve.authorized_clients
-    if not Path(folder).is_dir():
+    _warn_if_shared(Path(curve.server_secret).expanduser())
+    folder = Path(curve.authorized_clients).expanduser()  # load_config did; a caller may not
+    if not folder.is_dir():
         raise KeyFileError("security.curve.authorized_clients", folder, "not a folder")
     try:
         authorized = frozenset(zmq.auth.load_certificates(folder))
