@@ -15,7 +15,6 @@ import logging
 import multiprocessing as mp
 import multiprocessing.connection
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -37,7 +36,7 @@ from streamd.config import PipelineConfig, StreamConfig
 from streamd.control import ControlServer, StatusBoard
 from streamd.control.exposition import MetricsExporter
 from streamd.control.plane import ControlPlane
-from streamd.frames.ring import segment_prefix, sweep_segments
+from streamd.frames.ring import new_run_id, segment_prefix, sweep_segments
 from streamd.inference import InferenceSpec, inference_main
 from streamd.publish.bus import BusProxy
 from streamd.publish.curve import ClientKeys, ServerKeys, load_server_keys
@@ -117,7 +116,7 @@ class Daemon:
         self.cfg = cfg
         self.log_level = log_level
         self.ctx = mp.get_context("spawn")
-        self.run_id = f"{os.getpid():x}{secrets.token_hex(2)}"
+        self.run_id = new_run_id()
         self.epoch = int(time.time() * 1000)  # every publisher of this run, until it restarts
         self.stop = StopFlag()
         self._tmp = ""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +42,16 @@ _ALIGN = 64
 _SHM_DIR = Path("/dev/shm")
 
 Frame = npt.NDArray[np.uint8]
+
+
+def new_run_id() -> str:
+    """A supervisor's run id: its pid and 48 random bits, in hex (at most 20 characters).
+
+    The stale-run sweep unlinks every segment named with a dead supervisor's run id;
+    with a reused pid, only the random part keeps it off a live daemon's rings, so it
+    must not collide by chance (16 bits did, one time in 65,536). Segment names stay
+    near 50 characters, far below the 255 a POSIX shm name may have."""
+    return f"{os.getpid():x}{secrets.token_hex(6)}"
 
 
 def segment_prefix(run_id: str) -> str:
