@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -22,6 +23,19 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a bind address, brackets allowed) is this machine only:
+    ``localhost`` by name or a loopback IP literal. Any other name is not, whatever it
+    looks like (``127.example.com`` is whatever DNS says, now or later)."""
+    host = host.removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def source_kind(url: str) -> SourceKind:

@@ -6,7 +6,7 @@ import re
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from streamd.config.base import _Strict
+from streamd.config.base import _Strict, is_loopback_host
 
 MIN_TOKEN_CHARS = 16  # off loopback: a guessable token is no token
 
@@ -65,5 +65,4 @@ class HttpConfig(_Strict):
 
 
 def _loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
+    return is_loopback_host(listen.rpartition(":")[0])

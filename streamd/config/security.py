@@ -14,9 +14,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from streamd.config.base import _Strict
-
-_LOOPBACK_TCP = re.compile(r"^tcp://(localhost|127\.[0-9.]+|\[::1\]|::1):(\d+|\*)$")
+from streamd.config.base import _Strict, is_loopback_host
 
 
 class CurveConfig(_Strict):
@@ -49,7 +47,10 @@ def reachable_without_keys(endpoint: str) -> bool:
     interface name may be (or later become) reachable. ``ipc://`` is guarded by file
     permissions instead.
     """
-    return endpoint.startswith("tcp://") and _LOOPBACK_TCP.match(endpoint) is None
+    if not endpoint.startswith("tcp://"):
+        return False
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    return not (is_loopback_host(host) and re.fullmatch(r"\d+|\*", port))
 
 
 def resolve_key_paths(security: SecurityConfig, base_dir: Path) -> SecurityConfig:
