@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -206,25 +208,45 @@ def _decode_packet(packet: av.Packet[Any], counters: DecodeCounters) -> list[av.
     return [f for f in frames if isinstance(f, av.VideoFrame)]
 
 
+def frame_step(container: av.container.InputContainer) -> float | None:
+    """The video stream's nominal seconds per frame (1 / its average rate), None if unknown."""
+    rate = container.streams.video[0].average_rate
+    return float(1 / rate) if rate else None
+
+
 class Pacer:
     """Sleeps so that a file plays at its own frame rate (``realtime: true``).
 
     A frame is due at the wall time of an origin frame plus its pts distance from
     it. When pts goes back or leaps ahead (a spliced or looped MPEG-TS, a
     resolution change that restarts the clock), that distance means nothing: the
-    origin moves so the frame is due one frame step after the one before, and
+    origin moves so the frame is due one usual step after the one before, and
     the stream goes on at its rate instead of racing to catch up or stalling.
+
+    The usual step is learnt from the stream: the median of its recent forward
+    steps, seeded with its nominal rate when the container says one. Only a step
+    back, or a leap of more than ``JUMP_STEPS`` usual steps and ``MIN_JUMP_S``,
+    is a jump, so a slow stream (0.5 fps: a step of 2 s) plays at its own rate
+    and a short pause in a fast one is kept.
     """
 
-    MAX_LEAP_S = 1.0  # beyond the usual step: a pause in the stream longer than this is a jump
+    JUMP_STEPS = 10
+    MIN_JUMP_S = 1.0
+    HISTORY = 15  # steps the median is taken over: a few odd ones do not move it
 
     def __init__(
-        self, clock: Callable[[], float] = time.monotonic, nominal_dt: float = 1.0 / 30.0
+        self, clock: Callable[[], float] = time.monotonic, nominal_dt: float | None = None
     ) -> None:
         self._clock = clock
         self._origin: tuple[float, float] | None = None  # (wall, pts)
         self._last_pts = 0.0
-        self._dt = nominal_dt  # the last sane step between frames
+        self._steps: deque[float] = deque(maxlen=self.HISTORY)
+        self.expect(nominal_dt)
+
+    def expect(self, nominal_dt: float | None) -> None:
+        """The container's nominal frame step (None: unknown), until the stream shows its own."""
+        if nominal_dt is not None and nominal_dt > 0 and not self._steps:
+            self._steps.append(nominal_dt)
 
     def reset(self) -> None:
         self._origin = None
@@ -237,15 +259,23 @@ class Pacer:
         if self._origin is None:
             self._origin = (now, pts_s)
         else:
-            step = pts_s - self._last_pts
-            if 0.0 <= step <= self._dt + self.MAX_LEAP_S:
-                self._dt = step or self._dt
-            else:  # a jump: due one usual step after the frame before
-                wall0, pts0 = self._origin
-                self._origin = (wall0 + (self._last_pts - pts0) + self._dt, pts_s)
+            self._origin = self._follow(self._origin, pts_s)
         self._last_pts = pts_s
         wall0, pts0 = self._origin
         return max(0.0, wall0 + (pts_s - pts0) - now)
+
+    def _follow(self, origin: tuple[float, float], pts_s: float) -> tuple[float, float]:
+        """The origin for the frame at ``pts_s``: moved if its step is a jump."""
+        step = pts_s - self._last_pts
+        usual = statistics.median(self._steps) if self._steps else None
+        if step > 0:  # leaps too: a stream whose rate really changed is followed
+            self._steps.append(step)
+        leap = usual is not None and step > max(self.JUMP_STEPS * usual, self.MIN_JUMP_S)
+        if step >= 0 and not leap:
+            return origin
+        # A jump: due one usual step after the frame before (at once if none is known).
+        wall0, pts0 = origin
+        return wall0 + (self._last_pts - pts0) + (usual or 0.0), pts_s
 
 
 class MediaClock:

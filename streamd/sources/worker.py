@@ -33,6 +33,7 @@ from streamd.sources.reader import (
     Pacer,
     SourceStalled,
     decode_frames,
+    frame_step,
     open_source,
 )
 from streamd.types import FrameRef, SourceState, StatusUpdate
@@ -253,6 +254,7 @@ class SourceWorker:
             return _Outcome("open_failed", redact_url(str(e)))
         streamed = False
         try:
+            self._pacer.expect(frame_step(container))  # the first steps' yardstick
             frames = decode_frames(container, self.counters, opts.stall_timeout_s)
             while not self.stop.is_set():
                 with self.watchdog.armed(opts.stall_timeout_s + WATCHDOG_GRACE_S, "read"):
