@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -138,14 +139,22 @@ def test_an_alert_the_journal_cannot_store_still_goes_out(tmp_path: Path) -> Non
          "debounce_s": 0, "snapshot": True}]}]}))  # fmt: skip
     endpoint, alert_endpoint = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
     publisher = Publisher(endpoint, hwm=100)
-    j = journal(tmp_path)
+    path = tmp_path / "alerts.sqlite"
     failures = metrics.JOURNAL_ERRORS._value.get()
     with Subscriber(alert_endpoint, topics=["alert."]) as sub:
         # Alerts go out on the journal thread's own socket, after the commit.
-        analytics = AnalyticsSink(cfg.streams[0], cfg, publisher, j,
-                                  lambda: Publisher(alert_endpoint, hwm=100))  # fmt: skip
+        analytics = AnalyticsSink(
+            cfg.streams[0], cfg, publisher,
+            lambda: AlertJournal(path, "full", 30, 100, busy_timeout_s=0.2),
+            lambda: Publisher(alert_endpoint, hwm=100),
+        )  # fmt: skip
+        deadline = time.monotonic() + 5  # the journal thread has reserved its seqs
+        while not path.exists() or not _reserved(path):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         time.sleep(0.3)  # let the subscription reach the publisher
-        j.db.close()  # every write now fails
+        locked = sqlite3.connect(path, isolation_level=None)
+        locked.execute("BEGIN EXCLUSIVE")  # every write now fails (another writer holds it)
         ref = FrameRef("cam", "ring", 4, 64, 64, 0, 0, time.time(), 1.0, 1.0, time.time(), 7)
         person = {"track_id": 3, "class_id": 0, "class": "person", "conf": 0.9,
                   "bbox": [10.0, 10.0, 30.0, 50.0]}  # fmt: skip
@@ -153,12 +162,20 @@ def test_an_alert_the_journal_cannot_store_still_goes_out(tmp_path: Path) -> Non
         analytics.on_frame(AnalysedFrame(ref, sv.Detections.empty(), [person], image,
                                          Latency(0, 0, 0, 0, 0), {}, 1, 1, 0.0))  # fmt: skip
         event = sub.recv(5)
+        locked.execute("COMMIT")
+        locked.close()
         analytics.close(5.0)
     publisher.close()
     assert event is not None and event.payload["rule"] == "enter" and event.payload["frame"] == 7
     assert event.attachment is not None and event.attachment[:2] == b"\xff\xd8"  # a JPEG
     assert metrics.JOURNAL_ERRORS._value.get() == failures + 1
     assert analytics.counts().journal.unjournaled == 1
+
+
+def _reserved(path: Path) -> bool:
+    with sqlite3.connect(path) as db:
+        tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+        return "seq_reserve" in tables and bool(db.execute("SELECT 1 FROM seq_reserve").fetchall())
 
 
 def test_a_filtered_subscriber_pages_past_other_streams(tmp_path: Path) -> None:

@@ -12,16 +12,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 import zmq
 
 from streamd.client import AlertSubscriber
-from streamd.publish.alert_writer import STALL_S, AlertWriter
-from streamd.publish.journal import SEQ_RESERVE, AlertJournal, Entry
+from streamd.publish.alert_writer import QUEUE_BATCHES, STALL_S, AlertWriter, NewAlert
+from streamd.publish.journal import SEQ_RESERVE, AlertJournal
 from streamd.publish.publisher import Publisher
 from streamd.publish.wire import Event, decode
 
@@ -29,10 +29,8 @@ from .daemon import EventLog, start, stop_and_check_clean, write_pipeline
 from .util import free_port, shm_segments
 
 
-def _alert(stream: str, seq: int) -> Entry:
-    payload: dict[str, Any] = {"type": "alert", "stream": stream, "seq": seq, "epoch": 1,
-                               "ts": 1.0 + seq, "rule": "in"}  # fmt: skip
-    return Entry(payload, None)
+def _new(n: int) -> NewAlert:
+    return NewAlert(1.0 + n, {"rule": "in", "n": n}, None)
 
 
 class _Bus:
@@ -45,14 +43,7 @@ class _Bus:
         self._sock.bind(self.endpoint)
 
     def publisher(self) -> Publisher:
-        return Publisher(self.endpoint, 100, epoch=1, bus=True)
-
-    def close_writer(self, writer: AlertWriter, last: int) -> bool:
-        fallback = self.publisher()
-        try:
-            return writer.close(5.0, last, fallback)
-        finally:
-            fallback.close()
+        return Publisher(self.endpoint, 10_000, epoch=1, bus=True)
 
     def next(self, timeout_s: float) -> Event | None:
         if not self._sock.poll(int(timeout_s * 1000)):
@@ -70,53 +61,162 @@ class _Bus:
         self._ctx.term()
 
 
+def _writer(path: Path, bus: _Bus, busy_s: float = 5.0, floor: int = 0) -> AlertWriter:
+    def open_journal() -> AlertJournal:
+        return AlertJournal(path, "full", 30, 100, prune=False, busy_timeout_s=busy_s)
+
+    return AlertWriter("a", open_journal, bus.publisher, floor)
+
+
+class _Lock:
+    """Another writer holding the journal: every commit waits, then fails ("locked")."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        AlertJournal(path, "full", 30, 100).close()  # the schema exists
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("BEGIN EXCLUSIVE")
+
+    def release(self) -> None:
+        self._db.execute("COMMIT")
+        self._db.close()
+
+
+def _reserved(path: Path) -> int | None:
+    try:
+        with sqlite3.connect(path) as db:
+            row = db.execute("SELECT upto FROM seq_reserve WHERE stream = 'a'").fetchone()
+    except sqlite3.OperationalError:  # not created yet
+        return None
+    return None if row is None else int(row[0])
+
+
+def _wait(pred: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
 def test_alert_seqs_published_while_the_journal_fails_are_never_reused(tmp_path: Path) -> None:
-    """Disk full (every commit fails): the alerts still go out, counted; a process that
-    starts after an unclean end numbers on above them, one after a clean end right after."""
+    """Commits failing (another writer, a full disk): alerts inside the reserved block
+    still go out, counted; a process that starts after an unclean end numbers on
+    above them, one after a clean end right after the last one out."""
     path = tmp_path / "alerts.sqlite"
     bus = _Bus()
+    first_writer = _writer(path, bus, busy_s=0.2)
     try:
-        j = AlertJournal(path, "full", 30, 100)
-        writer = AlertWriter(j, "a", j.next_seq("a"), bus.publisher)
-        writer.submit([_alert("a", 0), _alert("a", 1)])
+        first_writer.submit([_new(0), _new(1)])
         assert bus.seqs(2) == [0, 1]
-        j.db.close()  # every write fails from now on, as on a full disk
-        writer.submit([_alert("a", 2)])
-        writer.submit([_alert("a", 3)])
-        assert bus.seqs(2) == [2, 3]  # published live all the same
-        assert writer.health().unjournaled == 2 and writer.published == 3
-        # The process dies here (no clean close). The next one:
-        j2 = AlertJournal(path, "full", 30, 100, prune=False)
-        first = j2.next_seq("a")
-        assert first > 3, "seq 2 and 3 went out: handing them out again would be a lie"
-        assert first == SEQ_RESERVE  # the block reserved at start, 0..SEQ_RESERVE-1
-        writer2 = AlertWriter(j2, "a", first, bus.publisher)
-        writer2.submit([_alert("a", first)])
-        assert bus.seqs(1) == [first]
-        assert bus.close_writer(writer2, first)  # a clean stop releases the block
-        j2.close()
-        j3 = AlertJournal(path, "full", 30, 100, prune=False)
-        assert j3.next_seq("a") == first + 1
-        j3.close()
+        lock = _Lock(path)  # every commit fails from now on
+        first_writer.submit([_new(2)])
+        first_writer.submit([_new(3)])
+        assert bus.seqs(2) == [2, 3]  # out live all the same, in order
+        _wait(lambda: first_writer.published == 3)
+        assert first_writer.health().unjournaled == 2
+        lock.release()
+        # That process dies here (no clean close). The next one:
+        second = _writer(path, bus)
+        second.submit([_new(4)])
+        (seq,) = bus.seqs(1)
+        assert seq == SEQ_RESERVE > 3  # above the dead one's block: 2 and 3 never again
+        assert second.close(5.0)  # a clean stop releases the block
+        assert _reserved(path) == seq
+        third = _writer(path, bus)
+        third.submit([_new(5)])
+        assert bus.seqs(1) == [seq + 1]
+        assert third.close(5.0)
     finally:
+        first_writer.close(0.1)
+        bus.close()
+
+
+def test_an_alert_past_the_reservation_is_held_until_the_journal_takes_it(
+    tmp_path: Path,
+) -> None:
+    """The disk is full from the start (nothing could be reserved): an alert is not
+    published unjournaled (its seq could not be proven unique), it waits, counted in
+    health, and goes out once its commit succeeds."""
+    path = tmp_path / "alerts.sqlite"
+    bus = _Bus()
+    lock = _Lock(path)
+    writer = _writer(path, bus, busy_s=0.2)
+    try:
+        writer.submit([_new(0)])
+        assert bus.next(2.0) is None  # held, not published
+        assert writer.health().stalled_s > 1.0 and writer.health().unjournaled == 0
+        lock.release()
+        assert bus.seqs(1) == [0]
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT seq FROM alerts").fetchall() == [(0,)]
+        assert writer.close(5.0)
+    finally:
+        bus.close()
+
+
+def test_a_full_queue_drops_and_counts_and_what_was_queued_goes_out_in_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "alerts.sqlite"
+    bus = _Bus()
+    writer = _writer(path, bus, busy_s=30.0)
+    try:
+        writer.submit([_new(0)])
+        assert bus.seqs(1) == [0]
+        lock = _Lock(path)  # the disk hangs: the next commit waits
+        for n in range(1, QUEUE_BATCHES + 8):
+            writer.submit([_new(n)])
+        _wait(lambda: writer.health().unjournaled > 0)
+        dropped = writer.health().unjournaled
+        assert dropped in (6, 7) and writer.health().queued >= QUEUE_BATCHES - 1
+        lock.release()
+        kept = QUEUE_BATCHES + 7 - dropped
+        assert bus.seqs(kept) == list(range(1, kept + 1))  # one path, in seq order
+        assert writer.close(5.0)
+    finally:
+        bus.close()
+
+
+def test_alerts_queued_behind_a_stuck_journal_at_stop_are_counted(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.sqlite"
+    bus = _Bus()
+    writer = _writer(path, bus, busy_s=30.0)
+    _wait(lambda: path.exists() and _reserved(path) is not None)  # open, seqs reserved
+    lock = _Lock(path)
+    try:
+        for n in range(3):
+            writer.submit([_new(n)])
+        _wait(lambda: writer.health().stalled_s > 0)
+        assert writer.close(0.5) is False
+        assert writer.health().unjournaled == 2  # the two behind the stuck commit
+    finally:
+        lock.release()
         bus.close()
 
 
 def test_the_reservation_stays_ahead_of_what_goes_out(tmp_path: Path) -> None:
     """Past half the block, the next commit extends it in the same transaction."""
+    path = tmp_path / "alerts.sqlite"
     bus = _Bus()
+    writer = _writer(path, bus)
     try:
-        j = AlertJournal(tmp_path / "alerts.sqlite", "normal", 30, 100)
-        writer = AlertWriter(j, "a", 0, bus.publisher)
-        seq = SEQ_RESERVE // 2 + 1
-        writer.submit([_alert("a", seq)])
-        assert bus.seqs(1) == [seq]
-        reserved = j.db.execute("SELECT upto FROM seq_reserve WHERE stream = 'a'").fetchone()
-        assert reserved == (seq + SEQ_RESERVE,)
-        assert bus.close_writer(writer, seq)
-        j.close()
+        last = SEQ_RESERVE // 2 + 1
+        writer.submit([_new(n) for n in range(last + 1)])
+        assert bus.seqs(last + 1)[-1] == last
+        assert _reserved(path) == last + SEQ_RESERVE
+        assert writer.close(5.0)
     finally:
         bus.close()
+
+
+def test_a_clean_release_never_lowers_another_process_reservation(tmp_path: Path) -> None:
+    j = AlertJournal(tmp_path / "alerts.sqlite", "normal", 30, 100)
+    j.reserve("a", 10_000)
+    j.reserve("a", 20_000)  # a newer process of the same stream
+    j.reserve("a", 15_000)  # a straggler extends: never lowers
+    j.release("a", 3, 10_000)  # the straggler stops cleanly: not its block any more
+    assert j.next_seq("a") == 20_001
+    j.close()
 
 
 def _lock_journal(path: Path, hold_s: float, locked: threading.Event) -> None:
@@ -251,18 +351,18 @@ def test_a_superseded_process_state_is_not_published(tmp_path: Path) -> None:
 
 def test_alerts_go_out_in_order_through_the_journal_thread(tmp_path: Path) -> None:
     """A burst of alerts over several frames leaves in seq order, each after its commit."""
+    path = tmp_path / "alerts.sqlite"
     bus = _Bus()
+    writer = _writer(path, bus)
     try:
-        j = AlertJournal(tmp_path / "alerts.sqlite", "full", 30, 100)
-        writer = AlertWriter(j, "a", 0, bus.publisher)
-        for seq in range(0, 30, 3):
-            assert writer.submit([_alert("a", seq), _alert("a", seq + 1), _alert("a", seq + 2)])
+        for n in range(0, 30, 3):
+            writer.submit([_new(n), _new(n + 1), _new(n + 2)])
         assert bus.seqs(30) == list(range(30))
-        assert bus.close_writer(writer, 29)
-        stored = [s for (s,) in j.db.execute("SELECT seq FROM alerts ORDER BY id")]
-        j.close()
+        assert writer.close(5.0)
     finally:
         bus.close()
+    with sqlite3.connect(path) as db:
+        stored = [s for (s,) in db.execute("SELECT seq FROM alerts ORDER BY id")]
     assert stored == list(range(30))
 
 

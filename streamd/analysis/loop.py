@@ -48,7 +48,12 @@ log = logging.getLogger(__name__)
 
 BUS_HWM = 10_000
 STATE_GRACE_S = 5.0  # apply a state change after this long even if frames never came back
-JOURNAL_CLOSE_S = 5.0  # at stop, how long queued alerts may wait for the journal
+# At stop, how long queued alerts may wait for the journal: within the stop budget
+# (the process's 2 s join, the supervisor's grace before SIGKILL).
+JOURNAL_CLOSE_S = 1.0
+# Another writer holding the journal (retention, a backup): the journal thread waits
+# rather than publish unjournaled; off the analysis thread that costs no frames.
+JOURNAL_BUSY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +91,15 @@ class SourceSide(Protocol):
 
 def _analytics(stream: StreamConfig, spec: AnalysisSpec, publisher: Publisher) -> AnalyticsSink:
     j = spec.pipeline.journal
-    journal = AlertJournal(Path(str(j.path)), j.synchronous, j.max_age_days, j.max_mb,
-                           prune=False)  # fmt: skip
 
-    def alert_bus() -> Publisher:  # the journal thread's own socket to the bus
+    def open_journal() -> AlertJournal:  # on the journal thread: it may wait on the disk
+        return AlertJournal(Path(str(j.path)), j.synchronous, j.max_age_days, j.max_mb,
+                            prune=False, busy_timeout_s=JOURNAL_BUSY_S)  # fmt: skip
+
+    def open_bus() -> Publisher:  # the journal thread's own socket to the bus
         return Publisher(spec.bus, BUS_HWM, epoch=spec.epoch, bus=True)
 
-    return AnalyticsSink(stream, spec.pipeline, publisher, journal, alert_bus,
+    return AnalyticsSink(stream, spec.pipeline, publisher, open_journal, open_bus,
                          spec.alert_seq_from)  # fmt: skip
 
 

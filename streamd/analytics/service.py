@@ -1,8 +1,8 @@
 """One camera's analytics, in that camera's own process: tracked objects in,
 ``track.<id>`` and ``alert.<id>`` out.
 
-Alerts are committed to the journal before they are published (one
-transaction per frame that raised any), on a thread of their own
+Alerts are numbered, committed to the journal and only then published (one
+transaction per frame that raised any) on a thread of their own
 (:class:`~streamd.publish.alert_writer.AlertWriter`), so a slow or hung
 journal disk delays alerts, never this camera's frames. Their ``seq``
 continues from the journal's last one for this stream, across restarts of
@@ -23,8 +23,8 @@ import numpy.typing as npt
 from streamd import metrics
 from streamd.analytics.engine import Alert, Observation, StreamAnalytics, TrackEvent
 from streamd.config import PipelineConfig, StreamConfig
-from streamd.publish.alert_writer import AlertWriter
-from streamd.publish.journal import AlertJournal, Entry
+from streamd.publish.alert_writer import AlertWriter, NewAlert
+from streamd.publish.journal import AlertJournal
 from streamd.publish.publisher import Publisher
 from streamd.types import FrameRef, JournalHealth, SourceState
 
@@ -109,23 +109,20 @@ class AnalyticsSink:
         stream: StreamConfig,
         cfg: PipelineConfig,
         publisher: Publisher,
-        journal: AlertJournal,
-        alert_bus: Callable[[], Publisher],
+        open_journal: Callable[[], AlertJournal],
+        open_bus: Callable[[], Publisher],
         alert_seq_from: int = 0,
     ) -> None:
-        """``alert_bus`` makes the socket alerts go out on, in the journal's thread."""
+        """``open_journal``/``open_bus``: the journal and the socket alerts go out on,
+        opened on the journal thread; ``alert_seq_from``: the seq floor (supervisor)."""
         self.stream = stream.id
         self.publisher = publisher
-        self.journal = journal
         self.engine = StreamAnalytics(stream.zones, stream.lines, cfg.tracks,
                                       cfg.tracker.lost_track_s)  # fmt: skip
         self.last_ref: FrameRef | None = None
         self._occupancy = {z.name: metrics.ZONE_OCCUPANCY.labels(stream.id, z.name)
                            for z in stream.zones}  # fmt: skip
-        next_seq = max(journal.next_seq(stream.id), alert_seq_from)
-        publisher.continue_from("alert", stream.id, next_seq)
-        self.writer = AlertWriter(journal, stream.id, next_seq, alert_bus)
-        self._overflowing = False
+        self.writer = AlertWriter(stream.id, open_journal, open_bus, alert_seq_from)
         self._closed = False
 
     def on_frame(self, frame: AnalysedFrame) -> None:
@@ -175,25 +172,13 @@ class AnalyticsSink:
             self.publisher.publish("track", ref.stream, ref.capture_ts, track_fields(e))
         if not alerts:
             return
-        entries = []
+        batch = []
         for a in alerts:
             jpeg = None
             if a.snapshot and a.obj is not None and frame is not None:
                 jpeg = snapshot(frame, a.obj.bbox)
-            fields = alert_fields(a, ref, jpeg is not None)
-            entries.append(Entry(self.publisher.envelope("alert", ref.stream, ref.capture_ts,
-                                                         fields), jpeg))  # fmt: skip
-        if self.writer.submit(entries):  # journaled, then published, by the writer
-            self._overflowing = False
-            return
-        # The journal has been stuck for a queue's worth of alerts: live, not replayable.
-        if not self._overflowing:
-            log.error("journal queue of %s full: alerts go out live, unjournaled", ref.stream)
-        self._overflowing = True
-        for entry in entries:
-            self.publisher.send(entry.payload, entry.snapshot)
-            metrics.ALERTS.labels(ref.stream, entry.payload["rule"]).inc()
-        self.writer.unjournaled(entries, "queue_full")
+            batch.append(NewAlert(ref.capture_ts, alert_fields(a, ref, jpeg is not None), jpeg))
+        self.writer.submit(batch)  # numbered, journaled, then published by the writer
 
     def state(self) -> dict[str, Any]:
         """Active tracks, occupancy and counts (what a ``state`` request answers)."""
@@ -210,13 +195,10 @@ class AnalyticsSink:
         )
 
     def close(self, timeout_s: float) -> None:
-        """Journal and publish the alerts still queued, then close the journal (once)."""
-        if self._closed:
-            return
-        self._closed = True
-        last = self.publisher.last_seq("alert", self.stream)
-        if self.writer.close(timeout_s, last, self.publisher):
-            self.journal.close()  # not under a write stuck in another thread
+        """Journal and publish the alerts still queued (once)."""
+        if not self._closed:
+            self._closed = True
+            self.writer.close(timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

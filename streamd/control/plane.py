@@ -35,7 +35,7 @@ from streamd.publish import Publisher
 from streamd.publish.events import status_fields
 from streamd.publish.journal import AlertJournal
 from streamd.runtime.channel import Inbox
-from streamd.types import InferenceBeat, SourceState, StatusUpdate, StreamRow
+from streamd.types import InferenceBeat, JournalHealth, SourceState, StatusUpdate, StreamRow
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +148,12 @@ class ControlPlane:
                 self._status(update, publisher)
 
     def _rows_now(self) -> dict[str, StreamRow]:
-        """The rows, with no rate and no latency for a camera that stopped reporting."""
+        """The rows, with no rate, no latency and no journal wait for a camera that
+        stopped reporting (ended, failed, dead: a frozen wait would fail health for good)."""
         stale = time.monotonic() - ROW_STALE_INTERVALS * self._heartbeat_s
         with self._lock:
             return {
-                sid: row if self._row_at[sid] >= stale else replace(row, fps=0.0, latency_ms=None)
+                sid: row if self._row_at[sid] >= stale else _quiet(row)
                 for sid, row in self._rows.items()
             }
 
@@ -195,3 +196,9 @@ class ControlPlane:
             self._thread.join(2.0)
         else:
             self._inbox.close()
+
+
+def _quiet(row: StreamRow) -> StreamRow:
+    """A row whose camera stopped reporting: its counts stay, nothing is in progress."""
+    journal = JournalHealth(unjournaled=row.journal.unjournaled)
+    return replace(row, fps=0.0, latency_ms=None, journal=journal)

@@ -119,19 +119,22 @@ class AlertJournal:
         max_age_days: float,
         max_mb: float,
         prune: bool = True,
+        busy_timeout_s: float = 5.0,
     ) -> None:
         """``prune``: apply retention now (the supervisor does; the cameras' processes,
-        which only append, do not)."""
+        which only append, do not). ``busy_timeout_s``: how long a write waits for
+        another writer (a camera's journal thread waits long: it costs no frames)."""
         self.path = path
         self.max_age_s = max_age_days * 86400.0
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.db = connect(path, synchronous)
+        self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         if prune:
             self.prune()
 
     def next_seqs(self) -> dict[str, int]:
-        """Per stream, the seq the next alert gets (continuing across restarts)."""
-        return {stream: last + 1 for stream, last in last_seqs(self.db).items()}
+        """Per stream, the seq the next alert gets (see :meth:`next_seq`)."""
+        return {stream: self.next_seq(stream) for stream in last_seqs(self.db)}
 
     def next_seq(self, stream: str) -> int:
         """The seq the next alert of ``stream`` gets: after its last journaled one, and
@@ -149,16 +152,21 @@ class AlertJournal:
         return None if found is None else int(found[0])
 
     def reserve(self, stream: str, upto: int) -> None:
-        """Record that seqs of ``stream`` up to ``upto`` may be handed out."""
+        """Record that seqs of ``stream`` up to ``upto`` may be handed out (never lowers
+        what another process reserved)."""
         self.db.execute(
             "INSERT INTO seq_reserve (stream, upto) VALUES (?, ?)"
-            " ON CONFLICT (stream) DO UPDATE SET upto = excluded.upto",
+            " ON CONFLICT (stream) DO UPDATE SET upto = MAX(upto, excluded.upto)",
             (stream, upto),
         )
 
-    def release(self, stream: str, last_handed_out: int) -> None:
-        """A clean end: the next process continues right after the last seq handed out."""
-        self.reserve(stream, last_handed_out)
+    def release(self, stream: str, last_out: int, reserved: int) -> None:
+        """A clean end: the next process numbers on right after ``last_out`` — unless
+        another process reserved past ``reserved`` (ours) meanwhile."""
+        self.db.execute(
+            "UPDATE seq_reserve SET upto = ? WHERE stream = ? AND upto = ?",
+            (last_out, stream, reserved),
+        )
 
     def append(self, entries: Sequence[Entry], reserve: Mapping[str, int] | None = None) -> None:
         """Commit a batch of alerts (one transaction, one fsync), with ``reserve``
