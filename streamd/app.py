@@ -35,6 +35,7 @@ from streamd.analysis import AnalysisSpec
 from streamd.config import PipelineConfig, StreamConfig
 from streamd.control import ControlServer, StatusBoard
 from streamd.control.exposition import MetricsExporter
+from streamd.control.health import service_health
 from streamd.control.plane import ControlPlane
 from streamd.frames.ring import new_run_id, segment_prefix, sweep_segments
 from streamd.inference import InferenceSpec, inference_main
@@ -46,6 +47,7 @@ from streamd.runtime.channel import Outbox
 from streamd.runtime.exits import DaemonExit, WorkerExit
 from streamd.runtime.process import StopFlag
 from streamd.runtime.rundir import make_run_dir, stale_run_dirs
+from streamd.runtime.systemd import ServiceNotifier
 from streamd.sources.reader import OpenOptions
 from streamd.sources.worker import SourceSpec, source_main
 from streamd.types import SourceState, StatusUpdate, WatchUpdate
@@ -127,8 +129,14 @@ class Daemon:
         self._outbox: Outbox | None = None  # to the control plane: status said on behalf
         self._curve, board_keys = _curve_keys(cfg)  # KeyFileError: refused, nothing started
         self.board = StatusBoard(
-            cfg.publish.endpoint, [s.id for s in cfg.streams], cfg.publish.heartbeat_s, board_keys
+            cfg.publish.endpoint,
+            [s.id for s in cfg.streams],
+            cfg.publish.heartbeat_s,
+            board_keys,
+            ready_share=cfg.supervisor.ready_streams,
         )
+        # Under systemd (Type=notify): READY=1, STATUS=, WATCHDOG=1 from the loop below.
+        self._systemd = ServiceNotifier(lambda: service_health(self.board))
         self._http: ControlServer | None = None
         self._bus: BusProxy | None = None
         self._journal: AlertJournal | None = None
@@ -342,6 +350,7 @@ class Daemon:
                 s.process.sentinel for s in self.sources.values() if s.process is not None
             ]
             multiprocessing.connection.wait(waitables, timeout=0.2)
+            self._systemd.tick()
             if not self.inference.is_alive():
                 log.error("inference worker died (exit code %s); stopping", self.inference.exitcode)
                 return DaemonExit.WORKER_DIED
@@ -433,6 +442,7 @@ class Daemon:
         return now
 
     def _shutdown(self) -> None:
+        self._systemd.stopping()
         self._stop_workers()
         with self._watch_lock:
             for outbox in self._watch_outboxes.values():

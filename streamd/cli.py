@@ -52,6 +52,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
     if cfg is None:
         return EXIT_BAD_CONFIG
+    configure_logging(args.log_level, "supervisor", cfg.log.format)  # the file's format now
     from streamd.app import Daemon
     from streamd.publish.curve import KeyFileError
 
@@ -159,7 +160,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
     else:
         print(format_status(status))
-    return 0 if status.get("healthy") else 1
+    return status_exit_code(status)
+
+
+EXIT_STREAMS_DOWN = 3  # `streamd status`: the daemon is healthy, but a camera is not streaming
+
+
+def status_exit_code(status: dict[str, Any]) -> int:
+    """0: healthy and every stream streaming; 1: unhealthy; 3: some stream down."""
+    if not status.get("healthy"):
+        return 1
+    rows = status["streams"].values()
+    return 0 if all(r.get("up", r.get("state") == "streaming") for r in rows) else EXIT_STREAMS_DOWN
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -189,7 +201,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"backend {status.get('backend') or '-'}  uptime {status['uptime_s']:.0f}s  "
         f"{'healthy' if status.get('healthy') else _unhealthy(status)}"
     )
-    return "\n".join([head, *lines, *_analytics_lines(status)])
+    down = [f"{sid}: DOWN, {s['problem']}" for sid, s in status["streams"].items()
+            if s.get("problem")]  # fmt: skip
+    return "\n".join([head, *lines, *down, *_analytics_lines(status)])
 
 
 def _unhealthy(status: dict[str, Any]) -> str:

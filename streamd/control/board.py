@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamd.client import ClientKeys, Event, Subscriber
+from streamd.control.health import mark_streams, not_ready
 from streamd.publish.alert_writer import STALL_S
 from streamd.types import SourceState
 
@@ -57,7 +58,9 @@ class StatusBoard:
         streams: list[str],
         heartbeat_s: float,
         curve: ClientKeys | None = None,  # the publisher's CURVE keys let this client in
+        ready_share: float = 1.0,  # supervisor.ready_streams: the share that must stream
     ) -> None:
+        self._ready_share = ready_share
         self._endpoint = connect_endpoint(endpoint)
         self._curve = curve
         self._heartbeat_s = heartbeat_s
@@ -152,6 +155,13 @@ class StatusBoard:
                 if s > STALL_S]  # fmt: skip
         return out + [f"{name} thread dead" for name in self.dead()]
 
+    def not_ready(self) -> list[str]:
+        """What keeps the daemon from being ready (model, streams), in words; empty: ready."""
+        with self._lock:
+            streams = copy.deepcopy(self._streams)
+            loaded = self._backend is not None
+        return not_ready(streams, loaded and self.beating(), self._ready_share)
+
     def healthy(self) -> bool:
         """The detector is alive, no stream's alert journal is stuck and every watched
         part is alive."""
@@ -168,6 +178,8 @@ class StatusBoard:
         with self._lock:
             streams = copy.deepcopy(self._streams)
             backend, epoch = self._backend, self._epoch
+        mark_streams(streams)
+        waiting = not_ready(streams, backend is not None and self.beating(), self._ready_share)
         for row in streams.values():
             row["in_state_s"] = None if row["since"] is None else round(now - row["since"], 3)
         return {
@@ -177,6 +189,8 @@ class StatusBoard:
             "healthy": not problems,
             "problems": problems,
             "dead": self.dead(),
+            "ready": not waiting,
+            "not_ready": waiting,
             "streams": streams,
         }
 

@@ -32,7 +32,14 @@ class _BoardCollector:
             "Source worker restarts by the supervisor.",
             labels=["stream"],
         )
+        stream_up = GaugeMetricFamily(
+            "streamd_stream_up",
+            "1 while the stream is streaming (frames analysed), else 0: connecting, "
+            "reconnecting, stalled, failed, ended.",
+            labels=["stream"],
+        )
         for sid, row in snap["streams"].items():
+            stream_up.add_metric([sid], 1.0 if row["up"] else 0.0)
             for s in SourceState:
                 state.add_metric([sid, s.value], 1.0 if row["state"] == s.value else 0.0)
             restarts.add_metric([sid], row["restarts"])
@@ -47,7 +54,7 @@ class _BoardCollector:
         )
         if snap["backend"]:
             info.add_metric([snap["backend"]], 1.0)
-        yield from (state, restarts, up, info)
+        yield from (state, stream_up, restarts, up, info)
         if self.view is not None:
             yield from self._view_metrics(self.view)
 

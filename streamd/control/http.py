@@ -1,5 +1,6 @@
 """The daemon's HTTP endpoint: the live view (``/``, ``/streams/<id>``, ``.mjpg``,
-``.jpg``), ``GET /status`` (JSON), ``/metrics`` (Prometheus), ``/healthz``.
+``.jpg``), ``GET /status`` (JSON), ``/metrics`` (Prometheus), ``/healthz`` (alive),
+``/readyz`` (model loaded, enough cameras streaming).
 
 Bound to loopback by default; off loopback ``http.token`` (16+ characters) is
 required and checked on every request: ``Authorization: Bearer <token>`` (the
@@ -70,10 +71,19 @@ class _Handler(BaseHTTPRequestHandler):
             problems, dead = board.problems(), board.dead()
             self._send(503 if problems else 200,
                        {"healthy": not problems, "problems": problems, "dead": dead})  # fmt: skip
+        elif path == "/readyz":
+            self._readyz()
         else:
-            self._send(
-                404, {"error": f"no such endpoint {path!r}; try /, /status, /metrics, /healthz"}
-            )
+            endpoints = "/, /status, /metrics, /healthz, /readyz"
+            self._send(404, {"error": f"no such endpoint {path!r}; try {endpoints}"})
+
+    def _readyz(self) -> None:
+        """200 once the model is loaded and enough streams stream; 503 saying why not."""
+        snap = self.server.board.snapshot()
+        streams = {sid: {"up": r["up"], "problem": r["problem"]}
+                   for sid, r in snap["streams"].items()}  # fmt: skip
+        body = {"ready": snap["ready"], "problems": snap["not_ready"], "streams": streams}
+        self._send(200 if snap["ready"] else 503, body)
 
     def _authorised(self, query: dict[str, list[str]]) -> bool:
         token = self.server.token

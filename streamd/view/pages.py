@@ -12,6 +12,9 @@ a { color: #8cf; } table { border-collapse: collapse; }
 td, th { padding: 4px 10px; text-align: left; border-bottom: 1px solid #333; }
 img.thumb { width: 240px; display: block; background: #222; }
 img.live { max-width: 100%; display: block; background: #222; }
+div.down { width: 240px; height: 135px; display: flex; align-items: center;
+  justify-content: center; text-align: center; background: #311; color: #f99; }
+td.problem { color: #f99; }
 """
 
 _REFRESH = """
@@ -20,6 +23,8 @@ _REFRESH = """
 setInterval(() => document.querySelectorAll("img.thumb").forEach(img => {
   const u = new URL(img.src); u.searchParams.set("t", Date.now()); img.src = u;
 }), 2000);
+// A camera that is down has a placeholder, not a thumbnail: reload to see it come back.
+if (document.querySelector("div.down")) setTimeout(() => location.reload(), 5000);
 </script>
 """
 
@@ -34,18 +39,27 @@ def index(status: dict[str, Any], token: str | None) -> str:
         link = f"/streams/{quote(sid)}{_q(token)}"
         thumb = f"/streams/{quote(sid)}.jpg{_q(token)}"
         latency = s.get("latency_ms")
+        problem = s.get("problem")
+        # A down camera has no fresh frame: a broken image would only say "something".
+        picture = (
+            f"<img class='thumb' src='{thumb}' alt=''>"
+            if problem is None
+            else f"<div class='down'>no picture: {html.escape(str(s.get('state') or '-'))}</div>"
+        )
         rows.append(
-            f"<tr><td><a href='{link}'><img class='thumb' src='{thumb}' alt=''></a></td>"
+            f"<tr><td><a href='{link}'>{picture}</a></td>"
             f"<td><a href='{link}'>{html.escape(sid)}</a></td>"
             f"<td>{html.escape(str(s.get('state') or '-'))}</td>"
             f"<td>{s.get('fps') or 0:.1f}</td>"
-            f"<td>{'-' if latency is None else f'{latency:.0f} ms'}</td></tr>"
+            f"<td>{'-' if latency is None else f'{latency:.0f} ms'}</td>"
+            f"<td class='problem'>{html.escape(problem or '')}</td></tr>"
         )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>streamd</title>"
         f"<style>{_STYLE}</style></head><body><h1>streamd</h1>"
         f"<p>backend {html.escape(str(status.get('backend') or '-'))}</p><table>"
-        "<tr><th></th><th>stream</th><th>state</th><th>analysed fps</th><th>latency</th></tr>"
+        "<tr><th></th><th>stream</th><th>state</th><th>analysed fps</th><th>latency</th>"
+        "<th>problem</th></tr>"
         f"{''.join(rows)}</table>{_REFRESH}</body></html>"
     )
 
