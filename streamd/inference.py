@@ -37,6 +37,7 @@ from streamd.types import (
     FrameRef,
     InferenceBeat,
     Results,
+    RouteUpdate,
     StageDrops,
 )
 
@@ -54,7 +55,7 @@ class InferenceSpec:
 
 def inference_main(spec: InferenceSpec, ready: Connection) -> None:
     """Process entry point: bind the inbox, load the model, send its class names, loop."""
-    stop = setup_worker("inference", spec.log_level)
+    stop = setup_worker("inference", spec.log_level, spec.config.log.format)
     run_logged(lambda: _serve(spec, ready, stop))
 
 
@@ -138,11 +139,29 @@ class InferenceWorker:
 
     def _ingest(self, messages: Sequence[object]) -> None:
         for msg in messages:
+            if isinstance(msg, RouteUpdate):
+                self._route(msg)
+                continue
             if not isinstance(msg, FrameRef) or msg.stream not in self.policies:
                 log.warning("unexpected message %r ignored", type(msg).__name__)
                 continue
             for displaced in self.batcher.offer(msg):
                 self._drop(displaced, "queue_full")
+
+    def _route(self, msg: RouteUpdate) -> None:
+        """A stream added, changed or removed at runtime (the supervisor sends this before
+        it starts the stream's process, and after it stopped it)."""
+        if msg.endpoint is None:
+            self.batcher.remove(msg.stream)  # its process and rings are gone: nothing to release
+            self.policies.pop(msg.stream, None)
+            self._outgoing.pop(msg.stream, None)
+            self.router.disconnect(msg.stream)
+            log.info("stream %s removed from the detector's routes", msg.stream)
+            return
+        self.policies[msg.stream] = msg.policy
+        self.batcher.set_lane(msg.stream, msg.policy, msg.max_latency_s)
+        self.router.connect(msg.stream, msg.endpoint)
+        log.info("stream %s routed to %s", msg.stream, msg.endpoint)
 
     def _drops(self, stream: str) -> StageDrops:
         d = self.batcher.drops(stream)

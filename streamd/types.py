@@ -9,6 +9,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from streamd.config import DropPolicy, LineConfig, ZoneConfig
+
 
 class SourceState(StrEnum):
     CONNECTING = "connecting"
@@ -57,6 +59,7 @@ class StatusUpdate:
     # Which of the stream's processes it is about (restarts before it): an update from a
     # superseded one, late in the inbox, is dropped.
     generation: int = 0
+    final: bool = False  # the stream was removed at runtime: nothing follows this update
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,27 @@ class WatchUpdate:
 
     stream: str
     max_fps: float
+
+
+@dataclass(frozen=True, slots=True)
+class RegionsUpdate:
+    """Supervisor → a camera's process (on its results channel): its new zones and lines,
+    applied between two frames without restarting the source; its tracks are kept."""
+
+    stream: str
+    zones: tuple[ZoneConfig, ...]
+    lines: tuple[LineConfig, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteUpdate:
+    """Supervisor → the detector process (its inbox): a stream added or changed at
+    runtime gets its results endpoint and batching lane; ``endpoint`` None: removed."""
+
+    stream: str
+    endpoint: str | None
+    policy: DropPolicy = "latest"
+    max_latency_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

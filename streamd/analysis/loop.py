@@ -36,6 +36,7 @@ from streamd.track import StreamTracker
 from streamd.types import (
     Detected,
     Dropped,
+    RegionsUpdate,
     Results,
     SourceState,
     StageDrops,
@@ -61,7 +62,9 @@ class AnalysisSpec:
     """What a camera's process needs beyond decoding; picklable for the spawn start method."""
 
     pipeline: PipelineConfig
-    results: str  # bound here: Detected/Dropped from the detector, WatchUpdate from the supervisor
+    # Bound here: Detected/Dropped from the detector, WatchUpdate and RegionsUpdate from
+    # the supervisor.
+    results: str
     bus: str  # the supervisor's event bus (PUSH)
     control: str  # the supervisor's inbox: this stream's heartbeat rows
     view: str | None  # the live view's frame endpoint (None: no HTTP, no view)
@@ -228,6 +231,9 @@ class StreamAnalysis:
             self.counters.stage = msg.drops
         elif isinstance(msg, WatchUpdate) and self.feed is not None:
             self.feed.watch(msg)
+        elif isinstance(msg, RegionsUpdate):
+            # Between two frames, on this thread: the tracker and its tracks go on.
+            self.analytics.reconfigure(msg.zones, msg.lines)
 
     def _analyse(self, msg: Detected, image: npt.NDArray[np.uint8] | None) -> None:
         ref, rows = msg.ref, msg.boxes.rows()

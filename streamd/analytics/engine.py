@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import supervision as sv
@@ -189,6 +189,14 @@ class Line:
         return 0.0 <= t <= 1.0
 
 
+_Region = TypeVar("_Region", Zone, Line)
+
+
+def _kept(region: _Region | None, cfg: ZoneConfig | LineConfig) -> _Region | None:
+    """The running zone or line if its configuration is unchanged, else None."""
+    return region if region is not None and region.cfg == cfg else None
+
+
 class StreamAnalytics:
     """Everything analytics knows about one stream; ``update`` once per analysed frame."""
 
@@ -204,6 +212,16 @@ class StreamAnalytics:
         self.tracks_cfg = tracks
         self.lost_track_s = lost_track_s
         self.tracks: dict[int, _Track] = {}
+
+    def set_regions(self, zones: Sequence[ZoneConfig], lines: Sequence[LineConfig]) -> None:
+        """New zones and lines at runtime; the tracks go on. A zone or line whose
+        configuration did not change keeps its state (who is inside, counts); a changed
+        or new one starts empty: a track standing inside a moved zone enters it once
+        its debounce passes, a line learns each track's side before it counts one."""
+        zones_now = {z.name: z for z in self.zones}
+        lines_now = {ln.name: ln for ln in self.lines}
+        self.zones = [_kept(zones_now.get(c.name), c) or Zone(c) for c in zones]
+        self.lines = [_kept(lines_now.get(c.name), c) or Line(c) for c in lines]
 
     def update(
         self, objs: Sequence[Observation], frame: int, ts: float, width: int, height: int

@@ -12,7 +12,7 @@ this process and of the daemon (above the reserved block after an unclean end).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from streamd import metrics
 from streamd.analytics.engine import Alert, Observation, StreamAnalytics, TrackEvent
-from streamd.config import PipelineConfig, StreamConfig
+from streamd.config import LineConfig, PipelineConfig, StreamConfig, ZoneConfig
 from streamd.publish.alert_writer import AlertWriter, NewAlert
 from streamd.publish.journal import AlertJournal
 from streamd.publish.publisher import Publisher
@@ -141,6 +141,13 @@ class AnalyticsSink:
             for direction in line.crossed:
                 metrics.LINE_CROSSINGS.labels(self.stream, line.name, direction).inc()
             line.crossed.clear()
+
+    def reconfigure(self, zones: Sequence[ZoneConfig], lines: Sequence[LineConfig]) -> None:
+        """Zones and lines changed at runtime: the engine keeps its tracks."""
+        self.engine.set_regions(zones, lines)
+        self._occupancy = {z.name: metrics.ZONE_OCCUPANCY.labels(self.stream, z.name)
+                           for z in zones}  # fmt: skip
+        log.info("%s: %d zone(s), %d line(s) now", self.stream, len(zones), len(lines))
 
     def end_predecessor(self, tracks: list[dict[str, Any]], ts: float) -> None:
         """End the tracks the process this one replaces (it died) had as of its last

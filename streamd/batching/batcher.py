@@ -78,6 +78,24 @@ class Batcher:
         self._next = 0  # round-robin start
         self._discarded: list[FrameRef] = []
 
+    def set_lane(self, stream: str, policy: DropPolicy, max_latency_s: float | None) -> None:
+        """A stream added at runtime gets a lane; a changed one keeps its queue and counts."""
+        lane = self._lanes.get(stream)
+        if lane is None:
+            self._lanes[stream] = _Lane(stream, policy, max_latency_s)
+            self._order.append(stream)
+        else:
+            lane.policy, lane.max_latency_s = policy, max_latency_s
+
+    def remove(self, stream: str) -> list[FrameRef]:
+        """A stream removed at runtime: its lane goes; the frames it still held are returned."""
+        lane = self._lanes.pop(stream, None)
+        if lane is None:
+            return []
+        self._order.remove(stream)
+        self._next = 0
+        return list(lane.pending)
+
     def offer(self, ref: FrameRef) -> list[FrameRef]:
         """Add a frame; return the frames it displaced (already counted as drops)."""
         lane = self._lanes[ref.stream]

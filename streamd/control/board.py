@@ -117,6 +117,16 @@ class StatusBoard:
         """True once a heartbeat came through: the subscription is live."""
         return self._beat_seen.wait(timeout_s)
 
+    def add_stream(self, stream: str) -> None:
+        """A stream added at runtime gets a row (its events fill it in)."""
+        with self._lock:
+            self._streams[stream] = _blank(stream)
+
+    def remove_stream(self, stream: str) -> None:
+        """A stream removed at runtime leaves /status."""
+        with self._lock:
+            self._streams.pop(stream, None)
+
     def set_worker(self, stream: str, pid: int | None, restarts: int) -> None:
         with self._lock:
             self._streams[stream].update(pid=pid, restarts=restarts)

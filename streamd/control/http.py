@@ -1,6 +1,7 @@
 """The daemon's HTTP endpoint: the live view (``/``, ``/streams/<id>``, ``.mjpg``,
 ``.jpg``), ``GET /status`` (JSON), ``/metrics`` (Prometheus), ``/healthz`` (alive),
-``/readyz`` (model loaded, enough cameras streaming).
+``/readyz`` (model loaded, enough cameras streaming), and the stream API under
+``/api/`` (``control/api.py``).
 
 Bound to loopback by default; off loopback ``http.token`` (16+ characters) is
 required and checked on every request: ``Authorization: Bearer <token>`` (the
@@ -22,6 +23,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from streamd.control import api
+from streamd.control.admin import StreamAdmin
 from streamd.control.board import StatusBoard
 from streamd.control.exposition import MetricsExporter
 from streamd.view import pages
@@ -73,9 +76,41 @@ class _Handler(BaseHTTPRequestHandler):
                        {"healthy": not problems, "problems": problems, "dead": dead})  # fmt: skip
         elif path == "/readyz":
             self._readyz()
+        elif path.startswith("/api/") and self.server.admin is not None:
+            self._api("GET", path)
         else:
             endpoints = "/, /status, /metrics, /healthz, /readyz"
             self._send(404, {"error": f"no such endpoint {path!r}; try {endpoints}"})
+
+    def do_POST(self) -> None:
+        self._api_request("POST")
+
+    def do_PUT(self) -> None:
+        self._api_request("PUT")
+
+    def do_DELETE(self) -> None:
+        self._api_request("DELETE")
+
+    def _api_request(self, method: str) -> None:
+        url = urlsplit(self.path)
+        if not self._authorised(parse_qs(url.query)):
+            self._send(401, {"error": "missing or wrong token (Authorization: Bearer ...)"},
+                       {"WWW-Authenticate": 'Bearer realm="streamd"'})  # fmt: skip
+        elif self.server.admin is None or not url.path.startswith("/api/"):
+            self._send(405, {"error": f"{method} is for /api/streams"})
+        else:
+            self._api(method, url.path)
+
+    def _api(self, method: str, path: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > api.MAX_BODY_BYTES:
+            self.close_connection = True  # the body is left unread
+            self._send(413, {"error": f"body larger than {api.MAX_BODY_BYTES} bytes"})
+            return
+        body = self.rfile.read(length) if length > 0 else None
+        assert self.server.admin is not None
+        code, answer = api.handle(self.server.admin, method, path, body)
+        self._send(code, answer)
 
     def _readyz(self) -> None:
         """200 once the model is loaded and enough streams stream; 503 saying why not."""
@@ -166,11 +201,13 @@ class _Server(ThreadingHTTPServer):
         exporter: MetricsExporter | None,
         view: LiveView | None,
         token: str | None,
+        admin: StreamAdmin | None,
     ) -> None:
         self.board = board
         self.exporter = exporter
         self.view = view
         self.token = token
+        self.admin = admin
         self.closing = threading.Event()
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
@@ -187,8 +224,9 @@ class ControlServer:
         exporter: MetricsExporter | None = None,
         view: LiveView | None = None,
         token: str | None = None,
+        admin: StreamAdmin | None = None,  # /api/streams (the supervisor's)
     ) -> None:
-        self._server = _Server(split_listen(listen), board, exporter, view, token)
+        self._server = _Server(split_listen(listen), board, exporter, view, token, admin)
         self.address = listen
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 

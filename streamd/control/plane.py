@@ -139,12 +139,33 @@ class ControlPlane:
     def _status(self, update: StatusUpdate, publisher: Publisher) -> None:
         self._states[update.stream] = update.state
         publisher.publish("status", update.stream, update.ts, status_fields(update))
+        if update.final:
+            self._forget(update.stream, update.generation)
+
+    def add_stream(self, stream: str) -> None:
+        """A stream added at runtime (supervisor thread): its row, state and generation."""
+        with self._lock:
+            self._rows[stream] = StreamRow(stream=stream)
+            self._row_at[stream] = 0.0
+            self._states[stream] = None
+            self._generation[stream] = 0
+
+    def _forget(self, stream: str, generation: int) -> None:
+        """A removed stream's last update is out: its row goes (unless it was added again)."""
+        with self._lock:
+            if self._generation.get(stream) != generation:
+                return
+            self._rows.pop(stream, None)
+            self._row_at.pop(stream, None)
+            self._states.pop(stream, None)
+            self._generation.pop(stream, None)
 
     def _release_held(self, publisher: Publisher, now: float) -> None:
         due = [u for t, u in self._held if t <= now]
         self._held = [(t, u) for t, u in self._held if t > now]
         for update in due:
-            if update.generation >= self._generation[update.stream]:  # not superseded meanwhile
+            newest = self._generation.get(update.stream)
+            if newest is not None and update.generation >= newest:  # not superseded meanwhile
                 self._status(update, publisher)
 
     def _rows_now(self) -> dict[str, StreamRow]:
@@ -156,6 +177,10 @@ class ControlPlane:
                 sid: row if self._row_at[sid] >= stale else _quiet(row)
                 for sid, row in self._rows.items()
             }
+
+    def rows(self) -> dict[str, tuple[SourceState | None, StreamRow]]:
+        """Each stream's published state and latest row (for the summary lines)."""
+        return {sid: (self._states.get(sid), row) for sid, row in self._rows_now().items()}
 
     def take_active_tracks(self, stream: str) -> list[dict[str, Any]]:
         """The stream's active tracks as of its (dead) process's last row, forgotten here
@@ -179,7 +204,7 @@ class ControlPlane:
         fields = {
             "uptime_s": round(now - self._started, 3),
             "backend": beat.backend,
-            "streams": {sid: row.beat_fields(self._states[sid]) for sid, row in rows.items()},
+            "streams": {sid: row.beat_fields(self._states.get(sid)) for sid, row in rows.items()},
         }
         publisher.publish("heartbeat", None, now, fields)
 

@@ -8,7 +8,10 @@ supervisor's private (0700) run directory; only our own processes connect.
 - source workers → detector process: ``FrameRef`` (:class:`Outbox` → :class:`Inbox`)
 - detector process → each stream's process: ``Results`` (its ``Detected`` and
   ``Dropped``, gathered per loop turn; :class:`ResultRouter`)
-- supervisor → a stream's process: ``WatchUpdate``
+- supervisor → a stream's process: ``WatchUpdate``, ``RegionsUpdate`` (zones and lines
+  changed at runtime)
+- supervisor → detector process (its inbox): ``RouteUpdate`` (a stream added, changed or
+  removed at runtime)
 - streams and the detector → supervisor: ``StatusUpdate``, ``StreamRow``, ``InferenceBeat``
 """
 
@@ -25,7 +28,9 @@ from streamd.types import (
     Dropped,
     FrameRef,
     InferenceBeat,
+    RegionsUpdate,
     Results,
+    RouteUpdate,
     StatusUpdate,
     StreamRow,
     WatchUpdate,
@@ -34,9 +39,19 @@ from streamd.types import (
 log = logging.getLogger(__name__)
 
 Message = (
-    FrameRef | StatusUpdate | WatchUpdate | Detected | Dropped | Results | StreamRow | InferenceBeat
+    FrameRef
+    | StatusUpdate
+    | WatchUpdate
+    | RegionsUpdate
+    | RouteUpdate
+    | Detected
+    | Dropped
+    | Results
+    | StreamRow
+    | InferenceBeat
 )
-_TYPES = (FrameRef, StatusUpdate, WatchUpdate, Detected, Dropped, Results, StreamRow, InferenceBeat)
+_TYPES = (FrameRef, StatusUpdate, WatchUpdate, RegionsUpdate, RouteUpdate, Detected, Dropped,
+          Results, StreamRow, InferenceBeat)  # fmt: skip
 
 
 def _dumps(msg: Message) -> bytes:
@@ -106,22 +121,39 @@ class ResultRouter:
 
     def __init__(self, endpoints: dict[str, str], hwm: int = 10_000) -> None:
         self._ctx = zmq.Context()
-        self._socks: dict[str, zmq.Socket[bytes]] = {}
-        self._dropped = {stream: metrics.RESULTS_DROPPED.labels(stream) for stream in endpoints}
+        self._hwm = hwm
+        self._socks: dict[str, tuple[str, zmq.Socket[bytes]]] = {}
         for stream, endpoint in endpoints.items():
-            sock = self._ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, hwm)
-            sock.connect(endpoint)
-            self._socks[stream] = sock
+            self.connect(stream, endpoint)
+
+    def connect(self, stream: str, endpoint: str) -> None:
+        """Route ``stream``'s results to ``endpoint`` (a stream added at runtime)."""
+        current = self._socks.get(stream)
+        if current is not None and current[0] == endpoint:
+            return
+        self.disconnect(stream)
+        sock = self._ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.connect(endpoint)
+        self._socks[stream] = (endpoint, sock)
+
+    def disconnect(self, stream: str) -> None:
+        """The stream was removed: its results have nowhere to go."""
+        current = self._socks.pop(stream, None)
+        if current is not None:
+            current[1].close()
 
     def send(self, stream: str, msg: Detected | Dropped | Results) -> None:
+        current = self._socks.get(stream)
+        if current is None:  # removed while its frames were in a batch
+            return
         try:
-            self._socks[stream].send(_dumps(msg), zmq.NOBLOCK)
+            current[1].send(_dumps(msg), zmq.NOBLOCK)
         except zmq.Again:
-            self._dropped[stream].inc()
+            metrics.RESULTS_DROPPED.labels(stream).inc()
 
     def close(self) -> None:
-        for sock in self._socks.values():
+        for _, sock in self._socks.values():
             sock.close()
         self._ctx.term()

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import zmq
 
-from streamd.config import PipelineConfig
+from streamd.config import PipelineConfig, StreamConfig
 from streamd.view.draw import FrameAnnotator
 from streamd.view.feed import ViewMeta
 
@@ -67,6 +67,20 @@ class LiveView:
     def start(self) -> None:
         self._thread.start()
 
+    def set_stream(self, stream: StreamConfig) -> None:
+        """A stream added or changed at runtime: drawn with its zones and lines from now."""
+        annotator = FrameAnnotator(stream, self.cfg)
+        with self._cond:
+            current = self.streams.get(stream.id)
+            if current is not None:  # its viewers and last picture stay
+                current.annotator = annotator
+            else:
+                self.streams = {**self.streams, stream.id: _Stream(annotator)}
+
+    def remove_stream(self, stream: str) -> None:
+        with self._cond:
+            self.streams = {sid: s for sid, s in self.streams.items() if sid != stream}
+
     @contextlib.contextmanager
     def viewer(self, stream: str) -> Iterator[int]:
         """Register a viewer of ``stream`` for the duration of the block; yields the picture
@@ -93,7 +107,8 @@ class LiveView:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                pic = self.streams[stream].picture
+                s = self.streams.get(stream)  # None: removed at runtime, nothing comes
+                pic = s.picture if s is not None else None
                 if pic is not None and pic.version > after:
                     return pic
                 left = deadline - time.monotonic()

@@ -1,0 +1,267 @@
+"""Streams changed while the daemon runs: the REST API's changes and SIGHUP reloads.
+
+Requests arrive on HTTP threads; they are validated there (the same schema as
+the pipeline file) and then handed to the supervisor's thread, which alone
+starts and stops processes: :meth:`StreamChanges.apply_pending` runs each one
+on that thread, in order, and the caller waits for its outcome. What changed
+is a :class:`StreamDiff` (also what a reload computes), so the API and SIGHUP
+apply changes the same way.
+
+The running list of streams is persisted after every change to an overlay
+file next to the pipeline file (``<name>.streams.yaml``, written atomically:
+temporary file, fsync, rename), which replaces the file's ``streams`` at the
+next start; a SIGHUP reload makes the pipeline file the truth again and
+removes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ValidationError
+
+from streamd.config import ConfigError, PipelineConfig, StreamConfig, source_kind
+from streamd.config.loader import _redacted_reason
+from streamd.control.admin import AdminError
+
+log = logging.getLogger(__name__)
+
+APPLY_TIMEOUT_S = 30.0  # a change waits this long for the supervisor's thread
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDiff:
+    """How one list of streams becomes another."""
+
+    added: tuple[StreamConfig, ...] = ()
+    removed: tuple[str, ...] = ()
+    restarted: tuple[StreamConfig, ...] = ()  # source options changed: a new process
+    regions: tuple[StreamConfig, ...] = ()  # only zones/lines changed: same process
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.restarted or self.regions)
+
+
+def only_regions_differ(old: StreamConfig, new: StreamConfig) -> bool:
+    """Zones and lines are applied in the running process; anything else restarts it."""
+    keep = {"zones", "lines"}
+    return old.model_dump(exclude=keep) == new.model_dump(exclude=keep)
+
+
+def diff_streams(old: list[StreamConfig], new: list[StreamConfig]) -> StreamDiff:
+    before = {s.id: s for s in old}
+    after = {s.id: s for s in new}
+    changed = [s for s in new if s.id in before and s != before[s.id]]
+    return StreamDiff(
+        added=tuple(s for s in new if s.id not in before),
+        removed=tuple(sid for sid in before if sid not in after),
+        restarted=tuple(s for s in changed if not only_regions_differ(before[s.id], s)),
+        regions=tuple(s for s in changed if only_regions_differ(before[s.id], s)),
+    )
+
+
+def _problems(e: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    return [
+        (prefix + ".".join(str(p) for p in err["loc"]), _redacted_reason(err)) for err in e.errors()
+    ]
+
+
+def resolve_url(stream: StreamConfig, base_dir: Path) -> StreamConfig:
+    """A file URL relative to the pipeline file's folder, as the loader resolves it."""
+    if source_kind(stream.url) != "file":
+        return stream
+    path = Path(stream.url.removeprefix("file://").removeprefix("file:"))
+    return stream.model_copy(update={"url": str((base_dir / path).resolve())})
+
+
+def parse_stream(body: object, base_dir: Path, prefix: str = "") -> StreamConfig:
+    """One stream's JSON validated as ``streams[i]`` is; AdminError 422 naming each key."""
+    if not isinstance(body, dict):
+        raise AdminError(422, [(prefix.rstrip("."), "a stream must be a JSON object")])
+    try:
+        return resolve_url(StreamConfig.model_validate(body), base_dir)
+    except ValidationError as e:
+        raise AdminError(422, _problems(e, prefix)) from None
+
+
+class StreamsFile:
+    """The overlay of streams next to the pipeline file."""
+
+    def __init__(self, pipeline: Path) -> None:
+        self.pipeline = pipeline
+        self.path = pipeline.with_name(pipeline.stem + ".streams.yaml")
+
+    def apply(self, cfg: PipelineConfig) -> PipelineConfig:
+        """``cfg`` with the overlay's streams, if there is one; ConfigError naming the key."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return cfg
+        except OSError as e:
+            raise ConfigError(str(self.path), [("", f"cannot read file: {e.strerror}")]) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(str(self.path), [("", f"invalid YAML: {e}")]) from None
+        raw = data.get("streams") if isinstance(data, dict) else None
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(str(self.path), [("streams", "a list of at least one stream")])
+        streams, problems = [], []
+        for i, body in enumerate(raw):
+            try:
+                streams.append(parse_stream(body, self.pipeline.parent, f"streams.{i}."))
+            except AdminError as e:
+                problems += e.problems
+        ids = [s.id for s in streams]
+        problems += [("streams", f"duplicate stream id {d!r}") for d in sorted(
+            {d for d in ids if ids.count(d) > 1})]  # fmt: skip
+        if problems:
+            raise ConfigError(str(self.path), problems)
+        log.warning("streams from %s (changed at runtime) replace those of %s",
+                    self.path, self.pipeline)  # fmt: skip
+        return cfg.model_copy(update={"streams": streams})
+
+    def save(self, streams: list[StreamConfig]) -> None:
+        """Atomically: a reader (or a crash) sees the old file or the new one, never half."""
+        data = {"streams": [s.model_dump(mode="json", exclude_defaults=True) for s in streams]}
+        text = (f"# Written by streamd: the streams as changed at runtime; they replace the\n"
+                f"# streams of {self.pipeline.name} at start. A SIGHUP reload removes this file.\n"
+                + yaml.safe_dump(data, sort_keys=False))  # fmt: skip
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:  # mkstemp: 0600, URLs may hold credentials
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.path.parent)
+
+    def remove(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
+            _fsync_dir(self.path.parent)
+            log.info("removed %s: %s is the truth again", self.path, self.pipeline)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+Kind = Literal["add", "update", "remove"]
+
+
+@dataclass(slots=True)
+class _Request:
+    kind: Kind
+    stream_id: str
+    config: StreamConfig | None
+    done: Future[StreamConfig | None] = field(default_factory=Future)
+
+
+class StreamChanges:
+    """The :class:`~streamd.control.admin.StreamAdmin` the HTTP layer calls.
+
+    ``apply`` (the supervisor's) starts, stops or reconfigures processes for a
+    diff; it runs on the supervisor's thread only, from :meth:`apply_pending`.
+    """
+
+    def __init__(
+        self,
+        streams: list[StreamConfig],
+        base_dir: Path,
+        file: StreamsFile | None,
+    ) -> None:
+        self.streams = list(streams)  # the running configuration, in order
+        self._base_dir = base_dir
+        self._file = file
+        self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+
+    # -- called on HTTP threads --------------------------------------------------------
+
+    def list_streams(self) -> list[StreamConfig]:
+        return list(self.streams)
+
+    def get_stream(self, stream_id: str) -> StreamConfig | None:
+        return next((s for s in self.streams if s.id == stream_id), None)
+
+    def add_stream(self, body: dict[str, Any]) -> StreamConfig:
+        stream = parse_stream(body, self._base_dir)
+        return self._submit(_Request("add", stream.id, stream))
+
+    def update_stream(self, stream_id: str, body: dict[str, Any]) -> StreamConfig:
+        if isinstance(body, dict) and body.get("id", stream_id) != stream_id:
+            raise AdminError(422, [("id", "cannot change; remove the stream and add it")])
+        body = {**body, "id": stream_id} if isinstance(body, dict) else body
+        return self._submit(_Request("update", stream_id, parse_stream(body, self._base_dir)))
+
+    def remove_stream(self, stream_id: str) -> None:
+        self._submit(_Request("remove", stream_id, None))
+
+    def _submit(self, request: _Request) -> StreamConfig:
+        self._requests.put(request)
+        result = request.done.result(APPLY_TIMEOUT_S)  # AdminError raised here
+        assert result is not None or request.kind == "remove"
+        return result  # type: ignore[return-value]  # None only for remove
+
+    # -- called on the supervisor's thread ----------------------------------------------
+
+    def apply_pending(self, apply: Callable[[StreamDiff, list[StreamConfig]], None]) -> None:
+        """Apply the queued requests, each fully (processes, then the overlay file)."""
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                new = self._after(request)
+                apply(diff_streams(self.streams, new), new)
+                self.streams = new
+                if self._file is not None:
+                    self._file.save(new)
+            except AdminError as e:
+                request.done.set_exception(e)
+            except Exception as e:  # the HTTP thread answers 500 with it
+                log.exception("stream change %s %s failed", request.kind, request.stream_id)
+                request.done.set_exception(e)
+            else:
+                request.done.set_result(request.config)
+
+    def _after(self, request: _Request) -> list[StreamConfig]:
+        """The list of streams once ``request`` is applied; AdminError 404/409/422."""
+        ids = [s.id for s in self.streams]
+        sid = request.stream_id
+        if request.kind == "add":
+            if sid in ids:
+                raise AdminError(409, [("id", f"stream {sid!r} exists")])
+            assert request.config is not None
+            return [*self.streams, request.config]
+        if sid not in ids:
+            raise AdminError(404, [("", f"no stream {sid!r}")])
+        if request.kind == "remove":
+            if len(ids) == 1:
+                raise AdminError(422, [("", "the last stream cannot be removed")])
+            return [s for s in self.streams if s.id != sid]
+        assert request.config is not None
+        return [request.config if s.id == sid else s for s in self.streams]
+
+    def reloaded(self, new: list[StreamConfig]) -> None:
+        """A reload applied ``new`` (from the pipeline file): it is the truth again."""
+        self.streams = list(new)
+        if self._file is not None:
+            self._file.remove()
