@@ -34,7 +34,9 @@ def test_good_config_parses_with_defaults() -> None:
 
 
 def test_unknown_key_is_named() -> None:
-    assert problems(GOOD + "\nbatching: {max_bach: 4}\n") == [("batching.max_bach", "unknown key")]
+    assert problems(GOOD + "\nbatching: {max_bach: 4}\n") == [
+        ("batching.max_bach", "unknown key (did you mean 'max_batch'?)")
+    ]
 
 
 def test_wrong_type_is_named() -> None:
@@ -114,6 +116,8 @@ def run_validate(path: Path) -> subprocess.CompletedProcess[str]:
 def test_validate_command_exit_codes(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "x.mp4").write_bytes(b"")  # validate checks that files exist
     ok = run_validate(good)
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.yaml"

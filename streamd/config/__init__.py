@@ -4,7 +4,7 @@ A bad file is refused before anything starts, with the dotted path of the
 offending key and the reason (see :class:`ConfigError`).
 
 One module per section (``model``, ``tracker``, ``batching``, ``publish``, ``http``,
-``overlay``, ``supervisor``, ``stream``, ``analytics``, ``security``), the whole file in
+``overlay``, ``supervisor``, ``stream``, ``analytics``, ``security``, ``log``), the whole file in
 ``pipeline``, the shared strict base in ``base`` and YAML loading in ``loader``. Nothing
 here imports the stages it configures. Import from ``streamd.config``: every name is re-exported.
 """
@@ -23,6 +23,7 @@ from streamd.config.base import ConfigError, DropPolicy, SourceKind, source_kind
 from streamd.config.batching import BatchingConfig
 from streamd.config.http import HttpConfig
 from streamd.config.loader import load_config, parse_config, resolve_paths
+from streamd.config.log import LogConfig, LogFormat
 from streamd.config.model import ModelConfig
 from streamd.config.overlay import OverlayConfig
 from streamd.config.pipeline import PipelineConfig
@@ -49,6 +50,8 @@ __all__ = [
     "HttpConfig",
     "JournalConfig",
     "LineConfig",
+    "LogConfig",
+    "LogFormat",
     "ModelConfig",
     "OverlayConfig",
     "PipelineConfig",

@@ -25,6 +25,7 @@ from yaml.resolver import Resolver
 from streamd.config.base import ConfigError, source_kind
 from streamd.config.pipeline import PipelineConfig
 from streamd.config.security import resolve_key_paths
+from streamd.config.suggest import did_you_mean
 from streamd.runtime.redact import redact_url
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -245,7 +246,7 @@ def _redacted_reason(err: Any) -> str:
     # pydantic echoes the input in some messages; a URL may carry a password.
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
-        return "unknown key"
+        return "unknown key" + did_you_mean(PipelineConfig, err["loc"])
     if err["type"] == "missing":
         return "required key is missing"
     return redact_url(msg.removeprefix("Value error, "))

@@ -10,6 +10,7 @@ from streamd.config.analytics import JournalConfig, TracksConfig
 from streamd.config.base import _Strict
 from streamd.config.batching import BatchingConfig
 from streamd.config.http import HttpConfig
+from streamd.config.log import LogConfig
 from streamd.config.model import ModelConfig
 from streamd.config.overlay import OverlayConfig
 from streamd.config.publish import PublishConfig
@@ -31,6 +32,7 @@ class PipelineConfig(_Strict):
     tracks: TracksConfig = Field(default_factory=lambda: TracksConfig())
     overlay: OverlayConfig = Field(default_factory=lambda: OverlayConfig())
     journal: JournalConfig = Field(default_factory=lambda: JournalConfig())
+    log: LogConfig = Field(default_factory=lambda: LogConfig())
     streams: Annotated[list[StreamConfig], Field(min_length=1)]
 
     @field_validator("publish", "journal")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from streamd.detect.base import DetectorError
 from streamd.detect.engine_cache import file_sha256
+from streamd.runtime.logs import adopt_ultralytics, logged_output
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def exported_onnx(checkpoint: Path, imgsz: int, max_batch: int, cache_dir: Path)
     """The ONNX file for ``checkpoint`` at ``imgsz`` (dynamic batch), exporting it if needed."""
     from ultralytics.models import YOLO
 
+    adopt_ultralytics()  # its import gave it a stdout handler of its own
     digest = file_sha256(checkpoint)[:16]
     target = cache_dir / f"{checkpoint.stem}-{digest}-{imgsz}-b{max_batch}.onnx"
     if target.is_file():
@@ -50,10 +52,12 @@ def exported_onnx(checkpoint: Path, imgsz: int, max_batch: int, cache_dir: Path)
         src = Path(tmp) / checkpoint.name
         shutil.copy2(checkpoint, src)
         try:
-            out = YOLO(str(src), task="detect").export(
-                format="onnx", dynamic=True, imgsz=imgsz, batch=max_batch,
-                simplify=False, device="cpu", verbose=False,
-            )  # fmt: skip
+            # The exporters (torch.onnx, onnx) also print from C code: logged, not raw.
+            with logged_output(log):
+                out = YOLO(str(src), task="detect").export(
+                    format="onnx", dynamic=True, imgsz=imgsz, batch=max_batch,
+                    simplify=False, device="cpu", verbose=False,
+                )  # fmt: skip
         except Exception as e:  # the exporter raises many kinds
             raise DetectorError(f"cannot export {checkpoint.name} to ONNX: {e}") from e
         os.replace(out, target)

@@ -20,6 +20,7 @@ import torch
 from streamd.config import ModelConfig
 from streamd.detect.base import DetectorError
 from streamd.detect.prepost import input_shape, postprocess, preprocess, to_detections
+from streamd.runtime.logs import adopt_ultralytics
 from streamd.types import FrameRef
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def load_checkpoint(weights: str) -> tuple[torch.nn.Module, dict[int, str], str]
     official weights by name where there is internet."""
     from ultralytics.models import YOLO
 
+    adopt_ultralytics()  # its import gave it a stdout handler of its own
     try:
         yolo = YOLO(weights, task="detect")
     except Exception as e:  # ultralytics raises many kinds for a bad checkpoint

@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import setproctitle
 
+from streamd.config.log import LogFormat
 from streamd.runtime.exits import WorkerExit
 from streamd.runtime.logs import configure_logging
 from streamd.runtime.redact import redact_url
@@ -77,10 +78,13 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
     )
 
 
-def setup_worker(title: str, log_level: str) -> StopFlag:
-    """Call first thing in a worker process; returns the flag SIGTERM sets."""
+def setup_worker(
+    title: str, log_level: str, log_format: LogFormat = "text", stream: str | None = None
+) -> StopFlag:
+    """Call first thing in a worker process; returns the flag SIGTERM sets. ``stream``:
+    the camera a process serves, carried by its every log line."""
     setproctitle.setproctitle(redact_url(f"streamd: {title}"))
-    configure_logging(log_level, title)
+    configure_logging(log_level, title, log_format, stream)
     faulthandler.enable()
     threading.excepthook = _log_thread_exception  # through the redacting formatter
     _die_with_parent()

@@ -124,7 +124,8 @@ class Backoff:
 
 def source_main(spec: SourceSpec) -> None:
     """Process entry point."""
-    stop = setup_worker(f"source {spec.stream}", spec.log_level)
+    log_format = spec.analysis.pipeline.log.format
+    stop = setup_worker(f"source {spec.stream}", spec.log_level, log_format, spec.stream)
 
     def body() -> int:
         worker = SourceWorker(spec, stop)

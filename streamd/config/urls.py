@@ -1,0 +1,31 @@
+"""Stream URLs checked for their scheme's shape, so a typo is refused, not read as a file."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
+# "rtsp//cam/x": a scheme with its colon missing, which would otherwise be a relative path.
+_NO_COLON = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)//")
+# "rtsp:/cam/x", "http:cam": a network scheme whose "//" is short.
+_SHORT_SLASHES = re.compile(rf"^(?P<scheme>{'|'.join(NETWORK_SCHEMES)}):(?!//)", re.IGNORECASE)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is malformed for its scheme, or None when it is well-formed."""
+    m = _NO_COLON.match(url)
+    if m:
+        return f"malformed URL: no ':' after {m['scheme']!r} (did you mean {m['scheme']}://...?)"
+    m = _SHORT_SLASHES.match(url)
+    if m:
+        return f"malformed URL: {m['scheme']} needs '//' after '{m['scheme']}:'"
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in NETWORK_SCHEMES:
+        try:
+            host = urlsplit(url).hostname
+        except ValueError as e:  # a bad port or IPv6 literal
+            return f"malformed URL: {e}"
+        if not host:
+            return f"malformed URL: {scheme}:// has no host"
+    return None

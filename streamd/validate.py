@@ -1,0 +1,70 @@
+"""``streamd validate``'s checks beyond the schema: the files a run would open exist, and
+``model.classes`` are classes the model has (read from the file where that is quick).
+
+Kept out of ``streamd.config``: reading a checkpoint needs ultralytics or onnx, and the
+schema must not import the stages it configures. ``run`` checks the same things as it
+starts (the detector refuses unknown classes); ``validate`` says so before that.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from pathlib import Path
+
+from streamd.config import PipelineConfig, source_kind
+from streamd.runtime.logs import adopt_ultralytics
+
+log = logging.getLogger(__name__)
+
+Problem = tuple[str, str]  # (key path, reason), as in ConfigError
+
+
+def check_files(cfg: PipelineConfig) -> list[Problem]:
+    """Missing stream files and model weights, each under its key."""
+    problems: list[Problem] = []
+    for i, stream in enumerate(cfg.streams):
+        if source_kind(stream.url) == "file" and not Path(stream.url).is_file():
+            problems.append((f"streams.{i}.url", f"no such file: {stream.url}"))
+    weights = cfg.model.weights
+    # A bare name ("yolo11n.pt") that is not here is fetched by ultralytics where there
+    # is internet; a path names a file that must be there.
+    if cfg.model.backend != "null" and "/" in weights and not Path(weights).is_file():
+        problems.append(("model.weights", f"no such file: {weights}"))
+    return problems
+
+
+def check_classes(cfg: PipelineConfig) -> list[Problem]:
+    """``model.classes`` the model does not have (a .pt or .onnx file; others unread)."""
+    wanted = cfg.model.classes
+    weights = Path(cfg.model.weights)
+    if not wanted or cfg.model.backend == "null" or not weights.is_file():
+        return []
+    try:
+        names = model_class_names(weights)
+    except Exception as e:  # a damaged or foreign file: ultralytics and onnx raise many kinds
+        return [("model.weights", f"cannot read the model's classes: {e}")]
+    if names is None:
+        return []
+    unknown = [c for c in wanted if c not in names]
+    if unknown:
+        return [("model.classes", f"{unknown} not in the model's classes {sorted(names)}")]
+    return []
+
+
+def model_class_names(weights: Path) -> set[str] | None:
+    """The class names a checkpoint or ONNX export carries; None for other formats."""
+    if weights.suffix == ".onnx":
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(weights), load_external_data=False)
+                .metadata_props}  # fmt: skip
+        if "names" not in meta:
+            return None
+        return {str(v) for v in ast.literal_eval(meta["names"]).values()}  # ultralytics' dict
+    if weights.suffix == ".pt":
+        from ultralytics.models import YOLO
+
+        adopt_ultralytics()
+        return {str(v) for v in YOLO(str(weights), task="detect").names.values()}
+    return None

@@ -1,0 +1,92 @@
+"""``streamd validate`` and the schema: malformed URLs, missing files, unknown classes,
+'did you mean' for unknown keys, and ``streamd --version``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamd.config import ConfigError, parse_config
+
+
+def _problems(data: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(json.dumps(data))
+    return dict(e.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("rtsp//cam.local/live", "no ':' after 'rtsp'"),
+        ("http//cam/x.mjpg", "no ':' after 'http'"),
+        ("rtsp:/cam.local/live", "needs '//'"),
+        ("rtsp://user:secret@/live", "has no host"),
+    ],
+)
+def test_a_malformed_url_is_refused_naming_its_key(url: str, reason: str) -> None:
+    problems = _problems({"streams": [{"id": "a", "url": "clip.mp4"}, {"id": "b", "url": url}]})
+    assert list(problems) == ["streams.1.url"]
+    assert reason in problems["streams.1.url"] and "secret" not in problems["streams.1.url"]
+
+
+def test_well_formed_urls_pass() -> None:
+    urls = ["rtsp://u:p@cam:554/x", "https://cam/x.mjpg", "file:clip.mp4", "clips/a.mp4", "0"]
+    parse_config(json.dumps({"streams": [{"id": f"s{i}", "url": u} for i, u in enumerate(urls)]}))
+
+
+def test_unknown_keys_get_the_closest_known_one() -> None:
+    problems = _problems(
+        {"modle": {}, "model": {"weigths": "x.pt"}, "streams": [{"id": "a", "urll": "x"}]}
+    )
+    assert problems["modle"] == "unknown key (did you mean 'model'?)"
+    assert problems["model.weigths"] == "unknown key (did you mean 'weights'?)"
+    assert "did you mean 'url'?" in problems["streams.0.urll"]
+    assert _problems({"zzz": 1, "streams": [{"id": "a", "url": "x"}]})["zzz"] == "unknown key"
+
+
+def _validate(tmp_path: Path, cfg: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "p.yaml"
+    path.write_text(json.dumps(cfg))
+    return subprocess.run([sys.executable, "-m", "streamd.cli", "validate", str(path)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_validate_names_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "here.mp4").write_bytes(b"")
+    cfg = {
+        "model": {"weights": "models/none.pt"},
+        "streams": [{"id": "a", "url": "here.mp4"}, {"id": "b", "url": "file:gone.mp4"}],
+    }
+    out = _validate(tmp_path, cfg)
+    assert out.returncode == 2
+    assert "streams.1.url: no such file" in out.stderr and "gone.mp4" in out.stderr
+    assert "model.weights: no such file" in out.stderr
+    assert "streams.0" not in out.stderr
+
+
+def test_validate_checks_model_classes(tmp_path: Path, person_model: Path) -> None:
+    (tmp_path / "a.mp4").write_bytes(b"")
+    streams = [{"id": "a", "url": "a.mp4"}]
+    from streamd.validate import model_class_names
+
+    names = model_class_names(person_model)
+    assert names
+    good = {"weights": str(person_model), "classes": sorted(names)[:1]}
+    assert _validate(tmp_path, {"model": good, "streams": streams}).returncode == 0
+    bad = {"weights": str(person_model), "classes": ["unicorn"]}
+    out = _validate(tmp_path, {"model": bad, "streams": streams})
+    assert out.returncode == 2 and "model.classes: ['unicorn'] not in" in out.stderr
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, "-m", "streamd.cli", "--version"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == f"streamd {version('streamd')}"
