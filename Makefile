@@ -9,12 +9,13 @@ CLIPS  := build/demo/lobby.mp4 build/demo/street.mp4
 export YOLO_OFFLINE   ?= 1
 export YOLO_AUTOINSTALL = 0
 
-.PHONY: setup demo test lint clips clean system-deps
+.PHONY: setup demo test lint clips clean system-deps install
 
 # Debian packages the tests use: ffmpeg (clip corruption, HLS), and GStreamer's
 # RTSP server (a real server for the RTSP tests, run with the system python3),
-# Chromium and its WebDriver (a real browser for the live-view tests).
-APT_PKGS := ffmpeg openssl python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
+# Chromium and its WebDriver (a real browser for the live-view tests), systemd
+# (systemd-analyze verifies the unit file).
+APT_PKGS := ffmpeg openssl systemd python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium chromium-driver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -55,6 +56,20 @@ lint: setup
 	$(VENV)/bin/ruff check streamd tests
 	$(VENV)/bin/ruff format --check streamd tests
 	$(VENV)/bin/mypy
+
+# A host install run by systemd (docs/operations.md): the streamd user, a venv under
+# $(PREFIX), the unit, /etc/streamd for pipelines and their env files.
+PREFIX ?= /opt/streamd
+install:
+	id -u streamd >/dev/null 2>&1 || $(SUDO) useradd --system --user-group --groups video \
+	  --home-dir /var/lib/streamd --no-create-home --shell /usr/sbin/nologin streamd
+	$(SUDO) python3 -m venv $(PREFIX)/.venv
+	$(SUDO) $(PREFIX)/.venv/bin/pip install --quiet --upgrade pip
+	$(SUDO) $(PREFIX)/.venv/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(SUDO) $(PREFIX)/.venv/bin/pip install --quiet '.[onnx]'
+	$(SUDO) install -d -m 0755 $(PREFIX)/models /etc/streamd
+	$(SUDO) install -m 0644 systemd/streamd@.service /etc/systemd/system/streamd@.service
+	$(SUDO) systemctl daemon-reload
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -85,6 +85,24 @@ def stop_and_check_clean(
     return elapsed
 
 
+def stop_and_check_own_clean(daemon: subprocess.Popen[bytes], sig: signal.Signals) -> float:
+    """Like :func:`stop_and_check_clean`, but only this daemon's segments (their names
+    carry its workers' pids) are checked, so other daemons running meanwhile cannot fail it."""
+    children = psutil.Process(daemon.pid).children(recursive=True)
+    assert len(children) >= 2, "expected an inference worker and source workers"
+    t0 = time.monotonic()
+    daemon.send_signal(sig)
+    code = daemon.wait(timeout=10)
+    elapsed = time.monotonic() - t0
+    assert code == 0
+    assert elapsed < 5.0, f"took {elapsed:.1f}s to stop"
+    _, alive = psutil.wait_procs(children, timeout=0.5)
+    assert [p for p in alive if running(p)] == [], "workers left behind"
+    pids = {str(p.pid) for p in children}
+    assert [n for n in shm_segments() if n.split("_")[3] in pids] == []
+    return elapsed
+
+
 def collect(sub: Subscriber, done: Callable[[list[Event]], bool], timeout_s: float) -> list[Event]:
     events: list[Event] = []
     deadline = time.monotonic() + timeout_s

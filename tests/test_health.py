@@ -23,8 +23,8 @@ from streamd.cli import EXIT_STREAMS_DOWN, status_exit_code
 from streamd.control.health import mark_streams, not_ready
 from streamd.view import pages
 
-from .daemon import sample, scrape, start, stop_and_check_clean, write_pipeline
-from .util import free_port, shm_segments
+from .daemon import sample, scrape, start, stop_and_check_own_clean, write_pipeline
+from .util import free_port
 
 NULL_MODEL = {"backend": "null", "null_boxes": 2, "imgsz": 320}
 
@@ -73,7 +73,7 @@ def test_a_camera_that_ended_is_down_everywhere_but_the_daemon_stays_live(tmp_pa
         model=NULL_MODEL,
     )  # fmt: skip
     listen = json.loads(cfg.read_text())["http"]["listen"]
-    log, shm = tmp_path / "daemon.log", shm_segments()
+    log = tmp_path / "daemon.log"
     daemon = start(cfg, log)
     try:
         # Both cameras streaming: ready, exit 0, up 1.
@@ -107,7 +107,7 @@ def test_a_camera_that_ended_is_down_everywhere_but_the_daemon_stays_live(tmp_pa
         _, page = _get(listen, "/")
         assert "<div class='down'>no picture: ended</div>" in page
         assert page.count("<img class='thumb'") == 1  # the live camera keeps its thumbnail
-        stop_and_check_clean(daemon, signal.SIGTERM, shm)
+        stop_and_check_own_clean(daemon, signal.SIGTERM)
     finally:
         if daemon.poll() is None:
             daemon.kill()
