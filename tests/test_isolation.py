@@ -84,8 +84,9 @@ def test_dead_camera_does_not_block_start_and_a_late_one_is_picked_up(
         text=True,
         timeout=30,
     )
-    assert out.returncode == 0, out.stderr
-    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:]}
+    assert out.returncode == 3, out.stderr  # healthy, but a camera is down
+    assert "dead: DOWN, failed: max_attempts" in out.stdout
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:5]}
     assert set(rows) == {"dead", "late", "other"}
     assert rows["dead"][1:5:2] == ["failed", "max_attempts"]
     assert rows["late"][1] == "streaming" and rows["other"][1] == "streaming"
