@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -212,6 +213,15 @@ class _Server(ThreadingHTTPServer):
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
         super().__init__(addr, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver prints a raw traceback to stderr; a client that went away mid-answer
+        (a closed tab, a viewer stopped) is routine: debug. Anything else goes to the log."""
+        err = sys.exc_info()[1]
+        if isinstance(err, BrokenPipeError | ConnectionResetError | ConnectionAbortedError):
+            log.debug("http: client %s went away: %s", client_address[0], err)
+        else:
+            log.error("http: request from %s failed", client_address[0], exc_info=True)
 
 
 class ControlServer:
