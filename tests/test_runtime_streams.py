@@ -224,3 +224,44 @@ def test_sighup_applies_the_file_difference_and_refuses_a_broken_file(
     text = (tmp_path / "daemon.log").read_text()
     assert "batching changed: needs a restart" in text
     assert "reload refused" in text
+
+
+def test_diff_restarts_on_source_options_and_rezones_in_place(tmp_path: Path) -> None:
+    from streamd.config import StreamConfig
+    from streamd.control.streams import diff_streams
+
+    zone = {"name": "z", "polygon": [[0, 0], [10, 0], [10, 10]]}
+    old = [StreamConfig(id="a", url="rtsp://h/a"), StreamConfig(id="b", url="rtsp://h/b"),
+           StreamConfig(id="c", url="rtsp://h/c")]  # fmt: skip
+    new = [
+        StreamConfig.model_validate({"id": "a", "url": "rtsp://h/a", "zones": [zone]}),
+        StreamConfig(id="b", url="rtsp://h/b2"),
+        StreamConfig(id="d", url="rtsp://h/d"),
+    ]
+    diff = diff_streams(old, new)
+    assert [s.id for s in diff.regions] == ["a"]
+    assert [s.id for s in diff.restarted] == ["b"]
+    assert [s.id for s in diff.added] == ["d"] and diff.removed == ("c",)
+    assert not diff_streams(new, new)
+
+
+def test_overlay_file_round_trips_and_a_bad_one_names_its_key(clip: Path, tmp_path: Path) -> None:
+    from streamd.config import ConfigError, StreamConfig, load_config
+    from streamd.control.streams import StreamsFile
+
+    cfg_path = write_pipeline(tmp_path, Path("unused.pt"), free_port(), [_live("a", clip)])
+    cfg = load_config(cfg_path)
+    overlay = StreamsFile(cfg_path)
+    assert overlay.apply(cfg) == cfg  # no overlay yet
+    streams = [*cfg.streams, StreamConfig(id="b", url="rtsp://user:pw@h/b")]
+    overlay.save(streams)
+    assert overlay.path == tmp_path / "pipeline.streams.yaml"
+    assert overlay.path.stat().st_mode & 0o077 == 0  # URLs may hold passwords
+    assert overlay.apply(cfg).streams == streams
+    assert not list(tmp_path.glob("*.tmp"))
+    overlay.path.write_text("streams: [{id: a, url: x.mp4, buffer: 1}]")
+    with pytest.raises(ConfigError) as err:
+        overlay.apply(cfg)
+    assert err.value.problems[0][0] == "streams.0.buffer"
+    overlay.remove()
+    assert not overlay.path.exists()
