@@ -46,6 +46,8 @@ def handle(admin: StreamAdmin, method: str, path: str, body: bytes | None) -> An
         return e.status, {"error": str(e), "problems": [list(p) for p in e.problems]}
     except TimeoutError:
         return 503, {"error": "the supervisor did not apply the change in time; retry"}
+    except Exception as e:  # logged by the supervisor; the client hears it failed
+        return 500, {"error": f"the change failed: {redact_url(str(e))}"}
 
 
 def _dispatch(admin: StreamAdmin, method: str, sid: str | None, body: bytes | None) -> Answer:
