@@ -32,11 +32,13 @@ import zmq
 from prometheus_client.multiprocess import mark_process_dead
 
 from streamd.analysis import AnalysisSpec
-from streamd.config import PipelineConfig, StreamConfig
+from streamd.config import ConfigError, PipelineConfig, StreamConfig, load_config
 from streamd.control import ControlServer, StatusBoard
 from streamd.control.exposition import MetricsExporter
 from streamd.control.health import service_health
 from streamd.control.plane import ControlPlane
+from streamd.control.streams import StreamChanges, StreamDiff, StreamsFile, diff_streams
+from streamd.control.summary import RunSummary
 from streamd.frames.ring import new_run_id, segment_prefix, sweep_segments
 from streamd.inference import InferenceSpec, inference_main
 from streamd.publish.bus import BusProxy
@@ -50,7 +52,7 @@ from streamd.runtime.rundir import make_run_dir, stale_run_dirs
 from streamd.runtime.systemd import ServiceNotifier
 from streamd.sources.reader import OpenOptions
 from streamd.sources.worker import SourceSpec, source_main
-from streamd.types import SourceState, StatusUpdate, WatchUpdate
+from streamd.types import RegionsUpdate, RouteUpdate, SourceState, StatusUpdate, WatchUpdate
 from streamd.view.overlay import LiveView
 
 log = logging.getLogger(__name__)
@@ -114,8 +116,20 @@ def source_spec(
 class Daemon:
     """Runs one pipeline until stopped (signal), ``duration_s`` passes, or the detector dies."""
 
-    def __init__(self, cfg: PipelineConfig, log_level: str = "INFO") -> None:
+    def __init__(
+        self, cfg: PipelineConfig, log_level: str = "INFO", pipeline: Path | None = None
+    ) -> None:
+        """``pipeline``: the file ``cfg`` came from, for runtime stream changes (persisted
+        next to it, ConfigError if that overlay is invalid) and SIGHUP reloads."""
+        self._file = None if pipeline is None else StreamsFile(pipeline)
+        if self._file is not None:
+            cfg = self._file.apply(cfg)
         self.cfg = cfg
+        base_dir = Path.cwd() if pipeline is None else pipeline.parent
+        self.changes = StreamChanges(cfg.streams, base_dir, self._file)
+        self._next_index = len(cfg.streams)  # a stream added at runtime: a fresh ring index
+        self._reload = threading.Event()  # SIGHUP
+        self._routes: Outbox | None = None  # to the detector's inbox: RouteUpdate
         self.log_level = log_level
         self.ctx = mp.get_context("spawn")
         self.run_id = new_run_id()
@@ -142,6 +156,7 @@ class Daemon:
         self._journal: AlertJournal | None = None
         self._replay: ReplayServer | None = None
         self._plane: ControlPlane | None = None
+        self._summary: RunSummary | None = None  # log.summary_s lines, totals at shutdown
         self.view: LiveView | None = None
         self._watching: dict[str, float] = {}  # stream → view frames/s the viewers want
         self._watch_lock = threading.Lock()
@@ -152,6 +167,7 @@ class Daemon:
 
     def run(self, duration_s: float | None = None) -> int:
         self.stop.install(signal.SIGINT, signal.SIGTERM)
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: self._reload.set())
         _clear_stale_runs()
         self._tmp = str(make_run_dir(self.run_id))  # 0700: private ipc sockets
         # Workers inherit this and write their metrics there (prometheus multiprocess mode).
@@ -167,6 +183,10 @@ class Daemon:
                 len(self.sources),
                 self.cfg.publish.endpoint,
             )
+            assert self._plane is not None
+            self._summary = RunSummary(self._metrics_dir, self._plane.rows,
+                                       self.cfg.log.summary_s)  # fmt: skip
+            self._summary.start()
             return self._supervise(duration_s)
         finally:
             self._shutdown()
@@ -216,7 +236,8 @@ class Daemon:
             exporter = MetricsExporter(self.board, self._metrics_dir)
             self.view = LiveView(self.cfg, self._endpoint("view"), self._watch, self._hud)
             exporter.view = self.view
-            self._http = ControlServer(listen, self.board, exporter, self.view, self.cfg.http.token)
+            self._http = ControlServer(listen, self.board, exporter, self.view, self.cfg.http.token,
+                                       self.changes)  # fmt: skip
         except OSError as e:
             raise StartupError(f"http.listen {listen}: {e.strerror or e}") from None
         self.view.start()
@@ -350,6 +371,10 @@ class Daemon:
                 s.process.sentinel for s in self.sources.values() if s.process is not None
             ]
             multiprocessing.connection.wait(waitables, timeout=0.2)
+            self.changes.apply_pending(self._apply)  # the stream API's, one at a time
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_file()
             self._systemd.tick()
             if not self.inference.is_alive():
                 log.error("inference worker died (exit code %s); stopping", self.inference.exitcode)
@@ -419,6 +444,7 @@ class Daemon:
         retry_in_s: float | None = None,
         *,
         generation: int,
+        final: bool = False,
     ) -> float:
         """Publish a transition for a stream whose worker cannot; returns its time."""
         prev, since = self.board.state(stream)
@@ -437,19 +463,153 @@ class Daemon:
                 retry_in_s=retry_in_s,
                 counters={"restarts": self.sources[stream].restarts},
                 generation=generation,
+                final=final,
             )
         )
         return now
 
+    def _reload_file(self) -> None:
+        """SIGHUP: the pipeline file's streams, applied as a difference; the rest of the
+        file needs a restart. An invalid file changes nothing."""
+        if self._file is None:
+            log.warning("SIGHUP ignored: no pipeline file to reload")
+            return
+        try:
+            new = load_config(self._file.pipeline)  # its own streams: the overlay is undone
+        except ConfigError as e:
+            log.error("SIGHUP: reload refused, the running configuration is kept: %s", e)
+            return
+        outside = [k for k in PipelineConfig.model_fields
+                   if k != "streams" and getattr(new, k) != getattr(self.cfg, k)]  # fmt: skip
+        if outside:
+            log.warning("SIGHUP: %s changed: needs a restart, not applied", ", ".join(outside))
+        diff = diff_streams(self.changes.streams, new.streams)
+        self._apply(diff, new.streams)
+        self.changes.reloaded(new.streams)
+        log.info("SIGHUP: reloaded %s: %d added, %d removed, %d restarted, %d re-zoned",
+                 self._file.pipeline, len(diff.added), len(diff.removed), len(diff.restarted),
+                 len(diff.regions))  # fmt: skip
+
+    def _apply(self, diff: StreamDiff, streams: list[StreamConfig]) -> None:
+        """Start, stop or reconfigure the affected cameras only (supervisor thread)."""
+        self.cfg = self.cfg.model_copy(update={"streams": streams})
+        for sid in diff.removed:
+            self._remove_source(sid)
+        for stream in diff.restarted:
+            self._reconfigure_source(stream)
+        for stream in diff.regions:
+            self._send_regions(stream)
+        for stream in diff.added:
+            self._add_source(stream)
+
+    def _route(self, stream: StreamConfig, index: int) -> None:
+        """Tell the detector where the stream's results go, before its process starts: the
+        spawn takes far longer than this message, so its first frame finds the route."""
+        if self._routes is None:
+            self._routes = Outbox(self._endpoint("inbox"))
+        limit = None if stream.max_latency_ms is None else stream.max_latency_ms / 1000.0
+        self._routes.send(RouteUpdate(stream.id, self._endpoint(f"results-{index}"),
+                                      stream.effective_drop_policy, limit))  # fmt: skip
+
+    def _add_source(self, stream: StreamConfig) -> None:
+        index, self._next_index = self._next_index, self._next_index + 1
+        assert self._plane is not None
+        self._plane.add_stream(stream.id)
+        self.board.add_stream(stream.id)
+        if self.view is not None:
+            self.view.set_stream(stream)
+        self._route(stream, index)
+        analysis = self._analysis_spec(index, int(time.time() * 1000))  # a new publisher
+        spec = source_spec(stream, index, self.run_id, self._endpoint("inbox"), analysis,
+                           self.log_level)  # fmt: skip
+        self.sources[stream.id] = _Source(spec)
+        self._start_source(self.sources[stream.id])
+        log.info("stream %s added (index %d)", stream.id, index)
+
+    def _remove_source(self, sid: str) -> None:
+        source = self.sources[sid]
+        self._end_process(source)
+        if self._routes is None:
+            self._routes = Outbox(self._endpoint("inbox"))
+        self._routes.send(RouteUpdate(sid, None))
+        # Said for the process that will never come, so the stopped one's last words are
+        # stale; final: the control plane forgets the stream once it is out.
+        self._say(sid, SourceState.ENDED, "removed", "removed at runtime", source.restarts,
+                  generation=source.restarts + 1, final=True)  # fmt: skip
+        del self.sources[sid]
+        with self._watch_lock:
+            outbox = self._watch_outboxes.pop(sid, None)
+            self._watching.pop(sid, None)
+        if outbox is not None:
+            outbox.close()
+        self.board.remove_stream(sid)
+        if self.view is not None:
+            self.view.remove_stream(sid)
+        log.info("stream %s removed", sid)
+
+    def _reconfigure_source(self, stream: StreamConfig) -> None:
+        """Source options changed: a new process for this stream only, like a restart."""
+        source = self.sources[stream.id]
+        self._end_process(source)
+        index = source.spec.index
+        self._route(stream, index)
+        if self.view is not None:
+            self.view.set_stream(stream)
+        source.restarts += 1
+        source.restart_at = None
+        source.resumed_since = self._say(
+            stream.id, SourceState.RECONNECTING, "reconfigured", "configuration changed",
+            source.restarts, 0.0, generation=source.restarts,
+        )  # fmt: skip
+        analysis = self._analysis_spec(index, self.epoch)  # _start_source gives a new epoch
+        source.spec = source_spec(stream, index, self.run_id, self._endpoint("inbox"), analysis,
+                                  self.log_level)  # fmt: skip
+        self._start_source(source)
+        log.info("stream %s restarted with its new configuration", stream.id)
+
+    def _send_regions(self, stream: StreamConfig) -> None:
+        """Zones or lines changed: the running process takes them; its tracks go on."""
+        source = self.sources[stream.id]
+        # A later restart of the process starts with them too.
+        analysis = replace(source.spec.analysis, pipeline=self.cfg)
+        source.spec = replace(source.spec, analysis=analysis)
+        if self.view is not None:
+            self.view.set_stream(stream)
+        with self._watch_lock:
+            outbox = self._watch_outboxes.get(stream.id)
+            if outbox is not None:
+                outbox.send(RegionsUpdate(stream.id, tuple(stream.zones), tuple(stream.lines)))
+        log.info("stream %s: zones and lines changed in place", stream.id)
+
+    def _end_process(self, source: _Source) -> None:
+        """Stop a camera's process on purpose (not a crash: no restart follows here)."""
+        proc, source.process = source.process, None
+        source.restart_at = None
+        if proc is None:
+            return
+        proc.terminate()
+        proc.join(TERM_GRACE_S)
+        if proc.is_alive():
+            log.warning("worker %s did not stop within %.0fs; killing", proc.name, TERM_GRACE_S)
+            proc.kill()
+            proc.join(1.0)
+        if proc.pid is not None:
+            mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+        sweep_segments(self.run_id, f"{source.spec.index}_{proc.pid}_")
+        self.board.set_worker(source.spec.stream, None, source.restarts)
+
     def _shutdown(self) -> None:
         self._systemd.stopping()
         self._stop_workers()
+        if self._summary is not None:  # the workers' counts are final now
+            self._summary.totals({sid: s.restarts for sid, s in self.sources.items()})
         with self._watch_lock:
             for outbox in self._watch_outboxes.values():
                 outbox.close()
             self._watch_outboxes.clear()
-        if self._outbox is not None:
-            self._outbox.close()
+        for channel in (self._outbox, self._routes):
+            if channel is not None:
+                channel.close()
         for part in (self._replay, self._plane, self._bus, self._journal):
             if part is not None:
                 part.close()

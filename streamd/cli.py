@@ -37,6 +37,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
     if cfg is None:
         return EXIT_BAD_CONFIG
+    from streamd.validate import check_classes, check_files
+
+    problems = check_files(cfg) or check_classes(cfg)  # classes only from a model that is there
+    if problems:
+        print(ConfigError(args.file, problems), file=sys.stderr)
+        return EXIT_BAD_CONFIG
     try:
         if cfg.security.curve is not None:
             load_server_keys(cfg.security.curve)  # the files run would read
@@ -57,9 +63,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from streamd.publish.curve import KeyFileError
 
     try:
-        daemon = Daemon(cfg, args.log_level)
+        daemon = Daemon(cfg, args.log_level, pipeline=Path(args.file))
     except KeyFileError as e:
         print(f"{args.file}: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except ConfigError as e:  # the streams changed at runtime, persisted next to the file
+        print(e, file=sys.stderr)
         return EXIT_BAD_CONFIG
     return daemon.run(args.duration)
 
@@ -91,6 +100,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _cmd_subscribe(args: argparse.Namespace) -> int:
+    import zmq
+
     from streamd.client import Gap, Subscriber
     from streamd.publish.curve import KeyFileError
 
@@ -117,8 +128,17 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    try:
+        endpoint = _subscribe_endpoint(args.endpoint)
+        sub = Subscriber(endpoint, topics=args.topic or [""], on_gap=on_gap, curve=keys)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except zmq.ZMQError as e:
+        print(f"streamd subscribe: cannot connect to {endpoint!r}: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     seen = 0
-    with Subscriber(args.endpoint, topics=args.topic or [""], on_gap=on_gap, curve=keys) as sub:
+    with sub:
         try:
             for event in sub.events(timeout_s=args.timeout):
                 print(json.dumps(event.payload, separators=(",", ":")), flush=True)
@@ -127,8 +147,24 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
                     return 0
         except KeyboardInterrupt:
             return 0
-    # A requested count that never arrived is a failure scripts can see.
-    return 1 if args.count is not None else 0
+    # Nothing at all, or fewer than asked for: a failure people and scripts can see.
+    if seen == 0 or args.count is not None:
+        print(f"streamd subscribe: {seen} event(s) from {endpoint} within {args.timeout or 0:g}s"
+              + ("" if seen else " (is the daemon running, on this endpoint?)"),
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def _subscribe_endpoint(target: str) -> str:
+    """The ZeroMQ endpoint to connect to, from a pipeline file (its publish.endpoint, a
+    wildcard bind read as this machine) or given directly."""
+    if not (target.endswith((".yaml", ".yml", ".json")) or Path(target).is_file()):
+        return target
+    endpoint = load_config(target).publish.endpoint
+    for wildcard in ("://*:", "://0.0.0.0:", "://[::]:"):
+        endpoint = endpoint.replace(wildcard, "://127.0.0.1:")
+    return endpoint
 
 
 def _status_address(target: str) -> str:
@@ -303,8 +339,18 @@ def _cmd_export_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamd")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamd", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a pipeline until Ctrl-C/SIGTERM")
@@ -318,10 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     val.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("subscribe", help="print events as JSON lines")
-    s.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5556")
+    s.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5556",
+                   help="a pipeline file (its publish.endpoint) or ZeroMQ endpoint")  # fmt: skip
     s.add_argument("--topic", action="append", help="topic prefix filter, e.g. det. (repeatable)")
     s.add_argument("--count", type=int, default=None, help="exit after N events")
-    s.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    s.add_argument("--timeout", type=float, default=None,
+                   help="stop after this many seconds (exit 1 if no event came)")  # fmt: skip
     s.add_argument("--client-key", help="security.curve: this client's .key_secret file")
     s.add_argument("--server-key", help="security.curve: the daemon's public .key file")
     s.set_defaults(func=_cmd_subscribe)
