@@ -129,6 +129,7 @@ def test_validate_refuses_key_files_it_cannot_use_naming_the_key(
     keys: Path, secret: str, clients: str, key: str, why: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = _pipeline(keys, secret, clients)  # paths relative to the pipeline file
+    (keys / "clip.mp4").touch()  # validate checks the stream's file exists too
     assert main(["validate", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert (
