@@ -63,10 +63,10 @@ def running(p: psutil.Process) -> bool:
         return False
 
 
-def stop_and_check_clean(
-    daemon: subprocess.Popen[bytes], sig: signal.Signals, shm_before: set[str], group: bool = False
-) -> float:
-    """Signal the daemon, assert it and all its workers are gone within 5 s with no shm left."""
+def _stop(
+    daemon: subprocess.Popen[bytes], sig: signal.Signals, group: bool
+) -> tuple[float, list[psutil.Process]]:
+    """Signal the daemon, assert it and all its workers are gone within 5 s."""
     children = psutil.Process(daemon.pid).children(recursive=True)
     assert len(children) >= 2, "expected an inference worker and source workers"
     t0 = time.monotonic()
@@ -81,6 +81,14 @@ def stop_and_check_clean(
     _, alive = psutil.wait_procs(children, timeout=0.5)
     left = [p for p in alive if running(p)]
     assert left == [], f"workers left behind: {left}"
+    return elapsed, children
+
+
+def stop_and_check_clean(
+    daemon: subprocess.Popen[bytes], sig: signal.Signals, shm_before: set[str], group: bool = False
+) -> float:
+    """Signal the daemon, assert it and all its workers are gone within 5 s with no shm left."""
+    elapsed, _ = _stop(daemon, sig, group)
     assert shm_segments() - shm_before == set()
     return elapsed
 
@@ -88,16 +96,7 @@ def stop_and_check_clean(
 def stop_and_check_own_clean(daemon: subprocess.Popen[bytes], sig: signal.Signals) -> float:
     """Like :func:`stop_and_check_clean`, but only this daemon's segments (their names
     carry its workers' pids) are checked, so other daemons running meanwhile cannot fail it."""
-    children = psutil.Process(daemon.pid).children(recursive=True)
-    assert len(children) >= 2, "expected an inference worker and source workers"
-    t0 = time.monotonic()
-    daemon.send_signal(sig)
-    code = daemon.wait(timeout=10)
-    elapsed = time.monotonic() - t0
-    assert code == 0
-    assert elapsed < 5.0, f"took {elapsed:.1f}s to stop"
-    _, alive = psutil.wait_procs(children, timeout=0.5)
-    assert [p for p in alive if running(p)] == [], "workers left behind"
+    elapsed, children = _stop(daemon, sig, group=False)
     pids = {str(p.pid) for p in children}
     assert [n for n in shm_segments() if n.split("_")[3] in pids] == []
     return elapsed
