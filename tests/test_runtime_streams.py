@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import signal
 import time
@@ -216,6 +217,12 @@ def test_sighup_applies_the_file_difference_and_refuses_a_broken_file(
         assert daemon.poll() is None
         assert [s["id"] for s in _api(cfg, "GET", "/api/streams")[1]["streams"]] == ["a", "c"]
         assert _pids(cfg)["a"] == pids["a"]
+        # A hangup to the whole group (a closed terminal): only the supervisor reloads
+        # (the broken file again: refused); no worker dies of it.
+        before = _pids(cfg)
+        os.killpg(daemon.pid, signal.SIGHUP)
+        time.sleep(1.5)
+        assert daemon.poll() is None and _pids(cfg) == before
         _assert_no_det_gaps(log, "a")
     finally:
         log.close()

@@ -88,8 +88,10 @@ def setup_worker(
     faulthandler.enable()
     threading.excepthook = _log_thread_exception  # through the redacting formatter
     _die_with_parent()
-    # Ctrl-C reaches the whole process group; only the supervisor acts on it.
+    # Ctrl-C and a hangup (a closed terminal, `kill -HUP -<group>`) reach the whole
+    # process group; only the supervisor acts on them (SIGHUP: reload).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop = StopFlag()
     stop.install(signal.SIGTERM)
     return stop
