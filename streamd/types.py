@@ -155,6 +155,47 @@ class Results:
 
 
 @dataclass(frozen=True, slots=True)
+class ActiveTrack:
+    """A confirmed track as its camera's analytics last saw it: in heartbeat rows, so a
+    restarted camera can end the tracks of the process it replaces."""
+
+    track_id: int
+    class_id: int
+    cls: str
+    conf: float
+    bbox: tuple[float, float, float, float]
+    frame: int  # its last frame
+    first_media_ts: float
+    last_media_ts: float
+    frames: int  # analysed frames it was seen in
+    classes: dict[str, int]  # class name → frames seen as
+    zones: tuple[str, ...]  # zones it entered
+
+    def object_fields(self) -> dict[str, Any]:
+        """The object part of a ``track`` event."""
+        return {"track_id": self.track_id, "class_id": self.class_id, "class": self.cls,
+                "conf": self.conf, "bbox": list(self.bbox)}  # fmt: skip
+
+    def end_fields(self, reason: str) -> dict[str, Any]:
+        """What an ``end`` adds (docs/events.md)."""
+        return {
+            "reason": reason,
+            "first_media_ts": self.first_media_ts,
+            "last_media_ts": self.last_media_ts,
+            "duration_s": round(self.last_media_ts - self.first_media_ts, 3),
+            "frames": self.frames,
+            "classes": dict(self.classes),
+            "zones": list(self.zones),
+        }
+
+    def state_fields(self) -> dict[str, Any]:
+        """Its entry in the ``state`` answer."""
+        return {"track_id": self.track_id, "class": self.cls, "bbox": list(self.bbox),
+                "first_media_ts": self.first_media_ts, "last_media_ts": self.last_media_ts,
+                "zones": list(self.zones)}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class JournalHealth:
     """A camera's alert journal writer, in its heartbeat row."""
 
@@ -185,6 +226,7 @@ class StreamRow:
     lines: dict[str, dict[str, int]] = field(default_factory=dict)
     alert_seq: int = -1
     tracks: dict[str, Any] = field(default_factory=dict)  # analytics state (the `state` request)
+    active: tuple[ActiveTrack, ...] = ()  # its confirmed tracks now
     journal: JournalHealth = field(default_factory=JournalHealth)
     generation: int = 0  # which of the stream's processes sent it (restarts so far)
 

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,7 @@ from streamd.runtime.channel import Inbox, Outbox
 from streamd.runtime.process import StopFlag
 from streamd.track import StreamTracker
 from streamd.types import (
+    ActiveTrack,
     Detected,
     Dropped,
     RegionsUpdate,
@@ -75,7 +76,7 @@ class AnalysisSpec:
     alert_seq_from: int = 0
     generation: int = 0  # this stream's processes before this one (its rows carry it)
     # The active tracks the dead process before this one last reported: ended here.
-    predecessor_tracks: tuple[dict[str, Any], ...] = ()
+    predecessor_tracks: tuple[ActiveTrack, ...] = ()
 
 
 class SourceSide(Protocol):
@@ -192,7 +193,7 @@ class StreamAnalysis:
 
     def _run(self) -> None:
         try:
-            self.analytics.end_predecessor(list(self.spec.predecessor_tracks), time.time())
+            self.analytics.end_predecessor(self.spec.predecessor_tracks, time.time())
             while not (self._halt.is_set() or self._source.stop.is_set()):
                 wait = max(0.0, self._last_beat + self._heartbeat_s - time.monotonic())
                 if self._mailbox.poll(min(0.05 if self._finish.is_set() else 0.2, wait)):
@@ -280,7 +281,8 @@ class StreamAnalysis:
             decoded=decoded, decode_errors=errors,
             latency_ms=c.latency_sum_ms / c.latency_n if c.latency_n else None,
             zones=counts.zones, lines=counts.lines, alert_seq=counts.alert_seq,
-            tracks=self.analytics.state(), journal=counts.journal,
+            tracks=self.analytics.state(), active=self.analytics.active_tracks(),
+            journal=counts.journal,
             generation=self.spec.generation,
         )  # fmt: skip
 

@@ -22,6 +22,7 @@ import numpy as np
 import supervision as sv
 
 from streamd.config import ZONE_RULE, LineConfig, TracksConfig, ZoneConfig
+from streamd.types import ActiveTrack
 
 # Capture times are floats: a threshold met "exactly" must not miss by 1e-16.
 EPS = 1e-6
@@ -75,6 +76,12 @@ class _Track:
     frames: int = 1
     classes: Counter[str] = field(default_factory=Counter)
     zones: set[str] = field(default_factory=set)
+
+
+def _snapshot(tid: int, tr: _Track) -> ActiveTrack:
+    o, zones = tr.last, tuple(sorted(tr.zones))
+    return ActiveTrack(tid, o.class_id, o.cls, o.conf, o.bbox, tr.last_frame, tr.first_ts,
+                       tr.last_ts, tr.frames, dict(tr.classes), zones)  # fmt: skip
 
 
 def _anchor(obj: Observation, anchor: str) -> tuple[float, float]:
@@ -277,15 +284,7 @@ class StreamAnalytics:
                 alerts += self._exit(zone, tr.last, side, frame, tr.last_ts, reason)
         for line in self.lines:
             line.sides.pop(tid, None)
-        extra = {
-            "reason": reason,
-            "first_media_ts": tr.first_ts,
-            "last_media_ts": tr.last_ts,
-            "duration_s": round(tr.last_ts - tr.first_ts, 3),
-            "frames": tr.frames,
-            "classes": dict(tr.classes),
-            "zones": sorted(tr.zones),
-        }
+        extra = _snapshot(tid, tr).end_fields(reason)
         return TrackEvent("end", tr.last, frame, tr.last_ts, extra), alerts
 
     def _zone(self, zone: Zone, seen: dict[int, Observation], ages: dict[int, float],
@@ -402,15 +401,13 @@ class StreamAnalytics:
         extra = {"condition": direction, "counts": dict(line.counts)}
         return [Alert(direction, None, line.name, obj, frame, ts, extra, line.cfg.snapshot)]
 
+    def active(self) -> list[ActiveTrack]:
+        """The confirmed tracks now."""
+        return [_snapshot(tid, tr) for tid, tr in self.tracks.items()]
+
     def state(self) -> dict[str, Any]:
         """Active tracks, zone occupancy and line counts: what a late joiner asks for."""
-        tracks = [
-            {"track_id": tid, "class_id": tr.last.class_id, "class": tr.last.cls,
-             "conf": tr.last.conf, "bbox": list(tr.last.bbox), "frame": tr.last_frame,
-             "first_media_ts": tr.first_ts, "last_media_ts": tr.last_ts, "frames": tr.frames,
-             "classes": dict(tr.classes), "zones": sorted(tr.zones)}
-            for tid, tr in self.tracks.items()
-        ]  # fmt: skip
+        tracks = [t.state_fields() for t in self.active()]
         zones = {
             z.name: {"occupancy": z.occupancy, "entries": z.entries, "exits": z.exits,
                      "track_ids": sorted(t for t, s in z.sides.items() if s.confirmed == 1)}

@@ -26,7 +26,7 @@ from streamd.config import LineConfig, PipelineConfig, StreamConfig, ZoneConfig
 from streamd.publish.alert_writer import AlertWriter, NewAlert
 from streamd.publish.journal import AlertJournal
 from streamd.publish.publisher import Publisher
-from streamd.types import FrameRef, JournalHealth, SourceState
+from streamd.types import ActiveTrack, FrameRef, JournalHealth, SourceState
 
 if TYPE_CHECKING:
     from streamd.analysis.sinks import AnalysedFrame
@@ -149,20 +149,17 @@ class AnalyticsSink:
                            for z in zones}  # fmt: skip
         log.info("%s: %d zone(s), %d line(s) now", self.stream, len(zones), len(lines))
 
-    def end_predecessor(self, tracks: list[dict[str, Any]], ts: float) -> None:
+    def end_predecessor(self, tracks: Sequence[ActiveTrack], ts: float) -> None:
         """End the tracks the process this one replaces (it died) had as of its last
         heartbeat, with reason ``restart``: this process's tracker starts afresh, and
         these ends go out before any track of its own."""
         for t in tracks:
-            first, last = float(t["first_media_ts"]), float(t["last_media_ts"])
-            fields = {
-                "event": "end", "track_id": t["track_id"], "class_id": t["class_id"],
-                "class": t["class"], "conf": t["conf"], "bbox": t["bbox"], "frame": t["frame"],
-                "reason": "restart", "first_media_ts": first, "last_media_ts": last,
-                "duration_s": round(last - first, 3), "frames": t["frames"],
-                "classes": t["classes"], "zones": t["zones"],
-            }  # fmt: skip
+            fields = {"event": "end", **t.object_fields(), "frame": t.frame,
+                      **t.end_fields("restart")}  # fmt: skip
             self.publisher.publish("track", self.stream, ts, fields)
+
+    def active_tracks(self) -> tuple[ActiveTrack, ...]:
+        return tuple(self.engine.active())
 
     def on_state(self, state: SourceState) -> None:
         """The stream stopped delivering frames: its tracks end now, not never."""

@@ -35,7 +35,14 @@ from streamd.publish import Publisher
 from streamd.publish.events import status_fields
 from streamd.publish.journal import AlertJournal
 from streamd.runtime.channel import Inbox
-from streamd.types import InferenceBeat, JournalHealth, SourceState, StatusUpdate, StreamRow
+from streamd.types import (
+    ActiveTrack,
+    InferenceBeat,
+    JournalHealth,
+    SourceState,
+    StatusUpdate,
+    StreamRow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +189,13 @@ class ControlPlane:
         """Each stream's published state and latest row (for the summary lines)."""
         return {sid: (self._states.get(sid), row) for sid, row in self._rows_now().items()}
 
-    def take_active_tracks(self, stream: str) -> list[dict[str, Any]]:
+    def take_active_tracks(self, stream: str) -> list[ActiveTrack]:
         """The stream's active tracks as of its (dead) process's last row, forgotten here
         so that they are ended once, by the one process that replaces it."""
         with self._lock:
             row = self._rows[stream]
-            self._rows[stream] = replace(row, tracks={**row.tracks, "tracks": []})
-            return list(row.tracks.get("tracks", []))
+            self._rows[stream] = replace(row, active=(), tracks={**row.tracks, "tracks": []})
+            return list(row.active)
 
     def alert_seq(self, stream: str) -> int:
         """The seq of the stream's last alert its process reported (-1: none)."""
