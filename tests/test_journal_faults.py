@@ -349,6 +349,47 @@ def test_a_superseded_process_state_is_not_published(tmp_path: Path) -> None:
     assert states == ["failed", "connecting"]  # the stale `streaming` never went out
 
 
+def test_a_removed_stream_added_again_is_not_silenced_by_its_old_process(
+    tmp_path: Path,
+) -> None:
+    """Removed (its final `ended`/removed held a moment), then added again at once: the
+    new process's states go out; the old process's late `streaming` and the held final
+    word are superseded, and the new stream is not forgotten."""
+    from streamd.config import parse_config
+    from streamd.control.plane import ControlPlane
+    from streamd.runtime.channel import Outbox
+    from streamd.types import SourceState, StatusUpdate
+
+    cfg = parse_config(json.dumps({"streams": [{"id": "cam", "url": "x.mp4"}]}))
+    bus = _Bus()
+    inbox = f"ipc://{tmp_path}/inbox"
+    j = AlertJournal(tmp_path / "alerts.sqlite", "normal", 30, 100)
+    plane = ControlPlane(cfg, inbox, bus.endpoint, 1, j)
+    plane.start()
+    out = Outbox(inbox)
+    try:
+        now = time.time()
+        # The old process was generation 2; the supervisor removes it (final, 3) and the
+        # stream is added again as generation 4 (app.Daemon: removed + 2).
+        out.send(StatusUpdate("cam", SourceState.ENDED, "removed", now, generation=3,
+                              final=True))  # fmt: skip
+        time.sleep(0.05)  # in the plane, held
+        plane.add_stream("cam", 4)
+        out.send(StatusUpdate("cam", SourceState.STREAMING, "connected", now, generation=2))
+        out.send(StatusUpdate("cam", SourceState.CONNECTING, "start", now, generation=4))
+        states: list[str] = []
+        while (ev := bus.next(1.0)) is not None:
+            if ev.kind == "status":
+                states.append(ev.payload["state"])
+        rows = plane.state()
+    finally:
+        out.close()
+        plane.close()
+        j.close()
+        bus.close()
+    assert states == ["connecting"] and "cam" in rows
+
+
 def test_alerts_go_out_in_order_through_the_journal_thread(tmp_path: Path) -> None:
     """A burst of alerts over several frames leaves in seq order, each after its commit."""
     path = tmp_path / "alerts.sqlite"

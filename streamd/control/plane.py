@@ -149,13 +149,14 @@ class ControlPlane:
         if update.final:
             self._forget(update.stream, update.generation)
 
-    def add_stream(self, stream: str) -> None:
-        """A stream added at runtime (supervisor thread): its row, state and generation."""
+    def add_stream(self, stream: str, generation: int = 0) -> None:
+        """A stream added at runtime (supervisor thread): its row, state and generation
+        (above every process the id had before, if it was removed and added again)."""
         with self._lock:
-            self._rows[stream] = StreamRow(stream=stream)
+            self._rows[stream] = StreamRow(stream=stream, generation=generation)
             self._row_at[stream] = 0.0
             self._states[stream] = None
-            self._generation[stream] = 0
+            self._generation[stream] = generation
 
     def _forget(self, stream: str, generation: int) -> None:
         """A removed stream's last update is out: its row goes (unless it was added again)."""

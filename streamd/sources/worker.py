@@ -380,7 +380,7 @@ class SourceWorker:
             detail=detail,
             retry_in_s=None if retry_in_s is None else round(retry_in_s, 3),
             counters=self._counters(),
-            generation=self.spec.restarts,
+            generation=self.spec.analysis.generation,
         )
         log_fn = log.warning if state in (SourceState.FAILED, SourceState.STALLED) else log.info
         log_fn("%s -> %s (%s) %s", self._state, state, reason, detail)
