@@ -36,6 +36,7 @@ from streamd.config import ConfigError, PipelineConfig, StreamConfig, load_confi
 from streamd.control import ControlServer, StatusBoard
 from streamd.control.exposition import MetricsExporter
 from streamd.control.health import service_health
+from streamd.control.http import Limits
 from streamd.control.plane import ControlPlane
 from streamd.control.streams import StreamChanges, StreamDiff, StreamsFile, diff_streams
 from streamd.control.summary import RunSummary
@@ -70,6 +71,10 @@ class _Source:
     spec: SourceSpec
     process: SpawnProcess | None = None
     restarts: int = 0
+    # Which process of this stream id runs (or is to come): only ever grows within a run,
+    # across restarts and a removal and re-adding, so a superseded process's late words
+    # are told apart (StatusUpdate/StreamRow carry it).
+    generation: int = 0
     recent: list[float] = field(default_factory=list)  # monotonic times of recent restarts
     restart_at: float | None = None
     resumed_since: float = 0.0
@@ -128,6 +133,7 @@ class Daemon:
         base_dir = Path.cwd() if pipeline is None else pipeline.parent
         self.changes = StreamChanges(cfg.streams, base_dir, self._file)
         self._next_index = len(cfg.streams)  # a stream added at runtime: a fresh ring index
+        self._next_generation: dict[str, int] = {}  # a removed id added again starts here
         self._reload = threading.Event()  # SIGHUP
         self._routes: Outbox | None = None  # to the detector's inbox: RouteUpdate
         self.log_level = log_level
@@ -236,8 +242,10 @@ class Daemon:
             exporter = MetricsExporter(self.board, self._metrics_dir)
             self.view = LiveView(self.cfg, self._endpoint("view"), self._watch, self._hud)
             exporter.view = self.view
-            self._http = ControlServer(listen, self.board, exporter, self.view, self.cfg.http.token,
-                                       self.changes)  # fmt: skip
+            h = self.cfg.http
+            limits = Limits(h.max_connections, h.max_viewers, h.idle_timeout_s)
+            self._http = ControlServer(listen, self.board, exporter, self.view, h.token,
+                                       self.changes, limits)  # fmt: skip
         except OSError as e:
             raise StartupError(f"http.listen {listen}: {e.strerror or e}") from None
         self.view.start()
@@ -292,6 +300,8 @@ class Daemon:
 
     def _start_source(self, source: _Source) -> None:
         spec = source.spec
+        if spec.analysis.generation != source.generation:
+            spec = replace(spec, analysis=replace(spec.analysis, generation=source.generation))
         if source.restarts:
             # A restarted camera process is a new publisher: a new epoch, not a gap; its
             # alerts number on from the last one its predecessor published.
@@ -300,7 +310,7 @@ class Daemon:
             ended = tuple(self._plane.take_active_tracks(spec.stream))
             analysis = replace(spec.analysis, epoch=int(time.time() * 1000),
                                alert_seq_from=self._plane.alert_seq(spec.stream) + 1,
-                               generation=source.restarts, predecessor_tracks=ended)  # fmt: skip
+                               predecessor_tracks=ended)  # fmt: skip
             spec = replace(
                 spec,
                 analysis=analysis,
@@ -420,18 +430,19 @@ class Daemon:
                 "restart_limit",
                 f"{reason}: {detail}; {len(source.recent)} restart(s) within {window:g}s",
                 source.restarts,
-                generation=source.restarts + 1,  # no process comes after the dead one
+                generation=source.generation + 1,  # no process comes after the dead one
             )
             return
         delay = RESTART_DELAYS_S[min(len(source.recent), len(RESTART_DELAYS_S) - 1)]
         source.recent.append(now)
         source.restarts += 1
+        source.generation += 1
         source.restart_at = now + delay
         # A dead worker cannot report its own state: say it on its behalf.
         # Said for the process to come (generation): the dead one's last words are stale.
         source.resumed_since = self._say(
             stream, SourceState.RECONNECTING, reason, detail, source.restarts, delay,
-            generation=source.restarts,
+            generation=source.generation,
         )  # fmt: skip
 
     def _say(
@@ -514,7 +525,8 @@ class Daemon:
     def _add_source(self, stream: StreamConfig) -> None:
         index, self._next_index = self._next_index, self._next_index + 1
         assert self._plane is not None
-        self._plane.add_stream(stream.id)
+        generation = self._next_generation.get(stream.id, 0)
+        self._plane.add_stream(stream.id, generation)
         self.board.add_stream(stream.id)
         if self.view is not None:
             self.view.set_stream(stream)
@@ -522,7 +534,7 @@ class Daemon:
         analysis = self._analysis_spec(index, int(time.time() * 1000))  # a new publisher
         spec = source_spec(stream, index, self.run_id, self._endpoint("inbox"), analysis,
                            self.log_level)  # fmt: skip
-        self.sources[stream.id] = _Source(spec)
+        self.sources[stream.id] = _Source(spec, generation=generation)
         self._start_source(self.sources[stream.id])
         log.info("stream %s added (index %d)", stream.id, index)
 
@@ -535,7 +547,10 @@ class Daemon:
         # Said for the process that will never come, so the stopped one's last words are
         # stale; final: the control plane forgets the stream once it is out.
         self._say(sid, SourceState.ENDED, "removed", "removed at runtime", source.restarts,
-                  generation=source.restarts + 1, final=True)  # fmt: skip
+                  generation=source.generation + 1, final=True)  # fmt: skip
+        # Added again later: above that final word too (it is held a moment, then
+        # dropped as superseded rather than forgetting the new stream).
+        self._next_generation[sid] = source.generation + 2
         del self.sources[sid]
         with self._watch_lock:
             outbox = self._watch_outboxes.pop(sid, None)
@@ -556,10 +571,11 @@ class Daemon:
         if self.view is not None:
             self.view.set_stream(stream)
         source.restarts += 1
+        source.generation += 1
         source.restart_at = None
         source.resumed_since = self._say(
             stream.id, SourceState.RECONNECTING, "reconfigured", "configuration changed",
-            source.restarts, 0.0, generation=source.restarts,
+            source.restarts, 0.0, generation=source.generation,
         )  # fmt: skip
         analysis = self._analysis_spec(index, self.epoch)  # _start_source gives a new epoch
         source.spec = source_spec(stream, index, self.run_id, self._endpoint("inbox"), analysis,

@@ -197,7 +197,8 @@ def pipeline(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
         "model": _model_cfg(spec).model_dump(exclude_none=True),
         "batching": {"max_batch": spec.max_batch, "max_wait_ms": spec.max_wait_ms},
         "publish": {"endpoint": f"tcp://127.0.0.1:{spec.port}", "hwm": 100_000},
-        "http": {"listen": f"127.0.0.1:{spec.http_port}"},
+        # --viewers beyond the default cap would measure 503s, not viewers
+        "http": {"listen": f"127.0.0.1:{spec.http_port}", "max_viewers": max(16, spec.viewers)},
         "journal": {"path": str(workdir / "alerts.sqlite"), "endpoint": "tcp://127.0.0.1:*"},
         "streams": [
             {"id": f"s{i}", "url": str(clip), "loop": True, "realtime": not spec.block}

@@ -26,6 +26,28 @@ class HttpConfig(_Strict):
         "loopback. Use ${ENV}.",
     )
 
+    max_connections: int = Field(
+        4096,
+        ge=8,
+        le=65536,
+        description="Open connections at most (idle ones included); beyond it a new "
+        "connection is answered 503 at once. The open-files limit is raised to fit.",
+    )
+    max_viewers: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="MJPEG streams (/streams/<id>.mjpg) played at once, all streams "
+        "together; each holds a worker thread. Beyond it a viewer is answered 503.",
+    )
+    idle_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="A connection that sends no request this long is closed; a request "
+        "or an answer that makes no progress this long ends (a stalled viewer too).",
+    )
+
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str | None) -> str | None:

@@ -7,6 +7,11 @@ Bound to loopback by default; off loopback ``http.token`` (16+ characters) is
 required and checked on every request: ``Authorization: Bearer <token>`` (the
 scheme in any case; a bare token is refused) or ``?token=``. It exposes stream
 ids and states, never URLs.
+
+Connections are accepted by a :class:`~streamd.control.conns.ConnectionPool`:
+idle ones cost a descriptor, not a thread; a fixed pool of workers answers
+(``http.max_viewers`` of them for MJPEG streams, 32 more for everything else).
+Every GET route answers HEAD too, without a body.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import logging
 import socket
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -27,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from streamd.control import api
 from streamd.control.admin import StreamAdmin
 from streamd.control.board import StatusBoard
+from streamd.control.conns import ConnectionPool, allow_descriptors
 from streamd.control.exposition import MetricsExporter
 from streamd.view import pages
 from streamd.view.overlay import LiveView
@@ -48,10 +55,31 @@ def bearer(authorization: str) -> str:
 
 BOUNDARY = "streamd-frame"
 MJPEG_WAIT_S = 5.0  # .jpg: give up after this long without an analysed frame
+OTHER_WORKERS = 32  # workers beyond the MJPEG viewers': status, health, API, .jpg, pages
+SPARE_DESCRIPTORS = 1024  # beyond the connections: rings, sockets, files of the supervisor
+BACKLOG = 1024  # a burst of connects queues in the kernel instead of waiting out a SYN retry
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """``http.max_connections``, ``http.max_viewers``, ``http.idle_timeout_s``."""
+
+    max_connections: int = 4096
+    max_viewers: int = 16
+    idle_timeout_s: float = 5.0
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+
+    def setup(self) -> None:
+        # A read or write that makes no progress this long ends the request (a client that
+        # sends half a request, or an MJPEG viewer that stopped reading).
+        super().setup()
+        self.connection.settimeout(self.server.limits.idle_timeout_s)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()  # _send_raw and _mjpeg leave the body out
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -140,7 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
         if sid not in view.streams:
             self._send(404, {"error": f"no stream {sid!r}"})
         elif ext == "mjpg":
-            self._mjpeg(view, sid)
+            self._mjpeg_viewer(view, sid)
         elif ext == "jpg":
             self._jpeg(view, sid)
         else:
@@ -154,12 +182,30 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_raw(200, pic.jpeg, "image/jpeg", {"X-Streamd-Frame": str(pic.meta.frame)})
 
-    def _mjpeg(self, view: LiveView, sid: str) -> None:
-        """multipart/x-mixed-replace: browsers, VLC, ffplay and OpenCV play it."""
+    def _mjpeg_viewer(self, view: LiveView, sid: str) -> None:
+        """A stream holds a worker while it plays: beyond ``http.max_viewers`` a 503."""
+        slots = self.server.viewer_slots
+        if self.command == "HEAD":
+            self._mjpeg_head()
+        elif not slots.acquire(blocking=False):
+            limit = self.server.limits.max_viewers
+            why = f"{limit} MJPEG viewers already (http.max_viewers={limit}); retry when one leaves"
+            self._send(503, {"error": why}, {"Retry-After": "5"})
+        else:
+            try:
+                self._mjpeg(view, sid)
+            finally:
+                slots.release()
+
+    def _mjpeg_head(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
+
+    def _mjpeg(self, view: LiveView, sid: str) -> None:
+        """multipart/x-mixed-replace: browsers, VLC, ffplay and OpenCV play it."""
+        self._mjpeg_head()
         with view.viewer(sid) as version, contextlib.suppress(OSError):
             while not self.server.closing.is_set():
                 pic = view.next_picture(sid, version, MJPEG_WAIT_S)
@@ -184,7 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
         # The request line may carry ?token=: log paths without their query.
@@ -192,8 +239,10 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http: " + format, *safe)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(HTTPServer):
+    """Binds and holds what the handler needs; :class:`ConnectionPool` drives it."""
+
+    request_queue_size = BACKLOG
 
     def __init__(
         self,
@@ -203,22 +252,34 @@ class _Server(ThreadingHTTPServer):
         view: LiveView | None,
         token: str | None,
         admin: StreamAdmin | None,
+        limits: Limits,
     ) -> None:
         self.board = board
         self.exporter = exporter
         self.view = view
         self.token = token
         self.admin = admin
+        self.limits = limits
+        self.viewer_slots = threading.BoundedSemaphore(limits.max_viewers)
         self.closing = threading.Event()
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
         super().__init__(addr, _Handler)
 
+    def serve_one(self, request: socket.socket, client_address: Any) -> None:
+        """Answer the connection's request and close it (one request per connection)."""
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """socketserver prints a raw traceback to stderr; a client that went away mid-answer
         (a closed tab, a viewer stopped) is routine: debug. Anything else goes to the log."""
         err = sys.exc_info()[1]
-        if isinstance(err, BrokenPipeError | ConnectionResetError | ConnectionAbortedError):
+        if isinstance(err, ConnectionError | TimeoutError):  # incl. broken pipe and reset
             log.debug("http: client %s went away: %s", client_address[0], err)
         else:
             log.error("http: request from %s failed", client_address[0], exc_info=True)
@@ -235,16 +296,24 @@ class ControlServer:
         view: LiveView | None = None,
         token: str | None = None,
         admin: StreamAdmin | None = None,  # /api/streams (the supervisor's)
+        limits: Limits | None = None,
     ) -> None:
-        self._server = _Server(split_listen(listen), board, exporter, view, token, admin)
+        limits = limits or Limits()
+        allow_descriptors(limits.max_connections + SPARE_DESCRIPTORS)
+        self._server = _Server(split_listen(listen), board, exporter, view, token, admin, limits)
         self.address = listen
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._connections = ConnectionPool(
+            self._server.socket,
+            self._server.serve_one,
+            workers=limits.max_viewers + OTHER_WORKERS,
+            max_connections=limits.max_connections,
+            idle_timeout_s=limits.idle_timeout_s,
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        self._connections.start()
 
     def close(self) -> None:
         self._server.closing.set()  # MJPEG writers end their loops
-        if self._thread.is_alive():
-            self._server.shutdown()
+        self._connections.close()
         self._server.server_close()
