@@ -134,7 +134,9 @@ class Daemon:
         self.changes = StreamChanges(cfg.streams, base_dir, self._file)
         self._next_index = len(cfg.streams)  # a stream added at runtime: a fresh ring index
         self._next_generation: dict[str, int] = {}  # a removed id added again starts here
-        self._reload = threading.Event()  # SIGHUP
+        # SIGHUP: a plain flag, set in signal context (an Event's lock could deadlock there
+        # if the signal lands while the loop holds it).
+        self._reload_asked = False
         self._routes: Outbox | None = None  # to the detector's inbox: RouteUpdate
         self.log_level = log_level
         self.ctx = mp.get_context("spawn")
@@ -173,7 +175,7 @@ class Daemon:
 
     def run(self, duration_s: float | None = None) -> int:
         self.stop.install(signal.SIGINT, signal.SIGTERM)
-        signal.signal(signal.SIGHUP, lambda _sig, _frame: self._reload.set())
+        signal.signal(signal.SIGHUP, self._on_sighup)
         _clear_stale_runs()
         self._tmp = str(make_run_dir(self.run_id))  # 0700: private ipc sockets
         # Workers inherit this and write their metrics there (prometheus multiprocess mode).
@@ -382,8 +384,8 @@ class Daemon:
             ]
             multiprocessing.connection.wait(waitables, timeout=0.2)
             self.changes.apply_pending(self._apply)  # the stream API's, one at a time
-            if self._reload.is_set():
-                self._reload.clear()
+            if self._reload_asked:
+                self._reload_asked = False
                 self._reload_file()
             self._systemd.tick()
             if not self.inference.is_alive():
@@ -479,9 +481,19 @@ class Daemon:
         )
         return now
 
+    def _on_sighup(self, _sig: int, _frame: object) -> None:
+        self._reload_asked = True
+
     def _reload_file(self) -> None:
         """SIGHUP: the pipeline file's streams, applied as a difference; the rest of the
-        file needs a restart. An invalid file changes nothing."""
+        file needs a restart. An invalid file changes nothing; a failure while applying
+        is logged and the daemon goes on with what runs."""
+        try:
+            self._reload_streams()
+        except Exception:
+            log.exception("SIGHUP: reload failed part way; the daemon goes on")
+
+    def _reload_streams(self) -> None:
         if self._file is None:
             log.warning("SIGHUP ignored: no pipeline file to reload")
             return

@@ -105,6 +105,15 @@ def test_api_adds_updates_rezones_and_removes_one_stream_and_a_restart_keeps_it(
         assert code == 201 and body["id"] == "c"
         _wait_streaming(log, "c")
         assert _api(cfg, "POST", "/api/streams", _live("c", clip))[0] == 409
+        # What a web page can make a browser send cross-origin unasked: refused.
+        forged = urllib.request.Request(
+            f"http://{_listen(cfg)}/api/streams", method="POST",
+            data=json.dumps(_live("d", clip)).encode(), headers={"Content-Type": "text/plain"},
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(forged, timeout=10)
+        assert refused.value.code == 415
+        assert "d" not in _pids(cfg)
 
         # A bad body: 422 naming the key, nothing changes.
         code, body = _api(cfg, "POST", "/api/streams", {"id": "d", "buffer": 1})
@@ -272,3 +281,19 @@ def test_overlay_file_round_trips_and_a_bad_one_names_its_key(clip: Path, tmp_pa
     assert err.value.problems[0][0] == "streams.0.buffer"
     overlay.remove()
     assert not overlay.path.exists()
+
+
+def test_under_systemd_the_overlay_lives_in_the_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/etc is read-only under the shipped unit (ProtectSystem=strict): runtime changes
+    are kept in $STATE_DIRECTORY instead."""
+    from streamd.control.streams import StreamsFile
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("STATE_DIRECTORY", f"{state}:{tmp_path / 'other'}")
+    assert StreamsFile(tmp_path / "etc" / "front.yaml").path == state / "front.streams.yaml"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert (
+        StreamsFile(tmp_path / "etc" / "front.yaml").path == tmp_path / "etc" / "front.streams.yaml"
+    )

@@ -127,6 +127,12 @@ class _Handler(BaseHTTPRequestHandler):
                        {"WWW-Authenticate": 'Bearer realm="streamd"'})  # fmt: skip
         elif self.server.admin is None or not url.path.startswith("/api/"):
             self._send(405, {"error": f"{method} is for /api/streams"})
+        elif method != "DELETE" and not _json_body(self.headers.get("Content-Type", "")):
+            # A web page can make a browser send text/plain cross-origin without asking;
+            # application/json needs a CORS preflight this server never grants.
+            self._send(415, {"error": "send the body as Content-Type: application/json"})
+        elif method == "DELETE" and self.headers.get("Origin"):
+            self._send(403, {"error": "cross-origin requests are refused"})
         else:
             self._api(method, url.path)
 
@@ -317,3 +323,7 @@ class ControlServer:
         self._server.closing.set()  # MJPEG writers end their loops
         self._connections.close()
         self._server.server_close()
+
+
+def _json_body(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"

@@ -94,11 +94,14 @@ def parse_stream(body: object, base_dir: Path, prefix: str = "") -> StreamConfig
 
 
 class StreamsFile:
-    """The overlay of streams next to the pipeline file."""
+    """The overlay of streams next to the pipeline file — or, under systemd, in the
+    unit's state directory (``$STATE_DIRECTORY``: /etc is read-only there)."""
 
     def __init__(self, pipeline: Path) -> None:
         self.pipeline = pipeline
-        self.path = pipeline.with_name(pipeline.stem + ".streams.yaml")
+        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        folder = Path(state) if state else pipeline.parent
+        self.path = folder / (pipeline.stem + ".streams.yaml")
 
     def apply(self, cfg: PipelineConfig) -> PipelineConfig:
         """``cfg`` with the overlay's streams, if there is one; ConfigError naming the key."""
