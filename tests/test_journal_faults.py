@@ -5,6 +5,7 @@ Real SQLite files, real ZeroMQ sockets, the real daemon where detection must go 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -12,7 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -20,10 +21,14 @@ import pytest
 import zmq
 
 from streamd.client import AlertSubscriber
+from streamd.config import parse_config
+from streamd.control.plane import ControlPlane
 from streamd.publish.alert_writer import QUEUE_BATCHES, STALL_S, AlertWriter, NewAlert
 from streamd.publish.journal import SEQ_RESERVE, AlertJournal
 from streamd.publish.publisher import Publisher
 from streamd.publish.wire import Event, decode
+from streamd.runtime.channel import Outbox
+from streamd.types import SourceState, StatusUpdate
 
 from .daemon import EventLog, start, stop_and_check_clean, write_pipeline
 from .util import free_port, shm_segments
@@ -315,14 +320,9 @@ def test_a_stuck_journal_delays_alerts_not_detection(circling_clip: Path, tmp_pa
     assert reserved == max(stored)  # a clean stop: the next run numbers on right after
 
 
-def test_a_superseded_process_state_is_not_published(tmp_path: Path) -> None:
-    """A dead camera's late `streaming` reaches the inbox after the supervisor said
-    `failed`/restart_limit on its behalf: it is dropped, not published."""
-    from streamd.config import parse_config
-    from streamd.control.plane import ControlPlane
-    from streamd.runtime.channel import Outbox
-    from streamd.types import SourceState, StatusUpdate
-
+@contextlib.contextmanager
+def _plane(tmp_path: Path) -> Iterator[tuple[ControlPlane, Outbox, _Bus]]:
+    """A control plane for stream `cam` with real sockets: its inbox, and its bus read."""
     cfg = parse_config(json.dumps({"streams": [{"id": "cam", "url": "x.mp4"}]}))
     bus = _Bus()
     inbox = f"ipc://{tmp_path}/inbox"
@@ -331,6 +331,18 @@ def test_a_superseded_process_state_is_not_published(tmp_path: Path) -> None:
     plane.start()
     out = Outbox(inbox)
     try:
+        yield plane, out, bus
+    finally:
+        out.close()
+        plane.close()
+        j.close()
+        bus.close()
+
+
+def test_a_superseded_process_state_is_not_published(tmp_path: Path) -> None:
+    """A dead camera's late `streaming` reaches the inbox after the supervisor said
+    `failed`/restart_limit on its behalf: it is dropped, not published."""
+    with _plane(tmp_path) as (_, out, bus):
         now = time.time()
         said = StatusUpdate("cam", SourceState.FAILED, "restart_limit", now, generation=3)
         late = StatusUpdate("cam", SourceState.STREAMING, "connected", now - 1, generation=2)
@@ -341,11 +353,6 @@ def test_a_superseded_process_state_is_not_published(tmp_path: Path) -> None:
         while len(states) < 3 and (ev := bus.next(3.0)) is not None:
             if ev.kind == "status":
                 states.append(ev.payload["state"])
-    finally:
-        out.close()
-        plane.close()
-        j.close()
-        bus.close()
     assert states == ["failed", "connecting"]  # the stale `streaming` never went out
 
 
@@ -355,19 +362,7 @@ def test_a_removed_stream_added_again_is_not_silenced_by_its_old_process(
     """Removed (its final `ended`/removed held a moment), then added again at once: the
     new process's states go out; the old process's late `streaming` and the held final
     word are superseded, and the new stream is not forgotten."""
-    from streamd.config import parse_config
-    from streamd.control.plane import ControlPlane
-    from streamd.runtime.channel import Outbox
-    from streamd.types import SourceState, StatusUpdate
-
-    cfg = parse_config(json.dumps({"streams": [{"id": "cam", "url": "x.mp4"}]}))
-    bus = _Bus()
-    inbox = f"ipc://{tmp_path}/inbox"
-    j = AlertJournal(tmp_path / "alerts.sqlite", "normal", 30, 100)
-    plane = ControlPlane(cfg, inbox, bus.endpoint, 1, j)
-    plane.start()
-    out = Outbox(inbox)
-    try:
+    with _plane(tmp_path) as (plane, out, bus):
         now = time.time()
         # The old process was generation 2; the supervisor removes it (final, 3) and the
         # stream is added again as generation 4 (app.Daemon: removed + 2).
@@ -382,11 +377,6 @@ def test_a_removed_stream_added_again_is_not_silenced_by_its_old_process(
             if ev.kind == "status":
                 states.append(ev.payload["state"])
         rows = plane.state()
-    finally:
-        out.close()
-        plane.close()
-        j.close()
-        bus.close()
     assert states == ["connecting"] and "cam" in rows
 
 

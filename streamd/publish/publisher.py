@@ -79,10 +79,6 @@ class Publisher:
         key = (kind, stream)
         self._seq[key] = max(self._seq[key], next_seq)
 
-    def last_seq(self, kind: str, stream: str) -> int:
-        """The seq of the last (kind, stream) message, -1 if none yet."""
-        return self._seq.get((kind, stream), 0) - 1
-
     def envelope(
         self, kind: str, stream: str | None, ts: float, fields: dict[str, Any]
     ) -> dict[str, Any]:
