@@ -10,8 +10,14 @@ ids and states, never URLs.
 
 Connections are accepted by a :class:`~streamd.control.conns.ConnectionPool`:
 idle ones cost a descriptor, not a thread; a fixed pool of workers answers
-(``http.max_viewers`` of them for MJPEG streams, 32 more for everything else).
-Every GET route answers HEAD too, without a body.
+(``http.max_viewers`` of them for MJPEG streams, 32 more for everything else, of
+which at most 12 may wait for a ``.jpg``). Every GET route answers HEAD too,
+without a body.
+
+An MJPEG viewer holds its worker and slot while it plays. When no new picture
+comes (a stalled camera) nothing is written, so the connection is checked for
+the viewer having left (EOF or reset) every second, and the last picture is sent
+again every 10 s; a stream removed at runtime ends its viewers' responses.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import contextlib
 import hmac
 import json
 import logging
+import select
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
@@ -36,7 +44,7 @@ from streamd.control.board import StatusBoard
 from streamd.control.conns import ConnectionPool, allow_descriptors
 from streamd.control.exposition import MetricsExporter
 from streamd.view import pages
-from streamd.view.overlay import LiveView
+from streamd.view.overlay import LiveView, Picture
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,12 @@ def bearer(authorization: str) -> str:
 
 BOUNDARY = "streamd-frame"
 MJPEG_WAIT_S = 5.0  # .jpg: give up after this long without an analysed frame
+VIEWER_CHECK_S = 1.0  # MJPEG: no new picture this long, see whether the viewer left
+KEEPALIVE_S = 10.0  # MJPEG: no new picture this long, send the last one again
 OTHER_WORKERS = 32  # workers beyond the MJPEG viewers': status, health, API, .jpg, pages
+# .jpg requests waiting for a picture at once (up to MJPEG_WAIT_S each for a stalled
+# camera): beyond, a 503, so thumbnails never take the workers /healthz and the API need.
+JPEG_WAITERS = 12
 SPARE_DESCRIPTORS = 1024  # beyond the connections: rings, sockets, files of the supervisor
 BACKLOG = 1024  # a burst of connects queues in the kernel instead of waiting out a SYN retry
 
@@ -181,8 +194,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_raw(200, pages.stream(sid, token).encode(), "text/html; charset=utf-8")
 
     def _jpeg(self, view: LiveView, sid: str) -> None:
-        with view.viewer(sid) as after:
-            pic = view.next_picture(sid, after, MJPEG_WAIT_S)
+        waiters = self.server.jpeg_waiters
+        if not waiters.acquire(blocking=False):
+            why = (f"{JPEG_WAITERS} .jpg requests already waiting for a picture (a camera "
+                   "may be stalled); retry shortly")  # fmt: skip
+            self._send(503, {"error": why}, {"Retry-After": "2"})
+            return
+        try:
+            with view.viewer(sid) as after:
+                pic = view.next_picture(sid, after, MJPEG_WAIT_S)
+        finally:
+            waiters.release()
         if pic is None:
             self._send(503, {"error": f"no analysed frame of {sid!r} yet"})
         else:
@@ -210,19 +232,45 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _mjpeg(self, view: LiveView, sid: str) -> None:
-        """multipart/x-mixed-replace: browsers, VLC, ffplay and OpenCV play it."""
+        """multipart/x-mixed-replace: browsers, VLC, ffplay and OpenCV play it. Ends when
+        the viewer leaves, the stream is removed or the server closes."""
         self._mjpeg_head()
+        last: Picture | None = None
+        written = time.monotonic()
         with view.viewer(sid) as version, contextlib.suppress(OSError):
-            while not self.server.closing.is_set():
-                pic = view.next_picture(sid, version, MJPEG_WAIT_S)
-                if pic is None:
+            while not self.server.closing.is_set() and sid in view.streams:
+                pic = view.next_picture(sid, version, VIEWER_CHECK_S)
+                if pic is not None:
+                    version = pic.version
+                elif self._viewer_left():
+                    return
+                elif last is not None and time.monotonic() - written >= KEEPALIVE_S:
+                    pic = last  # a write notices a peer that vanished without a FIN
+                else:
                     continue
-                version = pic.version
-                head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                        f"Content-Length: {len(pic.jpeg)}\r\n"
-                        f"X-Streamd-Frame: {pic.meta.frame}\r\n\r\n")  # fmt: skip
-                self.wfile.write(head.encode() + pic.jpeg + b"\r\n")
-                self.wfile.flush()
+                self._write_part(pic)
+                last, written = pic, time.monotonic()
+
+    def _write_part(self, pic: Picture) -> None:
+        head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: {len(pic.jpeg)}\r\n"
+                f"X-Streamd-Frame: {pic.meta.frame}\r\n\r\n")  # fmt: skip
+        self.wfile.write(head.encode() + pic.jpeg + b"\r\n")
+        self.wfile.flush()
+
+    def _viewer_left(self) -> bool:
+        """The viewer closed (EOF) or reset the connection. Nothing else is read from an
+        MJPEG viewer, so pending EOF or an error is how a closed tab shows while nothing
+        is written. poll, not select: descriptors run past select's 1,024."""
+        poller = select.poll()
+        poller.register(self.connection, select.POLLIN)
+        if not poller.poll(0):
+            return False
+        try:  # readable: this answers at once (bytes, EOF or the reset)
+            peeked: bytes = self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
+        return peeked == b""
 
     def _send(self, code: int, body: Any, extra: dict[str, str] | None = None) -> None:
         self._send_raw(code, json.dumps(body).encode(), "application/json", extra)
@@ -267,6 +315,7 @@ class _Server(HTTPServer):
         self.admin = admin
         self.limits = limits
         self.viewer_slots = threading.BoundedSemaphore(limits.max_viewers)
+        self.jpeg_waiters = threading.BoundedSemaphore(JPEG_WAITERS)
         self.closing = threading.Event()
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6

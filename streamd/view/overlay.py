@@ -78,8 +78,10 @@ class LiveView:
                 self.streams = {**self.streams, stream.id: _Stream(annotator)}
 
     def remove_stream(self, stream: str) -> None:
+        """A stream removed at runtime: its waiting viewers wake and find it gone."""
         with self._cond:
             self.streams = {sid: s for sid, s in self.streams.items() if sid != stream}
+            self._cond.notify_all()
 
     @contextlib.contextmanager
     def viewer(self, stream: str) -> Iterator[int]:
@@ -103,12 +105,15 @@ class LiveView:
                 self._watch(stream, 0.0)
 
     def next_picture(self, stream: str, after: int, timeout_s: float) -> Picture | None:
-        """The stream's newest picture with a version above ``after``, waiting for one."""
+        """The stream's newest picture with a version above ``after``, waiting for one;
+        None at the timeout, or at once when the stream is removed."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                s = self.streams.get(stream)  # None: removed at runtime, nothing comes
-                pic = s.picture if s is not None else None
+                s = self.streams.get(stream)
+                if s is None:  # removed at runtime: nothing comes
+                    return None
+                pic = s.picture
                 if pic is not None and pic.version > after:
                     return pic
                 left = deadline - time.monotonic()
