@@ -127,6 +127,11 @@ class StatusBoard:
         with self._lock:
             self._streams.pop(stream, None)
 
+    def stream_ids(self) -> set[str]:
+        """The streams configured now (runtime additions in, removals out)."""
+        with self._lock:
+            return set(self._streams)
+
     def set_worker(self, stream: str, pid: int | None, restarts: int) -> None:
         with self._lock:
             self._streams[stream].update(pid=pid, restarts=restarts)

@@ -1,4 +1,10 @@
-"""``GET /metrics``: every worker's metrics merged, plus what only the supervisor knows."""
+"""``GET /metrics``: every worker's metrics merged, plus what only the supervisor knows.
+
+A stream removed at runtime leaves its series behind in the multiprocess files
+(its dead worker's counters, the inference worker's per-stream ones); only
+series of the streams configured now are exposed. A stream added again under
+the same id shows again, its counters summed with the earlier ones.
+"""
 
 from __future__ import annotations
 
@@ -75,9 +81,31 @@ class _BoardCollector:
         yield from (encoded, viewers)
 
 
+class _WorkerCollector:
+    """Every worker's metrics from the multiprocess files, the removed streams' left out."""
+
+    def __init__(self, path: str, board: StatusBoard) -> None:
+        self._files = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+        self._board = board
+
+    def collect(self) -> Iterator[Metric]:
+        streams = self._board.stream_ids()
+        for family in self._files.collect():  # type: ignore[no-untyped-call]
+            family.samples = [s for s in family.samples if _configured(s.labels, streams)]
+            yield family
+
+
+def _configured(labels: dict[str, str], streams: set[str]) -> bool:
+    """Not a stream's series, or one of a stream configured now."""
+    return "stream" not in labels or labels["stream"] in streams
+
+
 class MetricsExporter:
     def __init__(self, board: StatusBoard, multiproc_dir: str | None) -> None:
-        self._dir = multiproc_dir
+        self._workers: CollectorRegistry | None = None
+        if multiproc_dir is not None:
+            self._workers = CollectorRegistry()
+            self._workers.register(_WorkerCollector(multiproc_dir, board))
         self._local = CollectorRegistry()
         self._board = _BoardCollector(board)
         self._local.register(self._board)
@@ -91,9 +119,5 @@ class MetricsExporter:
         self._board.view = view
 
     def render(self) -> bytes:
-        out = b""
-        if self._dir is not None:
-            merged = CollectorRegistry()
-            MultiProcessCollector(merged, path=self._dir)  # type: ignore[no-untyped-call]
-            out = generate_latest(merged)
+        out = b"" if self._workers is None else generate_latest(self._workers)
         return out + generate_latest(self._local)
