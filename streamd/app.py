@@ -23,7 +23,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,14 @@ import zmq
 from prometheus_client.multiprocess import mark_process_dead
 
 from streamd.analysis import AnalysisSpec
-from streamd.config import ConfigError, PipelineConfig, StreamConfig, load_config
+from streamd.config import PipelineConfig
 from streamd.control import ControlServer, StatusBoard
 from streamd.control.exposition import MetricsExporter
 from streamd.control.health import service_health
 from streamd.control.http import Limits
 from streamd.control.plane import ControlPlane
-from streamd.control.streams import StreamChanges, StreamDiff, StreamsFile, diff_streams
+from streamd.control.routes import Routes
+from streamd.control.streams import Body, StreamChanges, StreamsFile
 from streamd.control.summary import RunSummary
 from streamd.frames.ring import new_run_id, segment_prefix, sweep_segments
 from streamd.inference import InferenceSpec, inference_main
@@ -46,19 +47,18 @@ from streamd.publish.bus import BusProxy
 from streamd.publish.curve import ClientKeys, ServerKeys, load_server_keys
 from streamd.publish.journal import AlertJournal
 from streamd.publish.replay import ReplayServer
+from streamd.reconfigure import RETRY_START_S, TERM_GRACE_S, Reconfigure, Source
 from streamd.runtime.channel import Outbox
 from streamd.runtime.exits import DaemonExit, WorkerExit
 from streamd.runtime.process import StopFlag
 from streamd.runtime.rundir import make_run_dir, stale_run_dirs
 from streamd.runtime.systemd import ServiceNotifier
-from streamd.sources.reader import OpenOptions
-from streamd.sources.worker import SourceSpec, source_main
-from streamd.types import RegionsUpdate, RouteUpdate, SourceState, StatusUpdate, WatchUpdate
+from streamd.sources.worker import source_main, source_spec
+from streamd.types import SourceState, StatusUpdate, WatchUpdate
 from streamd.view.overlay import LiveView
 
 log = logging.getLogger(__name__)
 
-TERM_GRACE_S = 3.0
 READY_TIMEOUT_S = 300.0  # first model load may compile/fuse for a while
 
 
@@ -66,59 +66,11 @@ RESTART_DELAYS_S = (0.5, 1.0, 2.0)  # then 2.0: a restart always comes within 5 
 HEARTBEAT_WAIT_S = 3.0
 
 
-@dataclass(slots=True)
-class _Source:
-    spec: SourceSpec
-    process: SpawnProcess | None = None
-    restarts: int = 0
-    # Which process of this stream id runs (or is to come): only ever grows within a run,
-    # across restarts and a removal and re-adding, so a superseded process's late words
-    # are told apart (StatusUpdate/StreamRow carry it).
-    generation: int = 0
-    recent: list[float] = field(default_factory=list)  # monotonic times of recent restarts
-    restart_at: float | None = None
-    resumed_since: float = 0.0
-
-
 class StartupError(Exception):
     """The daemon cannot start (a port in use, ...); nothing was started."""
 
 
-def source_spec(
-    stream: StreamConfig,
-    index: int,
-    run_id: str,
-    inbox: str,
-    analysis: AnalysisSpec,
-    log_level: str,
-) -> SourceSpec:
-    return SourceSpec(
-        stream=stream.id,
-        index=index,
-        open=OpenOptions(
-            url=stream.url,
-            transport=stream.transport or "tcp",
-            width=stream.width,
-            height=stream.height,
-            fps=stream.fps,
-            open_timeout_s=stream.open_timeout_s,
-            stall_timeout_s=stream.stall_timeout_s,
-            on_corrupt=stream.on_corrupt,
-        ),
-        loop=stream.loop,
-        realtime=stream.realtime,
-        drop_policy=stream.effective_drop_policy,
-        buffer=stream.buffer,
-        reconnect=stream.reconnect,
-        max_fps=stream.max_fps,
-        run_id=run_id,
-        inbox=inbox,
-        analysis=analysis,
-        log_level=log_level,
-    )
-
-
-class Daemon:
+class Daemon(Reconfigure):
     """Runs one pipeline until stopped (signal), ``duration_s`` passes, or the detector dies."""
 
     def __init__(
@@ -127,17 +79,18 @@ class Daemon:
         """``pipeline``: the file ``cfg`` came from, for runtime stream changes (persisted
         next to it, ConfigError if that overlay is invalid) and SIGHUP reloads."""
         self._file = None if pipeline is None else StreamsFile(pipeline)
+        bodies: dict[str, Body] = {}  # each stream as written: what the overlay saves
         if self._file is not None:
-            cfg = self._file.apply(cfg)
+            cfg, bodies = self._file.load(cfg)
         self.cfg = cfg
         base_dir = Path.cwd() if pipeline is None else pipeline.parent
-        self.changes = StreamChanges(cfg.streams, base_dir, self._file)
+        self.changes = StreamChanges(cfg.streams, base_dir, self._file, bodies)
         self._next_index = len(cfg.streams)  # a stream added at runtime: a fresh ring index
         self._next_generation: dict[str, int] = {}  # a removed id added again starts here
         # SIGHUP: a plain flag, set in signal context (an Event's lock could deadlock there
         # if the signal lands while the loop holds it).
         self._reload_asked = False
-        self._routes: Outbox | None = None  # to the detector's inbox: RouteUpdate
+        self._routes: Routes | None = None  # to the detector's inbox: RouteUpdate
         self.log_level = log_level
         self.ctx = mp.get_context("spawn")
         self.run_id = new_run_id()
@@ -146,7 +99,7 @@ class Daemon:
         self._tmp = ""
         self._metrics_dir = ""
         self.inference: SpawnProcess | None = None
-        self.sources: dict[str, _Source] = {}
+        self.sources: dict[str, Source] = {}
         self._names: dict[int, str] = {}
         self._outbox: Outbox | None = None  # to the control plane: status said on behalf
         self._curve, board_keys = _curve_keys(cfg)  # KeyFileError: refused, nothing started
@@ -212,6 +165,8 @@ class Daemon:
         if code is not None:
             return code
         self._outbox = Outbox(self._endpoint("control"))
+        assert self._plane is not None
+        self._routes = Routes(self._endpoint("inbox"), self._plane.route_acked)
         # Subscribed before any source speaks, so the board misses no transition.
         if not self.board.wait_heartbeat(HEARTBEAT_WAIT_S):
             log.warning(
@@ -221,7 +176,7 @@ class Daemon:
         for index, stream in enumerate(self.cfg.streams):
             spec = source_spec(stream, index, self.run_id, self._endpoint("inbox"),
                                self._analysis_spec(index, self.epoch), self.log_level)  # fmt: skip
-            self.sources[stream.id] = _Source(spec)
+            self.sources[stream.id] = Source(spec)
             self._start_source(self.sources[stream.id])
         return None
 
@@ -300,7 +255,7 @@ class Daemon:
     def _hud(self, stream: str) -> dict[str, Any]:
         return self.board.row(stream)
 
-    def _start_source(self, source: _Source) -> None:
+    def _start_source(self, source: Source) -> None:
         spec = source.spec
         if spec.analysis.generation != source.generation:
             spec = replace(spec, analysis=replace(spec.analysis, generation=source.generation))
@@ -383,7 +338,9 @@ class Daemon:
                 s.process.sentinel for s in self.sources.values() if s.process is not None
             ]
             multiprocessing.connection.wait(waitables, timeout=0.2)
-            self.changes.apply_pending(self._apply)  # the stream API's, one at a time
+            self.changes.apply_pending(self._apply)  # the stream API's, one per turn
+            if self._routes is not None:
+                self._routes.check()
             if self._reload_asked:
                 self._reload_asked = False
                 self._reload_file()
@@ -396,11 +353,19 @@ class Daemon:
                 if source.process is not None and not source.process.is_alive():
                     self._source_exited(source)
                 elif source.restart_at is not None and now >= source.restart_at:
-                    self._start_source(source)
+                    self._restart(source)
         log.info("stop requested")
         return DaemonExit.OK
 
-    def _source_exited(self, source: _Source) -> None:
+    def _restart(self, source: Source) -> None:
+        try:
+            self._start_source(source)
+        except Exception as e:  # no process could be started (descriptors, memory): later
+            log.error("stream %s: its process could not start (%s); again in %.0fs",
+                      source.spec.stream, e, RETRY_START_S)  # fmt: skip
+            source.restart_at = time.monotonic() + RETRY_START_S
+
+    def _source_exited(self, source: Source) -> None:
         assert source.process is not None
         code, pid = source.process.exitcode, source.process.pid
         source.process = None
@@ -483,148 +448,6 @@ class Daemon:
 
     def _on_sighup(self, _sig: int, _frame: object) -> None:
         self._reload_asked = True
-
-    def _reload_file(self) -> None:
-        """SIGHUP: the pipeline file's streams, applied as a difference; the rest of the
-        file needs a restart. An invalid file changes nothing; a failure while applying
-        is logged and the daemon goes on with what runs."""
-        try:
-            self._reload_streams()
-        except Exception:
-            log.exception("SIGHUP: reload failed part way; the daemon goes on")
-
-    def _reload_streams(self) -> None:
-        if self._file is None:
-            log.warning("SIGHUP ignored: no pipeline file to reload")
-            return
-        try:
-            new = load_config(self._file.pipeline)  # its own streams: the overlay is undone
-        except ConfigError as e:
-            log.error("SIGHUP: reload refused, the running configuration is kept: %s", e)
-            return
-        outside = [k for k in PipelineConfig.model_fields
-                   if k != "streams" and getattr(new, k) != getattr(self.cfg, k)]  # fmt: skip
-        if outside:
-            log.warning("SIGHUP: %s changed: needs a restart, not applied", ", ".join(outside))
-        diff = diff_streams(self.changes.streams, new.streams)
-        self._apply(diff, new.streams)
-        self.changes.reloaded(new.streams)
-        log.info("SIGHUP: reloaded %s: %d added, %d removed, %d restarted, %d re-zoned",
-                 self._file.pipeline, len(diff.added), len(diff.removed), len(diff.restarted),
-                 len(diff.regions))  # fmt: skip
-
-    def _apply(self, diff: StreamDiff, streams: list[StreamConfig]) -> None:
-        """Start, stop or reconfigure the affected cameras only (supervisor thread)."""
-        self.cfg = self.cfg.model_copy(update={"streams": streams})
-        for sid in diff.removed:
-            self._remove_source(sid)
-        for stream in diff.restarted:
-            self._reconfigure_source(stream)
-        for stream in diff.regions:
-            self._send_regions(stream)
-        for stream in diff.added:
-            self._add_source(stream)
-
-    def _route(self, stream: StreamConfig, index: int) -> None:
-        """Tell the detector where the stream's results go, before its process starts: the
-        spawn takes far longer than this message, so its first frame finds the route."""
-        if self._routes is None:
-            self._routes = Outbox(self._endpoint("inbox"))
-        limit = None if stream.max_latency_ms is None else stream.max_latency_ms / 1000.0
-        self._routes.send(RouteUpdate(stream.id, self._endpoint(f"results-{index}"),
-                                      stream.effective_drop_policy, limit))  # fmt: skip
-
-    def _add_source(self, stream: StreamConfig) -> None:
-        index, self._next_index = self._next_index, self._next_index + 1
-        assert self._plane is not None
-        generation = self._next_generation.get(stream.id, 0)
-        self._plane.add_stream(stream.id, generation)
-        self.board.add_stream(stream.id)
-        if self.view is not None:
-            self.view.set_stream(stream)
-        self._route(stream, index)
-        analysis = self._analysis_spec(index, int(time.time() * 1000))  # a new publisher
-        spec = source_spec(stream, index, self.run_id, self._endpoint("inbox"), analysis,
-                           self.log_level)  # fmt: skip
-        self.sources[stream.id] = _Source(spec, generation=generation)
-        self._start_source(self.sources[stream.id])
-        log.info("stream %s added (index %d)", stream.id, index)
-
-    def _remove_source(self, sid: str) -> None:
-        source = self.sources[sid]
-        self._end_process(source)
-        if self._routes is None:
-            self._routes = Outbox(self._endpoint("inbox"))
-        self._routes.send(RouteUpdate(sid, None))
-        # Said for the process that will never come, so the stopped one's last words are
-        # stale; final: the control plane forgets the stream once it is out.
-        self._say(sid, SourceState.ENDED, "removed", "removed at runtime", source.restarts,
-                  generation=source.generation + 1, final=True)  # fmt: skip
-        # Added again later: above that final word too (it is held a moment, then
-        # dropped as superseded rather than forgetting the new stream).
-        self._next_generation[sid] = source.generation + 2
-        del self.sources[sid]
-        with self._watch_lock:
-            outbox = self._watch_outboxes.pop(sid, None)
-            self._watching.pop(sid, None)
-        if outbox is not None:
-            outbox.close()
-        self.board.remove_stream(sid)
-        if self.view is not None:
-            self.view.remove_stream(sid)
-        log.info("stream %s removed", sid)
-
-    def _reconfigure_source(self, stream: StreamConfig) -> None:
-        """Source options changed: a new process for this stream only, like a restart."""
-        source = self.sources[stream.id]
-        self._end_process(source)
-        index = source.spec.index
-        self._route(stream, index)
-        if self.view is not None:
-            self.view.set_stream(stream)
-        source.restarts += 1
-        source.generation += 1
-        source.restart_at = None
-        source.resumed_since = self._say(
-            stream.id, SourceState.RECONNECTING, "reconfigured", "configuration changed",
-            source.restarts, 0.0, generation=source.generation,
-        )  # fmt: skip
-        analysis = self._analysis_spec(index, self.epoch)  # _start_source gives a new epoch
-        source.spec = source_spec(stream, index, self.run_id, self._endpoint("inbox"), analysis,
-                                  self.log_level)  # fmt: skip
-        self._start_source(source)
-        log.info("stream %s restarted with its new configuration", stream.id)
-
-    def _send_regions(self, stream: StreamConfig) -> None:
-        """Zones or lines changed: the running process takes them; its tracks go on."""
-        source = self.sources[stream.id]
-        # A later restart of the process starts with them too.
-        analysis = replace(source.spec.analysis, pipeline=self.cfg)
-        source.spec = replace(source.spec, analysis=analysis)
-        if self.view is not None:
-            self.view.set_stream(stream)
-        with self._watch_lock:
-            outbox = self._watch_outboxes.get(stream.id)
-            if outbox is not None:
-                outbox.send(RegionsUpdate(stream.id, tuple(stream.zones), tuple(stream.lines)))
-        log.info("stream %s: zones and lines changed in place", stream.id)
-
-    def _end_process(self, source: _Source) -> None:
-        """Stop a camera's process on purpose (not a crash: no restart follows here)."""
-        proc, source.process = source.process, None
-        source.restart_at = None
-        if proc is None:
-            return
-        proc.terminate()
-        proc.join(TERM_GRACE_S)
-        if proc.is_alive():
-            log.warning("worker %s did not stop within %.0fs; killing", proc.name, TERM_GRACE_S)
-            proc.kill()
-            proc.join(1.0)
-        if proc.pid is not None:
-            mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
-        sweep_segments(self.run_id, f"{source.spec.index}_{proc.pid}_")
-        self.board.set_worker(source.spec.stream, None, source.restarts)
 
     def _shutdown(self) -> None:
         self._systemd.stopping()

@@ -37,6 +37,7 @@ from streamd.types import (
     FrameRef,
     InferenceBeat,
     Results,
+    RouteAck,
     RouteUpdate,
     StageDrops,
 )
@@ -141,6 +142,7 @@ class InferenceWorker:
         for msg in messages:
             if isinstance(msg, RouteUpdate):
                 self._route(msg)
+                self.control.send(RouteAck(msg.seq))
                 continue
             if not isinstance(msg, FrameRef) or msg.stream not in self.policies:
                 log.warning("unexpected message %r ignored", type(msg).__name__)

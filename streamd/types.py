@@ -90,6 +90,15 @@ class RouteUpdate:
     endpoint: str | None
     policy: DropPolicy = "latest"
     max_latency_s: float | None = None
+    seq: int = 0  # acknowledged by a RouteAck of the same seq
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAck:
+    """The detector process → the supervisor (control inbox): the RouteUpdate of this
+    seq is in effect. One lost on the way (a full inbox) is sent again."""
+
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from .daemon import EventLog, start, stop_and_check_clean, write_pipeline
+from .daemon import EventLog, start, stop_and_check_own_clean, write_pipeline
 from .util import free_port, shm_segments
 
 NULL_MODEL = {"backend": "null", "null_boxes": 3, "imgsz": 320}
@@ -93,7 +93,6 @@ def test_api_adds_updates_rezones_and_removes_one_stream_and_a_restart_keeps_it(
     shutil.copy(clip, other)
     streams = [_live("a", clip), _live("b", clip)]
     cfg = write_pipeline(tmp_path, Path("unused.pt"), port, streams, model=NULL_MODEL)
-    shm_before = shm_segments()
     log = EventLog(f"tcp://127.0.0.1:{port}")
     daemon = start(cfg, tmp_path / "daemon.log")
     try:
@@ -167,7 +166,7 @@ def test_api_adds_updates_rezones_and_removes_one_stream_and_a_restart_keeps_it(
     finally:
         log.close()
         if daemon.poll() is None:
-            stop_and_check_clean(daemon, signal.SIGTERM, shm_before)
+            stop_and_check_own_clean(daemon, signal.SIGTERM)
     assert log.gaps == 0
 
     # A restart comes back as the API left it.
@@ -201,7 +200,6 @@ def test_sighup_applies_the_file_difference_and_refuses_a_broken_file(
     port = free_port()
     cfg = write_pipeline(tmp_path, Path("unused.pt"), port, [_live("a", clip), _live("b", clip)],
                          model=NULL_MODEL)  # fmt: skip
-    shm_before = shm_segments()
     log = EventLog(f"tcp://127.0.0.1:{port}")
     daemon = start(cfg, tmp_path / "daemon.log")
     try:
@@ -236,7 +234,7 @@ def test_sighup_applies_the_file_difference_and_refuses_a_broken_file(
     finally:
         log.close()
         if daemon.poll() is None:
-            stop_and_check_clean(daemon, signal.SIGTERM, shm_before)
+            stop_and_check_own_clean(daemon, signal.SIGTERM)
     text = (tmp_path / "daemon.log").read_text()
     assert "batching changed: needs a restart" in text
     assert "reload refused" in text
@@ -270,7 +268,7 @@ def test_overlay_file_round_trips_and_a_bad_one_names_its_key(clip: Path, tmp_pa
     overlay = StreamsFile(cfg_path)
     assert overlay.apply(cfg) == cfg  # no overlay yet
     streams = [*cfg.streams, StreamConfig(id="b", url="rtsp://user:pw@h/b")]
-    overlay.save(streams)
+    overlay.save([s.model_dump(mode="json", exclude_defaults=True) for s in streams])
     assert overlay.path == tmp_path / "pipeline.streams.yaml"
     assert overlay.path.stat().st_mode & 0o077 == 0  # URLs may hold passwords
     assert overlay.apply(cfg).streams == streams

@@ -10,6 +10,7 @@ bytes of nested anchors, "billion laughs", expand to billions of values), and
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping
@@ -181,6 +182,38 @@ class _EnvSubstitution:
                 f"${{ENV}} substitution builds more than {MAX_CONFIG_BYTES} characters "
                 "(aliases of a value holding ${VAR}?): refused to bound time and memory"
             )
+
+
+def expand_env(
+    data: Any, path: str = "", env: Mapping[str, str] | None = None
+) -> tuple[Any, list[tuple[str, str]]]:
+    """``data`` with ``${NAME}`` substituted as in a pipeline file, and the problems
+    (key, reason): a stream given to the API, or read back from the overlay, is
+    expanded like one written in the file."""
+    substitute = _EnvSubstitution(os.environ if env is None else env)
+    try:
+        return substitute(data, path), substitute.problems
+    except _Unbounded as e:
+        return data, [(path, str(e))]
+
+
+def raw_streams(path: Path) -> dict[str, dict[str, Any]]:
+    """The pipeline file's streams as written (``${NAME}`` kept), by id: what the
+    overlay of runtime changes saves, so no secret taken from the environment is
+    written to disk and a rotated one is used at the next start. Read after
+    :func:`load_config` accepted the file; anything unreadable gives ``{}``."""
+    try:
+        raw = _load_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, _Unbounded, RecursionError):
+        return {}
+    streams = raw.get("streams") if isinstance(raw, dict) else None
+    out: dict[str, dict[str, Any]] = {}
+    for body in streams if isinstance(streams, list) else []:
+        if isinstance(body, dict):
+            expanded, _ = expand_env(body.get("id"))
+            if isinstance(expanded, str):
+                out[expanded] = copy.deepcopy(body)  # YAML aliases: no shared objects
+    return out
 
 
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:

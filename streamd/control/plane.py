@@ -39,6 +39,7 @@ from streamd.types import (
     ActiveTrack,
     InferenceBeat,
     JournalHealth,
+    RouteAck,
     SourceState,
     StatusUpdate,
     StreamRow,
@@ -75,6 +76,7 @@ class ControlPlane:
         self._states: dict[str, SourceState | None] = {s.id: None for s in cfg.streams}
         self._generation = {s.id: 0 for s in cfg.streams}  # newest process of each stream
         self._inference: InferenceBeat | None = None
+        self._route_acks: set[int] = set()  # RouteUpdate seqs the detector applied
         self._started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="control", daemon=True)
@@ -140,6 +142,9 @@ class ControlPlane:
                 self._row_at[msg.stream] = time.monotonic()
         elif isinstance(msg, InferenceBeat):
             self._inference = msg
+        elif isinstance(msg, RouteAck):
+            with self._lock:
+                self._route_acks.add(msg.seq)
         else:
             log.warning("unexpected control message %r ignored", type(msg).__name__)
 
@@ -157,6 +162,21 @@ class ControlPlane:
             self._row_at[stream] = 0.0
             self._states[stream] = None
             self._generation[stream] = generation
+
+    def route_acked(self, seq: int) -> bool:
+        """True (once) if the detector applied the RouteUpdate of ``seq``."""
+        with self._lock:
+            if seq in self._route_acks:
+                self._route_acks.discard(seq)
+                return True
+            return False
+
+    def drop_stream(self, stream: str) -> None:
+        """A stream whose adding failed part way: gone as if never added."""
+        with self._lock:
+            generation = self._generation.get(stream)
+        if generation is not None:
+            self._forget(stream, generation)
 
     def _forget(self, stream: str, generation: int) -> None:
         """A removed stream's last update is out: its row goes (unless it was added again)."""

@@ -11,7 +11,15 @@ The running list of streams is persisted after every change to an overlay
 file next to the pipeline file (``<name>.streams.yaml``, written atomically:
 temporary file, fsync, rename), which replaces the file's ``streams`` at the
 next start; a SIGHUP reload makes the pipeline file the truth again and
-removes it.
+removes it. Each stream is saved as it was written (in the pipeline file or
+the request), ``${NAME}`` references kept: a password taken from the
+environment never reaches the overlay, and a rotated one is used at the next
+start. A ``PUT`` whose URL is the redacted one a ``GET`` answered
+(``rtsp://***@host/...``) keeps the stream's real URL.
+
+A request that times out waiting for the supervisor is withdrawn if it has not
+started: a 503 means nothing was applied. The supervisor applies one request
+per turn of its loop, so a burst of changes does not starve the watchdog.
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ import yaml
 from pydantic import ValidationError
 
 from streamd.config import ConfigError, PipelineConfig, StreamConfig, source_kind
-from streamd.config.loader import _redacted_reason
+from streamd.config.loader import _redacted_reason, expand_env, raw_streams
 from streamd.control.admin import AdminError
+from streamd.runtime.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,15 @@ class StreamDiff:
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.restarted or self.regions)
+
+
+class ApplyError(Exception):
+    """Some of a change could not be applied (a stream could not be added; undone):
+    ``running`` is the list of streams that runs now."""
+
+    def __init__(self, running: list[StreamConfig], reason: str) -> None:
+        super().__init__(reason)
+        self.running = running
 
 
 def only_regions_differ(old: StreamConfig, new: StreamConfig) -> bool:
@@ -83,14 +101,25 @@ def resolve_url(stream: StreamConfig, base_dir: Path) -> StreamConfig:
     return stream.model_copy(update={"url": str((base_dir / path).resolve())})
 
 
+Body = dict[str, Any]  # one stream as written: ``${NAME}`` not yet substituted
+
+
 def parse_stream(body: object, base_dir: Path, prefix: str = "") -> StreamConfig:
-    """One stream's JSON validated as ``streams[i]`` is; AdminError 422 naming each key."""
+    """One stream's JSON validated as ``streams[i]`` is (``${NAME}`` substituted from
+    the environment, as in the file); AdminError 422 naming each key."""
     if not isinstance(body, dict):
         raise AdminError(422, [(prefix.rstrip("."), "a stream must be a JSON object")])
+    expanded, problems = expand_env(body, prefix.rstrip("."))
+    if problems:
+        raise AdminError(422, problems)
     try:
-        return resolve_url(StreamConfig.model_validate(body), base_dir)
+        return resolve_url(StreamConfig.model_validate(expanded), base_dir)
     except ValidationError as e:
         raise AdminError(422, _problems(e, prefix)) from None
+
+
+def _dumped(stream: StreamConfig) -> Body:
+    return stream.model_dump(mode="json", exclude_defaults=True)
 
 
 class StreamsFile:
@@ -105,10 +134,15 @@ class StreamsFile:
 
     def apply(self, cfg: PipelineConfig) -> PipelineConfig:
         """``cfg`` with the overlay's streams, if there is one; ConfigError naming the key."""
+        return self.load(cfg)[0]
+
+    def load(self, cfg: PipelineConfig) -> tuple[PipelineConfig, dict[str, Body]]:
+        """:meth:`apply`, and each stream as written (the overlay's or the pipeline
+        file's), by id."""
         try:
             text = self.path.read_text()
         except FileNotFoundError:
-            return cfg
+            return cfg, raw_streams(self.pipeline)
         except OSError as e:
             raise ConfigError(str(self.path), [("", f"cannot read file: {e.strerror}")]) from None
         try:
@@ -118,12 +152,14 @@ class StreamsFile:
         raw = data.get("streams") if isinstance(data, dict) else None
         if not isinstance(raw, list) or not raw:
             raise ConfigError(str(self.path), [("streams", "a list of at least one stream")])
-        streams, problems = [], []
+        streams, problems, bodies = [], [], {}
         for i, body in enumerate(raw):
             try:
                 streams.append(parse_stream(body, self.pipeline.parent, f"streams.{i}."))
             except AdminError as e:
                 problems += e.problems
+            else:
+                bodies[streams[-1].id] = body
         ids = [s.id for s in streams]
         problems += [("streams", f"duplicate stream id {d!r}") for d in sorted(
             {d for d in ids if ids.count(d) > 1})]  # fmt: skip
@@ -131,11 +167,11 @@ class StreamsFile:
             raise ConfigError(str(self.path), problems)
         log.warning("streams from %s (changed at runtime) replace those of %s",
                     self.path, self.pipeline)  # fmt: skip
-        return cfg.model_copy(update={"streams": streams})
+        return cfg.model_copy(update={"streams": streams}), bodies
 
-    def save(self, streams: list[StreamConfig]) -> None:
+    def save(self, streams: list[Body]) -> None:
         """Atomically: a reader (or a crash) sees the old file or the new one, never half."""
-        data = {"streams": [s.model_dump(mode="json", exclude_defaults=True) for s in streams]}
+        data = {"streams": streams}
         text = (f"# Written by streamd: the streams as changed at runtime; they replace the\n"
                 f"# streams of {self.pipeline.name} at start. A SIGHUP reload removes this file.\n"
                 + yaml.safe_dump(data, sort_keys=False))  # fmt: skip
@@ -174,6 +210,7 @@ class _Request:
     kind: Kind
     stream_id: str
     config: StreamConfig | None
+    body: Body | None = None  # as written, saved to the overlay
     done: Future[StreamConfig | None] = field(default_factory=Future)
 
 
@@ -189,8 +226,10 @@ class StreamChanges:
         streams: list[StreamConfig],
         base_dir: Path,
         file: StreamsFile | None,
+        bodies: dict[str, Body] | None = None,
     ) -> None:
         self.streams = list(streams)  # the running configuration, in order
+        self._bodies = dict(bodies or {})  # stream id → as written (what is saved)
         self._base_dir = base_dir
         self._file = file
         self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
@@ -205,45 +244,82 @@ class StreamChanges:
 
     def add_stream(self, body: dict[str, Any]) -> StreamConfig:
         stream = parse_stream(body, self._base_dir)
-        return self._submit(_Request("add", stream.id, stream))
+        return self._submit(_Request("add", stream.id, stream, body))
 
     def update_stream(self, stream_id: str, body: dict[str, Any]) -> StreamConfig:
         if isinstance(body, dict) and body.get("id", stream_id) != stream_id:
             raise AdminError(422, [("id", "cannot change; remove the stream and add it")])
-        body = {**body, "id": stream_id} if isinstance(body, dict) else body
-        return self._submit(_Request("update", stream_id, parse_stream(body, self._base_dir)))
+        if isinstance(body, dict):
+            body = self._unredacted({**body, "id": stream_id})
+        stream = parse_stream(body, self._base_dir)
+        return self._submit(_Request("update", stream_id, stream, body))
+
+    def _unredacted(self, body: Body) -> Body:
+        """A URL sent back as a GET showed it (``rtsp://***@host/...``): the stream's own,
+        so that reading a stream and writing it back does not make ``***`` its password."""
+        current = self.get_stream(str(body["id"]))
+        url = body.get("url")
+        if current is None or not isinstance(url, str) or "***@" not in url:
+            return body
+        if url != redact_url(current.url):
+            return body
+        written = self._bodies.get(current.id, {}).get("url", current.url)
+        return {**body, "url": written}
 
     def remove_stream(self, stream_id: str) -> None:
         self._submit(_Request("remove", stream_id, None))
 
     def _submit(self, request: _Request) -> StreamConfig:
         self._requests.put(request)
-        result = request.done.result(APPLY_TIMEOUT_S)  # AdminError raised here
+        try:
+            result = request.done.result(APPLY_TIMEOUT_S)  # AdminError raised here
+        except TimeoutError:
+            if request.done.cancel():  # not started: withdrawn, nothing applied
+                raise
+            # Being applied now (stopping a process takes a few seconds): its outcome.
+            result = request.done.result(APPLY_TIMEOUT_S)
         assert result is not None or request.kind == "remove"
         return result  # type: ignore[return-value]  # None only for remove
 
     # -- called on the supervisor's thread ----------------------------------------------
 
-    def apply_pending(self, apply: Callable[[StreamDiff, list[StreamConfig]], None]) -> None:
-        """Apply the queued requests, each fully (processes, then the overlay file)."""
+    def apply_pending(self, apply: Callable[[StreamDiff, list[StreamConfig]], None]) -> bool:
+        """Apply the next queued request fully (processes, then the overlay file); one
+        per call, so the supervisor's loop (its watchdog) turns between changes. True if
+        one was taken."""
         while True:
             try:
                 request = self._requests.get_nowait()
             except queue.Empty:
-                return
-            try:
-                new = self._after(request)
-                apply(diff_streams(self.streams, new), new)
-                self.streams = new
-                if self._file is not None:
-                    self._file.save(new)
-            except AdminError as e:
-                request.done.set_exception(e)
-            except Exception as e:  # the HTTP thread answers 500 with it
-                log.exception("stream change %s %s failed", request.kind, request.stream_id)
-                request.done.set_exception(e)
-            else:
-                request.done.set_result(request.config)
+                return False
+            if request.done.set_running_or_notify_cancel():
+                break  # else: withdrawn by its caller's timeout; the next one
+        try:
+            new = self._after(request)
+            apply(diff_streams(self.streams, new), new)
+            self._commit(request, new)
+        except AdminError as e:
+            request.done.set_exception(e)
+        except Exception as e:  # the HTTP thread answers 500 with it
+            log.exception("stream change %s %s failed", request.kind, request.stream_id)
+            request.done.set_exception(e)
+        else:
+            request.done.set_result(request.config)
+        return True
+
+    def _commit(self, request: _Request, new: list[StreamConfig]) -> None:
+        self.streams = new
+        if request.kind == "remove":
+            self._bodies.pop(request.stream_id, None)
+        elif request.body is not None:
+            self._bodies[request.stream_id] = request.body
+        if self._file is None:
+            return
+        try:
+            self._file.save([self._bodies.get(s.id) or _dumped(s) for s in new])
+        except OSError as e:  # a full or read-only disk: what runs is still the truth
+            raise RuntimeError(f"applied, but not saved to {self._file.path} ({e.strerror}): "
+                               "the change is lost at the next restart") from None  # fmt: skip
 
     def _after(self, request: _Request) -> list[StreamConfig]:
         """The list of streams once ``request`` is applied; AdminError 404/409/422."""
@@ -263,8 +339,9 @@ class StreamChanges:
         assert request.config is not None
         return [request.config if s.id == sid else s for s in self.streams]
 
-    def reloaded(self, new: list[StreamConfig]) -> None:
+    def reloaded(self, new: list[StreamConfig], bodies: dict[str, Body]) -> None:
         """A reload applied ``new`` (from the pipeline file): it is the truth again."""
         self.streams = list(new)
+        self._bodies = dict(bodies)
         if self._file is not None:
             self._file.remove()

@@ -30,6 +30,7 @@ from streamd.types import (
     InferenceBeat,
     RegionsUpdate,
     Results,
+    RouteAck,
     RouteUpdate,
     StatusUpdate,
     StreamRow,
@@ -44,14 +45,15 @@ Message = (
     | WatchUpdate
     | RegionsUpdate
     | RouteUpdate
+    | RouteAck
     | Detected
     | Dropped
     | Results
     | StreamRow
     | InferenceBeat
 )
-_TYPES = (FrameRef, StatusUpdate, WatchUpdate, RegionsUpdate, RouteUpdate, Detected, Dropped,
-          Results, StreamRow, InferenceBeat)  # fmt: skip
+_TYPES = (FrameRef, StatusUpdate, WatchUpdate, RegionsUpdate, RouteUpdate, RouteAck, Detected,
+          Dropped, Results, StreamRow, InferenceBeat)  # fmt: skip
 
 
 def _dumps(msg: Message) -> bytes:

@@ -75,6 +75,41 @@ class SourceSpec:
         return next(s for s in self.analysis.pipeline.streams if s.id == self.stream)
 
 
+def source_spec(
+    stream: StreamConfig,
+    index: int,
+    run_id: str,
+    inbox: str,
+    analysis: AnalysisSpec,
+    log_level: str,
+) -> SourceSpec:
+    """What a stream's process is started with (the supervisor's)."""
+    return SourceSpec(
+        stream=stream.id,
+        index=index,
+        open=OpenOptions(
+            url=stream.url,
+            transport=stream.transport or "tcp",
+            width=stream.width,
+            height=stream.height,
+            fps=stream.fps,
+            open_timeout_s=stream.open_timeout_s,
+            stall_timeout_s=stream.stall_timeout_s,
+            on_corrupt=stream.on_corrupt,
+        ),
+        loop=stream.loop,
+        realtime=stream.realtime,
+        drop_policy=stream.effective_drop_policy,
+        buffer=stream.buffer,
+        reconnect=stream.reconnect,
+        max_fps=stream.max_fps,
+        run_id=run_id,
+        inbox=inbox,
+        analysis=analysis,
+        log_level=log_level,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     """Why one open-and-read session ended."""

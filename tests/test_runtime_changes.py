@@ -1,0 +1,245 @@
+"""Runtime stream changes when things go wrong: a stream that cannot be started, a
+request that times out, a route the detector never got, secrets in the overlay.
+
+The daemon test runs the real daemon (``null`` backend, looping clips); the others
+drive the real :class:`StreamChanges`, :class:`StreamsFile` and :class:`Routes`
+with real files and ZeroMQ sockets, the supervisor's side played by the test.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from .daemon import EventLog, start, stop_and_check_own_clean, write_pipeline
+from .test_runtime_streams import NULL_MODEL, _api, _live, _pids, _wait_streaming
+from .test_runtime_streams import clip as clip  # the module's clip fixture
+from .util import free_port
+
+
+def test_a_stream_whose_process_cannot_start_is_undone_and_a_retry_adds_it(
+    clip: Path, tmp_path: Path
+) -> None:
+    """Out of file descriptors while a stream is added: 500, nothing of it stays (no row,
+    no route, not in the list or the overlay), the other stream goes on; once descriptors
+    are back, the same request adds it once."""
+    port = free_port()
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, [_live("a", clip)], model=NULL_MODEL)
+    log = EventLog(f"tcp://127.0.0.1:{port}")
+    daemon = start(cfg, tmp_path / "daemon.log")
+    try:
+        _wait_streaming(log, "a")
+        code, body = _add_with_descriptors_short(daemon.pid, cfg, _live("c", clip))
+        assert code == 500, body
+        assert "could not add c" in body["error"] and "Too many open files" in body["error"]
+        assert list(_pids(cfg)) == ["a"]
+        assert [s["id"] for s in _api(cfg, "GET", "/api/streams")[1]["streams"]] == ["a"]
+        assert not cfg.with_name("pipeline.streams.yaml").exists()
+
+        t_retry = time.time()
+        assert _api(cfg, "POST", "/api/streams", _live("c", clip))[0] == 201
+        _wait_streaming(log, "c", t_retry)
+        assert list(_pids(cfg)) == ["a", "c"]
+        saved = cfg.with_name("pipeline.streams.yaml").read_text()
+        assert saved.count("id: c") == 1
+        assert log.payloads("det.a", t_retry), "the other stream stopped"
+        assert daemon.poll() is None
+    finally:
+        log.close()
+        if daemon.poll() is None:
+            stop_and_check_own_clean(daemon, signal.SIGTERM)
+    text = (tmp_path / "daemon.log").read_text()
+    assert "stream c could not be added (undone)" in text
+    assert "did not confirm the route" not in text
+
+
+def _add_with_descriptors_short(pid: int, cfg: Path, body: dict[str, Any]) -> tuple[int, Any]:
+    """POST with the supervisor's descriptor limit just above what it has open: the
+    connection is accepted, the new process's pipes are refused (EMFILE)."""
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (psutil.Process(pid).num_fds() + 3, hard))
+    try:
+        return _api(cfg, "POST", "/api/streams", body)
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- the stream API's requests, the supervisor played by the test ---------------------
+
+
+@pytest.fixture
+def changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from streamd.config import load_config
+    from streamd.control.streams import StreamChanges, StreamsFile
+
+    monkeypatch.setenv("CAM_PASS", "s3cret-one")
+    pipeline = tmp_path / "cams.yaml"
+    pipeline.write_text(
+        "streams:\n"
+        "  - {id: a, url: 'rtsp://admin:${CAM_PASS}@127.0.0.1:8554/a'}\n"
+        "  - {id: b, url: 'rtsp://127.0.0.1:8554/b'}\n"
+    )
+    file = StreamsFile(pipeline)
+    cfg, bodies = file.load(load_config(pipeline))
+    yield StreamChanges(cfg.streams, tmp_path, file, bodies)
+
+
+class _Supervisor:
+    """Applies the queued requests on a thread of its own, as the daemon's loop does."""
+
+    def __init__(self, changes: Any, apply_s: float = 0.0) -> None:
+        self.changes = changes
+        self.applied: list[Any] = []
+        self._apply_s = apply_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _apply(self, diff: Any, _streams: Any) -> None:
+        time.sleep(self._apply_s)
+        self.applied.append(diff)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.changes.apply_pending(self._apply)
+            time.sleep(0.01)
+
+    def __enter__(self) -> _Supervisor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_the_overlay_keeps_env_references_and_a_get_put_round_trip_keeps_the_url(
+    changes: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamd.config import load_config
+    from streamd.control.admin import AdminError
+    from streamd.control.api import shown
+    from streamd.control.streams import StreamsFile
+
+    zone = {"name": "door", "polygon": [[0, 0], [10, 0], [10, 10]]}
+    with _Supervisor(changes):
+        seen = shown(changes.get_stream("a"))
+        assert seen["url"] == "rtsp://***@127.0.0.1:8554/a"
+        changes.update_stream("a", {**seen, "zones": [zone]})  # read, change a zone, write
+        assert changes.get_stream("a").url == "rtsp://admin:s3cret-one@127.0.0.1:8554/a"
+        added = changes.add_stream({"id": "c", "url": "rtsp://cam:${CAM_PASS}@10.0.0.9/c"})
+        assert added.url == "rtsp://cam:s3cret-one@10.0.0.9/c"
+        with pytest.raises(AdminError) as unset:
+            changes.add_stream({"id": "d", "url": "rtsp://u:${NOT_SET_ANYWHERE}@h/d"})
+        assert unset.value.status == 422 and unset.value.problems[0][0] == "url"
+    saved = (tmp_path / "cams.streams.yaml").read_text()
+    assert "s3cret-one" not in saved and "***" not in saved
+    assert saved.count("${CAM_PASS}") == 2
+
+    # The password rotated: the next start uses the new one.
+    monkeypatch.setenv("CAM_PASS", "s3cret-two")
+    cfg = StreamsFile(tmp_path / "cams.yaml").apply(load_config(tmp_path / "cams.yaml"))
+    urls = {s.id: s.url for s in cfg.streams}
+    assert urls["a"] == "rtsp://admin:s3cret-two@127.0.0.1:8554/a"
+    assert urls["c"] == "rtsp://cam:s3cret-two@10.0.0.9/c"
+    assert [z.name for z in cfg.streams[0].zones] == ["door"]
+
+
+def test_a_request_that_timed_out_is_withdrawn_and_never_applied(
+    changes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamd.control.streams as streams
+
+    monkeypatch.setattr(streams, "APPLY_TIMEOUT_S", 0.2)
+    with pytest.raises(TimeoutError):  # the supervisor is busy: nobody takes it
+        changes.remove_stream("b")
+    applied: list[Any] = []
+    assert changes.apply_pending(lambda diff, _s: applied.append(diff)) is False
+    assert applied == [] and [s.id for s in changes.streams] == ["a", "b"]
+
+    # Taken before the timeout but slow to apply (a process stopping): its outcome.
+    with _Supervisor(changes, apply_s=0.3) as sup:
+        changes.remove_stream("b")
+    assert [d.removed for d in sup.applied] == [("b",)]
+
+
+def test_the_supervisor_applies_one_change_per_turn(changes: Any) -> None:
+    results: list[str] = []
+    bodies = [{"id": sid, "url": f"rtsp://h/{sid}"} for sid in ("x", "y", "z")]
+    threads = [
+        threading.Thread(target=lambda b=b: results.append(changes.add_stream(b).id))
+        for b in bodies
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while changes._requests.qsize() < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    applied: list[Any] = []
+    for turn in range(3):
+        assert changes.apply_pending(lambda diff, _s: applied.append(diff)) is True
+        assert len(applied) == turn + 1  # one per call: the loop (its watchdog) turns between
+    assert changes.apply_pending(lambda diff, _s: applied.append(diff)) is False
+    for t in threads:
+        t.join(5)
+    assert sorted(results) == ["x", "y", "z"]
+    assert [s.id for s in changes.streams][:2] == ["a", "b"] and len(changes.streams) == 5
+
+
+def test_a_route_the_detector_did_not_confirm_is_sent_again(tmp_path: Path) -> None:
+    from streamd.control.routes import Routes
+    from streamd.runtime.channel import Inbox
+    from streamd.types import RouteUpdate
+
+    endpoint = f"ipc://{tmp_path}/inbox"
+    inbox = Inbox(endpoint)  # the detector's
+    acks: set[int] = set()
+
+    def acked(seq: int) -> bool:
+        if seq in acks:
+            acks.discard(seq)
+            return True
+        return False
+
+    def received(n: int) -> list[RouteUpdate]:
+        got: list[Any] = []
+        deadline = time.monotonic() + 5
+        while len(got) < n and time.monotonic() < deadline:
+            if inbox.poll(0.1):
+                got += inbox.drain()
+        assert len(got) == n
+        return got
+
+    routes = Routes(endpoint, acked, resend_s=0.2)
+    try:
+        routes.send(RouteUpdate("a", "ipc://results-a"))
+        routes.send(RouteUpdate("b", "ipc://results-b"))
+        first = received(2)
+        acks.add(first[1].seq)  # the detector applied b's; a's was lost on the way
+        assert routes.check() == 0 and routes.pending() == ["a"]
+        time.sleep(0.25)
+        assert routes.check() == 1
+        (again,) = received(1)
+        assert again == first[0]  # the same update, the same seq
+        acks.add(again.seq)
+        assert routes.check() == 0 and routes.pending() == []
+
+        # A newer route of a stream supersedes the older: that one is never sent again.
+        routes.send(RouteUpdate("a", None))
+        routes.send(RouteUpdate("a", "ipc://results-a2"))
+        received(2)
+        time.sleep(0.25)
+        assert routes.check() == 1
+        (resent,) = received(1)
+        assert resent.endpoint == "ipc://results-a2"
+    finally:
+        routes.close()
+        inbox.close()
