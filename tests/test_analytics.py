@@ -178,3 +178,39 @@ def test_normalized_coordinates_scale_with_the_frame() -> None:
 def test_bad_zone_config_is_refused(zone: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ZoneConfig.model_validate({"name": "z", "polygon": SQUARE, **zone})
+
+
+def test_a_zone_changed_at_runtime_moves_nobody() -> None:
+    """Nobody walked anywhere because a zone was edited: a track inside the old and the
+    new shape stays inside (no alert, its visit goes on); one left outside the moved zone
+    exits with reason zone_changed; one the moved zone now covers is inside at once,
+    without an enter; the occupants of a removed zone exit with reason zone_removed."""
+    rules = {"alert_on": ["enter", "exit"], "debounce_s": 0.0}
+    left = [[100, 100], [300, 100], [300, 300], [100, 300]]
+    engine = analytics([{"name": "z", "polygon": left, **rules},
+                        {"name": "gone", "polygon": left, **rules}])  # fmt: skip
+    standing = [obj(1, 200, 200), obj(2, 280, 200), obj(3, 450, 200)]  # 3 outside "left"
+    _, alerts = run(engine, [standing] * 10)
+    entered = sorted((a.rule, a.zone, a.obj.track_id) for a in alerts if a.obj)
+    assert entered == [("enter", "gone", 1), ("enter", "gone", 2),
+                       ("enter", "z", 1), ("enter", "z", 2)]  # fmt: skip
+
+    moved = [[250, 100], [500, 100], [500, 300], [250, 300]]  # covers 2 and 3, not 1
+    engine.set_regions([ZoneConfig.model_validate({"name": "z", "polygon": moved, **rules})], [])
+    after: list[Alert] = []
+    for i in range(10, 30):
+        after += engine.update(standing, i, i / FPS, W, H)[1]
+    assert [(a.rule, a.zone, a.obj.track_id, a.extra["reason"]) for a in after if a.obj] == [
+        ("exit", "gone", 1, "zone_removed"), ("exit", "gone", 2, "zone_removed"),
+        ("exit", "z", 1, "zone_changed")]  # fmt: skip
+    state = engine.state()["zones"]
+    assert state == {"z": {"occupancy": 2, "entries": 0, "exits": 0, "track_ids": [2, 3]}}
+
+    # Track 3, inside since the change (t = 1.0 s), walks out at t = 3.0 s: its visit
+    # counts from the change; track 2's goes on from t = 0.
+    out: list[Alert] = []
+    for i in range(30, 32):
+        out += engine.update([obj(2, 280, 200), obj(3, 600, 200)], i, i / FPS, W, H)[1]
+    (leave,) = out
+    assert (leave.rule, leave.obj.track_id, leave.extra["dwell_s"]) == ("exit", 3, 2.0)
+    assert engine.state()["zones"]["z"]["track_ids"] == [2]

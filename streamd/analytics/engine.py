@@ -14,7 +14,7 @@ direction per track for alerts and cooldowns.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -146,6 +146,10 @@ class Zone:
         self.occupancy_armed = {r: True for _, r in self.occupancy_rules}
         self.entries = 0
         self.exits = 0
+        # Set at runtime (moved, reshaped or added): the first frame after settles who is
+        # inside without enter alerts; ``previous`` is the version it replaced.
+        self.changed = False
+        self.previous: Zone | None = None
         self._zone: sv.PolygonZone | None = None
         self._size: tuple[int, int] | None = None
 
@@ -204,6 +208,20 @@ def _kept(region: _Region | None, cfg: ZoneConfig | LineConfig) -> _Region | Non
     return region if region is not None and region.cfg == cfg else None
 
 
+def _changed(cfg: ZoneConfig, previous: Zone | None) -> Zone:
+    """A zone moved, reshaped or added at runtime (see ``set_regions``)."""
+    zone = Zone(cfg)
+    zone.changed = True
+    zone.previous = None if previous is None else _settled(previous)
+    return zone
+
+
+def _settled(zone: Zone) -> Zone | None:
+    """The version of a zone whose occupants are known (changed twice between frames:
+    the one before the first change)."""
+    return zone.previous if zone.changed else zone
+
+
 class StreamAnalytics:
     """Everything analytics knows about one stream; ``update`` once per analysed frame."""
 
@@ -219,15 +237,24 @@ class StreamAnalytics:
         self.tracks_cfg = tracks
         self.lost_track_s = lost_track_s
         self.tracks: dict[int, _Track] = {}
+        self._retired: list[Zone] = []  # removed at runtime: occupants exit at the next frame
 
     def set_regions(self, zones: Sequence[ZoneConfig], lines: Sequence[LineConfig]) -> None:
         """New zones and lines at runtime; the tracks go on. A zone or line whose
-        configuration did not change keeps its state (who is inside, counts); a changed
-        or new one starts empty: a track standing inside a moved zone enters it once
-        its debounce passes, a line learns each track's side before it counts one."""
+        configuration did not change keeps its state (who is inside, counts). Nobody
+        walked anywhere because a zone changed, so at the next frame: a track inside
+        both the old and the new shape stays inside (its visit goes on); one the zone
+        no longer holds exits with reason ``zone_changed`` (``zone_removed`` for a zone
+        removed); one standing inside a moved or new zone is inside at once, without an
+        ``enter`` (its visit counts from the change). A line learns each track's side
+        before it counts one."""
         zones_now = {z.name: z for z in self.zones}
         lines_now = {ln.name: ln for ln in self.lines}
-        self.zones = [_kept(zones_now.get(c.name), c) or Zone(c) for c in zones]
+        self.zones = [_kept(zones_now.get(c.name), c) or _changed(c, zones_now.get(c.name))
+                      for c in zones]  # fmt: skip
+        names = {c.name for c in zones}
+        gone = [_settled(z) for name, z in zones_now.items() if name not in names]
+        self._retired += [z for z in gone if z is not None]
         self.lines = [_kept(lines_now.get(c.name), c) or Line(c) for c in lines]
 
     def update(
@@ -239,7 +266,12 @@ class StreamAnalytics:
             events += self._observe(obj, frame, ts)
         seen = {o.track_id: o for o in objs}
         ages = {tid: ts - self.tracks[tid].first_ts for tid in seen}
+        for retired in self._retired:
+            alerts += self._vacate(retired, "zone_removed", frame, ts)
+        self._retired = []
         for zone in self.zones:
+            if zone.changed:
+                alerts += self._rezone(zone, seen, ages, frame, ts, width, height)
             alerts += self._zone(zone, seen, ages, frame, ts, width, height)
         for line in self.lines:
             alerts += self._line(line, seen, ages, frame, ts, width, height)
@@ -286,6 +318,32 @@ class StreamAnalytics:
             line.sides.pop(tid, None)
         extra = _snapshot(tid, tr).end_fields(reason)
         return TrackEvent("end", tr.last, frame, tr.last_ts, extra), alerts
+
+    def _vacate(self, zone: Zone, reason: str, frame: int, ts: float,
+                keep: Collection[int] = ()) -> list[Alert]:  # fmt: skip
+        """The zone's occupants (but ``keep``) exit: it was removed or changed."""
+        alerts: list[Alert] = []
+        for tid, side in zone.sides.items():
+            if side.confirmed == 1 and tid not in keep and tid in self.tracks:
+                alerts += self._exit(zone, self.tracks[tid].last, side, frame, ts, reason)
+        return alerts
+
+    def _rezone(self, zone: Zone, seen: dict[int, Observation], ages: dict[int, float],
+                frame: int, ts: float, w: int, h: int) -> list[Alert]:  # fmt: skip
+        """The first frame of a zone changed at runtime: who is inside, and who left it."""
+        zone.changed = False
+        old, zone.previous = zone.previous, None
+        objs = [o for o in seen.values() if _eligible(zone.cfg, o, ages[o.track_id])]
+        inside = {o.track_id for o, i in zip(objs, zone.inside(objs, w, h), strict=True) if i}
+        alerts: list[Alert] = []
+        if old is not None:
+            for tid, side in old.sides.items():
+                if side.confirmed == 1 and tid in inside:
+                    zone.sides[tid] = side  # inside before and after: the visit goes on
+            alerts += self._vacate(old, "zone_changed", frame, ts, keep=inside)
+        for tid in inside - zone.sides.keys():
+            zone.sides[tid] = _Side(1, ts, 1, entered_at=ts)  # stood there: no enter
+        return alerts
 
     def _zone(self, zone: Zone, seen: dict[int, Observation], ages: dict[int, float],
               frame: int, ts: float, w: int, h: int) -> list[Alert]:  # fmt: skip

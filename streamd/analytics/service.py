@@ -145,6 +145,9 @@ class AnalyticsSink:
     def reconfigure(self, zones: Sequence[ZoneConfig], lines: Sequence[LineConfig]) -> None:
         """Zones and lines changed at runtime: the engine keeps its tracks."""
         self.engine.set_regions(zones, lines)
+        names = {z.name for z in zones}
+        for name in set(self._occupancy) - names:  # removed: nobody counted inside any more
+            self._occupancy[name].set(0)
         self._occupancy = {z.name: metrics.ZONE_OCCUPANCY.labels(self.stream, z.name)
                            for z in zones}  # fmt: skip
         log.info("%s: %d zone(s), %d line(s) now", self.stream, len(zones), len(lines))
