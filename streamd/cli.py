@@ -1,4 +1,5 @@
-"""Command line: run, validate, status, view, subscribe, keys, bench, export-engine, synth."""
+"""Command line: run, validate, status, view, subscribe, keys, bench, export-engine, synth,
+eval-tracking."""
 
 from __future__ import annotations
 
@@ -270,10 +271,37 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         people=args.people,
         seed=args.seed,
+        kind=args.kind,
+        noise=args.noise,
+        light=args.light,
     )
     truth = write_scene(Path(args.out), spec)
     print(f"wrote {args.out} and {truth}")
     return 0
+
+
+def _cmd_eval_tracking(args: argparse.Namespace) -> int:
+    import yaml
+
+    from streamd.evaluation.bench import EvalSpec, format_table, run
+
+    configure_logging("WARNING", "eval")
+
+    def split(v: str) -> tuple[str, ...]:
+        return tuple(x for x in v.split(",") if x)
+
+    spec = EvalSpec(
+        weights=args.weights, scenes=split(args.scenes), loads=split(args.loads),
+        kinds=split(args.kinds), imgsz=args.imgsz, conf=args.conf, backend=args.backend,
+        tracker=yaml.safe_load(args.tracker) or {}, ultralytics=not args.no_ultralytics,
+        workdir=Path(args.workdir) if args.workdir else None,
+    )  # fmt: skip
+    report = run(spec, say=lambda m: print(m, file=sys.stderr, flush=True))
+    report["command"] = "streamd " + " ".join(sys.argv[1:])
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(format_table(report))
+    same = all(a["identical"] and a["scores_equal"] for a in report["agreement"])
+    return 0 if same else 1
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -453,7 +481,34 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seconds", type=float, default=4.0)
     syn.add_argument("--people", type=int, default=2)
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument(
+        "--kind",
+        choices=["lanes", "crowd"],
+        default="lanes",
+        help="lanes: one lane each; crowd: crossing, occluding, entering, leaving",
+    )
+    syn.add_argument("--noise", type=float, default=0.0, help="sensor noise (grey levels)")
+    syn.add_argument("--light", type=float, default=0.0, help="share the light dims mid-clip")
     syn.set_defaults(func=_cmd_synth)
+
+    ev = sub.add_parser("eval-tracking", help="score tracking (MOTA/IDF1/HOTA) on scenes")
+    ev.add_argument("--scenes", default="crowd", help="comma-separated: crowd, crowd2, short")
+    ev.add_argument("--loads", default="every,fps5,overload")
+    ev.add_argument("--kinds", default="bytetrack,ocsort,botsort,sort",
+                    help="tracker kinds replayed on the daemon's detections")  # fmt: skip
+    ev.add_argument("--weights", default="models/person-yolov8s.pt")
+    ev.add_argument("--imgsz", type=int, default=640)
+    ev.add_argument("--conf", type=float, default=0.25)
+    ev.add_argument("--backend", default="auto")
+    ev.add_argument(
+        "--tracker",
+        default="{}",
+        help="the daemon's tracker section as YAML/JSON, e.g. '{kind: ocsort}'",
+    )
+    ev.add_argument("--no-ultralytics", action="store_true", help="skip the track() loop")
+    ev.add_argument("--workdir", help="keep clips and daemon logs here (default: a temp dir)")
+    ev.add_argument("--out", default="eval-tracking.json", help="JSON report")
+    ev.set_defaults(func=_cmd_eval_tracking)
     return p
 
 

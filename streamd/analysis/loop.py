@@ -242,7 +242,7 @@ class StreamAnalysis:
         detections = sv.Detections(
             xyxy=rows[:, :4], confidence=rows[:, 4], class_id=rows[:, 5].astype(np.int64)
         )
-        tracked = self.tracker.update(detections, ref.media_ts)
+        tracked = self.tracker.update(detections, ref.media_ts, image)
         track_ms = (time.perf_counter() - t0) * 1000.0
         c = self.counters
         c.analysed += 1

@@ -1,17 +1,136 @@
-"""The ``tracker`` section: ByteTrack settings."""
+"""The ``tracker`` section: which tracker of the ``trackers`` library, and its options.
+
+Shared settings (``kind``, ``lost_track_s``, ``min_consecutive_frames``) sit at the top;
+each kind's own options live in a section named after it (``tracker.ocsort.delta_t``),
+and only the section of the chosen kind may be set, so a typo'd kind cannot silently
+ignore options. Defaults were chosen with ``streamd eval-tracking`` (docs/benchmarks.md)
+for the offline person model, whose confidences run about 0.3-0.9.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
 
 from streamd.config.base import _Strict
 
+TrackerKind = Literal["bytetrack", "ocsort", "botsort", "sort"]
+# The Kalman state of the library's estimators: corners, or centre + scale/aspect.
+MotionModel = Literal["xyxy", "xcycsr", "xcycwh"]
+IouKind = Literal["iou", "giou", "diou", "ciou", "biou"]
+
+_MOTION = "Kalman state: xyxy (corners), xcycsr or xcycwh (centre-based)."
+_IOU = "Box similarity for association: iou, giou, diou, ciou, biou."
+
+
+class ByteTrackOptions(_Strict):
+    """ByteTrack: two-stage association, high- then low-confidence boxes."""
+
+    activation_threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="Minimum confidence to start a track."
+    )
+    high_conf_threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="Boxes at or above this go to the first stage."
+    )
+    min_iou: float = Field(0.1, ge=0.0, le=1.0, description="Least similarity to associate.")
+    motion: MotionModel = Field("xyxy", description=_MOTION)
+    iou: IouKind = Field("iou", description=_IOU)
+
+
+class SortOptions(_Strict):
+    """SORT: one IoU association stage, Kalman prediction."""
+
+    activation_threshold: float = Field(
+        0.25, gt=0.0, le=1.0, description="Minimum confidence to start a track."
+    )
+    min_iou: float = Field(0.3, ge=0.0, le=1.0, description="Least similarity to associate.")
+    motion: MotionModel = Field("xyxy", description=_MOTION)
+    iou: IouKind = Field("iou", description=_IOU)
+
+
+class OCSortOptions(_Strict):
+    """OC-SORT: observation-centric re-update and direction consistency."""
+
+    high_conf_threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="Boxes below this are neither associated nor started."
+    )
+    min_iou: float = Field(0.3, ge=0.0, le=1.0, description="Least similarity to associate.")
+    direction_weight: float = Field(
+        0.2, ge=0.0, le=10.0, description="Weight of direction consistency in association."
+    )
+    delta_t: int = Field(3, ge=1, le=30, description="Observations back for the velocity.")
+    motion: MotionModel = Field("xcycsr", description=_MOTION)
+    iou: IouKind = Field("iou", description=_IOU)
+
+
+class BoTSortOptions(_Strict):
+    """BoT-SORT: ByteTrack-style stages, a centre/size Kalman state, optional camera-motion
+    compensation (off by default: fixed cameras do not move, and it costs CPU per frame)."""
+
+    activation_threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="Minimum confidence to start a track."
+    )
+    high_conf_threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="Boxes at or above this go to the first stage."
+    )
+    min_iou_first: float = Field(0.2, ge=0.0, le=1.0, description="First-stage least IoU.")
+    min_iou_second: float = Field(0.5, ge=0.0, le=1.0, description="Second-stage least IoU.")
+    min_iou_unconfirmed: float = Field(
+        0.3, ge=0.0, le=1.0, description="Least IoU to continue an unconfirmed track."
+    )
+    cmc: bool = Field(False, description="Camera-motion compensation (moving cameras only).")
+    cmc_method: Literal["orb", "sift", "sparseOptFlow", "ecc"] = "sparseOptFlow"
+    cmc_downscale: int = Field(2, ge=1, le=8, description="Frame downscale for CMC.")
+    motion: MotionModel = Field("xcycwh", description=_MOTION)
+    iou: IouKind = Field("iou", description=_IOU)
+
+
+_LEGACY = ("activation_threshold", "high_conf_threshold", "min_iou")
+
 
 class TrackerConfig(_Strict):
-    """ByteTrack settings; thresholds must suit the detector's confidence range."""
+    """One tracker per stream, driven by media time (dropped frames are longer steps)."""
 
-    activation_threshold: float = Field(0.5, gt=0.0, le=1.0)
-    high_conf_threshold: float = Field(0.5, gt=0.0, le=1.0)
-    min_iou: float = Field(0.1, ge=0.0, le=1.0)
-    lost_track_s: float = Field(1.0, gt=0.0, description="Keep a lost track this long.")
-    min_consecutive_frames: int = Field(2, ge=1)
+    kind: TrackerKind = Field("bytetrack", description="Which tracker of the trackers library.")
+    lost_track_s: float = Field(
+        1.0, gt=0.0, le=3600.0, description="Keep a lost track this long (seconds)."
+    )
+    min_consecutive_frames: int = Field(
+        2, ge=1, le=100, description="Frames seen in a row before a track gets an id."
+    )
+    bytetrack: ByteTrackOptions = Field(default_factory=lambda: ByteTrackOptions())
+    ocsort: OCSortOptions = Field(default_factory=lambda: OCSortOptions())
+    botsort: BoTSortOptions = Field(default_factory=lambda: BoTSortOptions())
+    sort: SortOptions = Field(default_factory=lambda: SortOptions())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [k for k in _LEGACY if k in data]
+            if moved:
+                kind = data.get("kind", "bytetrack")
+                raise ValueError(
+                    f"{', '.join(moved)}: moved into the kind's own section "
+                    f"(tracker.{kind}.{moved[0]})"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _only_own_section(self) -> TrackerConfig:
+        others = sorted(k for k in ("bytetrack", "ocsort", "botsort", "sort")
+                        if k != self.kind and k in self.model_fields_set)  # fmt: skip
+        if others:
+            raise ValueError(
+                f"tracker.{others[0]} is set but tracker.kind is {self.kind!r}: "
+                f"set kind: {others[0]}, or move the options to tracker.{self.kind}"
+            )
+        return self
+
+    def options(self) -> ByteTrackOptions | OCSortOptions | BoTSortOptions | SortOptions:
+        """The chosen kind's own options."""
+        opts: ByteTrackOptions | OCSortOptions | BoTSortOptions | SortOptions = getattr(
+            self, self.kind
+        )
+        return opts

@@ -1,15 +1,102 @@
-"""ByteTrack per stream, driven by capture timestamps so dropped frames do not confuse it."""
+"""One tracker per stream, from the ``trackers`` library, driven by capture timestamps.
+
+Every kind is told the media time of each frame, so a frame dropped by sampling or
+overload is a longer Kalman step, and a lost track is kept ``lost_track_s`` seconds
+whatever the rate. Every kind answers with every detection it was given (checked in
+tests/test_tracker_kinds.py), ``tracker_id`` -1 until its track is confirmed, so a det
+event carries every box the detector found.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
 import supervision as sv
-from trackers import ByteTrackTracker
+from trackers import (
+    BIoU,
+    BoTSORTTracker,
+    ByteTrackTracker,
+    CIoU,
+    DIoU,
+    GIoU,
+    IoU,
+    OCSORTTracker,
+    SORTTracker,
+)
+from trackers.core.base import BaseTracker
+from trackers.utils.iou import BaseIoU
+from trackers.utils.state_representations import (
+    BaseStateEstimator,
+    XCYCSRStateEstimator,
+    XCYCWHStateEstimator,
+    XYXYStateEstimator,
+)
 
 from streamd.config import TrackerConfig
+from streamd.config.tracker import (
+    BoTSortOptions,
+    ByteTrackOptions,
+    IouKind,
+    MotionModel,
+    OCSortOptions,
+    SortOptions,
+)
 
-# ByteTrack sizes its lost-track buffer in frames at a nominal rate; we pass
-# real timestamps, so the buffer is expressed in seconds at this rate.
-_NOMINAL_FPS = 30.0
+# The library sizes lost-track buffers in frames at 30 fps and, given timestamps, keeps
+# a lost track buffer/30 seconds: so seconds * 30 is the buffer, whatever the real rate.
+_LIBRARY_FPS = 30.0
+
+_MOTION: dict[MotionModel, type[BaseStateEstimator]] = {
+    "xyxy": XYXYStateEstimator,
+    "xcycsr": XCYCSRStateEstimator,
+    "xcycwh": XCYCWHStateEstimator,
+}
+_IOU: dict[IouKind, type[BaseIoU]] = {
+    "iou": IoU,
+    "giou": GIoU,
+    "diou": DIoU,
+    "ciou": CIoU,
+    "biou": BIoU,
+}
+
+
+def build_tracker(cfg: TrackerConfig) -> BaseTracker:
+    """A fresh library tracker for ``cfg.kind`` with its options."""
+    buffer, fps = max(1, round(cfg.lost_track_s * _LIBRARY_FPS)), _LIBRARY_FPS
+    frames = cfg.min_consecutive_frames
+    o = cfg.options()
+    estimator, iou = _MOTION[o.motion], _IOU[o.iou]()
+    if isinstance(o, ByteTrackOptions):
+        return ByteTrackTracker(
+            lost_track_buffer=buffer, frame_rate=fps, minimum_consecutive_frames=frames,
+            track_activation_threshold=o.activation_threshold,
+            high_conf_det_threshold=o.high_conf_threshold, minimum_iou_threshold=o.min_iou,
+            state_estimator_class=estimator, iou=iou,
+        )  # fmt: skip
+    if isinstance(o, SortOptions):
+        return SORTTracker(
+            lost_track_buffer=buffer, frame_rate=fps, minimum_consecutive_frames=frames,
+            track_activation_threshold=o.activation_threshold,
+            minimum_iou_threshold=o.min_iou, state_estimator_class=estimator, iou=iou,
+        )  # fmt: skip
+    if isinstance(o, OCSortOptions):
+        return OCSORTTracker(
+            lost_track_buffer=buffer, frame_rate=fps, minimum_consecutive_frames=frames,
+            high_conf_det_threshold=o.high_conf_threshold,
+            minimum_iou_threshold=o.min_iou, direction_consistency_weight=o.direction_weight,
+            delta_t=o.delta_t, state_estimator_class=estimator, iou=iou,
+        )  # fmt: skip
+    assert isinstance(o, BoTSortOptions)
+    return BoTSORTTracker(
+        lost_track_buffer=buffer, frame_rate=fps, minimum_consecutive_frames=frames,
+        track_activation_threshold=o.activation_threshold,
+        high_conf_det_threshold=o.high_conf_threshold,
+        minimum_iou_threshold_first_assoc=o.min_iou_first,
+        minimum_iou_threshold_second_assoc=o.min_iou_second,
+        minimum_iou_threshold_unconfirmed_assoc=o.min_iou_unconfirmed,
+        enable_cmc=o.cmc, cmc_method=o.cmc_method, cmc_downscale=o.cmc_downscale,
+        state_estimator_class=estimator, iou=iou,
+    )  # fmt: skip
 
 
 class StreamTracker:
@@ -17,17 +104,12 @@ class StreamTracker:
 
     def __init__(self, cfg: TrackerConfig) -> None:
         self._cfg = cfg
-        self._tracker = self._build()
+        self._tracker = build_tracker(cfg)
+        # Only BoT-SORT with camera-motion compensation looks at pixels.
+        self._wants_frame = cfg.kind == "botsort" and cfg.botsort.cmc
 
-    def _build(self) -> ByteTrackTracker:
-        return ByteTrackTracker(
-            lost_track_buffer=max(1, round(self._cfg.lost_track_s * _NOMINAL_FPS)),
-            frame_rate=_NOMINAL_FPS,
-            track_activation_threshold=self._cfg.activation_threshold,
-            high_conf_det_threshold=self._cfg.high_conf_threshold,
-            minimum_iou_threshold=self._cfg.min_iou,
-            minimum_consecutive_frames=self._cfg.min_consecutive_frames,
-        )
-
-    def update(self, detections: sv.Detections, ts: float) -> sv.Detections:
-        return self._tracker.update(detections, timestamp=ts)
+    def update(
+        self, detections: sv.Detections, ts: float, frame: npt.NDArray[np.uint8] | None = None
+    ) -> sv.Detections:
+        image = frame if self._wants_frame else None
+        return self._tracker.update(detections, frame=image, timestamp=ts)

@@ -1,0 +1,49 @@
+"""The benchmark's scenes and loads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from streamd.synth import SceneSpec, write_scene
+
+# crowd: 6 people of different sizes and speeds crossing, occluding, entering and
+# leaving, light dimming by 40 % and back, sensor noise; 960x540 at 25 fps for 12 s
+# (300 frames: about a minute per daemon pass with the person model at 640 on 2 CPU
+# cores). crowd2: another draw of the same. short: what the tests run.
+SCENES: dict[str, SceneSpec] = {
+    "crowd": SceneSpec(width=960, height=540, fps=25, seconds=12.0, people=6, kind="crowd",
+                       noise=6.0, light=0.4, seed=1),
+    "crowd2": SceneSpec(width=960, height=540, fps=25, seconds=12.0, people=7, kind="crowd",
+                        noise=6.0, light=0.4, seed=7),
+    "short": SceneSpec(width=480, height=270, fps=15, seconds=3.0, people=3, kind="crowd",
+                       noise=4.0, light=0.3, seed=3),
+}  # fmt: skip
+
+# How the stream is read, as stream keys of the pipeline file.
+LOADS: dict[str, dict[str, Any]] = {
+    # A file read as fast as the detector goes: every frame analysed.
+    "every": {},
+    # Sampling by media time: 5 frames a second analysed.
+    "fps5": {"max_fps": 5},
+    # Paced at the file's own rate with the live policy: the newest frame replaces one
+    # not yet taken, so where the detector is slower than the camera frames are dropped
+    # irregularly (on a 2-core CPU at 640 about 2 of 3; on a GPU the load is no overload).
+    "overload": {"realtime": True, "drop_policy": "latest", "buffer": 2},
+}
+
+
+def make_scene(name: str, folder: Path) -> tuple[Path, list[list[dict[str, Any]]]]:
+    """The scene's clip (written once, kept while its spec is unchanged) and its truth."""
+    spec = SCENES[name]
+    video = folder / f"{name}.mp4"
+    truth = video.with_suffix(".truth.json")
+    stamp = video.with_suffix(".spec.json")
+    wanted = json.dumps(asdict(spec), sort_keys=True)
+    if not (video.exists() and truth.exists() and stamp.exists() and stamp.read_text() == wanted):
+        write_scene(video, spec, truth)
+        stamp.write_text(wanted)
+    frames: list[list[dict[str, Any]]] = json.loads(truth.read_text())["frames"]
+    return video, frames

@@ -1,0 +1,87 @@
+"""The tracking benchmark: its metrics are sane, and it runs the real daemon end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamd.evaluation import TrackedFrame, score
+from streamd.synth import SceneSpec, render_frames
+
+
+@pytest.fixture(scope="module")
+def crowd_truth() -> list[list[dict[str, Any]]]:
+    spec = SceneSpec(width=480, height=270, fps=10, seconds=6.0, people=6, kind="crowd", seed=5)
+    return render_frames(spec)[1]
+
+
+def _as_tracked(truth: list[list[dict[str, Any]]], ids: Any) -> list[TrackedFrame]:
+    return [
+        TrackedFrame(k, k / 10, np.array([p["bbox"] for p in people], np.float64).reshape(-1, 4),
+                     np.ones(len(people)), np.asarray(ids(k, people), np.int64))
+        for k, people in enumerate(truth)
+    ]  # fmt: skip
+
+
+def test_crowd_scene_has_what_real_scenes_have(crowd_truth: list[list[dict[str, Any]]]) -> None:
+    counts = [len(f) for f in crowd_truth]
+    assert max(counts) >= 3 and min(counts) < max(counts), "people enter and leave"
+    occluded = [p for f in crowd_truth for p in f if p["visibility"] < 0.9]
+    assert occluded, "someone is partly hidden (behind another, or at the edge)"
+    heights = {p["id"]: p["bbox"][3] - p["bbox"][1] for f in crowd_truth for p in f}
+    assert max(heights.values()) > 1.5 * min(heights.values()), "near and far people"
+
+
+def test_perfect_tracker_scores_one(crowd_truth: list[list[dict[str, Any]]]) -> None:
+    s = score(crowd_truth, _as_tracked(crowd_truth, lambda _k, ps: [p["id"] + 10 for p in ps]))
+    assert (s.idf1, s.mota, s.idsw, s.fp, s.fn) == (1.0, 1.0, 0, 0, 0)
+    assert s.hota == pytest.approx(1.0)
+    assert s.tracks == s.people >= 5
+
+
+def test_shuffled_ids_score_low(crowd_truth: list[list[dict[str, Any]]]) -> None:
+    rng = np.random.default_rng(0)
+    s = score(crowd_truth, _as_tracked(crowd_truth, lambda _k, ps: rng.permutation(
+        rng.choice(50, len(ps), replace=False))))  # fmt: skip
+    assert s.idf1 < 0.3 and s.hota < 0.4 and s.idsw > 50
+    assert s.deta == pytest.approx(1.0), "the boxes are right, only the identities are not"
+
+
+def test_unconfirmed_boxes_are_not_scored(crowd_truth: list[list[dict[str, Any]]]) -> None:
+    s = score(crowd_truth, _as_tracked(crowd_truth, lambda _k, ps: [-1] * len(ps)))
+    assert s.idf1 == 0.0 and s.fn == sum(len(f) for f in crowd_truth) and s.fp == 0
+
+
+@pytest.mark.e2e
+def test_eval_tracking_runs_the_daemon(person_model: Path, tmp_path: Path) -> None:
+    """`streamd eval-tracking` on the short scene: daemon, replays and the ultralytics
+    loop all scored, and the daemon equals the same tracker run offline."""
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "streamd.cli", "eval-tracking", "--scenes", "short",
+           "--loads", "every,fps5", "--imgsz", "320", "--weights", str(person_model),
+           "--workdir", str(tmp_path / "w"), "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "YOLO_OFFLINE": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    rows = {(r["load"], r["tracker"], r["source"]): r for r in report["rows"]}
+    kind = report["daemon_tracker"]["kind"]
+    for load in ("every", "fps5"):
+        assert {(load, k, "replay") for k in ("bytetrack", "ocsort", "botsort", "sort")} <= set(
+            rows
+        )
+        daemon = rows[(load, kind, "daemon")]
+        assert daemon["frames"] == (45 if load == "every" else 15)
+        for r in (daemon, rows[(load, "bytetrack", "ultralytics")]):
+            assert 0.0 <= r["idf1"] <= 1.0 and 0.0 <= r["hota"] <= 1.0 and r["mota"] <= 1.0
+            assert r["people"] == 3
+        assert daemon["tracks"] >= 1, "the detector found people and they were tracked"
+    assert [a["identical"] and a["scores_equal"] for a in report["agreement"]] == [True, True]
+    assert "| short | every |" in done.stdout and "identical" in done.stdout
