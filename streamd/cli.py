@@ -7,7 +7,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from streamd.runtime.exits import DaemonExit
 from streamd.runtime.logs import configure_logging
 
 if TYPE_CHECKING:
+    from streamd.client import Event, Subscriber
     from streamd.publish.curve import ClientKeys
 
 log = logging.getLogger("streamd")
@@ -129,9 +131,11 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    topics = args.topic or [""]
     try:
         endpoint = _subscribe_endpoint(args.endpoint)
-        sub = Subscriber(endpoint, topics=args.topic or [""], on_gap=on_gap, curve=keys)
+        # Heartbeats always: they tell a quiet daemon from none (printed only if asked for).
+        sub = Subscriber(endpoint, topics=[*topics, "heartbeat"], on_gap=on_gap, curve=keys)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -139,9 +143,12 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
         print(f"streamd subscribe: cannot connect to {endpoint!r}: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     seen = 0
+    quiet = _QuietNotice(endpoint)
     with sub:
         try:
-            for event in sub.events(timeout_s=args.timeout):
+            for event in _events_noting_silence(sub, args.timeout, quiet):
+                if not event.topic.startswith(tuple(topics)):
+                    continue  # a heartbeat only subscribed to for _QuietNotice
                 print(json.dumps(event.payload, separators=(",", ":")), flush=True)
                 seen += 1
                 if args.count is not None and seen >= args.count:
@@ -155,6 +162,50 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+SUBSCRIBE_QUIET_S = 5.0  # nothing at all this long (the daemon beats every 1 s): say so
+
+
+class _QuietNotice:
+    """Tells stderr, once, that nothing (not even a heartbeat) came from the endpoint,
+    and once more when something does: a wrong or dead endpoint is otherwise silent."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._endpoint = endpoint
+        self._since = time.monotonic()
+        self._warned = False
+        self._heard = False
+
+    def tick(self) -> None:
+        quiet_s = time.monotonic() - self._since
+        if not self._heard and not self._warned and quiet_s >= SUBSCRIBE_QUIET_S:
+            self._warned = True
+            print(f"streamd subscribe: no events from {self._endpoint} after {quiet_s:.0f} s: "
+                  "is the daemon running, on this endpoint? still waiting...",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    def event(self) -> None:
+        if self._warned and not self._heard:
+            print(f"streamd subscribe: events from {self._endpoint} arriving now",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        self._heard = True
+
+
+def _events_noting_silence(
+    sub: Subscriber, timeout_s: float | None, quiet: _QuietNotice
+) -> Iterator[Event]:
+    """``sub``'s events until ``timeout_s`` (None: for ever), telling ``quiet`` as they come
+    and once a second while none does."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while deadline is None or time.monotonic() < deadline:
+        wait = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+        event = sub.recv(wait)
+        if event is None:
+            quiet.tick()
+            continue
+        quiet.event()
+        yield event
 
 
 def _subscribe_endpoint(target: str) -> str:
