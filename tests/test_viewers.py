@@ -113,7 +113,7 @@ def _get_jpeg(listen: str, answers: list[tuple[int, str]]) -> None:
 
 
 def test_jpeg_waiters_are_capped_so_health_keeps_answering(daemon: tuple[str, Path]) -> None:
-    listen, _ = daemon
+    listen, log = daemon
     answers: list[tuple[int, str]] = []
     many = [threading.Thread(target=_get_jpeg, args=(listen, answers)) for _ in range(40)]
     for t in many:
@@ -128,6 +128,7 @@ def test_jpeg_waiters_are_capped_so_health_keeps_answering(daemon: tuple[str, Pa
     assert len(codes) == 40 and set(codes) == {503}  # no picture ever: 503 after 5 s, or at once
     refused_at_once = [a for a in answers if a[1] == "2"]
     assert len(refused_at_once) >= 40 - JPEG_WAITERS
+    assert "Traceback" not in log.read_text()
 
 
 def test_a_removed_stream_ends_its_viewers_responses(daemon: tuple[str, Path]) -> None:
