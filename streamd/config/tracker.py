@@ -3,8 +3,10 @@
 Shared settings (``kind``, ``lost_track_s``, ``min_consecutive_frames``) sit at the top;
 each kind's own options live in a section named after it (``tracker.ocsort.delta_t``),
 and only the section of the chosen kind may be set, so a typo'd kind cannot silently
-ignore options. Defaults were chosen with ``streamd eval-tracking`` (docs/benchmarks.md)
-for the offline person model, whose confidences run about 0.3-0.9.
+ignore options. The default kind and every kind's defaults were chosen with
+``streamd eval-tracking`` (docs/benchmarks.md) for the offline person model with
+``model.conf`` 0.25: its confidences on people run about 0.35-0.85 (5th-95th
+percentile), so tracks start at 0.5 and boxes from 0.4 (BoT-SORT) count as sure.
 """
 
 from __future__ import annotations
@@ -35,33 +37,33 @@ class ByteTrackOptions(_Strict):
     )
     min_iou: float = Field(0.1, ge=0.0, le=1.0, description="Least similarity to associate.")
     motion: MotionModel = Field("xyxy", description=_MOTION)
-    iou: IouKind = Field("iou", description=_IOU)
+    iou: IouKind = Field("biou", description=_IOU)
 
 
 class SortOptions(_Strict):
     """SORT: one IoU association stage, Kalman prediction."""
 
     activation_threshold: float = Field(
-        0.25, gt=0.0, le=1.0, description="Minimum confidence to start a track."
+        0.4, gt=0.0, le=1.0, description="Minimum confidence to start a track."
     )
-    min_iou: float = Field(0.3, ge=0.0, le=1.0, description="Least similarity to associate.")
-    motion: MotionModel = Field("xyxy", description=_MOTION)
-    iou: IouKind = Field("iou", description=_IOU)
+    min_iou: float = Field(0.1, ge=0.0, le=1.0, description="Least similarity to associate.")
+    motion: MotionModel = Field("xcycsr", description=_MOTION)
+    iou: IouKind = Field("biou", description=_IOU)
 
 
 class OCSortOptions(_Strict):
     """OC-SORT: observation-centric re-update and direction consistency."""
 
     high_conf_threshold: float = Field(
-        0.5, gt=0.0, le=1.0, description="Boxes below this are neither associated nor started."
+        0.4, gt=0.0, le=1.0, description="Boxes below this are neither associated nor started."
     )
-    min_iou: float = Field(0.3, ge=0.0, le=1.0, description="Least similarity to associate.")
+    min_iou: float = Field(0.1, ge=0.0, le=1.0, description="Least similarity to associate.")
     direction_weight: float = Field(
         0.2, ge=0.0, le=10.0, description="Weight of direction consistency in association."
     )
     delta_t: int = Field(3, ge=1, le=30, description="Observations back for the velocity.")
     motion: MotionModel = Field("xcycsr", description=_MOTION)
-    iou: IouKind = Field("iou", description=_IOU)
+    iou: IouKind = Field("biou", description=_IOU)
 
 
 class BoTSortOptions(_Strict):
@@ -72,7 +74,7 @@ class BoTSortOptions(_Strict):
         0.5, gt=0.0, le=1.0, description="Minimum confidence to start a track."
     )
     high_conf_threshold: float = Field(
-        0.5, gt=0.0, le=1.0, description="Boxes at or above this go to the first stage."
+        0.4, gt=0.0, le=1.0, description="Boxes at or above this go to the first stage."
     )
     min_iou_first: float = Field(0.2, ge=0.0, le=1.0, description="First-stage least IoU.")
     min_iou_second: float = Field(0.5, ge=0.0, le=1.0, description="Second-stage least IoU.")
@@ -82,8 +84,8 @@ class BoTSortOptions(_Strict):
     cmc: bool = Field(False, description="Camera-motion compensation (moving cameras only).")
     cmc_method: Literal["orb", "sift", "sparseOptFlow", "ecc"] = "sparseOptFlow"
     cmc_downscale: int = Field(2, ge=1, le=8, description="Frame downscale for CMC.")
-    motion: MotionModel = Field("xcycwh", description=_MOTION)
-    iou: IouKind = Field("iou", description=_IOU)
+    motion: MotionModel = Field("xyxy", description=_MOTION)
+    iou: IouKind = Field("giou", description=_IOU)
 
 
 _LEGACY = ("activation_threshold", "high_conf_threshold", "min_iou")
@@ -92,7 +94,7 @@ _LEGACY = ("activation_threshold", "high_conf_threshold", "min_iou")
 class TrackerConfig(_Strict):
     """One tracker per stream, driven by media time (dropped frames are longer steps)."""
 
-    kind: TrackerKind = Field("bytetrack", description="Which tracker of the trackers library.")
+    kind: TrackerKind = Field("botsort", description="Which tracker of the trackers library.")
     lost_track_s: float = Field(
         1.0, gt=0.0, le=3600.0, description="Keep a lost track this long (seconds)."
     )
@@ -110,7 +112,7 @@ class TrackerConfig(_Strict):
         if isinstance(data, dict):
             moved = [k for k in _LEGACY if k in data]
             if moved:
-                kind = data.get("kind", "bytetrack")
+                kind = data.get("kind", "botsort")
                 raise ValueError(
                     f"{', '.join(moved)}: moved into the kind's own section "
                     f"(tracker.{kind}.{moved[0]})"
