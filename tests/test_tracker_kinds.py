@@ -76,7 +76,7 @@ def test_defaults_and_cmc_off() -> None:
         ("{kind: ocsort, ocsort: {delta_t: 0}}", "tracker.ocsort.delta_t", "greater than"),
         ("{kind: sort, bytetrack: {min_iou: 0.2}}", "tracker", "tracker.bytetrack is set"),
         ("{kind: deepsort}", "tracker.kind", "bytetrack"),
-        ("{min_iou: 0.2}", "tracker", "moved"),
+        ("{min_iou: 0.2}", "tracker", "no longer top-level keys"),
         ("{kind: botsort, botsort: {cmc_metod: orb}}", "tracker.botsort.cmc_metod", "cmc_method"),
         ("{lost_track_s: 0}", "tracker.lost_track_s", "greater than"),
     ],

@@ -89,6 +89,12 @@ class BoTSortOptions(_Strict):
 
 
 _LEGACY = ("activation_threshold", "high_conf_threshold", "min_iou")
+_SECTIONS: dict[str, type[_Strict]] = {
+    "bytetrack": ByteTrackOptions,
+    "ocsort": OCSortOptions,
+    "botsort": BoTSortOptions,
+    "sort": SortOptions,
+}
 
 
 class TrackerConfig(_Strict):
@@ -109,13 +115,19 @@ class TrackerConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _moved_keys(cls, data: Any) -> Any:
+        # These were top-level keys when ByteTrack was the only tracker.
         if isinstance(data, dict):
             moved = [k for k in _LEGACY if k in data]
             if moved:
-                kind = data.get("kind", "botsort")
+                kind = data.get("kind", cls.model_fields["kind"].default)
+                section = _SECTIONS.get(kind)
+                has = [] if section is None else [k for k in moved if k in section.model_fields]
+                where = (f"tracker.{kind}.{has[0]}" if has else
+                         f"tracker.{kind}, whose keys are {sorted(section.model_fields)}"
+                         if section is not None else "the chosen kind's section")  # fmt: skip
                 raise ValueError(
-                    f"{', '.join(moved)}: moved into the kind's own section "
-                    f"(tracker.{kind}.{moved[0]})"
+                    f"{', '.join(moved)}: no longer top-level keys; each kind has its own "
+                    f"section (here {where})"
                 )
         return data
 
