@@ -46,6 +46,7 @@ class BenchSpec:
     weights: str = "yolo11n.pt"
     imgsz: int = 320
     backend: str = "auto"
+    precision: str = "auto"  # int8/auto: calibrated on the bench clip, guarded (see _calibration)
     device: str = "auto"
     max_batch: int = 8
     max_wait_ms: float = 10.0
@@ -79,13 +80,33 @@ def _clip(spec: BenchSpec, workdir: Path) -> Path:
     return clip
 
 
+CALIBRATION_FRAMES = 64  # from the bench clip; every fourth held out for the guard
+
+
+def _calibration(spec: BenchSpec, workdir: Path) -> Path | None:
+    """A calibration set from the bench clip (with its ground truth), as `streamd calibrate`
+    would sample it from a pipeline of that clip; None where the precision needs none."""
+    if spec.precision not in ("auto", "int8") or spec.backend == "null":
+        return None
+    from streamd.calibrate import sample_stream, to_set
+    from streamd.config.stream import StreamConfig
+
+    clip = _clip(spec, workdir)
+    sampled = sample_stream(StreamConfig(id="s0", url=str(clip)), CALIBRATION_FRAMES, 3600.0)
+    folder = workdir / "bench.calibration"
+    to_set(folder, [sampled], CALIBRATION_FRAMES, {"bench": clip.name})
+    return folder
+
+
 def model_only(spec: BenchSpec, batch_sizes: list[int]) -> dict[str, Any]:
-    """Detector throughput (frames/s) per batch size, on the backend the daemon would pick."""
+    """Detector throughput (frames/s) per batch size, on the backend (and precision) the
+    daemon would pick, with the accuracy guard's figures where one was taken."""
     from streamd.detect import create_detector
 
-    detector = create_detector(_model_cfg(spec), spec.max_batch)
     with tempfile.TemporaryDirectory() as tmp:
         frames = _frames(spec, Path(tmp), max(batch_sizes))
+        calibration = _calibration(spec, Path(tmp))
+        detector = create_detector(_model_cfg(spec, calibration), spec.max_batch)
     results: dict[str, Any] = {}
     for b in batch_sizes:
         batch = [frames[i % len(frames)] for i in range(b)]
@@ -99,15 +120,20 @@ def model_only(spec: BenchSpec, batch_sizes: list[int]) -> dict[str, Any]:
             "fps": round(calls * b / elapsed, 2),
             "batch_ms": round(1000 * elapsed / calls, 2),
         }
-    return {"backend": detector.backend, "imgsz": spec.imgsz, "by_batch": results}
+    guards = [r.to_json() for r in getattr(detector, "guard_reports", [])]
+    return {"backend": detector.backend, "imgsz": spec.imgsz,
+            "precision": getattr(detector, "precision", None), "guard": guards,
+            "by_batch": results}  # fmt: skip
 
 
-def _model_cfg(spec: BenchSpec) -> ModelConfig:
+def _model_cfg(spec: BenchSpec, calibration: Path | None = None) -> ModelConfig:
     return ModelConfig.model_validate(
         {
             "weights": spec.weights,
             "imgsz": spec.imgsz,
             "backend": spec.backend,
+            "precision": spec.precision,
+            "calibration": str(calibration) if calibration else None,
             "device": spec.device,
             "conf": 0.25,
             "null_boxes": spec.boxes,
@@ -193,8 +219,9 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 def pipeline(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
     """Run the real daemon on N paced synthetic streams; measure what comes out."""
     clip = _clip(spec, workdir)
+    calibration = _calibration(spec, workdir)
     cfg = {
-        "model": _model_cfg(spec).model_dump(exclude_none=True),
+        "model": _model_cfg(spec, calibration).model_dump(exclude_none=True),
         "batching": {"max_batch": spec.max_batch, "max_wait_ms": spec.max_wait_ms},
         "publish": {"endpoint": f"tcp://127.0.0.1:{spec.port}", "hwm": 100_000},
         # --viewers beyond the default cap would measure 503s, not viewers
@@ -430,6 +457,7 @@ def format_table(report: dict[str, Any]) -> str:
     mo = report.get("model_only")
     if mo:
         lines.append(f"model only ({mo['backend']}, imgsz {mo['imgsz']}):")
+        lines += [f"  guard: {_guard_words(g)}" for g in mo.get("guard", [])]
         lines += [f"  batch {b:>3}: {r['fps']:8.2f} frames/s  ({r['batch_ms']:.1f} ms/batch)"
                   for b, r in mo["by_batch"].items()]  # fmt: skip
     p = report.get("pipeline")
@@ -472,6 +500,12 @@ def format_table(report: dict[str, Any]) -> str:
             f"{e['batch']} = {e['ratio']:.2f} (target ≥ 0.80)"
         )
     return "\n".join(lines)
+
+
+def _guard_words(report: dict[str, Any]) -> str:
+    from streamd.detect.guard import GuardReport
+
+    return GuardReport.from_json(report).verdict(0.95, 0.95)[1]
 
 
 def run(spec: BenchSpec, model_only_flag: bool, batch_sizes: list[int]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Command line: run, validate, status, view, subscribe, keys, bench, export-engine, synth,
-eval-tracking."""
+"""Command line: run, validate, status, view, subscribe, keys, bench, export-engine, calibrate,
+synth, eval-tracking."""
 
 from __future__ import annotations
 
@@ -369,6 +369,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         weights=args.weights,
         imgsz=args.imgsz,
         backend=args.backend,
+        precision=args.precision,
         device=args.device,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
@@ -415,6 +416,23 @@ def _cmd_export_engine(args: argparse.Namespace) -> int:
         print(f"export-engine: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     print(path)
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    configure_logging("INFO", "calibrate")
+    cfg = _load(args.file)
+    if cfg is None:
+        return EXIT_BAD_CONFIG
+    from streamd.calibrate import calibrate, format_outcome
+    from streamd.detect import DetectorError
+
+    try:
+        outcome = calibrate(cfg, Path(args.file), args.frames, args.seconds)
+    except (DetectorError, RuntimeError) as e:
+        print(f"calibrate: {e}", file=sys.stderr)
+        return 1
+    print(format_outcome(outcome))
     return 0
 
 
@@ -487,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto, torch, onnx, tensorrt, cpu, or null (no model: the host path)",
     )
+    b.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16", "int8"],
+        help="model.precision; auto and int8 calibrate on the bench clip (guarded)",
+    )
     b.add_argument("--boxes", type=int, default=10, help="--backend null: boxes per frame")
     b.add_argument(
         "--block",
@@ -523,6 +547,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("file", help="pipeline YAML file (its model and batching.max_batch)")
     ex.add_argument("--format", choices=["engine", "onnx"], default="engine")
     ex.set_defaults(func=_cmd_export_engine)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="sample frames from the pipeline's streams, build and check its INT8 model",
+    )
+    cal.add_argument("file", help="pipeline YAML file")
+    cal.add_argument("--frames", type=int, default=64,
+                     help="frames in the set, over all streams (every 4th held out)")  # fmt: skip
+    cal.add_argument("--seconds", type=float, default=60.0,
+                     help="span of each stream's time to spread them over")  # fmt: skip
+    cal.set_defaults(func=_cmd_calibrate)
 
     syn = sub.add_parser("synth", help="write a synthetic H.264 scene with ground truth")
     syn.add_argument("out", help="output .mp4 (ground truth goes to .truth.json beside it)")

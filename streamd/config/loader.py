@@ -24,6 +24,7 @@ from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
 from streamd.config.base import ConfigError, source_kind
+from streamd.config.model import default_calibration_dir
 from streamd.config.pipeline import PipelineConfig
 from streamd.config.security import resolve_key_paths
 from streamd.config.suggest import did_you_mean
@@ -294,7 +295,7 @@ def resolve_paths(cfg: PipelineConfig, base_dir: Path, name: str = "pipeline") -
     model = cfg.model.model_copy(
         update={
             "weights": _relative_to(cfg.model.weights, base_dir),
-            "calibration": cfg.model.calibration and _relative_to(cfg.model.calibration, base_dir),
+            "calibration": _calibration(cfg.model.calibration, base_dir, name),
         }
     )
     journal = cfg.journal.model_copy(
@@ -311,6 +312,14 @@ def _journal_path(path: str | None, base_dir: Path, name: str) -> str:
         return str((base_dir / path).resolve()) if not Path(path).is_absolute() else path
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(state) / "streamd" / f"{name}.alerts.sqlite")
+
+
+def _calibration(path: str | None, base_dir: Path, name: str) -> str | None:
+    # Unset: the folder `streamd calibrate` writes beside the pipeline file, once it exists.
+    if path is not None:
+        return path if Path(path).is_absolute() else str((base_dir / path).resolve())
+    default = default_calibration_dir(base_dir / f"{name}.yaml")
+    return str(default.resolve()) if default.is_dir() else None
 
 
 def _relative_to(path: str, base_dir: Path) -> str:

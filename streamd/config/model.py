@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -25,11 +26,34 @@ class ModelConfig(_Strict):
     null_boxes: int = Field(
         10, ge=0, le=1000, description="backend null: boxes returned per frame."
     )
-    precision: Literal["fp16", "int8", "fp32"] = Field(
-        "fp16", description="TensorRT engine precision (int8 needs model.calibration)."
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "auto",
+        description="Arithmetic of the detector. auto: the fastest one this backend and "
+        "hardware run whose accuracy guard passed (int8 when a calibration set exists, then "
+        "fp16 on CUDA, else fp32). int8 needs a calibration set (streamd calibrate) and is "
+        "refused when its guard fails; onnx (CPU): fp32, int8; torch: fp32, bf16 (fp16 on "
+        "CUDA); tensorrt: fp32, fp16, int8.",
     )
     calibration: str | None = Field(
-        None, description="Folder of .jpg/.png images for TensorRT INT8 calibration."
+        None,
+        description="Calibration set: a folder of .png/.jpg frames (and the manifest.json "
+        "streamd calibrate writes). Default: <pipeline>.calibration beside the pipeline file "
+        "when it exists.",
+    )
+    guard_recall: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="Accuracy guard: a quantised model must keep this share of FP32's boxes "
+        "(recall of matched boxes, IoU >= 0.5) on the held-out calibration frames, and this "
+        "share of FP32's recall against ground truth where the set has it.",
+    )
+    guard_precision: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="Accuracy guard: the same for precision (its boxes that FP32, or the "
+        "ground truth, also has).",
     )
     cuda_graphs: bool = Field(
         True, description="torch on CUDA: replay one CUDA graph per batch-size bucket."
@@ -55,3 +79,9 @@ class ModelConfig(_Strict):
     def _yaml_null(cls, v: object) -> object:
         # YAML reads a bare `backend: null` as None: that is the null backend too.
         return "null" if v is None else v
+
+
+def default_calibration_dir(pipeline: Path) -> Path:
+    """Where ``streamd calibrate`` writes a pipeline's calibration set unless
+    ``model.calibration`` names a folder, and where the daemon looks for it."""
+    return pipeline.parent / f"{pipeline.stem}.calibration"

@@ -15,9 +15,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 Precision = Literal["fp16", "int8", "fp32"]
+
+
+class CacheKey(Protocol):
+    """A frozen dataclass naming everything a cached build depends on."""
+
+    def filename(self, stem: str) -> str: ...
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -38,6 +44,7 @@ class EngineKey:
     opt_batch: int
     max_batch: int
     imgsz: int
+    calibration_sha256: str = ""  # int8: of the calibration set; a new set means a rebuild
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
@@ -57,25 +64,26 @@ class EngineKey:
 
 
 class EngineCache:
-    """Engines in ``root``, each with a ``.json`` sidecar holding its full key."""
+    """Builds in ``root`` (TensorRT engines, quantised ONNX models), each with a ``.json``
+    sidecar holding its full key."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def path_for(self, key: EngineKey, stem: str) -> Path:
+    def path_for(self, key: CacheKey, stem: str) -> Path:
         return self.root / key.filename(stem)
 
-    def lookup(self, key: EngineKey, stem: str) -> Path | None:
+    def lookup(self, key: CacheKey, stem: str) -> Path | None:
         path = self.path_for(key, stem)
         sidecar = path.with_suffix(".json")
         try:
             stored = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             return None
-        return path if stored == asdict(key) and path.is_file() else None
+        return path if stored == _fields(key) and path.is_file() else None
 
     def get_or_build(
-        self, key: EngineKey, stem: str, build: Callable[[Path], None]
+        self, key: CacheKey, stem: str, build: Callable[[Path], None]
     ) -> tuple[Path, bool]:
         """The cached engine, or one built now by ``build(tmp_path)``; (path, built)."""
         hit = self.lookup(key, stem)
@@ -83,7 +91,8 @@ class EngineCache:
             return hit, False
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path_for(key, stem)
-        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".building-", suffix=".engine")
+        suffix = path.suffix
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".building-", suffix=suffix)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -93,5 +102,10 @@ class EngineCache:
             os.replace(tmp, path)  # atomic: a crash mid-build never leaves a bad engine
         finally:
             tmp.unlink(missing_ok=True)
-        path.with_suffix(".json").write_text(json.dumps(asdict(key), sort_keys=True))
+        path.with_suffix(".json").write_text(json.dumps(_fields(key), sort_keys=True))
         return path, True
+
+
+def _fields(key: CacheKey) -> dict[str, Any]:
+    fields: dict[str, Any] = asdict(key)  # type: ignore[call-overload]
+    return fields

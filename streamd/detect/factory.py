@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from streamd.config import ModelConfig
 from streamd.detect.base import Detector, DetectorError
+from streamd.detect.engine_cache import Precision
 
 if TYPE_CHECKING:  # torch is imported by the inference worker only, never the supervisor
     import torch
 
+    from streamd.detect.calibration import CalibrationSet
+    from streamd.detect.engine_cache import EngineKey
+    from streamd.detect.guard import GuardReport
     from streamd.detect.yolo import Runner
 
 log = logging.getLogger(__name__)
@@ -72,7 +79,7 @@ def create_detector(cfg: ModelConfig, max_batch: int = 8) -> Detector:
     """Build the backend; ``auto`` takes the fastest one present and says which and why."""
     from streamd.detect import tensorrt_backend
     from streamd.detect.onnx_export import onnxruntime_available
-    from streamd.detect.yolo import YoloDetector, load_checkpoint, stride_of
+    from streamd.detect.yolo import YoloDetector, load_checkpoint
 
     if cfg.backend == "null":
         return _null_detector(cfg)
@@ -81,15 +88,20 @@ def create_detector(cfg: ModelConfig, max_batch: int = 8) -> Detector:
     kind, why = choose_backend(cfg.backend, cuda, onnxruntime_available(),
                                tensorrt_backend.available())  # fmt: skip
     model, names, checkpoint = load_checkpoint(cfg.weights)
-    stride = stride_of(model)
-    runner = _runner(kind, cfg, model, device, max_batch, Path(checkpoint))
-    detector = YoloDetector(runner, names, cfg, stride)
+    built = _Build(cfg, kind, model, names, device, max_batch, Path(checkpoint))
+    runner, precision_why = built.runner()
+    detector = YoloDetector(runner, names, cfg, built.stride)
+    detector.precision, detector.guard_reports = built.precision, built.reports
     detector.warmup()  # the first call allocates and autotunes: keep it out of frame latency
     log.info(
-        "detector backend=%s (asked %s: %s) device=%s weights=%s classes=%s",
+        "detector backend=%s (asked %s: %s) precision %s (asked %s: %s) device=%s weights=%s "
+        "classes=%s",
         detector.backend,
         cfg.backend,
         why,
+        built.precision,
+        cfg.precision,
+        precision_why,
         detector.device,
         cfg.weights,
         names,
@@ -108,47 +120,194 @@ def _null_detector(cfg: ModelConfig) -> Detector:
     return detector
 
 
-def _runner(kind: str, cfg: ModelConfig, model: torch.nn.Module, device: torch.device,
-            max_batch: int, checkpoint: Path) -> Runner:  # fmt: skip
-    import torch
+def calibration_set(cfg: ModelConfig) -> CalibrationSet | None:
+    from streamd.detect.calibration import load_calibration
 
-    from streamd.detect.yolo import CudaGraphRunner, TorchRunner
+    return load_calibration(Path(cfg.calibration)) if cfg.calibration else None
 
-    if kind == "torch":
-        if device.type == "cuda" and cfg.cuda_graphs:
-            return CudaGraphRunner(model, device, max_batch, cfg.imgsz)
-        return TorchRunner(model, device, max_batch)
-    from streamd.detect.onnx_export import exported_onnx
 
-    onnx_path = exported_onnx(checkpoint, cfg.imgsz, max_batch, model_cache_dir(cfg))
-    if kind == "onnx":
-        from streamd.detect.onnx_backend import OnnxRunner
+class _Build:
+    """One backend's runner at the precision ``model.precision`` resolves to: candidates
+    fastest first, a guarded one (int8) taken only when its accuracy guard passes."""
 
-        strides = [int(s) for s in getattr(model, "stride", [8, 16, 32])]
-        runner = OnnxRunner(onnx_path, device, max_batch, cfg.threads, strides)
+    def __init__(self, cfg: ModelConfig, kind: str, model: torch.nn.Module,
+                 names: dict[int, str], device: torch.device, max_batch: int,
+                 checkpoint: Path) -> None:  # fmt: skip
+        from streamd.detect.yolo import stride_of
+
+        self.cfg, self.kind, self.model, self.names = cfg, kind, model, names
+        self.device, self.max_batch, self.checkpoint = device, max_batch, checkpoint
+        self.stride = stride_of(model)
+        self.strides = [int(s) for s in getattr(model, "stride", [8, 16, 32])]
+        self.precision = "fp32"
+        self.reports: list[GuardReport] = []  # every guard taken, passed or not
+        self._onnx: Path | None = None
+        self._fp32: Runner | None = None
+        self.guarded_model: Path | None = None  # its guard figures are cached beside it
+
+    def runner(self) -> tuple[Runner, str]:
+        """(runner, why this precision)."""
+        from streamd.detect.precision import GUARDED, precision_candidates
+
+        calib = calibration_set(self.cfg)
+        cuda = self.device.type == "cuda"
+        candidates, why = precision_candidates(self.cfg.precision, self.kind, cuda,
+                                               calib is not None)  # fmt: skip
+        refused: list[str] = []
+        for i, precision in enumerate(candidates):
+            runner = self._make(precision, calib)
+            if precision in GUARDED and calib is not None:
+                passed, words = self._guard(runner, precision, calib)
+                if not passed:
+                    if i == len(candidates) - 1:
+                        raise DetectorError(f"model.precision {precision}: {words}")
+                    log.warning("precision %s refused by the accuracy guard, falling back to %s: "
+                                "%s", precision, candidates[i + 1], words)  # fmt: skip
+                    refused.append(f"{precision} refused by its guard")
+                    continue
+                why = f"{why}; guard: {words}"
+            self.precision = precision
+            return runner, "; ".join([*refused, why])
+        raise DetectorError("no precision to run")  # unreachable: the last candidate returns
+
+    def onnx_path(self) -> Path:
+        from streamd.detect.onnx_export import exported_onnx
+
+        if self._onnx is None:
+            self._onnx = exported_onnx(self.checkpoint, self.cfg.imgsz, self.max_batch,
+                                       model_cache_dir(self.cfg))  # fmt: skip
+        return self._onnx
+
+    def _make(self, precision: str, calib: CalibrationSet | None) -> Runner:
+        import torch
+
+        from streamd.detect.yolo import CudaGraphRunner, TorchRunner
+
+        cfg, device = self.cfg, self.device
+        if self.kind == "torch":
+            if device.type == "cuda" and cfg.cuda_graphs:
+                return CudaGraphRunner(self.model, device, self.max_batch, cfg.imgsz, precision)
+            return TorchRunner(self.model, device, self.max_batch, precision)
+        if self.kind == "tensorrt":
+            from streamd.detect.tensorrt_backend import TensorRTRunner
+
+            engine, key = tensorrt_engine(cfg, device, self.max_batch, self.checkpoint,
+                                          self.onnx_path(), precision, calib)  # fmt: skip
+            self.guarded_model = engine if precision == "int8" else None
+            return TensorRTRunner(engine, device, key)
+        if precision == "fp32":
+            runner = self._onnx_fp32()
+        else:
+            runner = self._onnx_runner(self._int8_path(calib), precision)
         if runner.device.type == "cpu":
             # torch only letterboxes and runs NMS here: one thread, so its OpenMP pool
             # does not spin against onnxruntime's threads and the decoders.
             torch.set_num_threads(1)
         return runner
-    return tensorrt_runner(cfg, device, max_batch, checkpoint, onnx_path)
+
+    def _onnx_runner(self, path: Path, precision: str) -> Runner:
+        from streamd.detect.onnx_backend import OnnxRunner
+
+        return OnnxRunner(path, self.device, self.max_batch, self.cfg.threads, self.strides,
+                          precision)  # fmt: skip
+
+    def _onnx_fp32(self) -> Runner:
+        if self._fp32 is None:
+            self._fp32 = self._onnx_runner(self.onnx_path(), "fp32")
+        return self._fp32
+
+    def _int8_path(self, calib: CalibrationSet | None) -> Path:
+        from streamd.detect.engine_cache import file_sha256
+        from streamd.detect.quantize import cached_int8, quant_key
+
+        if calib is None:  # precision_candidates never offers int8 without a set
+            raise DetectorError("model.precision int8 needs a calibration set")
+        key = quant_key(file_sha256(self.checkpoint), self.cfg.imgsz, calib.digest)
+        t0 = time.monotonic()
+        path, built = cached_int8(self.onnx_path(), key, self.checkpoint.stem,
+                                  model_cache_dir(self.cfg), calib.images(calib.calibrate),
+                                  self.stride)  # fmt: skip
+        if built:
+            log.info("INT8 model quantised in %.1f s on %d calibration frames of %s: %s",
+                     time.monotonic() - t0, len(calib.calibrate), calib.folder, path)  # fmt: skip
+        else:
+            log.info("INT8 model from cache (calibration set %s, %s): %s", calib.folder,
+                     calib.digest[:12], path)  # fmt: skip
+        self.guarded_model = path
+        return path
+
+    def _reference(self) -> Runner:
+        """FP32 on the CPU: the original every guarded precision is judged against."""
+        from streamd.detect.onnx_export import onnxruntime_available
+        from streamd.detect.yolo import TorchRunner
+
+        if self.kind == "onnx" and self.device.type == "cpu":
+            return self._onnx_fp32()
+        if onnxruntime_available():
+            from streamd.detect.onnx_backend import OnnxRunner
+
+            return OnnxRunner(self.onnx_path(), torch_cpu(), self.max_batch, self.cfg.threads,
+                              self.strides)  # fmt: skip
+        import copy
+
+        return TorchRunner(copy.deepcopy(self.model), torch_cpu(), self.max_batch, "fp32")
+
+    def _guard(self, runner: Runner, precision: str, calib: CalibrationSet) -> tuple[bool, str]:
+        from streamd.detect.guard import judge
+        from streamd.detect.quantize import store_guard, stored_guard
+        from streamd.detect.yolo import YoloDetector
+
+        cfg = self.cfg
+        thresholds = (cfg.conf, cfg.iou, cfg.classes)
+        model_file = self.guarded_model
+        report = stored_guard(model_file, thresholds) if model_file is not None else None
+        if report is None:
+            held = calib.held
+            images = calib.images(held)
+            fp32 = YoloDetector(self._reference(), self.names, cfg, self.stride).detect(images)
+            ours = YoloDetector(runner, self.names, cfg, self.stride).detect(images)
+            truth = [None if f.truth is None else np.asarray(f.truth, dtype=np.float32)
+                     for f in held]  # fmt: skip
+            report = judge(precision, fp32, ours, truth, thresholds)
+            if model_file is not None:
+                store_guard(model_file, report)
+        self.reports.append(report)
+        return report.verdict(cfg.guard_recall, cfg.guard_precision)
 
 
-def tensorrt_runner(cfg: ModelConfig, device: torch.device, max_batch: int, checkpoint: Path,
-                    onnx_path: Path) -> Runner:  # fmt: skip
+def torch_cpu() -> torch.device:
+    import torch
+
+    return torch.device("cpu")
+
+
+def tensorrt_engine(cfg: ModelConfig, device: torch.device, max_batch: int, checkpoint: Path,
+                    onnx_path: Path, precision: str, calib: CalibrationSet | None,
+                    ) -> tuple[Path, EngineKey]:  # fmt: skip
+    """The cached (or newly built) engine; INT8 calibrated on the set's calibration frames,
+    its digest in the key."""
     from streamd.detect import tensorrt_backend as trt
 
-    key = trt.engine_key(checkpoint, cfg.precision, max_batch, cfg.imgsz, device)
-    calibration = Path(cfg.calibration) if cfg.calibration else None
-    engine = trt.cached_engine(checkpoint, onnx_path, key, model_cache_dir(cfg), calibration)
-    return trt.TensorRTRunner(engine, device, key)
+    int8 = calib is not None and precision == "int8"
+    key = trt.engine_key(checkpoint, _trt_precision(precision), max_batch, cfg.imgsz, device,
+                         calib.digest if int8 and calib is not None else "")  # fmt: skip
+    files = [calib.folder / f.file for f in calib.calibrate] if int8 and calib else None
+    return trt.cached_engine(checkpoint, onnx_path, key, model_cache_dir(cfg), files), key
+
+
+def _trt_precision(precision: str) -> Precision:
+    if precision not in ("fp16", "int8", "fp32"):
+        raise DetectorError(f"model.precision {precision}: TensorRT runs fp32, fp16 or int8")
+    return precision  # type: ignore[return-value]
 
 
 def export_model(cfg: ModelConfig, max_batch: int, fmt: str) -> Path:
     """Build the ONNX export (``onnx``) or the TensorRT engine (``engine``) ahead of time,
-    into the same cache the daemon reads; returns its path."""
+    into the same cache the daemon reads; returns its path. ``model.precision`` auto builds
+    INT8 from the calibration set when there is one, else FP16."""
     from streamd.detect import tensorrt_backend as trt
     from streamd.detect.onnx_export import exported_onnx
+    from streamd.detect.precision import precision_candidates
     from streamd.detect.yolo import load_checkpoint
 
     _, _, checkpoint = load_checkpoint(cfg.weights)
@@ -157,6 +316,7 @@ def export_model(cfg: ModelConfig, max_batch: int, fmt: str) -> Path:
         return onnx_path
     device = resolve_device(cfg.device, "tensorrt")
     choose_backend("tensorrt", device.type == "cuda", True, trt.available())  # refuses clearly
-    key = trt.engine_key(Path(checkpoint), cfg.precision, max_batch, cfg.imgsz, device)
-    calibration = Path(cfg.calibration) if cfg.calibration else None
-    return trt.cached_engine(Path(checkpoint), onnx_path, key, model_cache_dir(cfg), calibration)
+    calib = calibration_set(cfg)
+    precision = precision_candidates(cfg.precision, "tensorrt", True, calib is not None)[0][0]
+    return tensorrt_engine(cfg, device, max_batch, Path(checkpoint), onnx_path, precision,
+                           calib)[0]  # fmt: skip

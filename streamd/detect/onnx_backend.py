@@ -42,8 +42,10 @@ class OnnxRunner:
     rect = True  # exported with dynamic height/width
 
     def __init__(self, path: Path, device: torch.device, max_batch: int, threads: int,
-                 strides: list[int]) -> None:  # fmt: skip
+                 strides: list[int], precision: str = "fp32") -> None:  # fmt: skip
         import onnxruntime
+
+        from streamd.detect.yolo import runner_name
 
         cuda = device.type == "cuda" and ort_has_cuda()
         providers: list[Any] = ["CPUExecutionProvider"]
@@ -61,7 +63,8 @@ class OnnxRunner:
         self.strides = strides
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        self.name = "onnx-cuda" if cuda else "onnx-cpu"
+        self.precision = precision  # int8: a QDQ model (detect/quantize.py)
+        self.name = runner_name("onnx-cuda" if cuda else "onnx-cpu", precision)
 
     def buffer(self, n: int, shape: tuple[int, int]) -> torch.Tensor:
         return torch.empty((n, 3, *shape), device=self.device, dtype=self.dtype)

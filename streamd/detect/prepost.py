@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import supervision as sv
@@ -80,6 +81,15 @@ def preprocess(
     placements = []
     for i, frame in enumerate(frames):
         p, (uh, uw) = _placement(frame.shape[0], frame.shape[1], shape)
+        if device.type == "cpu":
+            # On the CPU, resize the uint8 frame first (ultralytics' own cv2 resize): a
+            # quarter of the pixels to convert, and ~1 ms less per frame than torch's.
+            small = frame if (uh, uw) == frame.shape[:2] else cv2.resize(
+                frame, (uw, uh), interpolation=cv2.INTER_LINEAR)  # fmt: skip
+            x = torch.from_numpy(small).permute(2, 0, 1).flip(0).to(torch.float32)
+            batch[i, :, p.top : p.top + uh, p.left : p.left + uw] = (x / 255).to(dtype)
+            placements.append(p)
+            continue
         # uint8 across the bus; flip BGR→RGB and go to float on the device.
         x = torch.from_numpy(frame).to(device, non_blocking=True)
         x = x.permute(2, 0, 1).flip(0).unsqueeze(0).to(torch.float32)

@@ -13,7 +13,7 @@ debugging), explicit batch with one optimisation profile min 1 / opt
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ def available() -> bool:
 
 
 def engine_key(checkpoint: Path, precision: Precision, max_batch: int, imgsz: int,
-               device: torch.device) -> EngineKey:  # fmt: skip
+               device: torch.device, calibration_sha256: str = "") -> EngineKey:  # fmt: skip
     import tensorrt as trt
 
     major, minor = torch.cuda.get_device_capability(device)
@@ -48,10 +48,12 @@ def engine_key(checkpoint: Path, precision: Precision, max_batch: int, imgsz: in
         opt_batch=max(1, max_batch // 2),
         max_batch=max_batch,
         imgsz=imgsz,
+        calibration_sha256=calibration_sha256,
     )
 
 
-def build_engine(onnx_path: Path, key: EngineKey, out: Path, calibration: Path | None) -> None:
+def build_engine(onnx_path: Path, key: EngineKey, out: Path,
+                 calibration: Sequence[Path] | None) -> None:  # fmt: skip
     """Compile ``onnx_path`` for ``key`` and write the serialized engine to ``out``."""
     import tensorrt as trt
 
@@ -72,8 +74,8 @@ def build_engine(onnx_path: Path, key: EngineKey, out: Path, calibration: Path |
     if key.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
     if key.precision == "int8":
-        if calibration is None:
-            raise DetectorError("model.precision int8 needs model.calibration (a folder of images)")
+        if not calibration:
+            raise DetectorError("model.precision int8 needs a calibration set (streamd calibrate)")
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = _calibrator(trt, calibration, key, out.with_suffix(".calib"))
         config.set_calibration_profile(profile)
@@ -83,15 +85,15 @@ def build_engine(onnx_path: Path, key: EngineKey, out: Path, calibration: Path |
     out.write_bytes(bytes(serialized))
 
 
-def calibration_batches(folder: Path, imgsz: int, batch: int) -> Iterator[torch.Tensor]:
-    """Letterboxed float32 NCHW batches of the images in ``folder`` (INT8 calibration)."""
+def calibration_batches(files: Sequence[Path], imgsz: int, batch: int) -> Iterator[torch.Tensor]:
+    """Letterboxed float32 NCHW batches of the calibration set's calibration frames (the
+    held-out ones are the accuracy guard's)."""
     import cv2
 
     from streamd.detect.prepost import preprocess
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if not files:
-        raise DetectorError(f"model.calibration {folder}: no .jpg/.png images in it")
+        raise DetectorError("INT8 calibration: the calibration set has no calibration frames")
     for start in range(0, len(files) - batch + 1, batch):
         images = [cv2.imread(str(p)) for p in files[start : start + batch]]
         frames = [np.asarray(im, dtype=np.uint8) for im in images if im is not None]
@@ -100,15 +102,17 @@ def calibration_batches(folder: Path, imgsz: int, batch: int) -> Iterator[torch.
             yield x
 
 
-def _calibrator(trt: Any, folder: Path, key: EngineKey, cache: Path) -> Any:
+def _calibrator(trt: Any, files: Sequence[Path], key: EngineKey, cache: Path) -> Any:
+    size = max(1, min(key.opt_batch, len(files)))
+
     class Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
-            self.batches = calibration_batches(folder, key.imgsz, key.opt_batch)
+            self.batches = calibration_batches(files, key.imgsz, size)
             self.current: torch.Tensor | None = None
 
         def get_batch_size(self) -> int:
-            return key.opt_batch
+            return size
 
         def get_batch(self, names: list[str]) -> list[int] | None:
             self.current = next(self.batches, None)
@@ -124,7 +128,9 @@ def _calibrator(trt: Any, folder: Path, key: EngineKey, cache: Path) -> Any:
 
 
 def cached_engine(checkpoint: Path, onnx_path: Path, key: EngineKey, cache_dir: Path,
-                  calibration: Path | None) -> Path:  # fmt: skip
+                  calibration: Sequence[Path] | None) -> Path:  # fmt: skip
+    """The engine for ``key`` (INT8: calibrated on ``calibration``, the set's calibration
+    frames), from the cache or built now."""
     cache = EngineCache(cache_dir)
     path, built = cache.get_or_build(
         key, checkpoint.stem, lambda tmp: build_engine(onnx_path, key, tmp, calibration)

@@ -19,6 +19,7 @@ import torch
 
 from streamd.config import ModelConfig
 from streamd.detect.base import DetectorError
+from streamd.detect.guard import GuardReport
 from streamd.detect.prepost import input_shape, postprocess, preprocess, to_detections
 from streamd.runtime.logs import adopt_ultralytics
 from streamd.types import FrameRef
@@ -73,6 +74,8 @@ class YoloDetector:
         self.backend = runner.name
         self.device = str(runner.device)
         self.class_ids = class_ids(names, cfg.classes)
+        self.precision = "fp32"  # what model.precision resolved to (set by the factory)
+        self.guard_reports: list[GuardReport] = []  # the accuracy guards taken on the way
 
     def warmup(self, height: int = 360, width: int = 640) -> None:
         out = self.detect([np.zeros((height, width, 3), dtype=np.uint8)])
@@ -136,23 +139,38 @@ def load_checkpoint(weights: str) -> tuple[torch.nn.Module, dict[int, str], str]
     return model.fuse().eval(), names, str(yolo.ckpt_path or weights)
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _precision(device: torch.device, precision: str | None) -> str:
+    return precision or ("fp16" if device.type == "cuda" else "fp32")
+
+
 class TorchRunner:
-    """Eager torch: CPU float32, or CUDA FP16."""
+    """Eager torch: CPU float32 (or bf16), or CUDA FP16 (or bf16, fp32)."""
 
     rect = True
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, max_batch: int) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, max_batch: int,
+                 precision: str | None = None) -> None:  # fmt: skip
+        p = _precision(device, precision)
         self.device = device
-        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self.dtype = DTYPES[p]
         self.model = model.to(device, self.dtype)
         self.max_batch = max_batch
-        self.name = "torch-cuda-fp16" if device.type == "cuda" else "torch-cpu"
+        # The CPU's FP32 keeps the name it always had: the metric label stays stable.
+        self.name = f"torch-cuda-{p}" if device.type == "cuda" else runner_name("torch-cpu", p)
 
     def buffer(self, n: int, shape: tuple[int, int]) -> torch.Tensor:
         return torch.empty((n, 3, *shape), device=self.device, dtype=self.dtype)
 
     def run(self, batch: torch.Tensor, n: int) -> torch.Tensor:
         return _head(self.model(batch[:n]))
+
+
+def runner_name(base: str, precision: str) -> str:
+    """``base`` for FP32 (the names backends always had), ``base-<precision>`` otherwise."""
+    return base if precision == "fp32" else f"{base}-{precision}"
 
 
 def _head(out: Any) -> torch.Tensor:
@@ -173,12 +191,13 @@ class CudaGraphRunner:
     rect = False
 
     def __init__(self, model: torch.nn.Module, device: torch.device, max_batch: int,
-                 imgsz: int) -> None:  # fmt: skip
+                 imgsz: int, precision: str | None = None) -> None:  # fmt: skip
         if device.type != "cuda":
             raise DetectorError("CUDA graphs need a CUDA device")
-        self.device, self.dtype, self.max_batch = device, torch.float16, max_batch
+        p = _precision(device, precision)
+        self.device, self.dtype, self.max_batch = device, DTYPES[p], max_batch
         self.model = model.to(device, self.dtype)
-        self.name = "torch-cuda-fp16-graphs"
+        self.name = f"torch-cuda-{p}-graphs"
         self.buckets = batch_buckets(max_batch)
         self.inputs: dict[int, torch.Tensor] = {}
         self.outputs: dict[int, torch.Tensor] = {}

@@ -1,0 +1,193 @@
+"""model.precision: INT8 calibrated from the pipeline's own streams, cached, guarded.
+
+Real parts throughout: the offline person model, onnxruntime's quantiser, the
+synthetic scenes with ground truth, and the real daemon for the heartbeat and
+/metrics label. imgsz 320 and a dozen calibration frames keep it short.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import supervision as sv
+
+from streamd.calibrate import calibrate
+from streamd.client import Event, Subscriber
+from streamd.config import ModelConfig, load_config
+from streamd.detect import DetectorError, create_detector
+from streamd.detect.calibration import CalibrationFrame, load_calibration, write_calibration
+from streamd.detect.guard import GuardReport, match
+from streamd.detect.precision import precision_candidates
+
+from .daemon import collect, sample, scrape, start, stop_and_check_own_clean, write_pipeline
+from .groundtruth import score
+from .util import free_port
+
+CALIBRATION_FRAMES = 12  # 9 to calibrate on, 3 held out for the guard
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache for the module: the ONNX export is made once."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.mark.parametrize(
+    ("requested", "backend", "cuda", "calibrated", "expected"),
+    [
+        ("auto", "onnx", False, True, ["int8", "fp32"]),  # int8 first, fp32 if its guard fails
+        ("auto", "onnx", False, False, ["fp32"]),  # no calibration set: nothing to guard with
+        ("auto", "onnx", True, True, ["fp32"]),  # int8 on a GPU is TensorRT's
+        ("auto", "torch", True, True, ["fp16"]),  # as streamd always ran torch on CUDA
+        ("auto", "torch", False, True, ["fp32"]),
+        ("auto", "tensorrt", True, True, ["int8", "fp16"]),
+        ("int8", "onnx", False, True, ["int8"]),
+        ("bf16", "torch", False, False, ["bf16"]),
+        ("fp32", "tensorrt", True, False, ["fp32"]),
+    ],
+)
+def test_precision_candidates(
+    requested: str, backend: str, cuda: bool, calibrated: bool, expected: list[str]
+) -> None:
+    assert precision_candidates(requested, backend, cuda, calibrated)[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "backend", "cuda", "calibrated", "message"),
+    [
+        ("int8", "onnx", False, False, "needs a calibration set"),
+        ("bf16", "onnx", False, True, "runs fp32, int8"),
+        ("int8", "torch", True, True, "needs backend tensorrt"),
+        ("fp16", "torch", False, False, "runs fp32, bf16"),
+    ],
+)
+def test_precision_refused_where_the_backend_cannot(
+    requested: str, backend: str, cuda: bool, calibrated: bool, message: str
+) -> None:
+    with pytest.raises(DetectorError, match=message):
+        precision_candidates(requested, backend, cuda, calibrated)
+
+
+def _dets(boxes: list[list[float]]) -> sv.Detections:
+    xyxy = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    return sv.Detections(xyxy=xyxy, confidence=np.ones(len(xyxy), dtype=np.float32),
+                         class_id=np.zeros(len(xyxy), dtype=int))  # fmt: skip
+
+
+def test_guard_figures_and_verdict() -> None:
+    """Greedy one-to-one matching at IoU 0.5: a missed box costs recall, an extra one
+    precision; the verdict names what fell under the floor."""
+    ref = [_dets([[i * 50, 0, i * 50 + 40, 80] for i in range(10)])]
+    shifted = [[i * 50 + 2, 0, i * 50 + 42, 80] for i in range(9)]  # one missed, IoU ~0.9
+    ours = [_dets([*shifted, [600, 0, 640, 80]])]  # and one extra
+    m = match(ref, ours)
+    assert (m.reference, m.found, m.matched) == (10, 10, 9)
+    assert m.recall == pytest.approx(0.9) and m.precision == pytest.approx(0.9)
+    assert 0.85 < m.mean_iou < 0.95
+    report = GuardReport("int8", 1, m, None, None, 0.25, 0.7, None)
+    passed, words = report.verdict(0.95, 0.95)
+    assert not passed and "recall 0.900 < 0.95" in words and "precision 0.900 < 0.95" in words
+    assert report.verdict(0.9, 0.9)[0]
+    assert GuardReport.from_json(json.loads(json.dumps(report.to_json()))) == report
+    few = GuardReport("int8", 1, match([_dets([[0, 0, 9, 9]])], [_dets([[0, 0, 9, 9]])]), None,
+                      None, 0.25, 0.7, None)  # fmt: skip
+    assert not few.verdict(0.95, 0.95)[0]  # 1 box judges nothing: refused, not waved through
+
+
+def _held_frames_truth(video: Path, truth: Path) -> tuple[list[np.ndarray], list[list[dict]]]:
+    import av
+
+    with av.open(str(video)) as c:
+        frames = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    return frames, json.loads(truth.read_text())["frames"]
+
+
+@pytest.mark.e2e
+def test_calibrate_builds_int8_that_the_next_start_reuses(
+    person_model: Path, scene: tuple[Path, Path], model_cache: Path, tmp_path: Path
+) -> None:
+    """`streamd calibrate` samples the pipeline's stream, quantises, guards and caches; the
+    daemon started next finds the set beside the pipeline file and loads that model (not
+    rebuilt), says int8 in its heartbeat and metric label, and its boxes match the scene's
+    ground truth."""
+    video, truth_path = scene
+    port = free_port()
+    pipeline = write_pipeline(tmp_path, person_model, port, [{"id": "walk", "url": str(video)}],
+                              model={"weights": str(person_model), "imgsz": 320, "conf": 0.25,
+                                     "cache_dir": str(model_cache)})  # fmt: skip
+    cfg = load_config(pipeline)
+    assert cfg.model.calibration is None  # nothing calibrated yet
+    outcome = calibrate(cfg, pipeline, CALIBRATION_FRAMES, 60.0)
+    assert (outcome.backend, outcome.precision) == ("onnx-cpu-int8", "int8"), outcome.verdicts
+    assert outcome.folder == tmp_path / "pipeline.calibration"
+    cs = load_calibration(outcome.folder)
+    assert cs is not None and len(cs.frames) == CALIBRATION_FRAMES and len(cs.held) == 3
+    assert all(f.truth is not None for f in cs.frames)  # synth's truth came along
+    (built,) = model_cache.glob(f"*-int8-c{cs.digest[:12]}-*.onnx")
+    stamp = built.stat().st_mtime_ns
+    assert load_config(pipeline).model.calibration == str(outcome.folder)
+
+    sub = Subscriber(f"tcp://127.0.0.1:{port}")  # connected before the daemon binds
+    daemon = start(pipeline, tmp_path / "daemon.log")
+    try:
+        truth = json.loads(truth_path.read_text())["frames"]
+
+        def done(evs: list[Event]) -> bool:
+            beats = [e for e in evs if e.topic == "heartbeat"]
+            return sum(1 for e in evs if e.topic == "det.walk") >= len(truth) and bool(beats)
+
+        events = collect(sub, done, timeout_s=120)
+        backend = [e.payload for e in events if e.topic == "heartbeat"][-1]["backend"]
+        m = scrape(pipeline)
+        stop_and_check_own_clean(daemon, signal.SIGTERM)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        sub.close()
+    text = (tmp_path / "daemon.log").read_text()
+    assert backend == "onnx-cpu-int8", text[-3000:]
+    assert sample(m, "streamd_detector_backend", backend="onnx-cpu-int8") == 1.0
+    assert "INT8 model from cache" in text and "quantised in" not in text
+    assert built.stat().st_mtime_ns == stamp
+    assert list(model_cache.glob(f"*-int8-c{cs.digest[:12]}-*.onnx")) == [built]
+    walk = [e.payload for e in events if e.topic == "det.walk"]
+    s = score(walk, truth)
+    print(f"int8 recall against ground truth: {s.recall:.3f} ({s.matched}/{s.truths})")
+    assert s.recall >= 0.9
+
+
+def test_guard_refuses_a_blank_calibration_and_auto_falls_back(
+    person_model: Path, model_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Calibrated on black frames, INT8 misses people FP32 finds on a crowded scene: refused
+    with the figures in the log; auto runs FP32; int8 asked for refuses to start."""
+    from streamd.synth import SceneSpec, render_frames
+
+    frames, _ = render_frames(SceneSpec(width=640, height=360, fps=15, seconds=4.0, people=8,
+                                        seed=3, kind="crowd", noise=4.0, light=0.4))  # fmt: skip
+    black = np.zeros_like(frames[0])
+    rows = [(CalibrationFrame(f"black-{i}.png"), black) for i in range(4)]
+    rows += [(CalibrationFrame(f"held-{i:03d}.png", "crowd", i / 15, held=True), frames[i])
+             for i in range(0, len(frames), 5)]  # fmt: skip
+    folder = tmp_path / "blank.calibration"
+    write_calibration(folder, rows, {})
+    cfg = ModelConfig(weights=str(person_model), imgsz=320, calibration=str(folder),
+                      cache_dir=str(model_cache))  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="streamd.detect.factory"):
+        detector = create_detector(cfg, max_batch=4)
+    assert (detector.backend, getattr(detector, "precision", None)) == ("onnx-cpu", "fp32")
+    refused = [r.getMessage() for r in caplog.records if "refused by the accuracy guard" in
+               r.getMessage()]  # fmt: skip
+    assert refused and "falling back to fp32" in refused[0], caplog.text
+    assert "recall" in refused[0] and "< 0.95" in refused[0]
+    print(refused[0])
+    t0 = time.monotonic()
+    with pytest.raises(DetectorError, match=r"model\.precision int8: .*refused"):
+        create_detector(cfg.model_copy(update={"precision": "int8"}), max_batch=4)
+    assert time.monotonic() - t0 < 20  # the model and its figures came from the cache
