@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -57,6 +58,7 @@ class BenchSpec:
     viewer_window_s: float = 10.0
     boxes: int = 10  # backend null: boxes per frame
     block: bool = False  # files read as fast as the pipeline takes them (drop_policy block)
+    vs_ultralytics: bool = False  # then the plain ultralytics track() loop on the same clips
 
 
 def _frames(spec: BenchSpec, workdir: Path, count: int) -> list[npt.NDArray[np.uint8]]:
@@ -493,6 +495,12 @@ def format_table(report: dict[str, Any]) -> str:
                 f"target ≥ 0.95) over {v['windows']} windows; {v['view_fps_per_viewer']} "
                 "view frames/s each"
             )
+    if "ultralytics" in report:
+        u = report["ultralytics"]
+        lines.append(
+            f"ultralytics track() loop, {u['processes']} processes: {u['fps_total']} frames/s "
+            f"{u['fps_per_process']}; streamd / loop = {u['streamd_ratio']:.2f}"
+        )
     if "efficiency" in report:
         e = report["efficiency"]
         lines.append(
@@ -500,6 +508,48 @@ def format_table(report: dict[str, Any]) -> str:
             f"{e['batch']} = {e['ratio']:.2f} (target ≥ 0.80)"
         )
     return "\n".join(lines)
+
+
+# What a user would write instead of streamd: one process per clip, ultralytics' own
+# predictor and ByteTrack on every frame (the .pt on torch), the clip read again at its end.
+_ULTRALYTICS_LOOP = """
+import sys, time, av
+from ultralytics import YOLO
+clip, weights, imgsz, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+model = YOLO(weights)
+frames, warm, t0 = 0, 20, 0.0
+while True:
+    with av.open(clip) as c:
+        for f in c.decode(video=0):
+            model.track(f.to_ndarray(format="bgr24"), persist=True, tracker="bytetrack.yaml",
+                        imgsz=imgsz, conf=0.25, verbose=False)
+            warm -= 1
+            if warm == 0:
+                t0 = time.perf_counter()
+            elif warm < 0:
+                frames += 1
+            if t0 and time.perf_counter() - t0 >= seconds:
+                print(frames, time.perf_counter() - t0)
+                sys.exit(0)
+"""
+
+
+def ultralytics_loop(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
+    """The plain ultralytics ``track()`` loop, one process per stream on the bench clip, all
+    at once, for ``duration_s`` after 20 warm-up frames each: frames/s in all."""
+    clip = _clip(spec, workdir)
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
+    procs = [subprocess.Popen([sys.executable, "-c", _ULTRALYTICS_LOOP, str(clip), spec.weights,
+                               str(spec.imgsz), str(spec.duration_s)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=env)
+             for _ in range(spec.streams)]  # fmt: skip
+    per_process = []
+    for p in procs:
+        out, _ = p.communicate(timeout=spec.duration_s + 300)
+        frames, elapsed = out.split()[-2:]
+        per_process.append(int(frames) / float(elapsed))
+    return {"processes": spec.streams, "fps_total": round(sum(per_process), 2),
+            "fps_per_process": [round(f, 2) for f in per_process]}  # fmt: skip
 
 
 def _guard_words(report: dict[str, Any]) -> str:
@@ -521,6 +571,11 @@ def run(spec: BenchSpec, model_only_flag: bool, batch_sizes: list[int]) -> dict[
     report["pipeline"]["bench_client_cpu_s"] = round(
         client1.user + client1.system - client0.user - client0.system, 2
     )
+    if spec.vs_ultralytics:
+        with tempfile.TemporaryDirectory(prefix="streamd-bench-") as tmp:
+            report["ultralytics"] = ultra = ultralytics_loop(spec, Path(tmp))
+        pipe = report["pipeline"]["analysed_fps_total"]
+        ultra["streamd_ratio"] = round(pipe / ultra["fps_total"], 3) if ultra["fps_total"] else 0
     if spec.backend == "null":
         return report  # no model to compare with: the host path is the figure
     # Compare with the detector alone at the batch size the pipeline ran at.

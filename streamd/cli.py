@@ -380,6 +380,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         viewer_window_s=args.viewer_window,
         boxes=args.boxes,
         block=args.block,
+        vs_ultralytics=args.vs_ultralytics,
     )
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     report = run(spec, args.model_only, sizes)
@@ -518,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="files read as fast as the pipeline takes them (drop_policy block) "
         "instead of live-paced",
     )
+    b.add_argument("--vs-ultralytics", action="store_true",
+                   help="then an ultralytics track() loop per stream on the same clip")  # fmt: skip
     b.add_argument("--device", default="auto")
     b.add_argument("--max-batch", type=int, default=8)
     b.add_argument("--max-wait-ms", type=float, default=10.0)
