@@ -128,6 +128,10 @@ class Reconfigure:
         """Start, stop or reconfigure the affected cameras only (supervisor thread).
         ApplyError if a stream could not be added (undone; the others are applied)."""
         self.cfg = self.cfg.model_copy(update={"streams": streams})
+        # Every process to go is stopped at once: one grace period in all, not one each
+        # (eight hung cameras one after another would outlast the systemd watchdog).
+        self._end_processes([self.sources[sid] for sid in diff.removed]
+                            + [self.sources[s.id] for s in diff.restarted])  # fmt: skip
         for sid in diff.removed:
             self._remove_source(sid)
         for stream in diff.restarted:
@@ -264,18 +268,28 @@ class Reconfigure:
 
     def _end_process(self, source: Source, on_board: bool = True) -> None:
         """Stop a camera's process on purpose (not a crash: no restart follows here)."""
-        proc, source.process = source.process, None
-        source.restart_at = None
-        if proc is None:
-            return
-        proc.terminate()
-        proc.join(TERM_GRACE_S)
-        if proc.is_alive():
-            log.warning("worker %s did not stop within %.0fs; killing", proc.name, TERM_GRACE_S)
-            proc.kill()
+        self._end_processes([source], on_board)
+
+    def _end_processes(self, sources: list[Source], on_board: bool = True) -> None:
+        """SIGTERM them all, wait one grace period, SIGKILL the rest; their shared memory
+        and live gauges go."""
+        stopping = [(s, s.process) for s in sources if s.process is not None]
+        for source in sources:
+            source.process, source.restart_at = None, None
+        for _, proc in stopping:
+            proc.terminate()
+        deadline = time.monotonic() + TERM_GRACE_S
+        for _, proc in stopping:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for _, proc in stopping:
+            if proc.is_alive():
+                log.warning("worker %s did not stop within %.0fs; killing", proc.name,
+                            TERM_GRACE_S)  # fmt: skip
+                proc.kill()
+        for source, proc in stopping:
             proc.join(1.0)
-        if proc.pid is not None:
-            mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
-        sweep_segments(self.run_id, f"{source.spec.index}_{proc.pid}_")
-        if on_board:
-            self.board.set_worker(source.spec.stream, None, source.restarts)
+            if proc.pid is not None:
+                mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+            sweep_segments(self.run_id, f"{source.spec.index}_{proc.pid}_")
+            if on_board:
+                self.board.set_worker(source.spec.stream, None, source.restarts)

@@ -8,6 +8,8 @@ with real files and ZeroMQ sockets, the supervisor's side played by the test.
 
 from __future__ import annotations
 
+import json
+import os
 import resource
 import signal
 import threading
@@ -59,6 +61,43 @@ def test_a_stream_whose_process_cannot_start_is_undone_and_a_retry_adds_it(
     text = (tmp_path / "daemon.log").read_text()
     assert "stream c could not be added (undone)" in text
     assert "did not confirm the route" not in text
+
+
+def test_a_reload_stops_hung_cameras_together_within_one_grace_period(
+    clip: Path, tmp_path: Path
+) -> None:
+    """Three cameras removed by SIGHUP whose processes are hung (SIGSTOP: SIGTERM does
+    nothing): stopped together, one 3 s grace period and SIGKILL, not 3 s each — one after
+    another, eight of them would outlast the systemd watchdog (30 s)."""
+    port = free_port()
+    streams = [_live(sid, clip) for sid in ("a", "b", "c", "d")]
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, streams, model=NULL_MODEL)
+    log = EventLog(f"tcp://127.0.0.1:{port}")
+    daemon = start(cfg, tmp_path / "daemon.log")
+    try:
+        for sid in "abcd":
+            _wait_streaming(log, sid)
+        pids = _pids(cfg)
+        for sid in "bcd":
+            os.kill(pids[sid], signal.SIGSTOP)
+        data = json.loads(cfg.read_text())
+        data["streams"] = [_live("a", clip)]
+        cfg.write_text(json.dumps(data))
+        t_hup = time.monotonic()
+        daemon.send_signal(signal.SIGHUP)
+        for sid in "bcd":
+            assert log.wait_state(sid, {"ended"}, 20) is not None
+        took = time.monotonic() - t_hup
+        assert took < 6.0, f"three hung cameras took {took:.1f}s to remove"
+        for sid in "bcd":
+            assert (
+                not psutil.pid_exists(pids[sid]) or psutil.Process(pids[sid]).status() == "zombie"
+            )
+        assert list(_pids(cfg)) == ["a"]
+    finally:
+        log.close()
+        if daemon.poll() is None:
+            stop_and_check_own_clean(daemon, signal.SIGTERM)
 
 
 def _add_with_descriptors_short(pid: int, cfg: Path, body: dict[str, Any]) -> tuple[int, Any]:
