@@ -19,9 +19,12 @@ td.problem { color: #f99; }
 
 _REFRESH = """
 <script>
-// Thumbnails: a fresh annotated JPEG every 2 s while this page is open.
+// Thumbnails: a fresh annotated JPEG every 2 s while this page is open, swapped in only
+// once it loaded: a refused one (503: too many waiting at once) keeps the last picture.
 setInterval(() => document.querySelectorAll("img.thumb").forEach(img => {
-  const u = new URL(img.src); u.searchParams.set("t", Date.now()); img.src = u;
+  const u = new URL(img.src); u.searchParams.set("t", Date.now());
+  const next = new Image(); next.className = "thumb"; next.alt = img.alt;
+  next.onload = () => img.replaceWith(next); next.src = u;
 }), 2000);
 // A camera that is down has a placeholder, not a thumbnail: reload to see it come back.
 if (document.querySelector("div.down")) setTimeout(() => location.reload(), 5000);
