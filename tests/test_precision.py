@@ -191,3 +191,27 @@ def test_guard_refuses_a_blank_calibration_and_auto_falls_back(
     with pytest.raises(DetectorError, match=r"model\.precision int8: .*refused"):
         create_detector(cfg.model_copy(update={"precision": "int8"}), max_batch=4)
     assert time.monotonic() - t0 < 20  # the model and its figures came from the cache
+
+
+def test_a_new_calibration_set_is_a_new_build(tmp_path: Path) -> None:
+    """The set's digest is in both cache keys; a folder of plain images is a set too (every
+    fourth held out), and changing one frame changes its digest."""
+    import dataclasses
+
+    import cv2
+
+    from streamd.detect.engine_cache import EngineKey
+    from streamd.detect.quantize import QuantKey
+
+    q = QuantKey("ab" * 32, 320, "cd" * 32, "1.32.0")
+    assert q.filename("m") != dataclasses.replace(q, calibration_sha256="ef" * 32).filename("m")
+    e = EngineKey("ab" * 32, "9.0", "10.9", "int8", 1, 4, 8, 640, "cd" * 32)
+    assert e.digest() != dataclasses.replace(e, calibration_sha256="ef" * 32).digest()
+    for i in range(8):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((36, 64, 3), i * 10, dtype=np.uint8))
+    cs = load_calibration(tmp_path)
+    assert cs is not None and [f.file for f in cs.held] == ["3.png", "7.png"]
+    cv2.imwrite(str(tmp_path / "0.png"), np.full((36, 64, 3), 255, dtype=np.uint8))
+    again = load_calibration(tmp_path)
+    assert again is not None and again.digest != cs.digest
+    assert load_calibration(tmp_path / "missing") is None
