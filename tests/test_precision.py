@@ -100,6 +100,27 @@ def test_guard_figures_and_verdict() -> None:
     assert not few.verdict(0.95, 0.95)[0]  # 1 box judges nothing: refused, not waved through
 
 
+def test_guard_forgives_a_score_that_crossed_the_threshold_but_not_a_shift() -> None:
+    """A box FP32 scored 0.27 and INT8 0.23 (conf 0.25) is the same object seen; every score
+    lowered by 0.1 is a loss even when each box is still there."""
+    from streamd.detect.guard import agreement
+
+    boxes = [[i * 50, 0, i * 50 + 40, 80] for i in range(10)]
+
+    def scored(conf: list[float]) -> list[sv.Detections]:
+        d = _dets(boxes)
+        d.confidence = np.asarray(conf, dtype=np.float32)
+        return [d]
+
+    ref = scored([0.27] * 5 + [0.8] * 5)
+    jitter = agreement(ref, scored([0.23] * 5 + [0.81] * 5), 0.25)
+    assert (jitter.recall, jitter.precision) == (1.0, 1.0) and abs(jitter.conf_shift) < 0.05
+    shifted = agreement(ref, scored([0.17] * 5 + [0.7] * 5), 0.25)
+    report = GuardReport("int8", 1, shifted, None, None, 0.25, 0.7, None)
+    passed, words = report.verdict(0.95, 0.95)
+    assert not passed and "confidence moved -0.100" in words
+
+
 def _held_frames_truth(video: Path, truth: Path) -> tuple[list[np.ndarray], list[list[dict]]]:
     import av
 

@@ -32,6 +32,7 @@ import torch
 
 from streamd.detect.base import DetectorError
 from streamd.detect.engine_cache import EngineCache
+from streamd.detect.guard import METHOD as GUARD_METHOD
 from streamd.detect.guard import GuardReport
 from streamd.detect.prepost import input_shape, preprocess
 from streamd.runtime.logs import logged_output
@@ -153,7 +154,8 @@ def stored_guard(model: Path, thresholds: tuple[float, float, list[str] | None]
         report = GuardReport.from_json(json.loads(guard_path(model).read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return report if (report.conf, report.iou, report.classes) == thresholds else None
+    same = (report.conf, report.iou, report.classes) == thresholds and report.method == GUARD_METHOD
+    return report if same else None
 
 
 def store_guard(model: Path, report: GuardReport) -> None:
