@@ -14,10 +14,11 @@ export YOLO_AUTOINSTALL = 0
 # Debian packages the tests use: ffmpeg (clip corruption, HLS), and GStreamer's
 # RTSP server (a real server for the RTSP tests, run with the system python3),
 # Chromium and its WebDriver (a real browser for the live-view tests), systemd
-# (systemd-analyze verifies the unit file).
+# (systemd-analyze verifies the unit file), mosquitto and nats-server (real brokers
+# for the output tests; the tests start their own, the packages' services are not used).
 APT_PKGS := ffmpeg openssl systemd python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-	gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium chromium-driver
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium chromium-driver mosquitto nats-server
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 setup: $(STAMP) $(MODEL)

@@ -43,6 +43,8 @@ from streamd.control.streams import Body, StreamChanges, StreamsFile
 from streamd.control.summary import RunSummary
 from streamd.frames.ring import new_run_id, segment_prefix, sweep_segments
 from streamd.inference import InferenceSpec, inference_main
+from streamd.outputs import OutputsSpec
+from streamd.outputs.worker import OutputsWorker
 from streamd.publish.bus import BusProxy
 from streamd.publish.curve import ClientKeys, ServerKeys, load_server_keys
 from streamd.publish.journal import AlertJournal
@@ -103,6 +105,8 @@ class Daemon(Reconfigure):
         self._names: dict[int, str] = {}
         self._outbox: Outbox | None = None  # to the control plane: status said on behalf
         self._curve, board_keys = _curve_keys(cfg)  # KeyFileError: refused, nothing started
+        self._outputs: OutputsWorker | None = None  # outputs.*: its process, subscribed as
+        self._outputs_keys = board_keys  # the board is (its keys, when the bus has CURVE)
         self.board = StatusBoard(
             cfg.publish.endpoint,
             [s.id for s in cfg.streams],
@@ -164,6 +168,10 @@ class Daemon(Reconfigure):
         code = self._start_inference()
         if code is not None:
             return code
+        if self.cfg.outputs.enabled:  # MQTT, NATS, webhooks: fed from the journal and the bus
+            outputs = OutputsSpec(self.cfg, self._outputs_keys, self.log_level)
+            self._outputs = OutputsWorker(outputs, self._spawn, self._metrics_dir)
+            self._outputs.start()
         self._outbox = Outbox(self._endpoint("control"))
         assert self._plane is not None
         self._routes = Routes(self._endpoint("inbox"), self._plane.route_acked)
@@ -341,6 +349,8 @@ class Daemon(Reconfigure):
             self.changes.apply_pending(self._apply)  # the stream API's, one per turn
             if self._routes is not None:
                 self._routes.check()
+            if self._outputs is not None:
+                self._outputs.check()
             if self._reload_asked:
                 self._reload_asked = False
                 self._reload_file()
@@ -482,6 +492,8 @@ class Daemon(Reconfigure):
         procs = [s.process for s in self.sources.values() if s.process is not None]
         if self.inference is not None:
             procs.append(self.inference)
+        if self._outputs is not None and self._outputs.process is not None:
+            procs.append(self._outputs.process)
         for p in procs:
             if p.is_alive():
                 p.terminate()

@@ -131,3 +131,44 @@ INFLIGHT_EVICTED = Counter(
     "more than 10 s late): no snapshot, no live-view frame.",
     ["stream"],
 )
+# Outputs (streamd/outputs/): one series per output (mqtt, nats, webhook-<name>), written by
+# the outputs process. Alerts come from the journal, so "queued" is bounded by the output's
+# max_inflight and a broker that is away delays alerts (lag) rather than losing them.
+OUTPUT_SENT = Counter(
+    "streamd_output_sent",
+    "Messages an output delivered (confirmed by the broker or receiver), by type: alert, "
+    "track, status, det, state (MQTT retained topics), discovery.",
+    ["output", "type"],
+)
+OUTPUT_FAILED = Counter(
+    "streamd_output_failed",
+    "Delivery attempts that failed (broker away, timeout, a receiver's error); an alert's "
+    "every retry counts.",
+    ["output"],
+)
+OUTPUT_DROPPED = Counter(
+    "streamd_output_dropped",
+    "Messages an output gave up, by cause: queue_full (live events beyond outputs.*.queue), "
+    "disconnected (live events while the broker was away), rejected (a webhook answered a "
+    "4xx other than 408/429: not retried), error (could not be sent).",
+    ["output", "cause"],
+)
+OUTPUT_QUEUED = Gauge(
+    "streamd_output_queued",
+    "Alerts taken from the journal and not yet confirmed, plus live events waiting.",
+    ["output"],
+    multiprocess_mode="livesum",
+)
+OUTPUT_LAG = Gauge(
+    "streamd_output_lag_seconds",
+    "Age (from its capture time) of the oldest alert the output has not delivered yet; 0 "
+    "when it has caught up with the journal.",
+    ["output"],
+    multiprocess_mode="livemax",
+)
+OUTPUT_CONNECTED = Gauge(
+    "streamd_output_connected",
+    "1 while the output is connected to its broker (webhooks: the last request succeeded).",
+    ["output"],
+    multiprocess_mode="livemax",
+)

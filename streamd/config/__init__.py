@@ -25,6 +25,12 @@ from streamd.config.http import HttpConfig
 from streamd.config.loader import load_config, parse_config, resolve_paths
 from streamd.config.log import LogConfig, LogFormat
 from streamd.config.model import ModelConfig
+from streamd.config.outputs import (
+    MqttConfig,
+    NatsConfig,
+    OutputsConfig,
+    WebhookConfig,
+)
 from streamd.config.overlay import OverlayConfig
 from streamd.config.pipeline import PipelineConfig
 from streamd.config.publish import PublishConfig
@@ -53,6 +59,9 @@ __all__ = [
     "LogConfig",
     "LogFormat",
     "ModelConfig",
+    "MqttConfig",
+    "NatsConfig",
+    "OutputsConfig",
     "OverlayConfig",
     "PipelineConfig",
     "Point",
@@ -64,6 +73,7 @@ __all__ = [
     "SupervisorConfig",
     "TrackerConfig",
     "TracksConfig",
+    "WebhookConfig",
     "ZoneConfig",
     "load_config",
     "parse_config",

@@ -12,6 +12,7 @@ from streamd.config.batching import BatchingConfig
 from streamd.config.http import HttpConfig
 from streamd.config.log import LogConfig
 from streamd.config.model import ModelConfig
+from streamd.config.outputs import OutputsConfig
 from streamd.config.overlay import OverlayConfig
 from streamd.config.publish import PublishConfig
 from streamd.config.security import SecurityConfig, reachable_without_keys
@@ -33,6 +34,7 @@ class PipelineConfig(_Strict):
     overlay: OverlayConfig = Field(default_factory=lambda: OverlayConfig())
     journal: JournalConfig = Field(default_factory=lambda: JournalConfig())
     log: LogConfig = Field(default_factory=lambda: LogConfig())
+    outputs: OutputsConfig = Field(default_factory=lambda: OutputsConfig())
     streams: Annotated[list[StreamConfig], Field(min_length=1)]
 
     @field_validator("publish", "journal")

@@ -1,0 +1,223 @@
+"""MQTT output (paho-mqtt): alerts, retained state topics, Home Assistant discovery.
+
+Topics (``<p>`` is ``topic_prefix``):
+
+| topic | retained | payload |
+|---|---|---|
+| ``<p>/availability`` | yes | ``online``; ``offline`` at stop, and as the will if streamd dies |
+| ``<p>/<stream>/alert`` | no | the alert's JSON, the same fields as the ZeroMQ event |
+| ``<p>/<stream>/snapshot`` | yes | the last alert's JPEG crop (alerts with ``snapshot: true``) |
+| ``<p>/<stream>/state`` | yes | the source state: ``streaming``, ``reconnecting``, ... |
+| ``<p>/<stream>/availability`` | yes | ``online`` while streaming, else ``offline`` |
+| ``<p>/<stream>/zone/<zone>/occupancy`` | yes | tracks inside now (an integer) |
+| ``<p>/<stream>/line/<line>/counts`` | yes | ``{"in": n, "out": m}`` (since its process began) |
+
+Alerts come from the journal and are handed to paho at most ``max_inflight`` at
+a time; paho keeps each until the broker's PUBACK (QoS 1) and sends again what
+was unacknowledged when a connection comes back, in order. The cursor moves on
+PUBACK only, so a restart re-sends the rest. State topics are the latest value
+per topic (nothing queues while the broker is away): on every (re)connection
+all of them, and the discovery configs, are published again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import ssl
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from streamd.config.outputs import MqttConfig, TlsConfig, env_secret
+from streamd.outputs.base import Cursor, JournaledAlert, LiveEvent, Output
+from streamd.outputs.homeassistant import discovery_configs
+
+log = logging.getLogger(__name__)
+
+STATE_KINDS = ("status", "heartbeat")
+
+
+class MqttOutput(Output):
+    def __init__(self, cfg: MqttConfig, cursor: Cursor) -> None:
+        super().__init__("mqtt", cursor, cfg.max_inflight, cfg.queue, STATE_KINDS)
+        self.cfg = cfg
+        self.prefix = cfg.topic_prefix
+        self._client = self._make_client()
+        self._lock = threading.Lock()  # never held while calling into paho (its locks)
+        self._pending: dict[int, JournaledAlert | str] = {}  # mid → alert, or a kind
+        self._early: set[int] = set()  # acknowledged before publish() returned
+        self._state: dict[str, bytes] = {}  # retained topic → its latest payload
+        self._discovery: dict[str, bytes] = {}
+        self._resync = threading.Event()  # (re)connected: publish state and discovery
+        self._thread = threading.Thread(target=self._run, name="output-mqtt", daemon=True)
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.cfg
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or f"streamd-{self.prefix.replace('/', '-')}",
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        if cfg.username_env is not None:
+            client.username_pw_set(
+                env_secret(cfg.username_env, "outputs.mqtt.username_env"),
+                env_secret(cfg.password_env, "outputs.mqtt.password_env"),
+            )
+        if cfg.tls is not False:
+            tls = cfg.tls if isinstance(cfg.tls, TlsConfig) else TlsConfig()
+            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+                           cert_reqs=ssl.CERT_REQUIRED)  # fmt: skip
+        client.will_set(f"{self.prefix}/availability", "offline", qos=1, retain=True)
+        client.reconnect_delay_set(1, int(max(1, cfg.reconnect_max_s)))
+        # Every alert we hand over may be in flight: the ledger bounds them, not paho.
+        client.max_inflight_messages_set(cfg.max_inflight + 1000)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_publish = self._on_publish
+        return client
+
+    # -- paho's network thread ------------------------------------------------------------
+
+    def _on_connect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("mqtt: broker %s:%d refused the connection: %s", self.cfg.host,
+                      self.cfg.broker_port, reason)  # fmt: skip
+            self.failed()
+            return
+        log.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.broker_port)
+        self.connected = True
+        self._resync.set()
+        self.mailbox.wake()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if self.connected and not self.mailbox.closed:
+            log.warning("mqtt: disconnected from %s:%d (%s); reconnecting", self.cfg.host,
+                        self.cfg.broker_port, reason)  # fmt: skip
+            self.failed()
+        self.connected = False
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        self.failed()
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+        with self._lock:
+            what = self._pending.pop(mid, None)
+            if what is None:
+                self._early.add(mid)
+                return
+        self._done(what)
+
+    def _done(self, what: JournaledAlert | str) -> None:
+        if isinstance(what, JournaledAlert):
+            self.confirmed(what)
+        else:
+            self.sent(what)
+
+    # -- the output's thread ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._client.connect_async(self.cfg.host, self.cfg.broker_port, self.cfg.keepalive_s)
+        self._client.loop_start()  # paho's thread: connects, retries with backoff
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self.mailbox.closed:
+            if self._resync.is_set():
+                self._resync.clear()
+                self._publish_all_state()
+            item = self.mailbox.get(0.5)
+            if isinstance(item, JournaledAlert):
+                self._alert(item)
+            elif isinstance(item, LiveEvent):
+                self._event(item)
+
+    def _publish(self, topic: str, payload: bytes | str, what: JournaledAlert | str,
+                 retain: bool = False) -> None:  # fmt: skip
+        info = self._client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            # Queued nowhere (paho refused it): an alert stays unconfirmed, so it is sent
+            # again after a restart; say so.
+            log.error("mqtt: %s not queued: %s", topic, mqtt.error_string(info.rc))
+            self.dropped("error")
+            return
+        with self._lock:
+            early = info.mid in self._early
+            if early:
+                self._early.discard(info.mid)
+            else:
+                self._pending[info.mid] = what
+        if early:
+            self._done(what)
+
+    def _alert(self, alert: JournaledAlert) -> None:
+        body = json.dumps(alert.payload, separators=(",", ":"))
+        base = f"{self.prefix}/{alert.stream}"
+        if alert.snapshot is not None and self.cfg.snapshot:
+            self._publish(f"{base}/snapshot", alert.snapshot, "snapshot", retain=True)
+        # Even while the broker is away: paho keeps it and sends it on reconnection.
+        self._publish(f"{base}/alert", body, alert)
+
+    def _event(self, ev: LiveEvent) -> None:
+        if ev.kind == "status" and ev.stream is not None:
+            self._stream_state(ev.stream, str(ev.payload.get("state")))
+        elif ev.kind == "heartbeat":
+            for sid, row in (ev.payload.get("streams") or {}).items():
+                if row.get("state") is not None:
+                    self._stream_state(sid, str(row["state"]))
+                for zone, n in (row.get("zones") or {}).items():
+                    self._set(f"{self.prefix}/{sid}/zone/{zone}/occupancy", str(int(n)))
+                for line, counts in (row.get("lines") or {}).items():
+                    body = json.dumps({"in": counts.get("in", 0), "out": counts.get("out", 0)})
+                    self._set(f"{self.prefix}/{sid}/line/{line}/counts", body)
+                if self.cfg.discovery:
+                    self._discover(sid, row)
+
+    def _stream_state(self, stream: str, state: str) -> None:
+        self._set(f"{self.prefix}/{stream}/state", state)
+        up = "online" if state == "streaming" else "offline"
+        self._set(f"{self.prefix}/{stream}/availability", up)
+
+    def _set(self, topic: str, value: str) -> None:
+        body = value.encode()
+        if self._state.get(topic) == body:
+            return
+        self._state[topic] = body
+        if self.connected:  # else on the next connection, with the rest
+            self._publish(topic, body, "state", retain=True)
+
+    def _discover(self, stream: str, row: dict[str, Any]) -> None:
+        configs = discovery_configs(self.cfg.discovery_prefix, self.prefix, stream,
+                                    list(row.get("zones") or {}),
+                                    list(row.get("lines") or {}))  # fmt: skip
+        for topic, config in configs.items():
+            body = json.dumps(config, sort_keys=True).encode()
+            if self._discovery.get(topic) == body:
+                continue
+            self._discovery[topic] = body
+            if self.connected:
+                self._publish(topic, body, "discovery", retain=True)
+
+    def _publish_all_state(self) -> None:
+        self._publish(f"{self.prefix}/availability", "online", "state", retain=True)
+        for topic, body in list(self._discovery.items()):
+            self._publish(topic, body, "discovery", retain=True)
+        for topic, body in list(self._state.items()):
+            self._publish(topic, body, "state", retain=True)
+
+    def close(self, timeout_s: float) -> None:
+        self.mailbox.close()
+        self._thread.join(timeout_s / 2)
+        if self.connected:
+            info = self._client.publish(f"{self.prefix}/availability", "offline", qos=1,
+                                        retain=True)  # fmt: skip
+            # Not sent in time: the broker's copy of our will says offline anyway.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout_s / 2)
+        self._client.disconnect()
+        self._client.loop_stop()

@@ -1,0 +1,151 @@
+"""MQTT output against a real mosquitto: alerts, retained state, Home Assistant discovery,
+and a broker outage of 10 s after which every alert arrives once, in order."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .brokers import Mosquitto
+from .daemon import sample, scrape, start, stop_and_check_own_clean
+from .outputs_common import journal_alerts, make_clip, pipeline, strip
+
+pytestmark = pytest.mark.e2e
+
+
+class Recorder:
+    """A subscriber keeping (arrival time, topic, payload, retain) for every message."""
+
+    def __init__(self, port: int, topics: list[str], persistent: bool) -> None:
+        self.items: list[tuple[float, str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"test-{uuid.uuid4().hex[:8]}",
+            clean_session=not persistent,
+        )
+        self.client.reconnect_delay_set(1, 1)
+
+        def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+            for t in topics:
+                c.subscribe(t, qos=1)
+
+        def on_message(_c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
+            with self.lock:
+                self.items.append((time.time(), m.topic, m.payload, bool(m.retain)))
+
+        self.client.on_connect = on_connect
+        self.client.on_message = on_message
+        self.client.connect("127.0.0.1", port, keepalive=5)
+        self.client.loop_start()
+
+    def topic(self, name: str) -> list[bytes]:
+        with self.lock:
+            return [p for _, t, p, _ in self.items if t == name]
+
+    def retained(self) -> dict[str, bytes]:
+        with self.lock:
+            return {t: p for _, t, p, r in self.items if r}
+
+    def wait(self, pred: Any, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if pred():
+                return True
+            time.sleep(0.1)
+        return bool(pred())
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _alerts(rec: Recorder) -> list[dict[str, Any]]:
+    return [json.loads(p) for p in rec.topic("streamd/cam/alert")]
+
+
+def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    # Persistent session: messages for it wait in the broker while it reconnects.
+    rec = Recorder(broker.port, ["streamd/#", "homeassistant/#"], persistent=True)
+    outputs = {"mqtt": {"host": "127.0.0.1", "port": broker.port, "discovery": True,
+                        "reconnect_max_s": 2}}  # fmt: skip
+    cfg = pipeline(tmp_path, make_clip(tmp_path), outputs)
+    daemon = start(cfg, tmp_path / "daemon.log")
+    late: Recorder | None = None
+    try:
+        assert rec.wait(lambda: len(_alerts(rec)) >= 3, 40), "no alerts on MQTT"
+        # The same fields as the ZeroMQ event, which the journal holds as published.
+        journal = {a["seq"]: strip(a) for a in journal_alerts(cfg)}
+        for a in _alerts(rec):
+            assert a == journal[a["seq"]]
+
+        # A subscriber that comes later gets the retained state and discovery configs.
+        time.sleep(1.5)  # a heartbeat or two
+        late = Recorder(broker.port, ["streamd/#", "homeassistant/#"], persistent=False)
+        want = {"streamd/availability", "streamd/cam/state", "streamd/cam/availability",
+                "streamd/cam/zone/left/occupancy", "streamd/cam/line/mid/counts"}  # fmt: skip
+        assert late.wait(lambda: want <= set(late.retained()), 10), set(late.retained())
+        kept = late.retained()
+        assert kept["streamd/availability"] == b"online"
+        assert kept["streamd/cam/state"] == b"streaming"
+        assert kept["streamd/cam/availability"] == b"online"
+        assert int(kept["streamd/cam/zone/left/occupancy"]) in (0, 1, 2)
+        assert set(json.loads(kept["streamd/cam/line/mid/counts"])) == {"in", "out"}
+        configs = {t: json.loads(p) for t, p in kept.items() if t.startswith("homeassistant/")}
+        by_uid = {c["unique_id"]: (t, c) for t, c in configs.items()}
+        assert {"streamd_cam_state", "streamd_cam_zone_left_occupancy",
+                "streamd_cam_zone_left_occupied", "streamd_cam_line_mid_in",
+                "streamd_cam_line_mid_out"} <= set(by_uid)  # fmt: skip
+        topic, occupied = by_uid["streamd_cam_zone_left_occupied"]
+        assert topic == "homeassistant/binary_sensor/streamd/streamd_cam_zone_left_occupied/config"
+        assert occupied["state_topic"] == "streamd/cam/zone/left/occupancy"
+        assert occupied["device"]["identifiers"] == ["streamd_cam"]
+        late.close()
+        late = None
+
+        # The broker goes away for 10 s; alerts keep being raised (and journaled).
+        broker.stop()
+        down_at = time.time()
+        time.sleep(10)
+        broker.start()
+        up_at = time.time()
+        time.sleep(4)
+        during = [a for a in journal_alerts(cfg) if down_at < a["_stored"] < up_at]
+        assert len(during) >= 5, "the outage should span several alerts"
+        want_seqs = [a["seq"] for a in journal_alerts(cfg)]
+        assert rec.wait(lambda: {a["seq"] for a in _alerts(rec)} >= set(want_seqs), 20)
+        deadline = time.monotonic() + 5
+        while True:  # the gauges are written once a second
+            metrics = scrape(cfg)
+            if sample(metrics, "streamd_output_connected", output="mqtt") or (
+                time.monotonic() > deadline
+            ):
+                break
+            time.sleep(0.3)
+        stop_and_check_own_clean(daemon, signal.SIGTERM)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        for r in (rec, late):
+            if r is not None:
+                r.close()
+        broker.stop()
+    got = [a["seq"] for a in _alerts(rec) if a["seq"] <= want_seqs[-1]]
+    assert got == want_seqs  # every alert once (QoS 1, no duplicate here), in order
+    assert sample(metrics, "streamd_output_sent_total", output="mqtt", type="alert") >= len(got)
+    assert sample(metrics, "streamd_output_failed_total", output="mqtt") >= 1  # the outage
+    assert sample(metrics, "streamd_output_connected", output="mqtt") == 1.0
+    cursor = json.loads((tmp_path / "alerts.sqlite.outputs" / "mqtt.json").read_text())
+    assert cursor["after"]["cam"] >= want_seqs[-1]
+    assert (tmp_path / "alerts.sqlite.outputs" / "mqtt.json").stat().st_mode & 0o777 == 0o600
