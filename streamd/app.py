@@ -32,6 +32,7 @@ import zmq
 from prometheus_client.multiprocess import mark_process_dead
 
 from streamd.analysis import AnalysisSpec
+from streamd.clips import ClipIndex
 from streamd.config import PipelineConfig
 from streamd.control import ControlServer, StatusBoard
 from streamd.control.exposition import MetricsExporter
@@ -209,8 +210,9 @@ class Daemon(Reconfigure):
             exporter.view = self.view
             h = self.cfg.http
             limits = Limits(h.max_connections, h.max_viewers, h.idle_timeout_s)
+            clips = ClipIndex(self.changes.list_streams, self.cfg.journal.path)
             self._http = ControlServer(listen, self.board, exporter, self.view, h.token,
-                                       self.changes, limits)  # fmt: skip
+                                       self.changes, limits, clips)  # fmt: skip
         except OSError as e:
             raise StartupError(f"http.listen {listen}: {e.strerror or e}") from None
         self.view.start()

@@ -1,5 +1,5 @@
-"""Command line: run, validate, status, view, subscribe, keys, bench, export-engine, calibrate,
-synth, eval-tracking."""
+"""Command line: run, validate, status, clips, view, subscribe, keys, bench, export-engine,
+calibrate, synth, eval-tracking."""
 
 from __future__ import annotations
 
@@ -227,6 +227,34 @@ def _status_address(target: str) -> str:
             raise ConfigError(target, [("http.listen", "the HTTP endpoint is turned off")])
         return listen
     return target
+
+
+def _cmd_clips(args: argparse.Namespace) -> int:
+    """List the event clips on disk of a pipeline's streams (no daemon needed)."""
+    from streamd.clips import list_clips
+
+    cfg = _load(args.file)
+    if cfg is None:
+        return EXIT_BAD_CONFIG
+    streams = [s for s in cfg.streams if args.stream in (None, s.id)]
+    if args.stream is not None and not streams:
+        print(f"{args.file}: no stream {args.stream!r}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if not any(s.clips.enabled for s in streams):
+        print("no stream has clips enabled (streams[i].clips.enabled)", file=sys.stderr)
+    clips = list_clips(streams, cfg.journal.path)
+    if args.json:
+        print(json.dumps([c.as_dict() for c in clips], indent=2))
+        return 0
+    for c in clips:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.info.get("alert_ts", c.mtime)))
+        duration = c.info.get("duration_s")
+        length = f"{duration:6.1f}s" if isinstance(duration, int | float) else "     ?s"
+        track = c.info.get("track_id", "?")
+        print(f"{c.id}  {c.stream}  {when}  track {track}  {length}  {c.bytes / 1e6:7.2f} MB  "
+              f"{c.path}")  # fmt: skip
+    print(f"{len(clips)} clip(s)", file=sys.stderr)
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -489,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the raw /status JSON")
     st.add_argument("--timeout", type=float, default=5.0)
     st.set_defaults(func=_cmd_status)
+
+    cl = sub.add_parser("clips", help="list the event clips a pipeline's streams wrote")
+    cl.add_argument("file", help="pipeline YAML file (its streams' clips.dir)")
+    cl.add_argument("--stream", default=None, help="only this stream's clips")
+    cl.add_argument("--json", action="store_true", help="one JSON list, with each clip's details")
+    cl.set_defaults(func=_cmd_clips)
 
     b = sub.add_parser("bench", help="measure pipeline and detector throughput and latency")
     b.add_argument("--model-only", action="store_true", help="detector throughput by batch size")

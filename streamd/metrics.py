@@ -96,6 +96,20 @@ ALERTS_UNJOURNALED = Counter(
     "for a queue's worth of alerts), journal_stuck (still queued when the camera stopped).",
     ["stream", "cause"],
 )
+CLIPS_WRITTEN = Counter("streamd_clips_written", "Event clips finished (MP4 on disk).", ["stream"])
+CLIPS_DROPPED = Counter(
+    "streamd_clips_dropped",
+    "Event clips lost or cut short, by cause: queue_full (the writer's queue was full: the "
+    "clip ends at the last packet queued, or is not started), no_packets (nothing buffered "
+    "for the alert's frame), unsupported (the codec cannot go into MP4), disk_full, "
+    "io_error (writing failed: the clip is removed).",
+    ["stream", "cause"],
+)
+CLIPS_DELETED = Counter(
+    "streamd_clips_deleted",
+    "Event clips deleted by retention, by cause: age (clips.retention_days), size (clips.max_gb).",
+    ["stream", "cause"],
+)
 JOURNAL_ERRORS = Counter(
     "streamd_journal_errors",
     "Alert batches the journal could not store (published anyway, not replayable).",

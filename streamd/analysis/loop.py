@@ -26,6 +26,7 @@ from streamd.analysis.inflight import InFlight
 from streamd.analysis.sinks import AnalysedFrame, DetSink, FrameSink, MeterSink, Sinks, ViewSink
 from streamd.analytics.service import AnalyticsSink
 from streamd.batching import DropCounters
+from streamd.clips import ClipRecorder
 from streamd.config import PipelineConfig, StreamConfig
 from streamd.publish import Publisher
 from streamd.publish.events import Latency, objects
@@ -93,7 +94,9 @@ class SourceSide(Protocol):
     def drops(self) -> dict[str, int]: ...
 
 
-def _analytics(stream: StreamConfig, spec: AnalysisSpec, publisher: Publisher) -> AnalyticsSink:
+def _analytics(
+    stream: StreamConfig, spec: AnalysisSpec, publisher: Publisher, clips: ClipRecorder | None
+) -> AnalyticsSink:
     j = spec.pipeline.journal
 
     def open_journal() -> AlertJournal:  # on the journal thread: it may wait on the disk
@@ -104,7 +107,7 @@ def _analytics(stream: StreamConfig, spec: AnalysisSpec, publisher: Publisher) -
         return Publisher(spec.bus, BUS_HWM, epoch=spec.epoch, bus=True)
 
     return AnalyticsSink(stream, spec.pipeline, publisher, open_journal, open_bus,
-                         spec.alert_seq_from)  # fmt: skip
+                         spec.alert_seq_from, clips)  # fmt: skip
 
 
 class _Counters:
@@ -133,7 +136,10 @@ class StreamAnalysis:
         stream: StreamConfig,
         spec: AnalysisSpec,
         source: SourceSide,
+        clips: ClipRecorder | None = None,
     ) -> None:
+        """``clips``: the camera's event clips (None: off); an alert of a track asks it
+        for the track's clip."""
         cfg = spec.pipeline
         self.stream = stream.id
         self.spec = spec
@@ -150,7 +156,7 @@ class StreamAnalysis:
         self._mailbox = Inbox(spec.results, hwm=10_000)
         self._control = Outbox(spec.control)
         self.publisher = Publisher(spec.bus, BUS_HWM, epoch=spec.epoch, bus=True)
-        self.analytics = _analytics(stream, spec, self.publisher)
+        self.analytics = _analytics(stream, spec, self.publisher, clips)
         self.tracker = StreamTracker(cfg.tracker)
         self.feed = ViewFeed(spec.view, stream.id) if spec.view is not None else None
         sinks: list[FrameSink] = [DetSink(self.publisher), self.analytics, MeterSink(stream.id)]

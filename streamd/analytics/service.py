@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from streamd import metrics
 from streamd.analytics.engine import Alert, Observation, StreamAnalytics, TrackEvent
+from streamd.clips import ClipRecorder, ClipRef
 from streamd.config import LineConfig, PipelineConfig, StreamConfig, ZoneConfig
 from streamd.publish.alert_writer import AlertWriter, NewAlert
 from streamd.publish.journal import AlertJournal
@@ -77,7 +78,9 @@ def _object(obs: Observation) -> dict[str, Any]:
     }
 
 
-def alert_fields(alert: Alert, ref: FrameRef, attached: bool) -> dict[str, Any]:
+def alert_fields(
+    alert: Alert, ref: FrameRef, attached: bool, clip: ClipRef | None = None
+) -> dict[str, Any]:
     obj = _object(alert.obj) if alert.obj is not None else {
         "track_id": None, "class_id": None, "class": None, "conf": None, "bbox": None
     }  # fmt: skip
@@ -91,6 +94,8 @@ def alert_fields(alert: Alert, ref: FrameRef, attached: bool) -> dict[str, Any]:
         "width": ref.width,
         "height": ref.height,
         "snapshot": attached,
+        "clip_id": None if clip is None else clip.id,
+        "clip_path": None if clip is None else str(clip.path),
         **alert.extra,
     }
 
@@ -112,9 +117,11 @@ class AnalyticsSink:
         open_journal: Callable[[], AlertJournal],
         open_bus: Callable[[], Publisher],
         alert_seq_from: int = 0,
+        clips: ClipRecorder | None = None,
     ) -> None:
         """``open_journal``/``open_bus``: the journal and the socket alerts go out on,
-        opened on the journal thread; ``alert_seq_from``: the seq floor (supervisor)."""
+        opened on the journal thread; ``alert_seq_from``: the seq floor (supervisor);
+        ``clips``: the camera's event clips (None: off)."""
         self.stream = stream.id
         self.publisher = publisher
         self.engine = StreamAnalytics(stream.zones, stream.lines, cfg.tracks,
@@ -123,6 +130,7 @@ class AnalyticsSink:
         self._occupancy = {z.name: metrics.ZONE_OCCUPANCY.labels(stream.id, z.name)
                            for z in stream.zones}  # fmt: skip
         self.writer = AlertWriter(stream.id, open_journal, open_bus, alert_seq_from)
+        self.clips = clips
         self._closed = False
 
     def on_frame(self, frame: AnalysedFrame) -> None:
@@ -133,6 +141,8 @@ class AnalyticsSink:
         self.last_ref = ref
         self._meter()
         self._emit(ref, events, alerts, frame.image)
+        if self.clips is not None:  # a clip that ends before this frame can close
+            self.clips.analysed(ref.frame)
 
     def _meter(self) -> None:
         for zone in self.engine.zones:
@@ -167,11 +177,12 @@ class AnalyticsSink:
     def on_state(self, state: SourceState) -> None:
         """The stream stopped delivering frames: its tracks end now, not never."""
         ref = self.last_ref
-        if state not in _ENDS_TRACKS or ref is None:
-            return
-        events, alerts = self.engine.end_all(ref.frame, ref.media_ts, state.value)
-        self._meter()
-        self._emit(ref, events, alerts, None)
+        if state in _ENDS_TRACKS and ref is not None:
+            events, alerts = self.engine.end_all(ref.frame, ref.media_ts, state.value)
+            self._meter()
+            self._emit(ref, events, alerts, None)
+        if self.clips is not None:  # every frame before the change is analysed
+            self.clips.drain()
 
     def _emit(self, ref: FrameRef, events: list[TrackEvent], alerts: list[Alert],
               frame: npt.NDArray[np.uint8] | None) -> None:  # fmt: skip
@@ -184,7 +195,11 @@ class AnalyticsSink:
             jpeg = None
             if a.snapshot and a.obj is not None and frame is not None:
                 jpeg = snapshot(frame, a.obj.bbox)
-            batch.append(NewAlert(ref.capture_ts, alert_fields(a, ref, jpeg is not None), jpeg))
+            clip = None
+            if self.clips is not None and a.obj is not None:  # a track's alert: its clip
+                clip = self.clips.request(a.obj.track_id, ref.frame, ref.capture_ts)
+            fields = alert_fields(a, ref, jpeg is not None, clip)
+            batch.append(NewAlert(ref.capture_ts, fields, jpeg))
         self.writer.submit(batch)  # numbered, journaled, then published by the writer
 
     def state(self) -> dict[str, Any]:

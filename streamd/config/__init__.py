@@ -4,9 +4,10 @@ A bad file is refused before anything starts, with the dotted path of the
 offending key and the reason (see :class:`ConfigError`).
 
 One module per section (``model``, ``tracker``, ``batching``, ``publish``, ``http``,
-``overlay``, ``supervisor``, ``stream``, ``analytics``, ``security``, ``log``), the whole file in
-``pipeline``, the shared strict base in ``base`` and YAML loading in ``loader``. Nothing
-here imports the stages it configures. Import from ``streamd.config``: every name is re-exported.
+``overlay``, ``supervisor``, ``stream``, ``clips``, ``analytics``, ``security``, ``log``), the
+whole file in ``pipeline``, the shared strict base in ``base`` and YAML loading in
+``loader``. Nothing here imports the stages it configures. Import from ``streamd.config``:
+every name is re-exported.
 """
 
 from streamd.config.analytics import (
@@ -21,6 +22,7 @@ from streamd.config.analytics import (
 )
 from streamd.config.base import ConfigError, DropPolicy, SourceKind, source_kind
 from streamd.config.batching import BatchingConfig
+from streamd.config.clips import ClipsConfig
 from streamd.config.http import HttpConfig
 from streamd.config.loader import load_config, parse_config, resolve_paths
 from streamd.config.log import LogConfig, LogFormat
@@ -50,6 +52,7 @@ __all__ = [
     "STREAM_ID_PATTERN",
     "ZONE_RULE",
     "BatchingConfig",
+    "ClipsConfig",
     "ConfigError",
     "CurveConfig",
     "DropPolicy",

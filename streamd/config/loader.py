@@ -27,6 +27,7 @@ from streamd.config.base import ConfigError, source_kind
 from streamd.config.model import default_calibration_dir
 from streamd.config.pipeline import PipelineConfig
 from streamd.config.security import resolve_key_paths
+from streamd.config.stream import StreamConfig
 from streamd.config.suggest import did_you_mean
 from streamd.runtime.redact import redact_url
 
@@ -290,7 +291,10 @@ def resolve_paths(cfg: PipelineConfig, base_dir: Path, name: str = "pipeline") -
     """Resolve file URLs, weights, the journal and the CURVE key files relative to the
     pipeline file's folder (``~`` expanded in key paths)."""
     streams = [
-        s.model_copy(update={"url": _resolve_file_url(s.url, base_dir)}) for s in cfg.streams
+        resolve_clips_dir(
+            s.model_copy(update={"url": _resolve_file_url(s.url, base_dir)}), base_dir
+        )
+        for s in cfg.streams
     ]
     model = cfg.model.model_copy(
         update={
@@ -305,6 +309,17 @@ def resolve_paths(cfg: PipelineConfig, base_dir: Path, name: str = "pipeline") -
     return cfg.model_copy(
         update={"streams": streams, "model": model, "journal": journal, "security": security}
     )
+
+
+def resolve_clips_dir(stream: StreamConfig, base_dir: Path) -> StreamConfig:
+    """``clips.dir`` relative to the pipeline file's folder (``~`` expanded)."""
+    folder = stream.clips.dir
+    if folder is None or Path(folder).is_absolute():
+        return stream
+    path = Path(folder).expanduser()
+    resolved = path if path.is_absolute() else (base_dir / path).resolve()
+    clips = stream.clips.model_copy(update={"dir": str(resolved)})
+    return stream.model_copy(update={"clips": clips})
 
 
 def _journal_path(path: str | None, base_dir: Path, name: str) -> str:

@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from streamd.config.analytics import LineConfig, ZoneConfig
 from streamd.config.base import DropPolicy, SourceKind, _Strict, source_kind
+from streamd.config.clips import ClipsConfig
 from streamd.config.urls import url_problem
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -82,6 +83,9 @@ class StreamConfig(_Strict):
     reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig())
     zones: list[ZoneConfig] = Field(default_factory=list, description="Polygon zones and rules.")
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines.")
+    clips: ClipsConfig = Field(
+        default_factory=lambda: ClipsConfig(), description="MP4 clips around alerts."
+    )
 
     @field_validator("url")
     @classmethod

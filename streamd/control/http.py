@@ -26,6 +26,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import select
 import socket
 import sys
@@ -38,6 +39,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from streamd.clips import ClipIndex
 from streamd.control import api
 from streamd.control.admin import StreamAdmin
 from streamd.control.board import StatusBoard
@@ -120,6 +122,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._readyz()
         elif path.startswith("/api/") and self.server.admin is not None:
             self._api("GET", path)
+        elif path.rstrip("/") == "/clips" and self.server.clips is not None:
+            self._send(200, {"clips": [c.as_dict() for c in self.server.clips.list()]})
+        elif path.startswith("/clips/") and self.server.clips is not None:
+            self._clip(self.server.clips, unquote(path.removeprefix("/clips/")))
         else:
             endpoints = "/, /status, /metrics, /healthz, /readyz"
             self._send(404, {"error": f"no such endpoint {path!r}; try {endpoints}"})
@@ -272,6 +278,31 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return peeked == b""
 
+    def _clip(self, clips: ClipIndex, name: str) -> None:
+        """``/clips/<id>.mp4``: the id is checked (no separators, no dots) and only a
+        regular file directly in a configured stream's clip folder is sent."""
+        found = clips.find(name.removesuffix(".mp4")) if name.endswith(".mp4") else None
+        if found is None or found.path is None:
+            if found is not None and found.recording:
+                self._send(503, {"error": "clip still being recorded"}, {"Retry-After": "5"})
+            else:
+                self._send(404, {"error": f"no clip {name!r}"})
+            return
+        try:
+            fd = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # deleted by retention meanwhile
+            self._send(404, {"error": f"no clip {name!r}"})
+            return
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(fd).st_size
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.flush()
+                self.connection.sendfile(f)
+
     def _send(self, code: int, body: Any, extra: dict[str, str] | None = None) -> None:
         self._send_raw(code, json.dumps(body).encode(), "application/json", extra)
 
@@ -307,8 +338,10 @@ class _Server(HTTPServer):
         token: str | None,
         admin: StreamAdmin | None,
         limits: Limits,
+        clips: ClipIndex | None = None,
     ) -> None:
         self.board = board
+        self.clips = clips
         self.exporter = exporter
         self.view = view
         self.token = token
@@ -352,10 +385,12 @@ class ControlServer:
         token: str | None = None,
         admin: StreamAdmin | None = None,  # /api/streams (the supervisor's)
         limits: Limits | None = None,
+        clips: ClipIndex | None = None,  # GET /clips, /clips/<id>.mp4
     ) -> None:
         limits = limits or Limits()
         allow_descriptors(limits.max_connections + SPARE_DESCRIPTORS)
-        self._server = _Server(split_listen(listen), board, exporter, view, token, admin, limits)
+        self._server = _Server(split_listen(listen), board, exporter, view, token, admin, limits,
+                               clips)  # fmt: skip
         self.address = listen
         self._connections = ConnectionPool(
             self._server.socket,

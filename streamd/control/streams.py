@@ -38,7 +38,7 @@ import yaml
 from pydantic import ValidationError
 
 from streamd.config import ConfigError, PipelineConfig, StreamConfig, source_kind
-from streamd.config.loader import _redacted_reason, expand_env, raw_streams
+from streamd.config.loader import _redacted_reason, expand_env, raw_streams, resolve_clips_dir
 from streamd.control.admin import AdminError
 from streamd.runtime.redact import redact_url
 
@@ -113,7 +113,8 @@ def parse_stream(body: object, base_dir: Path, prefix: str = "") -> StreamConfig
     if problems:
         raise AdminError(422, problems)
     try:
-        return resolve_url(StreamConfig.model_validate(expanded), base_dir)
+        stream = resolve_url(StreamConfig.model_validate(expanded), base_dir)
+        return resolve_clips_dir(stream, base_dir)
     except ValidationError as e:
         raise AdminError(422, _problems(e, prefix)) from None
 

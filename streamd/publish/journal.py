@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS seq_reserve (
 );
 """
 
+# Columns added since the first journals: (name, SQL type). An older journal gets them
+# when a writer opens it (NULL in its old rows, which read as before); a read-only
+# connection (replay) reads an old journal as it is.
+_ADDED_COLUMNS = (("clip_id", "TEXT"), ("clip_path", "TEXT"))
+
 # Alert seqs are reserved this far ahead of the last one handed out, in the same
 # transaction as the alerts: while the disk is full, alerts still go out live (not
 # journaled) with seqs from the reserved block, and a process that starts after
@@ -106,9 +111,31 @@ def connect(path: Path, synchronous: str = "full", readonly: bool = False) -> sq
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
+        _migrate(db)
     db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     db.execute("PRAGMA busy_timeout=5000")
     return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add :data:`_ADDED_COLUMNS` a journal lacks (every camera's process opens the file:
+    checked again inside the write transaction, so only one adds them)."""
+
+    def missing() -> list[tuple[str, str]]:
+        have = {row[1] for row in db.execute("PRAGMA table_info(alerts)")}
+        return [(name, kind) for name, kind in _ADDED_COLUMNS if name not in have]
+
+    if not missing():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name, kind in missing():
+            db.execute(f"ALTER TABLE alerts ADD COLUMN {name} {kind}")
+            log.info("journal: column %s added", name)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class AlertJournal:
@@ -179,12 +206,13 @@ class AlertJournal:
             body = json.dumps(e.payload, separators=(",", ":"), allow_nan=False)
             p = e.payload
             size = len(body) + (len(e.snapshot) if e.snapshot else 0)
-            rows.append((p["stream"], p["seq"], p["epoch"], p["ts"], now, size, body, e.snapshot))
+            rows.append((p["stream"], p["seq"], p["epoch"], p["ts"], now, size, body, e.snapshot,
+                         p.get("clip_id"), p.get("clip_path")))  # fmt: skip
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.executemany(
-                "INSERT INTO alerts (stream, seq, epoch, ts, stored, bytes, payload, snapshot)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO alerts (stream, seq, epoch, ts, stored, bytes, payload, snapshot,"
+                " clip_id, clip_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             for stream, upto in (reserve or {}).items():

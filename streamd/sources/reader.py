@@ -156,14 +156,18 @@ def open_source(opts: OpenOptions) -> av.container.InputContainer:
 
 
 def decode_frames(
-    container: av.container.InputContainer, counters: DecodeCounters, stall_timeout_s: float
+    container: av.container.InputContainer,
+    counters: DecodeCounters,
+    stall_timeout_s: float,
+    on_packet: Callable[[av.Packet[Any]], None] | None = None,
 ) -> Iterator[DecodedFrame]:
     """Yield decoded frames until the end of the input.
 
     Corrupt packets and undecodable data are skipped and counted in
     ``counters.decode_errors``. Raises :class:`SourceStalled` when no frame
     could be decoded for ``stall_timeout_s`` (a read that got no data at all
-    for that long is aborted by the container's read timeout).
+    for that long is aborted by the container's read timeout). ``on_packet`` sees
+    every demuxed packet before it is decoded (the event clips' pre-roll).
     """
     stream = container.streams.video[0]
     last_frame = time.monotonic()
@@ -186,6 +190,8 @@ def decode_frames(
             packets = container.demux(stream)
             continue
         demux_errors_in_row = 0
+        if on_packet is not None:
+            on_packet(packet)
         t0 = time.perf_counter()
         frames = _decode_packet(packet, counters)
         for frame in frames:

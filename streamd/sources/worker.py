@@ -18,6 +18,7 @@ import av
 
 from streamd import metrics
 from streamd.analysis import AnalysisSpec, StreamAnalysis
+from streamd.clips import start_clips
 from streamd.config import DropPolicy, ReconnectConfig, StreamConfig, source_kind
 from streamd.frames.ring import FrameRing, ring_name, segment_prefix
 from streamd.runtime.channel import Outbox
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 WATCHDOG_GRACE_S = 5.0  # on top of ffmpeg's own timeouts
 FINISH_TIMEOUT_S = 30.0  # the last frames' results, after the stream is over
+CLIPS_FINISH_S = 10.0  # the last clips written, after the stream is over (before `ended`)
+CLIPS_STOP_S = 1.0  # the same when told to stop: within the process's stop budget
 _TERMINAL = (SourceState.ENDED, SourceState.FAILED)
 
 
@@ -198,7 +201,9 @@ class SourceWorker:
         self._media = MediaClock()
         self._terminal: StatusUpdate | None = None  # said once the last frames are analysed
         self._ring_prefix = f"{segment_prefix(spec.run_id)}{spec.index}_{os.getpid()}_"
-        self.analysis = StreamAnalysis(spec.stream_config(), spec.analysis, self)
+        stream = spec.stream_config()
+        self.clips = start_clips(stream, spec.analysis.pipeline.journal.path)
+        self.analysis = StreamAnalysis(stream, spec.analysis, self, self.clips)
 
     # What the analysis thread reads of this side (analysis.loop.SourceSide).
     def owns(self, ring: str) -> bool:
@@ -222,10 +227,14 @@ class SourceWorker:
             # `ended`/`failed` only once the stream's last events are out (and not if
             # we were told to stop meanwhile: then the daemon is going down anyway).
             settled = not self.stop.is_set() and self.analysis.finish(FINISH_TIMEOUT_S)
+            if self.clips is not None:  # the stream's last clips are on disk by `ended`
+                self.clips.shutdown(CLIPS_STOP_S if self.stop.is_set() else CLIPS_FINISH_S)
             if self._terminal is not None and settled:
                 self._say(self._terminal)
         finally:
             self.analysis.stop()
+            if self.clips is not None:
+                self.clips.shutdown(CLIPS_STOP_S)
             if self.ring is not None:
                 self.ring.close()
             self.outbox.close()
@@ -289,9 +298,13 @@ class SourceWorker:
         except (av.FFmpegError, OSError) as e:
             return _Outcome("open_failed", redact_url(str(e)))
         streamed = False
+        clips = self.clips
+        if clips is not None:
+            clips.begin_session(container.streams.video[0])
         try:
             self._pacer.expect(frame_step(container))  # the first steps' yardstick
-            frames = decode_frames(container, self.counters, opts.stall_timeout_s)
+            on_packet = None if clips is None else clips.on_packet
+            frames = decode_frames(container, self.counters, opts.stall_timeout_s, on_packet)
             while not self.stop.is_set():
                 with self.watchdog.armed(opts.stall_timeout_s + WATCHDOG_GRACE_S, "read"):
                     decoded = next(frames, None)
@@ -312,6 +325,8 @@ class SourceWorker:
         except av.FFmpegError as e:
             return _Outcome("read_error", redact_url(str(e)), streamed)
         finally:
+            if clips is not None:
+                clips.end_session()  # a clip ends at the gap
             container.close()
 
     def _ring_for(self, decoded: DecodedFrame) -> FrameRing:
@@ -369,6 +384,8 @@ class SourceWorker:
         )
         # Kept for the analysis thread (snapshots, live view) before the detector can answer.
         self.analysis.inflight.add(ring.name, seq, image)
+        if self.clips is not None:  # where an alert on this frame places its clip
+            self.clips.on_frame(index, decoded.pts_s)
         if not self.outbox.send(ref):
             log.warning("descriptor channel full; frame %d not announced", seq)
             self.analysis.inflight.pop(ring.name, seq)
