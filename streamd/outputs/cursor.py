@@ -116,23 +116,26 @@ class JournalReader:
         self._after = dict(cursor.after)
 
     def read(self, db: sqlite3.Connection, limit: int) -> list[JournaledAlert]:
-        if limit <= 0:
-            return []
-        rows = db.execute(
-            "SELECT id, stream, seq, epoch, ts, payload, snapshot FROM alerts"
-            " WHERE id > ? ORDER BY id LIMIT ?",
-            (self.position, limit),
-        ).fetchall()
-        out = []
-        for row_id, stream, seq, epoch, ts, payload, snapshot in rows:
-            self.position = int(row_id)
-            if seq <= self._after.get(stream, -1):
-                continue  # delivered before the restart: the cursor moved past it
-            try:
-                body = json.loads(payload)
-            except ValueError:
-                log.error("journal row %d of %s is not JSON: skipped", row_id, stream)
-                continue
-            out.append(JournaledAlert(int(row_id), stream, int(seq), int(epoch), float(ts),
-                                      body, snapshot))  # fmt: skip
+        """Up to ``limit`` alerts after the position (rows the cursor covers are passed
+        over without counting against it)."""
+        out: list[JournaledAlert] = []
+        while len(out) < limit:
+            rows = db.execute(
+                "SELECT id, stream, seq, epoch, ts, payload, snapshot FROM alerts"
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                (self.position, limit - len(out)),
+            ).fetchall()
+            if not rows:
+                break
+            for row_id, stream, seq, epoch, ts, payload, snapshot in rows:
+                self.position = int(row_id)
+                if seq <= self._after.get(stream, -1):
+                    continue  # delivered before the restart: the cursor moved past it
+                try:
+                    body = json.loads(payload)
+                except ValueError:
+                    log.error("journal row %d of %s is not JSON: skipped", row_id, stream)
+                    continue
+                out.append(JournaledAlert(int(row_id), stream, int(seq), int(epoch), float(ts),
+                                          body, snapshot))  # fmt: skip
         return out

@@ -1,0 +1,139 @@
+"""Webhooks against a local HTTP server: signed, retried through three 500s, in order;
+and a stalled set of outputs leaves det latency as it is without outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .brokers import Blackhole, Receiver
+from .daemon import EventLog, sample, scrape, start, stop_and_check_own_clean
+from .outputs_common import journal_alerts, make_clip, pipeline, strip
+
+pytestmark = pytest.mark.e2e
+SECRET = "s3cret-for-the-test"
+
+
+def _verify(req: dict[str, Any]) -> bool:
+    stamp = req["headers"]["X-Streamd-Timestamp"]
+    mac = hmac.new(SECRET.encode(), stamp.encode() + b"." + req["body"], hashlib.sha256)
+    return hmac.compare_digest(req["headers"]["X-Streamd-Signature"], "sha256=" + mac.hexdigest())
+
+
+def test_webhook_signed_retried_through_500s_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter([500, 500, 500])  # to the first three alert requests
+
+    def answer(req: dict[str, Any]) -> int:
+        return next(answers, 200) if req["headers"]["X-Streamd-Event"] == "alert" else 200
+
+    hook = Receiver(answer)
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    outputs = {"webhooks": [{"url": hook.url, "events": ["alert", "status"],
+                             "secret_env": "HOOK_SECRET", "backoff_max_s": 1.0}]}  # fmt: skip
+    cfg = pipeline(tmp_path, make_clip(tmp_path), outputs)
+    daemon = start(cfg, tmp_path / "daemon.log")
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            ok = [r for r in hook.snapshot() if r["headers"]["X-Streamd-Event"] == "alert"]
+            if len({r["headers"]["X-Streamd-Id"] for r in ok}) >= 4:
+                break
+            time.sleep(0.2)
+        metrics = scrape(cfg)
+        stop_and_check_own_clean(daemon, signal.SIGTERM)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        hook.close()
+    reqs = hook.snapshot()
+    assert SECRET not in (tmp_path / "daemon.log").read_text()
+    assert all(_verify(r) for r in reqs)  # every request signed with the secret
+    alerts = [r for r in reqs if r["headers"]["X-Streamd-Event"] == "alert"]
+    # The first alert was refused three times with a 500, then taken: 4 tries, same id.
+    first = alerts[0]["headers"]["X-Streamd-Id"]
+    assert [r["headers"]["X-Streamd-Id"] for r in alerts[:4]] == [first] * 4
+    # Each alert once after that (the receiver answered 200), in order, as journaled.
+    bodies = [json.loads(r["body"]) for r in alerts[3:]]
+    journal = [strip(a) for a in journal_alerts(cfg)]
+    assert bodies == journal[: len(bodies)] and len(bodies) >= 4
+    assert [f"cam.{b['epoch']}.{b['seq']}" for b in bodies] == [
+        r["headers"]["X-Streamd-Id"] for r in alerts[3:]
+    ]
+    statuses = [json.loads(r["body"]) for r in reqs if r["headers"]["X-Streamd-Event"] == "status"]
+    assert any(s["state"] == "streaming" for s in statuses)
+    name = next(iter(sample_names(metrics)))
+    assert sample(metrics, "streamd_output_failed_total", output=name) >= 3
+    assert sample(metrics, "streamd_output_sent_total", output=name, type="alert") >= 4
+
+
+def sample_names(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> set[str]:
+    return {dict(labels)["output"] for (n, labels), _ in metrics.items()
+            if n == "streamd_output_queued"}  # fmt: skip
+
+
+Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _det_latency(cfg: Path, seconds: float) -> tuple[float, int, Metrics]:
+    """Median capture-to-publish latency (ms) of the det events of ``seconds`` of a run,
+    the alerts published meanwhile, and the metrics at its end."""
+    port = json.loads(cfg.read_text())["publish"]["endpoint"].rsplit(":", 1)[1]
+    log = EventLog(f"tcp://127.0.0.1:{port}")
+    daemon = start(cfg, cfg.with_name("daemon.log"))
+    try:
+        assert log.wait_state("cam", {"streaming"}, 30) is not None
+        t0 = time.time() + 1.0  # past the start-up
+        time.sleep(1.0 + seconds)
+        lat = [p["latency_ms"]["total"] for p in log.payloads("det.cam", t0)]
+        alerts = len(log.payloads("alert.cam", t0))
+        metrics = scrape(cfg)
+        stop_and_check_own_clean(daemon, signal.SIGTERM)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        log.close()
+    assert len(lat) > 10 * seconds
+    return statistics.median(lat), alerts, metrics
+
+
+def test_stalled_outputs_leave_det_latency_alone(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path)
+    (tmp_path / "a").mkdir()
+    without, _, _ = _det_latency(pipeline(tmp_path / "a", clip, None), 5.0)
+
+    # Every output stalled: a broker that accepts and never answers (MQTT and NATS) and a
+    # receiver that holds each request 30 s; alerts keep coming meanwhile.
+    hole = Blackhole()
+    hook = Receiver(delay_s=30.0)
+    outputs = {
+        "mqtt": {"host": "127.0.0.1", "port": hole.port},
+        "nats": {"servers": [f"nats://127.0.0.1:{hole.port}"], "timeout_s": 2.0},
+        "webhooks": [{"url": hook.url, "events": ["alert", "status", "track"], "queue": 10}],
+    }
+    (tmp_path / "b").mkdir()
+    try:
+        stalled, alerts, m = _det_latency(pipeline(tmp_path / "b", clip, outputs), 5.0)
+    finally:
+        hole.close()
+        hook.close()
+    # A bound, not a benchmark: the pipeline does not wait for any output.
+    assert stalled < without * 1.5 + 15.0, (without, stalled)
+    # ... which really were stalled while alerts came.
+    assert alerts >= 3
+    hook_name = next(n for n in sample_names(m) if n.startswith("webhook-"))
+    assert sample(m, "streamd_output_sent_total", output=hook_name, type="alert") == 0
+    assert sample(m, "streamd_output_dropped_total", output=hook_name, cause="queue_full") > 0
+    assert sample(m, "streamd_output_connected", output="mqtt") == 0
+    assert sample(m, "streamd_output_sent_total", output="nats", type="alert") == 0
+    for name in ("mqtt", "nats", hook_name):
+        assert sample(m, "streamd_output_queued", output=name) >= 1, name
