@@ -320,6 +320,64 @@ def test_clip_ids_refuse_path_tricks() -> None:
         assert not valid_clip_id(bad), bad
 
 
+def test_byte_ranges() -> None:
+    from streamd.control.http import byte_range
+
+    assert byte_range("", 1000) == (0, 1000, False)
+    assert byte_range("bytes=0-", 1000) == (0, 1000, True)
+    assert byte_range("bytes=0-1", 1000) == (0, 2, True)
+    assert byte_range("bytes=900-5000", 1000) == (900, 1000, True)
+    assert byte_range("bytes=-100", 1000) == (900, 1000, True)
+    assert byte_range("bytes=0-1,5-9", 1000) == (0, 1000, False)  # several: the whole file
+    assert byte_range("bytes=1000-", 1000) is None
+    assert byte_range("bytes=5-2", 1000) is None
+
+
+# The alerts table as journals written before clips have it.
+OLD_SCHEMA = """
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL, ts REAL NOT NULL, stored REAL NOT NULL, bytes INTEGER NOT NULL,
+    payload TEXT NOT NULL, snapshot BLOB, UNIQUE (stream, seq));
+CREATE INDEX alerts_stored ON alerts (stored);
+CREATE TABLE seq_reserve (stream TEXT PRIMARY KEY, upto INTEGER NOT NULL);
+"""
+
+
+def _payload(seq: int, **extra: Any) -> dict[str, Any]:
+    return {"v": 1, "type": "alert", "stream": "cam", "seq": seq, "epoch": 1, "ts": 1.0,
+            "rule": "enter", **extra}  # fmt: skip
+
+
+def test_an_old_journal_stays_readable_and_gains_the_clip_columns(tmp_path: Path) -> None:
+    from streamd.publish.journal import AlertJournal, Entry, connect, read_after
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.execute("INSERT INTO alerts (stream, seq, epoch, ts, stored, bytes, payload, snapshot)"
+               " VALUES ('cam', 0, 1, 1.0, ?, 10, ?, NULL)",
+               (time.time(), json.dumps(_payload(0))))  # fmt: skip
+    db.commit()
+    db.close()
+    # Replay (read-only) reads it as it is, before any writer touched it.
+    ro = connect(path, readonly=True)
+    assert [e.payload["seq"] for e in read_after(ro, {})[0]] == [0]
+    ro.close()
+    # A camera's process opens it to write: the columns are added, the old row reads.
+    journal = AlertJournal(path, "full", 30, 512, prune=False)
+    clip = {"clip_id": "cam-20261125T101112345Z-t3-0a1b2c", "clip_path": "/x/cam/c.mp4"}
+    journal.append([Entry(_payload(1, **clip), None)])
+    assert journal.next_seq("cam") == 2
+    journal.close()
+    AlertJournal(path, "full", 30, 512, prune=False).close()  # opened again: nothing to add
+    ro = connect(path, readonly=True)
+    assert [e.payload.get("clip_id") for e in read_after(ro, {})[0]] == [None, clip["clip_id"]]
+    rows = ro.execute("SELECT seq, clip_id, clip_path FROM alerts ORDER BY seq").fetchall()
+    assert rows == [(0, None, None), (1, clip["clip_id"], clip["clip_path"])]
+    ro.close()
+
+
 # --- through the real daemon -------------------------------------------------------------
 
 
@@ -394,6 +452,11 @@ def test_alert_clips_through_the_daemon(
             by_track[a["track_id"]].add(a["clip_id"])
         assert max(sum(1 for a in alerts["line"] if a["track_id"] == t) for t in by_track) >= 2
         assert all(len(ids) == 1 for ids in by_track.values()), by_track
+        # The file ended while they were open: they end at the gap, and play.
+        for ids in by_track.values():
+            path = clips_dir / "line" / f"{next(iter(ids))}.mp4"
+            assert json.loads(path.with_suffix(".json").read_text())["ended"] == "gap"
+            assert probe(path)[1][0]["key_frame"] == 1
 
         # The journal's rows carry the clip too.
         db = sqlite3.connect(tmp_path / "alerts.sqlite")
@@ -403,8 +466,12 @@ def test_alert_clips_through_the_daemon(
 
         # Served over HTTP; a bad or unknown id is a 404, never a file outside the folder.
         first = dwell[0]
-        code, body = _get(f"http://{listen}/clips/{first['clip_id']}.mp4")
+        url = f"http://{listen}/clips/{first['clip_id']}.mp4"
+        code, body = _get(url)
         assert code == 200 and body == Path(first["clip_path"]).read_bytes()
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=8-99"}),
+                                    timeout=10) as r:  # fmt: skip
+            assert r.status == 206 and r.read() == body[8:100]
         for bad in ("..%2F..%2Fpipeline.yaml", "%2e%2e.mp4", "dwell.mp4",
                     f"{first['clip_id'][:-1]}0.mp4", f"{first['clip_id']}.json"):  # fmt: skip
             assert _get(f"http://{listen}/clips/{bad}")[0] == 404, bad

@@ -206,7 +206,9 @@ class ClipWriter:
         # Created 0600 before ffmpeg opens it (and truncates it, keeping the mode).
         os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE))
         try:
-            container = av.open(str(part), "w", format="mp4")
+            # faststart: the index moves to the front at close, so a player starts at once.
+            container = av.open(str(part), "w", format="mp4",
+                                options={"movflags": "+faststart"})  # fmt: skip
             try:
                 stream = container.add_stream_from_template(msg.template.stream)
             except BaseException:

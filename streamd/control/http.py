@@ -295,13 +295,22 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with os.fdopen(fd, "rb") as f:
             size = os.fstat(fd).st_size
-            self.send_response(200)
+            span = byte_range(self.headers.get("Range", ""), size)
+            if span is None:
+                self._send(416, {"error": "unsatisfiable range"},
+                           {"Content-Range": f"bytes */{size}"})  # fmt: skip
+                return
+            start, end, partial = span
+            self.send_response(206 if partial else 200)
             self.send_header("Content-Type", "video/mp4")
-            self.send_header("Content-Length", str(size))
+            self.send_header("Accept-Ranges", "bytes")  # players seek with ranges
+            if partial:
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+            self.send_header("Content-Length", str(end - start))
             self.end_headers()
-            if self.command != "HEAD":
+            if self.command != "HEAD" and end > start:
                 self.wfile.flush()
-                self.connection.sendfile(f)
+                self.connection.sendfile(f, start, end - start)
 
     def _send(self, code: int, body: Any, extra: dict[str, str] | None = None) -> None:
         self._send_raw(code, json.dumps(body).encode(), "application/json", extra)
@@ -407,6 +416,25 @@ class ControlServer:
         self._server.closing.set()  # MJPEG writers end their loops
         self._connections.close()
         self._server.server_close()
+
+
+def byte_range(header: str, size: int) -> tuple[int, int, bool] | None:
+    """``(start, end, partial)`` for one ``Range: bytes=`` span, ``end`` exclusive: the
+    whole file, not partial, without one (or for one this server does not take, such
+    as several spans); None if unsatisfiable (416)."""
+    whole = (0, size, False)
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return whole
+    first, dash, last = (part.strip() for part in spec.partition("-"))
+    if not dash or not (first.isdigit() or last.isdigit()):
+        return whole
+    if not first.isdigit():  # the last N bytes
+        n = int(last)
+        return (max(0, size - n), size, True) if n > 0 and size > 0 else None
+    start = int(first)
+    end = min(size, int(last) + 1) if last.isdigit() else size
+    return (start, end, True) if start < size and start < end else None
 
 
 def _json_body(content_type: str) -> bool:
