@@ -488,3 +488,48 @@ def test_alert_clips_through_the_daemon(
         log.close()
         if daemon.poll() is None:
             stop_and_check_own_clean(daemon, signal.SIGTERM)
+
+
+def test_a_camera_that_drops_mid_clip_yields_a_clip_that_ends_at_the_gap(
+    video: Path, tmp_path: Path
+) -> None:
+    """A real RTSP camera (gst-rtsp-server) whose stream ends at 7 s while the clip of an
+    alert at about 4 s (post_s 5) is open: the camera reconnects, the clip ends at the
+    gap, and it plays."""
+    import signal
+
+    from .live import LIVE
+    from .rtsp import RtspServer
+
+    server = RtspServer(video).start()  # the stream ends with the file: a dropped camera
+    port = free_port()
+    clips_dir = tmp_path / "clips"
+    clips = {"enabled": True, "dir": str(clips_dir), "pre_s": 1.0, "post_s": 5.0}
+    stream = {"id": "cam", "url": server.url(), **LIVE, "clips": clips,
+              "zones": [{"name": "all", "polygon": WHOLE_FRAME, "normalized": True,
+                         "alert_on": ["dwell>=4s"], "debounce_s": 0}]}  # fmt: skip
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, [stream], model=NULL_MODEL)
+    log = EventLog(f"tcp://127.0.0.1:{port}")
+    daemon = start(cfg, tmp_path / "daemon.log")
+    try:
+        hit = log.wait_for(lambda _t, e: e.topic == "alert.cam", 60)
+        assert hit is not None, "no alert"
+        first = hit[1].payload
+        assert log.wait_state("cam", {"reconnecting"}, 30) is not None
+        path = Path(first["clip_path"])
+        deadline = time.monotonic() + 20
+        while not path.with_suffix(".json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        info = json.loads(path.with_suffix(".json").read_text())
+        assert info["ended"] == "gap", info
+        duration, frames = probe(path)
+        assert frames[0]["key_frame"] == 1 and frames[0]["pict_type"] == "I"
+        # From the keyframe before alert - pre_s to the stream's end (not to alert + post_s).
+        media_left = 7.0 - info["start_pts_s"]
+        assert 1.0 <= duration <= media_left + 0.5, (duration, info)
+        assert len(frames) == pytest.approx(duration * FPS, abs=2)  # every frame decodes
+    finally:
+        log.close()
+        server.close()
+        if daemon.poll() is None:
+            stop_and_check_own_clean(daemon, signal.SIGTERM)
