@@ -227,13 +227,13 @@ class SourceWorker:
             # `ended`/`failed` only once the stream's last events are out (and not if
             # we were told to stop meanwhile: then the daemon is going down anyway).
             settled = not self.stop.is_set() and self.analysis.finish(FINISH_TIMEOUT_S)
-            if self.clips is not None:  # the stream's last clips are on disk by `ended`
-                self.clips.shutdown(CLIPS_STOP_S if self.stop.is_set() else CLIPS_FINISH_S)
+            if self.clips is not None and settled:  # its last clips are on disk by `ended`
+                self.clips.shutdown(CLIPS_FINISH_S)
             if self._terminal is not None and settled:
                 self._say(self._terminal)
         finally:
             self.analysis.stop()
-            if self.clips is not None:
+            if self.clips is not None:  # after the analysis: no alert asks for a clip now
                 self.clips.shutdown(CLIPS_STOP_S)
             if self.ring is not None:
                 self.ring.close()
