@@ -99,8 +99,9 @@ def _regular(path: Path) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-def list_folder(stream: str, folder: Path) -> list[StoredClip]:
-    """The finished clips in one stream's folder, oldest first."""
+def list_folder(stream: str, folder: Path, sidecars: bool = True) -> list[StoredClip]:
+    """The finished clips in one stream's folder, oldest first (``sidecars``: with what
+    each one's sidecar says)."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
@@ -114,8 +115,8 @@ def list_folder(stream: str, folder: Path) -> list[StoredClip]:
         st = _regular(path)
         if st is None:
             continue
-        clips.append(StoredClip(clip_id, stream, path, st.st_size, st.st_mtime,
-                                _sidecar(folder / f"{clip_id}.json")))  # fmt: skip
+        info = _sidecar(folder / f"{clip_id}.json") if sidecars else {}
+        clips.append(StoredClip(clip_id, stream, path, st.st_size, st.st_mtime, info))
     return sorted(clips, key=lambda c: (c.mtime, c.id))
 
 
@@ -175,7 +176,7 @@ def prune(folder: Path, keep: Retention, now: float | None = None) -> dict[str, 
     rest fit in ``keep.max_bytes``; how many went, by cause (age, size)."""
     now = time.time() if now is None else now
     deleted = {"age": 0, "size": 0}
-    clips = list_folder("", folder)
+    clips = list_folder("", folder, sidecars=False)
     fresh = []
     for c in clips:
         if now - c.mtime > keep.max_age_s:

@@ -136,7 +136,6 @@ class ClipWriter:
         self._queue: queue.Queue[Message | None] = queue.Queue(maxsize=items)
         self._outputs: dict[str, _Output] = {}
         self._failed: set[str] = set()
-        self.written: list[ClipRef] = []  # finished clips (tests, logs)
         self._thread = threading.Thread(target=self._run, name="clips", daemon=True)
         self._thread.start()
 
@@ -164,6 +163,13 @@ class ClipWriter:
 
     def _run(self) -> None:
         try:
+            self._serve()
+        except Exception:  # the queue fills and every clip after counts as dropped
+            log.exception("clips of %s: the writer died", self.stream)
+            raise
+
+    def _serve(self) -> None:
+        try:
             private_folder(self.folder)
             if removed := remove_partial(self.folder):
                 log.warning("clips of %s: %d half-written clip(s) removed", self.stream, removed)
@@ -186,7 +192,9 @@ class ClipWriter:
 
     def _handle(self, msg: Message) -> None:
         clip_id = msg.ref.id if isinstance(msg, OpenClip) else msg.clip_id
-        if clip_id in self._failed:
+        if clip_id in self._failed:  # the rest of a clip that failed: its close ends it
+            if isinstance(msg, CloseClip):
+                self._failed.discard(clip_id)
             return
         try:
             if isinstance(msg, OpenClip):
@@ -243,7 +251,6 @@ class ClipWriter:
         out = self._outputs.pop(clip_id, None)
         if out is None:
             return
-        self._failed.add(clip_id)  # nothing more goes into it
         try:
             out.container.close()  # the trailer (moov)
             os.replace(out.part, out.ref.path)
@@ -258,16 +265,20 @@ class ClipWriter:
             }
             write_private(out.ref.path.with_suffix(".json"), json.dumps(sidecar).encode())
         except Exception as e:
-            self._fail(clip_id, e, out)
+            self._fail(clip_id, e, out, closed=True)
             return
         metrics.CLIPS_WRITTEN.labels(self.stream).inc()
-        self.written.append(out.ref)
         log.info("clip %s written (%.1fs, %s)", out.ref.path.name, sidecar["duration_s"], reason)
         self._prune()
 
-    def _fail(self, clip_id: str, e: Exception, out: _Output | None = None) -> None:
+    def _fail(
+        self, clip_id: str, e: Exception, out: _Output | None = None, closed: bool = False
+    ) -> None:
+        """Count and log the clip's loss and remove its file; ``closed``: its close came
+        (else what the camera still sends for it is ignored until then)."""
         out = out or self._outputs.pop(clip_id, None)
-        self._failed.add(clip_id)
+        if not closed:
+            self._failed.add(clip_id)
         full = getattr(e, "errno", None) == errno.ENOSPC
         cause = "disk_full" if full else "io_error"
         metrics.CLIPS_DROPPED.labels(self.stream, cause).inc()
