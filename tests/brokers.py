@@ -6,6 +6,7 @@ binaries come from Debian (``make system-deps``: mosquitto, nats-server).
 
 from __future__ import annotations
 
+import getpass
 import http.server
 import shutil
 import socket
@@ -72,7 +73,10 @@ class Mosquitto(_Server):
     def __init__(self, tmp: Path) -> None:
         super().__init__(tmp, "mosquitto")
         self.conf = self.tmp / "mosquitto.conf"
+        # Started as root, mosquitto switches to the user "mosquitto", who could not write
+        # its persistence file here: stay who we are.
         self.conf.write_text(
+            f"user {getpass.getuser()}\n"
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {self.tmp}/\nautosave_interval 1\nlog_dest stdout\n"
         )

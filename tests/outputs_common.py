@@ -28,9 +28,9 @@ def make_clip(folder: Path) -> Path:
     return video
 
 
-def camera(sid: str, clip: Path) -> dict[str, Any]:
+def camera(sid: str, clip: Path, snapshot: bool = False) -> dict[str, Any]:
     return {"id": sid, "url": str(clip), "loop": True, "realtime": True,
-            "lines": [LINE], "zones": [ZONE]}  # fmt: skip
+            "lines": [{**LINE, "snapshot": snapshot}], "zones": [ZONE]}  # fmt: skip
 
 
 def pipeline(
@@ -38,13 +38,14 @@ def pipeline(
     clip: Path,
     outputs: dict[str, Any] | None,
     sids: tuple[str, ...] = ("cam",),
+    snapshot: bool = False,
     **sections: Any,
 ) -> Path:
     extra = dict(sections)
     if outputs is not None:
         extra["outputs"] = outputs
-    return write_pipeline(tmp, Path("unused.pt"), free_port(),
-                          [camera(s, clip) for s in sids], model=NULL_MODEL, **extra)  # fmt: skip
+    streams = [camera(s, clip, snapshot) for s in sids]
+    return write_pipeline(tmp, Path("unused.pt"), free_port(), streams, model=NULL_MODEL, **extra)
 
 
 def journal_path(cfg: Path) -> Path:

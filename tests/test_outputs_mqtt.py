@@ -80,7 +80,7 @@ def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None
     rec = Recorder(broker.port, ["streamd/#", "homeassistant/#"], persistent=True)
     outputs = {"mqtt": {"host": "127.0.0.1", "port": broker.port, "discovery": True,
                         "reconnect_max_s": 2}}  # fmt: skip
-    cfg = pipeline(tmp_path, make_clip(tmp_path), outputs)
+    cfg = pipeline(tmp_path, make_clip(tmp_path), outputs, snapshot=True)
     daemon = start(cfg, tmp_path / "daemon.log")
     late: Recorder | None = None
     try:
@@ -94,7 +94,8 @@ def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None
         time.sleep(1.5)  # a heartbeat or two
         late = Recorder(broker.port, ["streamd/#", "homeassistant/#"], persistent=False)
         want = {"streamd/availability", "streamd/cam/state", "streamd/cam/availability",
-                "streamd/cam/zone/left/occupancy", "streamd/cam/line/mid/counts"}  # fmt: skip
+                "streamd/cam/zone/left/occupancy", "streamd/cam/line/mid/counts",
+                "streamd/cam/snapshot"}  # fmt: skip
         assert late.wait(lambda: want <= set(late.retained()), 10), set(late.retained())
         kept = late.retained()
         assert kept["streamd/availability"] == b"online"
@@ -102,6 +103,7 @@ def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None
         assert kept["streamd/cam/availability"] == b"online"
         assert int(kept["streamd/cam/zone/left/occupancy"]) in (0, 1, 2)
         assert set(json.loads(kept["streamd/cam/line/mid/counts"])) == {"in", "out"}
+        assert kept["streamd/cam/snapshot"][:2] == b"\xff\xd8"  # the last alert's JPEG
         configs = {t: json.loads(p) for t, p in kept.items() if t.startswith("homeassistant/")}
         by_uid = {c["unique_id"]: (t, c) for t, c in configs.items()}
         assert {"streamd_cam_state", "streamd_cam_zone_left_occupancy",

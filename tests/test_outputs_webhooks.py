@@ -8,10 +8,13 @@ import hmac
 import json
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from .brokers import Blackhole, Receiver
@@ -28,52 +31,88 @@ def _verify(req: dict[str, Any]) -> bool:
     return hmac.compare_digest(req["headers"]["X-Streamd-Signature"], "sha256=" + mac.hexdigest())
 
 
+def _keys(tmp: Path) -> dict[str, Any]:
+    """A CURVE server pair and one authorized client: the bus the outputs subscribe to
+    is then a CURVE server (the outputs process gets the status board's keys)."""
+    for folder, name in (("keys", "server"), ("keys/clients", "alice")):
+        made = subprocess.run([sys.executable, "-m", "streamd.cli", "keys", str(tmp / folder),
+                               name], capture_output=True, text=True)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    return {"curve": {"server_secret": str(tmp / "keys" / "server.key_secret"),
+                      "authorized_clients": str(tmp / "keys" / "clients")}}  # fmt: skip
+
+
+def _outputs_process(daemon: subprocess.Popen[bytes]) -> psutil.Process:
+    for p in psutil.Process(daemon.pid).children():
+        if "outputs" in " ".join(p.cmdline()):
+            return p
+    raise AssertionError("no outputs process")
+
+
+def _alert_ids(hook: Receiver, ok_only: bool = False) -> list[str]:
+    reqs = [r for r in hook.snapshot() if r["headers"]["X-Streamd-Event"] == "alert"]
+    return [r["headers"]["X-Streamd-Id"] for r in reqs if not ok_only or r.get("ok")]
+
+
+def _wait_ids(hook: Receiver, n: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(set(_alert_ids(hook, ok_only=True))) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} alerts delivered"
+        time.sleep(0.2)
+
+
 def test_webhook_signed_retried_through_500s_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     answers = iter([500, 500, 500])  # to the first three alert requests
 
     def answer(req: dict[str, Any]) -> int:
-        return next(answers, 200) if req["headers"]["X-Streamd-Event"] == "alert" else 200
+        code = next(answers, 200) if req["headers"]["X-Streamd-Event"] == "alert" else 200
+        req["ok"] = code == 200
+        return code
 
     hook = Receiver(answer)
     monkeypatch.setenv("HOOK_SECRET", SECRET)
     outputs = {"webhooks": [{"url": hook.url, "events": ["alert", "status"],
                              "secret_env": "HOOK_SECRET", "backoff_max_s": 1.0}]}  # fmt: skip
-    cfg = pipeline(tmp_path, make_clip(tmp_path), outputs)
+    cfg = pipeline(tmp_path, make_clip(tmp_path), outputs, security=_keys(tmp_path))
     daemon = start(cfg, tmp_path / "daemon.log")
     try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            ok = [r for r in hook.snapshot() if r["headers"]["X-Streamd-Event"] == "alert"]
-            if len({r["headers"]["X-Streamd-Id"] for r in ok}) >= 4:
-                break
-            time.sleep(0.2)
+        _wait_ids(hook, 3, 40)
+        # The outputs process dies: the supervisor starts another, which carries on from
+        # the cursor on disk (re-sending at most what its last half second confirmed).
+        _outputs_process(daemon).kill()
+        killed_at = len(set(_alert_ids(hook, ok_only=True)))
+        _wait_ids(hook, killed_at + 3, 30)
         metrics = scrape(cfg)
         stop_and_check_own_clean(daemon, signal.SIGTERM)
     finally:
         if daemon.poll() is None:
             daemon.kill()
         hook.close()
+    log = (tmp_path / "daemon.log").read_text()
+    assert SECRET not in log and "outputs process ended" in log
     reqs = hook.snapshot()
-    assert SECRET not in (tmp_path / "daemon.log").read_text()
     assert all(_verify(r) for r in reqs)  # every request signed with the secret
     alerts = [r for r in reqs if r["headers"]["X-Streamd-Event"] == "alert"]
     # The first alert was refused three times with a 500, then taken: 4 tries, same id.
     first = alerts[0]["headers"]["X-Streamd-Id"]
     assert [r["headers"]["X-Streamd-Id"] for r in alerts[:4]] == [first] * 4
-    # Each alert once after that (the receiver answered 200), in order, as journaled.
-    bodies = [json.loads(r["body"]) for r in alerts[3:]]
+    # Delivered in order as journaled, each once but for re-sends after the kill.
+    delivered = [r for r in alerts if r.get("ok")]
+    seen: dict[str, dict[str, Any]] = {}
+    for r in delivered:
+        seen.setdefault(r["headers"]["X-Streamd-Id"], json.loads(r["body"]))
+    bodies = list(seen.values())
     journal = [strip(a) for a in journal_alerts(cfg)]
-    assert bodies == journal[: len(bodies)] and len(bodies) >= 4
-    assert [f"cam.{b['epoch']}.{b['seq']}" for b in bodies] == [
-        r["headers"]["X-Streamd-Id"] for r in alerts[3:]
-    ]
+    assert bodies == journal[: len(bodies)] and len(bodies) >= 6
+    assert list(seen) == [f"cam.{b['epoch']}.{b['seq']}" for b in bodies]
+    assert len(delivered) - len(bodies) <= 2  # the re-sends: at least once
     statuses = [json.loads(r["body"]) for r in reqs if r["headers"]["X-Streamd-Event"] == "status"]
-    assert any(s["state"] == "streaming" for s in statuses)
+    assert any(s["state"] == "streaming" for s in statuses)  # off the CURVE bus
     name = next(iter(sample_names(metrics)))
     assert sample(metrics, "streamd_output_failed_total", output=name) >= 3
-    assert sample(metrics, "streamd_output_sent_total", output=name, type="alert") >= 4
+    assert sample(metrics, "streamd_output_sent_total", output=name, type="alert") >= 3
 
 
 def sample_names(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> set[str]:
