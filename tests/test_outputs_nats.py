@@ -50,13 +50,30 @@ def _alerts(msgs: list[tuple[str, dict[str, str], dict[str, Any]]]) -> list[dict
     return [body for subject, _, body in msgs if subject == "streamd.cam.alert"]
 
 
+async def _count(port: int, epoch: int | None) -> int:
+    nc = await nats.connect(f"nats://127.0.0.1:{port}")
+    try:
+        js = nc.jetstream()
+        try:
+            info = await js.stream_info("STREAMD", subjects_filter="streamd.cam.alert")
+        except nats.js.errors.NotFoundError:
+            return 0
+        n = (info.state.subjects or {}).get("streamd.cam.alert", 0)
+        if epoch is None or not n:
+            return n
+        last = await js.get_last_msg("STREAMD", "streamd.cam.alert")
+        return n if json.loads(last.data or b"{}")["epoch"] != epoch else 0
+    finally:
+        await nc.close()
+
+
 def _wait_alerts(port: int, n: int, timeout_s: float, epoch: int | None = None) -> None:
+    """At least ``n`` alerts stored (with ``epoch``: the newest one of another epoch)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        got = [a for a in _alerts(read_stream(port)) if epoch is None or a["epoch"] != epoch]
-        if len(got) >= n:
+        if asyncio.run(_count(port, epoch)) >= n:
             return
-        time.sleep(0.5)
+        time.sleep(0.3)
     raise AssertionError(f"fewer than {n} alerts in JetStream after {timeout_s}s")
 
 
@@ -79,8 +96,8 @@ def test_nats_jetstream_holds_each_alert_once_across_a_killed_daemon(tmp_path: P
         sent_before = len(journal_alerts(cfg))
         cursor_file.write_text(json.dumps({"after": {}, "id": 0}))
         daemon = start(cfg, tmp_path / "daemon2.log")
-        _wait_alerts(server.port, 3, 40, epoch=first_epoch)  # the new run's alerts arrive
-        time.sleep(1.0)
+        # The new run's alerts arrive after the re-sent ones.
+        _wait_alerts(server.port, sent_before + 2, 40, epoch=first_epoch)
         metrics = scrape(cfg)
         stop_and_check_own_clean(daemon, signal.SIGTERM)
         msgs = read_stream(server.port)
