@@ -38,6 +38,11 @@ def _lines(log: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _has_figures(row: dict[str, Any]) -> bool:
+    return bool(row["state"] == "streaming" and row["fps"] > 0 and row["analysed"] > 0
+                and row["latency_ms"]["p50"] is not None)  # fmt: skip
+
+
 def _wait_for_summary(log: Path, timeout_s: float) -> None:
     """Until a summary line shows both cameras analysing (start-up takes seconds)."""
     deadline = time.monotonic() + timeout_s
@@ -45,7 +50,7 @@ def _wait_for_summary(log: Path, timeout_s: float) -> None:
         text = log.read_text()
         for line in text[: text.rfind("\n") + 1].splitlines():  # whole lines only
             streams = json.loads(line).get("summary", {}).get("streams", {})
-            if streams and all(s["analysed"] > 0 for s in streams.values()):
+            if streams and all(_has_figures(s) for s in streams.values()):
                 return
         time.sleep(0.5)
     raise AssertionError(f"no summary line with figures within {timeout_s}s:\n{log.read_text()}")
@@ -72,11 +77,10 @@ def test_json_logs_from_every_process_with_summary_and_totals(clip: Path, tmp_pa
         assert isinstance(r["process"]["pid"], int)
         if r["process"]["name"].startswith("source "):
             assert r["stream"] == r["process"]["name"].removeprefix("source ")
-    summaries = [r["summary"] for r in records if "summary" in r]
-    last = summaries[-1]["streams"]
-    assert set(last) == {"cam0", "cam1"}
-    assert last["cam0"]["state"] == "streaming" and last["cam0"]["fps"] > 0
-    assert last["cam0"]["analysed"] > 0 and last["cam0"]["latency_ms"]["p50"] is not None
+    summaries = [r["summary"]["streams"] for r in records if "summary" in r]
+    assert all(set(s) == {"cam0", "cam1"} for s in summaries)
+    # A line with every figure (a later one may cover a second with no frame, under load).
+    assert any(_has_figures(s["cam0"]) and _has_figures(s["cam1"]) for s in summaries)
     totals = [r["totals"] for r in records if "totals" in r]
     assert len(totals) == 1
     assert totals[0]["cam1"]["analysed"] > 0 and totals[0]["cam1"]["restarts"] == 0
