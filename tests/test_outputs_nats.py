@@ -5,6 +5,7 @@ once (de-duplicated by its message id <stream>.<epoch>.<seq>)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -82,7 +83,9 @@ def test_nats_jetstream_holds_each_alert_once_across_a_killed_daemon(tmp_path: P
     server.start()
     outputs = {"nats": {"servers": [f"nats://127.0.0.1:{server.port}"],
                         "subjects": {"alert": "streamd.{stream}.alert",
-                                     "track": "streamd.{stream}.track"}}}  # fmt: skip
+                                     "track": "streamd.{stream}.track",
+                                     "det": "streamd.{stream}.det"},
+                        "det_every_s": 1.0}}  # fmt: skip
     cfg = pipeline(tmp_path, make_clip(tmp_path), outputs)
     cursor_file = tmp_path / "alerts.sqlite.outputs" / "nats.json"
     daemon = start(cfg, tmp_path / "daemon.log")
@@ -118,6 +121,12 @@ def test_nats_jetstream_holds_each_alert_once_across_a_killed_daemon(tmp_path: P
     # The re-sent alerts were acknowledged as duplicates (the first run's, at least).
     dup = sample(metrics, "streamd_output_sent_total", output="nats", type="duplicate")
     assert dup >= min(sent_before, 3)
+    # det events sampled: one a second per stream (15 analysed), with their own ids.
+    dets = [(h, b) for s, h, b in msgs if s == "streamd.cam.det"]
+    assert dets and all(h["Nats-Msg-Id"] == f"cam.{b['epoch']}.{b['seq']}.det" for h, b in dets)
+    for epoch in {b["epoch"] for _, b in dets}:
+        ts = sorted(b["ts"] for _, b in dets if b["epoch"] == epoch)
+        assert all(b - a >= 0.9 for a, b in itertools.pairwise(ts))
     tracks = [(h, b) for s, h, b in msgs if s == "streamd.cam.track"]
     assert tracks and all(h["Nats-Msg-Id"] == f"cam.{b['epoch']}.{b['seq']}.track"
                           for h, b in tracks)  # fmt: skip

@@ -99,7 +99,9 @@ class MqttConfig(_Delivery):
     )
     username_env: str | None = Field(None, pattern=ENV_NAME, description="Env var: user name.")
     password_env: str | None = Field(None, pattern=ENV_NAME, description="Env var: password.")
-    client_id: str | None = Field(None, max_length=64, description="Default streamd-<prefix>.")
+    client_id: str | None = Field(
+        None, max_length=64, description="Default streamd-<host name>-<pid> (a clean session)."
+    )
     topic_prefix: str = Field("streamd", description="Topics are <prefix>/<stream>/...")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of alerts and state topics.")
     keepalive_s: int = Field(30, ge=5, le=3600)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
 import ssl
 import threading
 from typing import Any
@@ -59,7 +61,8 @@ class MqttOutput(Output):
         cfg = self.cfg
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"streamd-{self.prefix.replace('/', '-')}",
+            # Unique per process unless set: two daemons must not take each other's session.
+            client_id=cfg.client_id or f"streamd-{socket.gethostname()[:32]}-{os.getpid()}",
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
