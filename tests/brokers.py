@@ -68,16 +68,24 @@ class _Server:
 
 
 class Mosquitto(_Server):
-    """mosquitto on 127.0.0.1, anonymous, persistent (sessions survive a restart)."""
+    """mosquitto on 127.0.0.1, persistent (sessions survive a restart); anonymous, or
+    only ``users`` (name → password) when given."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, users: dict[str, str] | None = None) -> None:
         super().__init__(tmp, "mosquitto")
         self.conf = self.tmp / "mosquitto.conf"
+        auth = "allow_anonymous true\n"
+        if users:
+            passwd = self.tmp / "passwd"
+            for name, password in users.items():
+                create = [] if passwd.exists() else ["-c"]
+                tool = _binary("mosquitto_passwd")
+                subprocess.run([tool, "-b", *create, str(passwd), name, password], check=True)
+            auth = f"allow_anonymous false\npassword_file {passwd}\n"
         # Started as root, mosquitto switches to the user "mosquitto", who could not write
         # its persistence file here: stay who we are.
         self.conf.write_text(
-            f"user {getpass.getuser()}\n"
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n{auth}persistence true\n"
             f"persistence_location {self.tmp}/\nautosave_interval 1\nlog_dest stdout\n"
         )
 

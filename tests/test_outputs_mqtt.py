@@ -20,6 +20,7 @@ from .daemon import sample, scrape, start, stop_and_check_own_clean
 from .outputs_common import journal_alerts, make_clip, pipeline, strip
 
 pytestmark = pytest.mark.e2e
+USER = ("streamd", "mqtt-pass-for-the-test")
 
 
 class Recorder:
@@ -34,6 +35,7 @@ class Recorder:
             clean_session=not persistent,
         )
         self.client.reconnect_delay_set(1, 1)
+        self.client.username_pw_set(*USER)
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
             for t in topics:
@@ -74,14 +76,16 @@ def _alerts(rec: Recorder) -> list[dict[str, Any]]:
 
 
 def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path)
+    broker = Mosquitto(tmp_path, users=dict([USER]))
     broker.start()
     # Persistent session: messages for it wait in the broker while it reconnects.
     rec = Recorder(broker.port, ["streamd/#", "homeassistant/#"], persistent=True)
     outputs = {"mqtt": {"host": "127.0.0.1", "port": broker.port, "discovery": True,
-                        "reconnect_max_s": 2}}  # fmt: skip
+                        "reconnect_max_s": 2, "username_env": "MQ_USER",
+                        "password_env": "MQ_PASSWORD"}}  # fmt: skip
     cfg = pipeline(tmp_path, make_clip(tmp_path), outputs, snapshot=True)
-    daemon = start(cfg, tmp_path / "daemon.log")
+    env = {"MQ_USER": USER[0], "MQ_PASSWORD": USER[1]}  # the broker refuses anyone else
+    daemon = start(cfg, tmp_path / "daemon.log", env=env)
     late: Recorder | None = None
     try:
         assert rec.wait(lambda: len(_alerts(rec)) >= 3, 40), "no alerts on MQTT"
@@ -143,6 +147,7 @@ def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None
             if r is not None:
                 r.close()
         broker.stop()
+    assert USER[1] not in (tmp_path / "daemon.log").read_text()
     got = [a["seq"] for a in _alerts(rec) if a["seq"] <= want_seqs[-1]]
     assert got == want_seqs  # every alert once (QoS 1, no duplicate here), in order
     assert sample(metrics, "streamd_output_sent_total", output="mqtt", type="alert") >= len(got)
