@@ -24,6 +24,7 @@ from pathlib import Path
 
 import zmq
 
+from streamd import metrics
 from streamd.config import PipelineConfig
 from streamd.outputs.base import LiveEvent, Output
 from streamd.outputs.cursor import CursorStore, JournalReader
@@ -72,11 +73,15 @@ def _serve(spec: OutputsSpec, stop: StopFlag) -> int:
         for name, make in build_outputs(cfg.outputs):
             store = CursorStore(journal, name)
             cursor = store.load(db)
-            output = make(cursor)
+            try:
+                output = make(cursor)
+                output.start()
+            except Exception:  # a TLS file that cannot be read...: the others still run
+                log.exception("output %s cannot start; it stays off until the next start", name)
+                metrics.OUTPUT_CONNECTED.labels(name).set(0.0)
+                continue
             fed.append(_Fed(output, JournalReader(cursor), store))
-        for f in fed:
-            f.output.start()
-        log.info("outputs: %s", ", ".join(f.output.name for f in fed))
+        log.info("outputs: %s", ", ".join(f.output.name for f in fed) or "none could start")
         _loop(spec, db, fed, stop)
     finally:
         for f in fed:
