@@ -1,7 +1,8 @@
 """The daemon's HTTP endpoint: the live view (``/``, ``/streams/<id>``, ``.mjpg``,
 ``.jpg``), ``GET /status`` (JSON), ``/metrics`` (Prometheus), ``/healthz`` (alive),
-``/readyz`` (model loaded, enough cameras streaming), and the stream API under
-``/api/`` (``control/api.py``).
+``/readyz`` (model loaded, enough cameras streaming), the stream API under
+``/api/`` (``control/api.py``), and the event clips: ``/clips`` (a list) and
+``/clips/<id>.mp4`` (``streamd/clips/store.py`` finds the file; one byte range).
 
 Bound to loopback by default; off loopback ``http.token`` (16+ characters) is
 required and checked on every request: ``Authorization: Bearer <token>`` (the
@@ -127,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/clips/") and self.server.clips is not None:
             self._clip(self.server.clips, unquote(path.removeprefix("/clips/")))
         else:
-            endpoints = "/, /status, /metrics, /healthz, /readyz"
+            endpoints = "/, /status, /metrics, /healthz, /readyz, /clips"
             self._send(404, {"error": f"no such endpoint {path!r}; try {endpoints}"})
 
     def do_POST(self) -> None:
