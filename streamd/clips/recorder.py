@@ -82,7 +82,6 @@ class _Clip:
     end_t: float
     cap_t: float
     last_n: int  # serial of the last packet sent to the writer
-    last_dts_t: float
     alerts: int = 1
 
 
@@ -261,8 +260,7 @@ class ClipRecorder:
             self._dropped["queue_full"].inc()
             log.warning("clips of %s: writer queue full; no clip for track %d", self.stream, track)
             return None
-        self._open[track] = _Clip(ref, track, s, start_t, end_t, cap_t, take[-1].n,
-                                  take[-1].dts_t)  # fmt: skip
+        self._open[track] = _Clip(ref, track, s, start_t, end_t, cap_t, take[-1].n)
         return ref
 
     def _extend(self, clip: _Clip, end_t: float) -> None:
@@ -290,7 +288,7 @@ class ClipRecorder:
                         clip.ref.id)  # fmt: skip
             self._close_where(lambda c: c is clip, "queue_full")
             return False
-        clip.last_n, clip.last_dts_t = rec.n, rec.dts_t
+        clip.last_n = rec.n
         return True
 
     def _close_where(self, which: Callable[[_Clip], bool], reason: str | None = None) -> None:
