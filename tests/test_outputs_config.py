@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamd.config import ConfigError, parse_config
+from streamd.config import ConfigError, load_config, parse_config
+from streamd.config.outputs import TlsConfig
 from streamd.outputs.base import Cursor, JournaledAlert, Ledger
 from streamd.outputs.cursor import CursorStore, JournalReader
 from streamd.outputs.homeassistant import discovery_configs
@@ -153,3 +154,20 @@ def test_discovery_configs_per_camera_zone_and_line() -> None:
 def test_signature_is_hmac_sha256_of_timestamp_and_body() -> None:
     want = hmac.new(b"k", b"1.000.{}", hashlib.sha256).hexdigest()
     assert signature(b"k", "1.000", b"{}") == "sha256=" + want
+
+
+def test_tls_files_are_relative_to_the_pipeline_file(tmp_path: Path) -> None:
+    (tmp_path / "x.mp4").touch()
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "streams: [{id: a, url: x.mp4}]\noutputs:\n"
+        "  mqtt: {host: 127.0.0.1, tls: {ca_file: certs/ca.pem}}\n"
+        "  nats: {tls: {ca_file: /etc/ca.pem, cert_file: c.pem, key_file: ~/k.pem}}\n"
+    )
+    cfg = load_config(path)
+    assert cfg.outputs.mqtt is not None and isinstance(cfg.outputs.mqtt.tls, TlsConfig)
+    assert cfg.outputs.mqtt.tls.ca_file == str(tmp_path / "certs" / "ca.pem")
+    assert cfg.outputs.nats is not None and isinstance(cfg.outputs.nats.tls, TlsConfig)
+    assert cfg.outputs.nats.tls.ca_file == "/etc/ca.pem"
+    assert cfg.outputs.nats.tls.cert_file == str(tmp_path / "c.pem")
+    assert cfg.outputs.nats.tls.key_file == str(Path.home() / "k.pem")

@@ -25,6 +25,7 @@ from yaml.resolver import Resolver
 
 from streamd.config.base import ConfigError, source_kind
 from streamd.config.model import default_calibration_dir
+from streamd.config.outputs import resolve_tls_paths
 from streamd.config.pipeline import PipelineConfig
 from streamd.config.security import resolve_key_paths
 from streamd.config.stream import StreamConfig
@@ -288,8 +289,8 @@ def _redacted_reason(err: Any) -> str:
 
 
 def resolve_paths(cfg: PipelineConfig, base_dir: Path, name: str = "pipeline") -> PipelineConfig:
-    """Resolve file URLs, weights, the journal and the CURVE key files relative to the
-    pipeline file's folder (``~`` expanded in key paths)."""
+    """Resolve file URLs, weights, the journal, the CURVE key files and the outputs' TLS
+    files relative to the pipeline file's folder (``~`` expanded in key paths)."""
     streams = [
         resolve_clips_dir(
             s.model_copy(update={"url": _resolve_file_url(s.url, base_dir)}), base_dir
@@ -306,9 +307,9 @@ def resolve_paths(cfg: PipelineConfig, base_dir: Path, name: str = "pipeline") -
         update={"path": _journal_path(cfg.journal.path, base_dir, name)}
     )
     security = resolve_key_paths(cfg.security, base_dir)
-    return cfg.model_copy(
-        update={"streams": streams, "model": model, "journal": journal, "security": security}
-    )
+    outputs = resolve_tls_paths(cfg.outputs, base_dir)
+    update = {"streams": streams, "model": model, "journal": journal, "security": security}
+    return cfg.model_copy(update={**update, "outputs": outputs})
 
 
 def resolve_clips_dir(stream: StreamConfig, base_dir: Path) -> StreamConfig:

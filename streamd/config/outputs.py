@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -306,3 +307,28 @@ class OutputsConfig(_Strict):
     @property
     def enabled(self) -> bool:
         return self.mqtt is not None or self.nats is not None or bool(self.webhooks)
+
+
+def resolve_tls_paths(outputs: OutputsConfig, base_dir: Path) -> OutputsConfig:
+    """TLS files made absolute against the pipeline file's folder (``~`` expanded), as the
+    journal and the CURVE keys are."""
+
+    def tls(t: TlsConfig | bool) -> TlsConfig | bool:
+        if not isinstance(t, TlsConfig):
+            return t
+        paths = {"ca_file": t.ca_file, "cert_file": t.cert_file, "key_file": t.key_file}
+        return t.model_copy(update={k: _resolve(v, base_dir) for k, v in paths.items()})
+
+    update: dict[str, MqttConfig | NatsConfig] = {}
+    if outputs.mqtt is not None:
+        update["mqtt"] = outputs.mqtt.model_copy(update={"tls": tls(outputs.mqtt.tls)})
+    if outputs.nats is not None:
+        update["nats"] = outputs.nats.model_copy(update={"tls": tls(outputs.nats.tls)})
+    return outputs.model_copy(update=update)
+
+
+def _resolve(path: str | None, base_dir: Path) -> str | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
