@@ -6,6 +6,7 @@ binaries come from Debian (``make system-deps``: mosquitto, nats-server).
 
 from __future__ import annotations
 
+import functools
 import getpass
 import http.server
 import shutil
@@ -71,9 +72,14 @@ class Mosquitto(_Server):
     """mosquitto on 127.0.0.1, persistent (sessions survive a restart); anonymous, or
     only ``users`` (name → password) when given."""
 
-    def __init__(self, tmp: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, users: dict[str, str] | None = None, tls: bool = False) -> None:
         super().__init__(tmp, "mosquitto")
         self.conf = self.tmp / "mosquitto.conf"
+        self.ca: Path | None = None
+        listener = ""
+        if tls:  # a CA of the test's own and a certificate for 127.0.0.1
+            self.ca, cert, key = make_certificates(self.tmp, "127.0.0.1")
+            listener = f"cafile {self.ca}\ncertfile {cert}\nkeyfile {key}\n"
         auth = "allow_anonymous true\n"
         if users:
             passwd = self.tmp / "passwd"
@@ -85,7 +91,8 @@ class Mosquitto(_Server):
         # Started as root, mosquitto switches to the user "mosquitto", who could not write
         # its persistence file here: stay who we are.
         self.conf.write_text(
-            f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n{auth}persistence true\n"
+            f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n{listener}{auth}"
+            "persistence true\n"
             f"persistence_location {self.tmp}/\nautosave_interval 1\nlog_dest stdout\n"
         )
 
@@ -102,6 +109,23 @@ class NatsServer(_Server):
     def _argv(self) -> list[str]:
         return [_binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(self.port),
                 "-sd", str(self.tmp / "store")]  # fmt: skip
+
+
+def make_certificates(folder: Path, ip: str) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate for ``ip``, its key), made with openssl."""
+    ossl = _binary("openssl")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, csr = folder / "server.pem", folder / "server.key", folder / "server.csr"
+    ext = folder / "san.ext"
+    ext.write_text(f"subjectAltName=IP:{ip}\n")
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run([ossl, "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+         "-subj", "/CN=streamd test CA"])  # fmt: skip
+    run([ossl, "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={ip}"])
+    run([ossl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)])  # fmt: skip
+    return ca, cert, key
 
 
 Answer = Callable[[dict[str, Any]], int]

@@ -1,5 +1,6 @@
-"""MQTT output against a real mosquitto: alerts, retained state, Home Assistant discovery,
-and a broker outage of 10 s after which every alert arrives once, in order."""
+"""MQTT output against a real mosquitto (TLS with the test's own CA, a user and password):
+alerts, retained state, Home Assistant discovery, and a broker outage of 10 s after which
+every alert arrives once, in order."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ USER = ("streamd", "mqtt-pass-for-the-test")
 class Recorder:
     """A subscriber keeping (arrival time, topic, payload, retain) for every message."""
 
-    def __init__(self, port: int, topics: list[str], persistent: bool) -> None:
+    def __init__(self, port: int, topics: list[str], persistent: bool, ca: Path) -> None:
         self.items: list[tuple[float, str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(
@@ -36,6 +37,7 @@ class Recorder:
         )
         self.client.reconnect_delay_set(1, 1)
         self.client.username_pw_set(*USER)
+        self.client.tls_set(ca_certs=str(ca))
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
             for t in topics:
@@ -76,12 +78,14 @@ def _alerts(rec: Recorder) -> list[dict[str, Any]]:
 
 
 def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path, users=dict([USER]))
+    broker = Mosquitto(tmp_path, users=dict([USER]), tls=True)
     broker.start()
+    assert broker.ca is not None
     # Persistent session: messages for it wait in the broker while it reconnects.
-    rec = Recorder(broker.port, ["streamd/#", "homeassistant/#"], persistent=True)
+    rec = Recorder(broker.port, ["streamd/#", "homeassistant/#"], persistent=True, ca=broker.ca)
     outputs = {"mqtt": {"host": "127.0.0.1", "port": broker.port, "discovery": True,
                         "reconnect_max_s": 2, "username_env": "MQ_USER",
+                        "tls": {"ca_file": str(broker.ca)},
                         "password_env": "MQ_PASSWORD"}}  # fmt: skip
     cfg = pipeline(tmp_path, make_clip(tmp_path), outputs, snapshot=True)
     env = {"MQ_USER": USER[0], "MQ_PASSWORD": USER[1]}  # the broker refuses anyone else
@@ -96,7 +100,7 @@ def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None
 
         # A subscriber that comes later gets the retained state and discovery configs.
         time.sleep(1.5)  # a heartbeat or two
-        late = Recorder(broker.port, ["streamd/#", "homeassistant/#"], persistent=False)
+        late = Recorder(broker.port, ["streamd/#", "homeassistant/#"], False, broker.ca)
         want = {"streamd/availability", "streamd/cam/state", "streamd/cam/availability",
                 "streamd/cam/zone/left/occupancy", "streamd/cam/line/mid/counts",
                 "streamd/cam/snapshot"}  # fmt: skip
