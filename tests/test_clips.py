@@ -231,6 +231,38 @@ def test_a_gap_ends_the_clip_there_and_it_plays(video: Path, tmp_path: Path) -> 
     assert_matches_source(clip.path, video, clip.info["start_pts_s"], 40 / FPS, 0.3)
 
 
+def test_an_alert_analysed_after_a_reconnect_still_gets_its_clip(
+    video: Path, tmp_path: Path
+) -> None:
+    """The analysis lags decoding: the camera already reconnected (a new session) when
+    an alert on one of the last frames before the gap is raised. Its clip comes from
+    the session before, ends at the gap, and closes once the analysis reaches the new
+    session's frames."""
+    rec, writer, _ = _recorder(tmp_path / "cam", pre_s=1.0, post_s=3.0)
+    index = 0
+    for _ in range(2):  # two opens of the source: a reconnect between them
+        with av.open(str(video)) as c:
+            rec.begin_session(c.streams.video[0])
+            for packet in c.demux(c.streams.video[0]):
+                rec.on_packet(packet)
+                for frame in packet.decode():
+                    rec.on_frame(index, frame.time)
+                    index += 1
+                if index >= 105 + 20:  # 20 frames into the second session
+                    break
+        rec.end_session()
+    ref = rec.request(4, 100)  # frame 100 of the first session: 6.67 s, 0.33 s before the gap
+    assert ref is not None
+    assert not list_folder("cam", rec.folder)  # open until the analysis moves on
+    rec.analysed(110)  # a frame of the second session
+    assert writer.close(10)
+    clip = {c.id: c for c in list_folder("cam", rec.folder)}[ref.id]
+    assert clip.info["ended"] == "gap" and clip.info["start_pts_s"] == pytest.approx(5.0)
+    duration, frames = probe(clip.path)
+    assert 2.0 - 2 / FPS <= duration <= 2.0 + 1 / FPS  # 5.0 s to the file's end at 7.0 s
+    assert frames[0]["key_frame"] == 1
+
+
 def test_a_full_writer_queue_cuts_the_clip_short_playable_and_counted(
     video: Path, tmp_path: Path
 ) -> None:
