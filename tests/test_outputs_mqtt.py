@@ -144,6 +144,9 @@ def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None
                 break
             time.sleep(0.3)
         stop_and_check_own_clean(daemon, signal.SIGTERM)
+        # A clean stop says so on the retained availability topic.
+        late = Recorder(broker.port, ["streamd/availability"], False, broker.ca)
+        assert late.wait(lambda: late.retained().get("streamd/availability") == b"offline", 5)
     finally:
         if daemon.poll() is None:
             daemon.kill()
