@@ -9,7 +9,7 @@ CLIPS  := build/demo/lobby.mp4 build/demo/street.mp4
 export YOLO_OFFLINE   ?= 1
 export YOLO_AUTOINSTALL = 0
 
-.PHONY: setup demo test lint clips clean system-deps install
+.PHONY: setup demo test lint clips clean system-deps install gpu-wheels gpu-check
 
 # Debian packages the tests use: ffmpeg (clip corruption, HLS), and GStreamer's
 # RTSP server (a real server for the RTSP tests, run with the system python3),
@@ -57,6 +57,28 @@ lint: setup
 	$(VENV)/bin/ruff check streamd tests
 	$(VENV)/bin/ruff format --check streamd tests
 	$(VENV)/bin/mypy
+
+# The GPU machine (docs/benchmarks.md, "GPU check"): PyTorch with CUDA, numpy and
+# opencv-headless are there; no internet. Here, with PyPI: `make gpu-wheels` fetches the
+# rest for its Python (GPU_PYVER) into build/wheels and builds the throughput model into
+# build/gpu; both travel with the tree. There: `make gpu-check` (ONLY=model-only,e2e...
+# for a subset: each step stays under 10 minutes), DRY_RUN=1 to print the steps.
+GPU_VENV  ?= .venv-gpu
+GPU_PYVER ?= 3.12
+gpu-wheels: setup
+	$(PY) -m streamd.gpucheck wheels $(GPU_PYVER)
+	$(PY) -m streamd.gpucheck model
+
+gpu-check:
+ifdef DRY_RUN
+	python3 -m streamd.gpucheck --dry-run $(if $(ONLY),--only $(ONLY))
+else
+	@python3 -m streamd.gpucheck probe
+	@test -d $(GPU_VENV) || python3 -m venv --system-site-packages $(GPU_VENV)
+	@if ls build/wheels/*.whl >/dev/null 2>&1; then \
+	  $(GPU_VENV)/bin/pip install --quiet --no-index --no-deps build/wheels/*.whl; fi
+	$(GPU_VENV)/bin/python -m streamd.gpucheck $(if $(ONLY),--only $(ONLY))
+endif
 
 # A host install run by systemd (docs/operations.md): the streamd user, a venv under
 # $(PREFIX), the unit, /etc/streamd for pipelines and their env files.
