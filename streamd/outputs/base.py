@@ -224,10 +224,13 @@ class Output(ABC):
         self.mailbox.put_alert(alert)
         return True
 
+    def wants(self, kind: str, stream: str | None) -> bool:
+        """Whether it takes a live event of ``kind`` (the topic's first word) now."""
+        return kind in self.kinds
+
     def offer_event(self, event: LiveEvent) -> None:
-        """Queue a live event it asked for; dropped and counted when the queue is full."""
-        if event.kind in self.kinds:
-            self.mailbox.put_event(event)
+        """Queue a live event it said it wants; dropped and counted when the queue is full."""
+        self.mailbox.put_event(event)
 
     def update_gauges(self, now: float) -> None:
         self._queued.set(self.ledger.pending() + self.mailbox.waiting())

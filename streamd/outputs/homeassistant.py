@@ -43,7 +43,6 @@ def discovery_configs(
     def add(component: str, object_id: str, config: dict[str, Any], with_stream: bool) -> None:
         config.update(
             unique_id=f"{uid}_{object_id}",
-            object_id=f"{uid}_{object_id}",
             device=device,
             availability=[daemon_up, stream_up] if with_stream else [daemon_up],
             availability_mode="all",

@@ -61,13 +61,15 @@ class NatsOutput(Output):
             return True
         return super().offer_alert(alert)
 
-    def offer_event(self, event: LiveEvent) -> None:
-        if event.kind == "det" and event.stream is not None:  # sampled per stream
+    def wants(self, kind: str, stream: str | None) -> bool:
+        if kind not in self.kinds or stream is None:
+            return False
+        if kind == "det":  # sampled per stream: this one is taken, the next ones skipped
             now = time.monotonic()
-            if now - self._last_det.get(event.stream, -1e9) < self.cfg.det_every_s:
-                return
-            self._last_det[event.stream] = now
-        super().offer_event(event)
+            if now - self._last_det.get(stream, -1e9) < self.cfg.det_every_s:
+                return False
+            self._last_det[stream] = now
+        return True
 
     def start(self) -> None:
         self._thread.start()

@@ -152,14 +152,19 @@ def _dispatch(sock: zmq.Socket[bytes], fed: list[_Fed]) -> None:
             frames = sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+        # Decoded only if some output takes it now (det events are sampled: most are not).
+        kind, _, stream = frames[0].decode("utf-8", "replace").partition(".")
+        takers = [f.output for f in fed if f.output.wants(kind, stream or None)]
+        if not takers:
+            continue
         try:
             ev = decode(frames)
         except (ValueError, UnicodeDecodeError) as e:
             log.warning("undecodable event on the bus ignored: %s", e)
             continue
         live = LiveEvent(ev.type, ev.stream, ev.payload)
-        for f in fed:
-            f.output.offer_event(live)
+        for output in takers:
+            output.offer_event(live)
 
 
 def _feed(db: sqlite3.Connection, f: _Fed) -> None:
