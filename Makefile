@@ -9,7 +9,7 @@ CLIPS  := build/demo/lobby.mp4 build/demo/street.mp4
 export YOLO_OFFLINE   ?= 1
 export YOLO_AUTOINSTALL = 0
 
-.PHONY: setup demo test lint clips clean system-deps install gpu-wheels gpu-check
+.PHONY: setup demo test lint clips clean system-deps install gpu-wheels gpu-venv gpu-check
 
 # Debian packages the tests use: ffmpeg (clip corruption, HLS), and GStreamer's
 # RTSP server (a real server for the RTSP tests, run with the system python3),
@@ -59,24 +59,29 @@ lint: setup
 	$(VENV)/bin/mypy
 
 # The GPU machine (docs/benchmarks.md, "GPU check"): PyTorch with CUDA, numpy and
-# opencv-headless are there; no internet. Here, with PyPI: `make gpu-wheels` fetches the
-# rest for its Python (GPU_PYVER) into build/wheels and builds the throughput model into
-# build/gpu; both travel with the tree. There: `make gpu-check` (ONLY=model-only,e2e...
-# for a subset: each step stays under 10 minutes), DRY_RUN=1 to print the steps.
+# opencv-headless are there; no internet; one call carries at most 64 MiB. Here, with
+# PyPI: `make gpu-wheels` fetches the rest for its Python (GPU_PYVER) into build/wheels
+# (the daemon's, ~40 MiB) and build/wheels-nvdec (PyNvVideoCodec, ~26 MiB), carried in
+# separate calls with models/person-yolov8s.pt. There: `make gpu-venv` after each carry,
+# then `make gpu-check` (ONLY=model-only,e2e... for a subset: each step stays under 10
+# minutes); DRY_RUN=1 prints the steps.
 GPU_VENV  ?= .venv-gpu
 GPU_PYVER ?= 3.12
 gpu-wheels: setup
 	$(PY) -m streamd.gpucheck wheels $(GPU_PYVER)
-	$(PY) -m streamd.gpucheck model
+
+gpu-venv:
+	@python3 -m streamd.gpucheck probe
+	@test -d $(GPU_VENV) || python3 -m venv --system-site-packages $(GPU_VENV)
+	@for d in build/wheels build/wheels-nvdec; do if ls $$d/*.whl >/dev/null 2>&1; then \
+	  $(GPU_VENV)/bin/pip install --quiet --no-index --no-deps $$d/*.whl || exit 1; fi; done
+	@test -f build/gpu/yolo11n-random.pt || $(GPU_VENV)/bin/python -m streamd.gpucheck model
 
 gpu-check:
 ifdef DRY_RUN
 	python3 -m streamd.gpucheck --dry-run $(if $(ONLY),--only $(ONLY))
 else
-	@python3 -m streamd.gpucheck probe
-	@test -d $(GPU_VENV) || python3 -m venv --system-site-packages $(GPU_VENV)
-	@if ls build/wheels/*.whl >/dev/null 2>&1; then \
-	  $(GPU_VENV)/bin/pip install --quiet --no-index --no-deps build/wheels/*.whl; fi
+	@$(MAKE) -s gpu-venv
 	$(GPU_VENV)/bin/python -m streamd.gpucheck $(if $(ONLY),--only $(ONLY))
 endif
 

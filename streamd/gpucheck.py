@@ -76,6 +76,8 @@ def steps(out: Path, scale: Scale) -> list[Step]:
     s = scale
     model_backend = "torch" if s.backend == "null" else s.backend
     run: list[Step] = [
+        Step("deps", "every module the daemon needs imports",
+             (sys.executable, "-m", "streamd.gpucheck", "deps"), json_out=False),
         Step("gpu-tests", "the tests marked gpu (CUDA, FP16, CUDA graphs, TensorRT, NVDEC)",
              (sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
               f"--junitxml={out / 'gpu-tests.xml'}", "tests", *s.extra_pytest), json_out=False),
@@ -151,6 +153,9 @@ def run_step(step: Step, out: Path, limit_s: float = STEP_LIMIT_S) -> dict[str, 
     junit = out / f"{step.name}.xml"
     if junit.exists():
         result["tests"] = _junit(junit)
+    elif not step.json_out:
+        lines = log.read_text(errors="replace").strip().splitlines()
+        result["said"] = lines[-1] if lines else ""
     return result
 
 
@@ -189,6 +194,8 @@ def markdown(env: dict[str, Any], results: list[dict[str, Any]]) -> str:
 def _figure(result: dict[str, Any]) -> str:
     """The headline number of a step's JSON."""
     f = result.get("figures") or {}
+    if "said" in result:
+        return str(result["said"]).replace("|", "/")
     if "tests" in result:
         t = result["tests"]
         return f"{t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped"
@@ -212,8 +219,18 @@ GPU_MACHINE_HAS = ("torch", "torchvision", "numpy", "opencv-python")
 CARRY_LIMIT_MIB = 64
 
 
-def fetch_wheels(dest: Path, python: str) -> int:
-    """``pip download`` the wheels the GPU machine lacks for ``python`` (e.g. 3.12)."""
+# pydantic's own compiled part and helpers: pip's --no-deps would leave them out.
+PYDANTIC_PARTS = ("pydantic-core", "annotated-types", "typing-inspection")
+# Modules the daemon and the checks import, by import name (a missing one: its wheel).
+NEEDED = ("torch", "numpy", "cv2", "ultralytics", "supervision", "trackers", "zmq", "av",
+          "pydantic", "yaml", "prometheus_client", "setproctitle", "psutil", "PIL", "scipy",
+          "matplotlib", "requests")  # fmt: skip
+
+
+def fetch_wheels(python: str) -> int:
+    """``pip download`` the wheels the GPU machine lacks for ``python`` (e.g. 3.12):
+    build/wheels (the daemon's), build/wheels-nvdec (PyNvVideoCodec, 26 MB): carried in
+    separate calls, each under the 64 MiB a call carries."""
     import tomllib
 
     project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
@@ -222,7 +239,12 @@ def fetch_wheels(dest: Path, python: str) -> int:
         for r in project["dependencies"]
         if r.split("<")[0].split(">")[0].split("=")[0].strip() not in GPU_MACHINE_HAS
     ]
-    wanted += project["optional-dependencies"].get("nvdec", [])  # fmt: skip
+    code = _download(Path("build/wheels"), python, [*wanted, *PYDANTIC_PARTS])
+    nvdec = project["optional-dependencies"].get("nvdec", [])
+    return code or (_download(Path("build/wheels-nvdec"), python, nvdec) if nvdec else 0)
+
+
+def _download(dest: Path, python: str, wanted: Sequence[str]) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     platforms = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64")
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
@@ -231,8 +253,21 @@ def fetch_wheels(dest: Path, python: str) -> int:
     code = subprocess.run(argv, check=False).returncode
     size = sum(f.stat().st_size for f in dest.iterdir()) / 2**20
     print(f"{dest}: {len(list(dest.iterdir()))} wheels, {size:.1f} MiB "
-          f"(with the models, keep under {CARRY_LIMIT_MIB} MiB)")  # fmt: skip
+          f"(one call carries at most {CARRY_LIMIT_MIB} MiB)")  # fmt: skip
     return code
+
+
+def missing_modules() -> list[str]:
+    """What of :data:`NEEDED` does not import here."""
+    import importlib
+
+    out = []
+    for name in NEEDED:
+        try:
+            importlib.import_module(name)
+        except Exception:  # ImportError, or a binary that does not load
+            out.append(name)
+    return out
 
 
 def throughput_model(path: Path) -> None:
@@ -247,7 +282,11 @@ def throughput_model(path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in[:1] == ["wheels"]:  # here, with PyPI: `make gpu-wheels`
-        return fetch_wheels(Path("build/wheels"), args_in[1] if len(args_in) > 1 else "3.12")
+        return fetch_wheels(args_in[1] if len(args_in) > 1 else "3.12")
+    if args_in[:1] == ["deps"]:  # in the GPU venv: what is still missing
+        missing = missing_modules()
+        print(f"missing: {', '.join(missing)}" if missing else "every module imports")
+        return 1 if missing else 0
     if args_in[:1] == ["model"]:
         throughput_model(Path(THROUGHPUT_MODEL))
         return 0
