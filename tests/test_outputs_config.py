@@ -171,3 +171,15 @@ def test_tls_files_are_relative_to_the_pipeline_file(tmp_path: Path) -> None:
     assert cfg.outputs.nats.tls.ca_file == "/etc/ca.pem"
     assert cfg.outputs.nats.tls.cert_file == str(tmp_path / "c.pem")
     assert cfg.outputs.nats.tls.key_file == str(Path.home() / "k.pem")
+
+
+def test_an_output_that_takes_no_alerts_lets_its_cursor_follow_the_journal() -> None:
+    from streamd.config import WebhookConfig
+    from streamd.outputs.webhooks import WebhookOutput
+
+    hook = WebhookOutput(WebhookConfig(url="http://127.0.0.1:9/x", events=["status"]),
+                         Cursor({}, 0))  # fmt: skip
+    assert hook.wants("status", "a") and not hook.wants("track", "a")
+    assert hook.offer_alert(_alert(1)) and hook.offer_alert(_alert(2))
+    assert hook.ledger.cursor() == (Cursor({"a": 2}, 2), True)
+    assert hook.mailbox.get(0.0) is None  # nothing to send

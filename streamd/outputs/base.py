@@ -201,10 +201,19 @@ class Output(ABC):
     """
 
     def __init__(
-        self, name: str, cursor: Cursor, max_inflight: int, queue: int, kinds: Iterable[str]
+        self,
+        name: str,
+        cursor: Cursor,
+        max_inflight: int,
+        queue: int,
+        kinds: Iterable[str],
+        alerts: bool = True,
     ) -> None:
+        """``kinds``: the live events it wants; ``alerts``: whether it delivers alerts (if
+        not, its cursor just follows the journal)."""
         self.name = name
         self.kinds = frozenset(kinds)
+        self.alerts = alerts
         self.ledger = Ledger(cursor, max_inflight)
         self.mailbox = Mailbox(name, queue)
         self.connected = False
@@ -221,7 +230,10 @@ class Output(ABC):
         ``max_inflight`` alerts unconfirmed already."""
         if not self.ledger.take(alert):
             return False
-        self.mailbox.put_alert(alert)
+        if self.alerts:
+            self.mailbox.put_alert(alert)
+        else:
+            self.ledger.confirm(alert)
         return True
 
     def wants(self, kind: str, stream: str | None) -> bool:

@@ -42,7 +42,8 @@ LIVE_TRIES = 2
 class NatsOutput(Output):
     def __init__(self, cfg: NatsConfig, cursor: Cursor) -> None:
         kinds = [k for k in cfg.subjects if k != "alert"]
-        super().__init__("nats", cursor, cfg.max_inflight, cfg.queue, kinds)
+        super().__init__("nats", cursor, cfg.max_inflight, cfg.queue, kinds,
+                         alerts="alert" in cfg.subjects)  # fmt: skip
         self.cfg = cfg
         self._stop = threading.Event()
         self._last_det: dict[str, float] = {}  # stream → monotonic time of the last det sent
@@ -52,14 +53,6 @@ class NatsOutput(Output):
             "password": env_secret(cfg.password_env, "outputs.nats.password_env"),
             "token": env_secret(cfg.token_env, "outputs.nats.token_env"),
         }
-
-    def offer_alert(self, alert: JournaledAlert) -> bool:
-        if "alert" not in self.cfg.subjects:  # not wanted here: the cursor moves on
-            if not self.ledger.take(alert):
-                return False
-            self.ledger.confirm(alert)
-            return True
-        return super().offer_alert(alert)
 
     def wants(self, kind: str, stream: str | None) -> bool:
         if kind not in self.kinds or stream is None:

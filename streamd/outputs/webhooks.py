@@ -64,9 +64,9 @@ class _Refused(Exception):
 class WebhookOutput(Output):
     def __init__(self, cfg: WebhookConfig, cursor: Cursor) -> None:
         kinds = [k for k in cfg.events if k != "alert"]
-        super().__init__(cfg.output_name, cursor, cfg.max_inflight, cfg.queue, kinds)
+        super().__init__(cfg.output_name, cursor, cfg.max_inflight, cfg.queue, kinds,
+                         alerts="alert" in cfg.events)  # fmt: skip
         self.cfg = cfg
-        self.alerts = "alert" in cfg.events
         secret = env_secret(cfg.secret_env, f"outputs.webhooks[{cfg.output_name}].secret_env")
         self._secret = None if secret is None else secret.encode()
         self._where = describe(cfg.url)
@@ -75,14 +75,6 @@ class WebhookOutput(Output):
                                         daemon=True)  # fmt: skip
         # No proxies from the environment, no redirects: alerts go where the URL says.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
-
-    def offer_alert(self, alert: JournaledAlert) -> bool:
-        if not self.alerts:  # not wanted here: passed over, the cursor moves
-            if not self.ledger.take(alert):
-                return False
-            self.ledger.confirm(alert)
-            return True
-        return super().offer_alert(alert)
 
     def start(self) -> None:
         self._thread.start()
