@@ -172,9 +172,10 @@ def test_stalled_outputs_leave_det_latency_alone(tmp_path: Path) -> None:
     finally:
         hole.close()
         hook.close()
-    # A bound, not a benchmark: the pipeline does not wait for any output.
+    # A bound, not a benchmark (other work shares these cores): an output the pipeline
+    # waited for would cost it seconds, not milliseconds.
     print(f"det latency median: {without:.1f} ms without outputs, {stalled:.1f} ms stalled")
-    assert stalled < without * 1.5 + 15.0, (without, stalled)
+    assert stalled < without * 2.0 + 25.0, (without, stalled)
     # ... which really were stalled while alerts came.
     assert alerts >= 3
     hook_name = next(n for n in sample_names(m) if n.startswith("webhook-"))
