@@ -173,21 +173,28 @@ def test_the_overlay_keeps_env_references_and_a_get_put_round_trip_keeps_the_url
         assert seen["url"] == "rtsp://***@127.0.0.1:8554/a"
         changes.update_stream("a", {**seen, "zones": [zone]})  # read, change a zone, write
         assert changes.get_stream("a").url == "rtsp://admin:s3cret-one@127.0.0.1:8554/a"
-        added = changes.add_stream({"id": "c", "url": "rtsp://cam:${CAM_PASS}@10.0.0.9/c"})
-        assert added.url == "rtsp://cam:s3cret-one@10.0.0.9/c"
-        with pytest.raises(AdminError) as unset:
-            changes.add_stream({"id": "d", "url": "rtsp://u:${NOT_SET_ANYWHERE}@h/d"})
-        assert unset.value.status == 422 and unset.value.problems[0][0] == "url"
+        # A request naming the daemon's environment would read it back through GET.
+        for body in ({"id": "c", "url": "rtsp://cam:${CAM_PASS}@10.0.0.9/c"},
+                     {"id": "c", "url": "rtsp://10.0.0.9/${HOME}"}):  # fmt: skip
+            with pytest.raises(AdminError) as refused:
+                changes.add_stream(body)
+            assert refused.value.status == 422 and refused.value.problems[0][0] == "url"
+        with pytest.raises(AdminError) as in_zone:
+            changes.update_stream("b", {"url": "rtsp://127.0.0.1:8554/b",
+                                        "zones": [{**zone, "name": "${CAM_PASS}"}]})  # fmt: skip
+        assert in_zone.value.problems[0][0] == "zones.0.name"
+        changes.add_stream({"id": "c", "url": "rtsp://cam:given@10.0.0.9/c"})
+        assert changes.get_stream("c").url == "rtsp://cam:given@10.0.0.9/c"
     saved = (tmp_path / "cams.streams.yaml").read_text()
     assert "s3cret-one" not in saved and "***" not in saved
-    assert saved.count("${CAM_PASS}") == 2
+    assert saved.count("${CAM_PASS}") == 1
 
     # The password rotated: the next start uses the new one.
     monkeypatch.setenv("CAM_PASS", "s3cret-two")
     cfg = StreamsFile(tmp_path / "cams.yaml").apply(load_config(tmp_path / "cams.yaml"))
     urls = {s.id: s.url for s in cfg.streams}
     assert urls["a"] == "rtsp://admin:s3cret-two@127.0.0.1:8554/a"
-    assert urls["c"] == "rtsp://cam:s3cret-two@10.0.0.9/c"
+    assert urls["c"] == "rtsp://cam:given@10.0.0.9/c"
     assert [z.name for z in cfg.streams[0].zones] == ["door"]
 
 

@@ -15,7 +15,9 @@ removes it. Each stream is saved as it was written (in the pipeline file or
 the request), ``${NAME}`` references kept: a password taken from the
 environment never reaches the overlay, and a rotated one is used at the next
 start. A ``PUT`` whose URL is the redacted one a ``GET`` answered
-(``rtsp://***@host/...``) keeps the stream's real URL.
+(``rtsp://***@host/...``) keeps the stream's real URL (and its reference). A
+request may not hold ``${NAME}`` itself: that would let an API client read the
+daemon's environment.
 
 A request that times out waiting for the supervisor is withdrawn if it has not
 started: a 503 means nothing was applied. The supervisor applies one request
@@ -117,6 +119,21 @@ def parse_stream(body: object, base_dir: Path, prefix: str = "") -> StreamConfig
         return resolve_clips_dir(stream, base_dir)
     except ValidationError as e:
         raise AdminError(422, _problems(e, prefix)) from None
+
+
+def _refuse_env_references(body: object, path: str = "") -> None:
+    """``${NAME}`` is the pipeline file's (its author's): from a request it would let an
+    API client read the daemon's environment (a token, a broker password) back through
+    the stream's URL, or send it to a host of its choosing. AdminError 422 naming the key."""
+    if isinstance(body, dict):
+        for k, v in body.items():
+            _refuse_env_references(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(body, list):
+        for i, v in enumerate(body):
+            _refuse_env_references(v, f"{path}.{i}")
+    elif isinstance(body, str) and "${" in body:
+        raise AdminError(422, [(path, "${...} environment references are taken from the "
+                                      "pipeline file only, not from a request")])  # fmt: skip
 
 
 def _dumped(stream: StreamConfig) -> Body:
@@ -244,10 +261,12 @@ class StreamChanges:
         return next((s for s in self.streams if s.id == stream_id), None)
 
     def add_stream(self, body: dict[str, Any]) -> StreamConfig:
+        _refuse_env_references(body)
         stream = parse_stream(body, self._base_dir)
         return self._submit(_Request("add", stream.id, stream, body))
 
     def update_stream(self, stream_id: str, body: dict[str, Any]) -> StreamConfig:
+        _refuse_env_references(body)
         if isinstance(body, dict) and body.get("id", stream_id) != stream_id:
             raise AdminError(422, [("id", "cannot change; remove the stream and add it")])
         if isinstance(body, dict):
