@@ -62,6 +62,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_BAD_CONFIG
     configure_logging(args.log_level, "supervisor", cfg.log.format)  # the file's format now
+    from streamd.sources.nvdec import start_refusals
+
+    refused = start_refusals(cfg.streams)  # decode: nvdec on a machine without it
+    if refused:
+        print("\n".join(f"{args.file}: {r}" for r in refused), file=sys.stderr)
+        return EXIT_BAD_CONFIG
     from streamd.app import Daemon
     from streamd.publish.curve import KeyFileError
 

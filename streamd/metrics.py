@@ -186,3 +186,15 @@ OUTPUT_CONNECTED = Gauge(
     ["output"],
     multiprocess_mode="livemax",
 )
+DECODER = Gauge(
+    "streamd_decoder",
+    "1 for the decoder a stream's frames come from now (cpu or nvdec), 0 for the other.",
+    ["stream", "decoder"],
+    multiprocess_mode="mostrecent",
+)
+DECODE_FALLBACKS = Counter(
+    "streamd_decode_fallbacks",
+    "Streams sent from NVDEC to the CPU decoder, by cause: unavailable (the library or a "
+    "decoder did not open), device_error (the device failed while decoding).",
+    ["stream", "cause"],
+)

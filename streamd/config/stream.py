@@ -80,6 +80,12 @@ class StreamConfig(_Strict):
         description="drop: a frame the decoder reports damaged is skipped and counted; "
         "conceal: keep the decoder's error-concealed picture.",
     )
+    decode: Literal["auto", "cpu", "nvdec"] = Field(
+        "auto",
+        description="auto: NVDEC for H.264/H.265 where PyNvVideoCodec and a CUDA device are "
+        "present, else the CPU; cpu: PyAV/ffmpeg always; nvdec: NVDEC (start-up is refused "
+        "where it is unavailable; a device that fails later falls back to the CPU, counted).",
+    )
     reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig())
     zones: list[ZoneConfig] = Field(default_factory=list, description="Polygon zones and rules.")
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines.")

@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, unquote
 
 import av
@@ -44,11 +44,39 @@ class OpenOptions:
     on_corrupt: Literal["drop", "conceal"] = "drop"
 
 
+class HostPicture(Protocol):
+    """A picture another decoder made (NVDEC: ``sources/nvdec.py``), in host memory."""
+
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def time(self) -> float | None: ...
+    def to_bgr(self) -> npt.NDArray[np.uint8]: ...
+
+
+Picture = av.VideoFrame | HostPicture
+
+
+class FrameDecoder(Protocol):
+    """Turns one demuxed packet into pictures, counting a bad one in ``counters``.
+
+    PyAV's own decoder (:class:`CpuDecoder`) or NVDEC (``sources/nvdec.py``); the
+    size-0 packet PyAV's demuxer ends with flushes it.
+    """
+
+    name: str
+
+    def decode(self, packet: av.Packet[Any], counters: DecodeCounters) -> list[Picture]: ...
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True)
 class DecodedFrame:
     """A decoded picture; converted to BGR only if asked for (sampling may drop it first)."""
 
-    picture: av.VideoFrame
+    picture: Picture
     decode_ms: float
     pts_s: float | None
     _image: npt.NDArray[np.uint8] | None = None
@@ -65,7 +93,8 @@ class DecodedFrame:
         """The picture as BGR, HxWx3 (converted once; the time counts as decoding)."""
         if self._image is None:
             t0 = time.perf_counter()
-            self._image = to_bgr(self.picture)
+            pic = self.picture
+            self._image = to_bgr(pic) if isinstance(pic, av.VideoFrame) else pic.to_bgr()
             self.decode_ms += (time.perf_counter() - t0) * 1000.0
         return self._image
 
@@ -160,6 +189,7 @@ def decode_frames(
     counters: DecodeCounters,
     stall_timeout_s: float,
     on_packet: Callable[[av.Packet[Any]], None] | None = None,
+    decoder: FrameDecoder | None = None,
 ) -> Iterator[DecodedFrame]:
     """Yield decoded frames until the end of the input.
 
@@ -167,9 +197,11 @@ def decode_frames(
     ``counters.decode_errors``. Raises :class:`SourceStalled` when no frame
     could be decoded for ``stall_timeout_s`` (a read that got no data at all
     for that long is aborted by the container's read timeout). ``on_packet`` sees
-    every demuxed packet before it is decoded (the event clips' pre-roll).
+    every demuxed packet before it is decoded (the event clips' pre-roll);
+    ``decoder`` decodes them (PyAV's own by default).
     """
     stream = container.streams.video[0]
+    decoder = decoder or CpuDecoder()
     last_frame = time.monotonic()
     demux_errors_in_row = 0
     packets = container.demux(stream)
@@ -193,7 +225,7 @@ def decode_frames(
         if on_packet is not None:
             on_packet(packet)
         t0 = time.perf_counter()
-        frames = _decode_packet(packet, counters)
+        frames = decoder.decode(packet, counters)
         for frame in frames:
             counters.decoded += 1
             yield DecodedFrame(frame, (time.perf_counter() - t0) * 1000.0, frame.time)
@@ -201,6 +233,18 @@ def decode_frames(
             last_frame = time.monotonic()
         if not frames and time.monotonic() - last_frame > stall_timeout_s:
             raise SourceStalled(f"no decodable frame for {stall_timeout_s:g}s")
+
+
+class CpuDecoder:
+    """PyAV's (ffmpeg's) software decoder, the stream's own codec context."""
+
+    name = "cpu"
+
+    def decode(self, packet: av.Packet[Any], counters: DecodeCounters) -> list[Picture]:
+        return list(_decode_packet(packet, counters))
+
+    def close(self) -> None:
+        """Nothing to release: the codec context closes with its container."""
 
 
 def _decode_packet(packet: av.Packet[Any], counters: DecodeCounters) -> list[av.VideoFrame]:

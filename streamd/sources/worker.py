@@ -26,6 +26,7 @@ from streamd.runtime.exits import WorkerExit
 from streamd.runtime.process import StopFlag, run_logged, setup_worker
 from streamd.runtime.redact import redact_url
 from streamd.runtime.watchdog import Watchdog
+from streamd.sources.nvdec import DecoderChoice
 from streamd.sources.reader import (
     DecodeCounters,
     DecodedFrame,
@@ -202,6 +203,8 @@ class SourceWorker:
         self._terminal: StatusUpdate | None = None  # said once the last frames are analysed
         self._ring_prefix = f"{segment_prefix(spec.run_id)}{spec.index}_{os.getpid()}_"
         stream = spec.stream_config()
+        # NVDEC or the CPU, chosen per session; a device failing mid-stream is said at once.
+        self.decoders = DecoderChoice(spec.stream, stream.decode, on_fallback=self._fell_back)
         self.clips = start_clips(stream, spec.analysis.pipeline.journal.path)
         self.analysis = StreamAnalysis(stream, spec.analysis, self, self.clips)
 
@@ -301,10 +304,13 @@ class SourceWorker:
         clips = self.clips
         if clips is not None:
             clips.begin_session(container.streams.video[0])
+        decoder = self.decoders.open(container.streams.video[0])
         try:
             self._pacer.expect(frame_step(container))  # the first steps' yardstick
             on_packet = None if clips is None else clips.on_packet
-            frames = decode_frames(container, self.counters, opts.stall_timeout_s, on_packet)
+            frames = decode_frames(
+                container, self.counters, opts.stall_timeout_s, on_packet, decoder
+            )
             while not self.stop.is_set():
                 with self.watchdog.armed(opts.stall_timeout_s + WATCHDOG_GRACE_S, "read"):
                     decoded = next(frames, None)
@@ -312,7 +318,7 @@ class SourceWorker:
                 if decoded is None:
                     return _Outcome("end_of_stream", "", streamed)
                 if self._state is not SourceState.STREAMING:
-                    self._transition(SourceState.STREAMING, "first_frame")
+                    self._transition(SourceState.STREAMING, "first_frame", self.decoders.describe())
                 streamed = True
                 if self.spec.realtime and self.stop.wait(self._pacer.delay(decoded.pts_s)):
                     break
@@ -327,7 +333,13 @@ class SourceWorker:
         finally:
             if clips is not None:
                 clips.end_session()  # a clip ends at the gap
+            decoder.close()  # NVDEC: pictures held for reordering are dropped with the session
             container.close()
+
+    def _fell_back(self, detail: str) -> None:
+        """NVDEC failed mid-stream: the stream goes on on the CPU; subscribers are told."""
+        if self._state is SourceState.STREAMING:
+            self._transition(SourceState.STREAMING, "decoder_fallback", detail)
 
     def _ring_for(self, decoded: DecodedFrame) -> FrameRing:
         h, w = decoded.height, decoded.width
@@ -455,4 +467,5 @@ class SourceWorker:
             "decode_errors": self.counters.decode_errors,
             "reconnects": self._reconnects,
             "restarts": self.spec.restarts,
+            "decode_fallbacks": self.decoders.fallbacks,
         }
