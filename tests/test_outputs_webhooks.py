@@ -72,9 +72,11 @@ def test_webhook_signed_retried_through_500s_in_order(
         return code
 
     hook = Receiver(answer)
+    refuser = Receiver(lambda req: 400)  # refuses every body: each alert given up at once
     monkeypatch.setenv("HOOK_SECRET", SECRET)
     outputs = {"webhooks": [{"url": hook.url, "events": ["alert", "status"],
-                             "secret_env": "HOOK_SECRET", "backoff_max_s": 1.0}],
+                             "secret_env": "HOOK_SECRET", "backoff_max_s": 1.0},
+                            {"url": refuser.url, "name": "refuser"}],
                # An output that cannot start (its CA file is missing) stops no other.
                "mqtt": {"host": "127.0.0.1", "tls": {"ca_file": str(tmp_path / "no")}}}  # fmt: skip
     cfg = pipeline(tmp_path, make_clip(tmp_path), outputs, security=_keys(tmp_path))
@@ -92,6 +94,7 @@ def test_webhook_signed_retried_through_500s_in_order(
         if daemon.poll() is None:
             daemon.kill()
         hook.close()
+        refuser.close()
     log = (tmp_path / "daemon.log").read_text()
     assert SECRET not in log and "outputs process ended" in log
     assert "output mqtt cannot start" in log
@@ -118,6 +121,14 @@ def test_webhook_signed_retried_through_500s_in_order(
     statuses = [json.loads(r["body"]) for r in reqs if r["headers"]["X-Streamd-Event"] == "status"]
     assert any(s["state"] == "streaming" for s in statuses)  # off the CURVE bus
     name = next(n for n in sample_names(metrics) if n.startswith("webhook-"))
+    # The refusing receiver got each alert once (a 4xx is not retried; twice at most for
+    # those of the half second before the kill), and its cursor moved past them.
+    refused = [r["headers"]["X-Streamd-Id"] for r in refuser.snapshot()]
+    assert len(set(refused)) >= 3 and all(refused.count(i) <= 2 for i in refused)
+    assert sample(metrics, "streamd_output_dropped_total", output="refuser", cause="rejected") >= 3
+    assert "X-Streamd-Signature" not in refuser.snapshot()[0]["headers"]  # no secret_env
+    cursor = json.loads((tmp_path / "alerts.sqlite.outputs" / "refuser.json").read_text())
+    assert cursor["after"]["cam"] >= 2
     assert sample(metrics, "streamd_output_failed_total", output=name) >= 3
     assert sample(metrics, "streamd_output_sent_total", output=name, type="alert") >= 3
 
