@@ -393,6 +393,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from streamd.bench import BenchSpec, format_table, run
 
     configure_logging("WARNING", "bench")
+    if args.decode_only:
+        return _bench_decode(args)
     spec = BenchSpec(
         streams=args.streams,
         width=args.width,
@@ -421,6 +423,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(report))
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
+    return 0
+
+
+def _bench_decode(args: argparse.Namespace) -> int:
+    from streamd.decode_bench import DecodeBenchSpec, DecoderUnavailable, format_line, run_decode
+
+    width, _, height = args.decode_size.partition("x")
+    spec = DecodeBenchSpec(decoder=args.decoder, threads=args.threads, decode_in=args.decode_in,
+                           clip=args.clip, width=int(width), height=int(height),
+                           duration_s=args.duration,
+                           bgr=not args.no_bgr)  # fmt: skip
+    try:
+        report = run_decode(spec, Path(args.workdir))
+    except DecoderUnavailable as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(format_line(report))
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -571,6 +591,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live-view clients on stream s0, on and off in turns")  # fmt: skip
     b.add_argument("--viewer-window", type=float, default=10.0, help="seconds per turn")
     b.add_argument("--out", default="bench.json", help="JSON results file")
+    b.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="decoding alone: frames/s of --threads decoders at once",
+    )
+    b.add_argument(
+        "--decoder",
+        choices=["cpu", "nvdec"],
+        default="cpu",
+        help="--decode-only: PyAV on the CPU or NVDEC (exit 2 where unavailable)",
+    )
+    b.add_argument("--threads", type=int, default=1, help="--decode-only: decoders at once")
+    b.add_argument(
+        "--decode-in",
+        choices=["worker", "inference"],
+        default="worker",
+        help="--decode-only: a process per decoder (camera processes) or threads "
+        "of one process (decoding in the detector's process)",
+    )
+    b.add_argument(
+        "--clip",
+        default=None,
+        help="--decode-only: the clip (default: synthetic H.264, --decode-size)",
+    )
+    b.add_argument("--decode-size", default="1920x1080", help="--decode-only: synthetic clip")
+    b.add_argument(
+        "--no-bgr",
+        action="store_true",
+        help="--decode-only: count decoded pictures without the BGR conversion",
+    )
+    b.add_argument(
+        "--workdir",
+        default=str(Path.home() / ".cache" / "streamd" / "bench"),
+        help="--decode-only: where the synthetic clip is kept",
+    )
     b.set_defaults(func=_cmd_bench)
 
     v = sub.add_parser("view", help="watch a stream's annotated live view (or record it)")

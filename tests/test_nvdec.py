@@ -307,3 +307,44 @@ def test_boxes_on_nvdec_frames_are_within_a_pixel_of_cpu_frames(
             assert len(a) == len(b)
             if len(a):
                 assert np.abs(np.sort(a.xyxy, axis=0) - np.sort(b.xyxy, axis=0)).max() <= 1.0
+
+
+# --- the decode benchmark ---------------------------------------------------------------------
+
+
+def test_decode_bench_counts_frames_of_each_decoder_in_one_window(
+    clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamd import decode_bench
+    from streamd.decode_bench import DecodeBenchSpec, format_line, run_decode
+
+    spec = DecodeBenchSpec(decoder="cpu", threads=2, decode_in="inference",
+                           clip=str(clips["h264.mp4"]), duration_s=1.0)  # fmt: skip
+    report = run_decode(spec, tmp_path)
+    assert len(report["frames"]) == 2 and all(n > FRAMES for n in report["frames"])  # looped
+    assert report["fps_total"] == pytest.approx(sum(report["frames"]), rel=0.01)
+    assert "decode cpu x2 (inference), h264 320x240 to BGR: " in format_line(report)
+    # The NVDEC path of the bench is the camera's adapter (here over the fake).
+    backend = FakeBackend()
+    monkeypatch.setattr(decode_bench, "probe", lambda: None)
+    monkeypatch.setattr(decode_bench, "load_backend", lambda: backend)
+    nv_spec = DecodeBenchSpec(decoder="nvdec", threads=1, decode_in="inference",
+                              clip=str(clips["hevc.mp4"]), duration_s=0.5)  # fmt: skip
+    nv = run_decode(nv_spec, tmp_path)
+    assert nv["frames"][0] > 0 and nv["clip"]["codec"] == "hevc" and backend.sessions
+
+
+def test_decode_bench_command_line(clips: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "decode.json"
+    base = [sys.executable, "-m", "streamd.cli", "bench", "--decode-only", "--duration", "0.5",
+            "--clip", str(clips["h264.ts"]), "--out", str(out)]  # fmt: skip
+    done = subprocess.run([*base, "--decoder", "nvdec"], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("nvdec unavailable: ") and not out.exists()
+    done = subprocess.run([*base, "--threads", "2"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "decode cpu x2 (worker), h264 320x240 to BGR: " in done.stdout
+    report = json.loads(out.read_text())
+    assert report["fps_total"] > 0 and len(report["frames"]) == 2
