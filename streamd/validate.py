@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from streamd.config import PipelineConfig, source_kind
+from streamd.config.outputs import TlsConfig
 from streamd.runtime.logs import adopt_ultralytics
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ Problem = tuple[str, str]  # (key path, reason), as in ConfigError
 
 
 def check_files(cfg: PipelineConfig) -> list[Problem]:
-    """Missing stream files and model weights, each under its key."""
+    """Missing stream files, model weights and TLS files, each under its key."""
     problems: list[Problem] = []
     for i, stream in enumerate(cfg.streams):
         if source_kind(stream.url) == "file" and not Path(stream.url).is_file():
@@ -31,6 +32,19 @@ def check_files(cfg: PipelineConfig) -> list[Problem]:
     # is internet; a path names a file that must be there.
     if cfg.model.backend != "null" and "/" in weights and not Path(weights).is_file():
         problems.append(("model.weights", f"no such file: {weights}"))
+    return problems + _tls_files(cfg)
+
+
+def _tls_files(cfg: PipelineConfig) -> list[Problem]:
+    """The outputs' TLS files (an output whose file is missing would not start)."""
+    problems: list[Problem] = []
+    for name, out in (("mqtt", cfg.outputs.mqtt), ("nats", cfg.outputs.nats)):
+        tls = None if out is None else out.tls
+        if isinstance(tls, TlsConfig):
+            for key in ("ca_file", "cert_file", "key_file"):
+                path = getattr(tls, key)
+                if path is not None and not Path(path).is_file():
+                    problems.append((f"outputs.{name}.tls.{key}", f"no such file: {path}"))
     return problems
 
 

@@ -183,3 +183,20 @@ def test_an_output_that_takes_no_alerts_lets_its_cursor_follow_the_journal() -> 
     assert hook.offer_alert(_alert(1)) and hook.offer_alert(_alert(2))
     assert hook.ledger.cursor() == (Cursor({"a": 2}, 2), True)
     assert hook.mailbox.get(0.0) is None  # nothing to send
+
+
+def test_validate_names_a_missing_tls_file(tmp_path: Path) -> None:
+    from streamd.validate import check_files
+
+    (tmp_path / "x.mp4").touch()
+    (tmp_path / "ca.pem").touch()
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "streams: [{id: a, url: x.mp4}]\noutputs:\n"
+        "  mqtt: {host: 127.0.0.1, tls: {ca_file: ca.pem}}\n"
+        "  nats: {tls: {ca_file: ca.pem, cert_file: c.pem, key_file: k.pem}}\n"
+    )
+    assert check_files(load_config(path)) == [
+        ("outputs.nats.tls.cert_file", f"no such file: {tmp_path / 'c.pem'}"),
+        ("outputs.nats.tls.key_file", f"no such file: {tmp_path / 'k.pem'}"),
+    ]
