@@ -238,7 +238,7 @@ class NatsConfig(_Delivery):
         return self
 
 
-class WebhookConfig(_Strict):
+class WebhookConfig(_Delivery):
     url: str = Field(..., description="http(s)://... the JSON is POSTed to; https off loopback.")
     name: str | None = Field(
         None,
@@ -256,8 +256,6 @@ class WebhookConfig(_Strict):
     )
     timeout_s: float = Field(5.0, gt=0.0, le=120.0, description="Per request.")
     backoff_max_s: float = Field(30.0, ge=0.1, le=3600.0, description="Retry delay ceiling.")
-    max_inflight: int = Field(100, ge=1, le=10_000, description="As for mqtt.")
-    queue: int = Field(1000, ge=1, le=1_000_000, description="As for mqtt.")
 
     @field_validator("url")
     @classmethod
