@@ -104,7 +104,10 @@ class NatsOutput(Output):
                 await asyncio.to_thread(self._stop.wait, delay)
                 continue
             self.connected = True
-            log.info("nats: connected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+            url = nc.connected_url  # host and port only: never a URL's user part
+            log.info(
+                "nats: connected to %s:%s", url.hostname if url else "?", url.port if url else "?"
+            )
             return nc
         return None
 
