@@ -87,7 +87,7 @@ class Daemon(Reconfigure):
             cfg, bodies = self._file.load(cfg)
         self.cfg = cfg
         base_dir = Path.cwd() if pipeline is None else pipeline.parent
-        self.changes = StreamChanges(cfg.streams, base_dir, self._file, bodies)
+        self.changes = StreamChanges(cfg.streams, base_dir, self._file, bodies, cfg.shard)
         self._next_index = len(cfg.streams)  # a stream added at runtime: a fresh ring index
         self._next_generation: dict[str, int] = {}  # a removed id added again starts here
         # SIGHUP: a plain flag, set in signal context (an Event's lock could deadlock there

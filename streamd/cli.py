@@ -35,9 +35,10 @@ def _load(path: str) -> PipelineConfig | None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from streamd.fleet.commands import load_all, shard_lines
     from streamd.publish.curve import KeyFileError, load_server_keys
 
-    cfg = _load(args.file)
+    cfg = load_all(args.file)  # every stream: each is checked, whichever shard runs it
     if cfg is None:
         return EXIT_BAD_CONFIG
     from streamd.validate import check_classes, check_files
@@ -53,6 +54,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"{args.file}: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     print(f"{args.file}: ok ({len(cfg.streams)} stream(s))")
+    shard = args.shard or cfg.shard
+    if shard is not None:
+        print("\n".join(shard_lines(cfg, shard)))
     return 0
 
 
@@ -109,6 +113,10 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _cmd_subscribe(args: argparse.Namespace) -> int:
+    if args.nats:
+        from streamd.fleet.commands import cmd_subscribe_nats
+
+        return cmd_subscribe_nats(args)
     import zmq
 
     from streamd.client import Gap, Subscriber
@@ -267,8 +275,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    from streamd.fleet.commands import cmd_fleet_status, status_targets
+
+    targets = status_targets(args) or ["127.0.0.1:8090"]
+    if len(targets) > 1 or args.fleet:
+        try:
+            return cmd_fleet_status(args, [_status_address(t) for t in targets])
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return EXIT_BAD_CONFIG
     try:
-        address = _status_address(args.target)
+        address = _status_address(targets[0])
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -296,27 +313,31 @@ def status_exit_code(status: dict[str, Any]) -> int:
     return 0 if all(r.get("up", r.get("state") == "streaming") for r in rows) else EXIT_STREAMS_DOWN
 
 
+STATUS_COLUMNS = ("STREAM", "STATE", "FOR", "REASON", "ATTEMPT", "RESTARTS", "FPS",
+                  "ANALYSED", "DROPPED", "DEC_ERR")  # fmt: skip
+
+
+def status_row(sid: str, s: dict[str, Any]) -> tuple[str, ...]:
+    """One stream's cells under ``STATUS_COLUMNS``."""
+    in_state = s.get("in_state_s")
+    return (
+        sid,
+        s["state"] or "-",
+        "-" if in_state is None else f"{in_state:.0f}s",
+        s["reason"] or "-",
+        str(s["attempt"]),
+        str(s["restarts"]),
+        f"{s['fps']:.1f}",
+        str(s["analysed"]),
+        str(sum(s["dropped"].values())),
+        str(s["decode_errors"]),
+    )
+
+
 def format_status(status: dict[str, Any]) -> str:
     """A table of streams, one per line, for people."""
-    cols = ("STREAM", "STATE", "FOR", "REASON", "ATTEMPT", "RESTARTS", "FPS", "ANALYSED",
-            "DROPPED", "DEC_ERR")  # fmt: skip
-    rows = [cols]
-    for sid, s in status["streams"].items():
-        in_state = s.get("in_state_s")
-        rows.append(
-            (
-                sid,
-                s["state"] or "-",
-                "-" if in_state is None else f"{in_state:.0f}s",
-                s["reason"] or "-",
-                str(s["attempt"]),
-                str(s["restarts"]),
-                f"{s['fps']:.1f}",
-                str(s["analysed"]),
-                str(sum(s["dropped"].values())),
-                str(s["decode_errors"]),
-            )
-        )
+    cols = STATUS_COLUMNS
+    rows = [cols, *(status_row(sid, s) for sid, s in status["streams"].items())]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     head = (
@@ -491,6 +512,18 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shard(text: str) -> Any:
+    from streamd.fleet.commands import parse_shard
+
+    return parse_shard(text)
+
+
+def _cmd_shards(args: argparse.Namespace) -> int:
+    from streamd.fleet.commands import cmd_shards
+
+    return cmd_shards(args)
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -513,7 +546,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check a pipeline file; exit 2 naming the bad key")
     val.add_argument("file")
+    val.add_argument("--shard", type=_parse_shard, default=None, metavar="I/N",
+                     help="also list the streams shard I of N runs")  # fmt: skip
     val.set_defaults(func=_cmd_validate)
+
+    sh = sub.add_parser("shards", help="which instance (shard) runs each stream")
+    sh.add_argument("file", help="pipeline YAML file")
+    sh.add_argument("--count", type=int, default=None,
+                    help="shards (default: the file's shard.count; shows what moves)")  # fmt: skip
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=_cmd_shards)
 
     s = sub.add_parser("subscribe", help="print events as JSON lines")
     s.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5556",
@@ -524,6 +566,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many seconds (exit 1 if no event came)")  # fmt: skip
     s.add_argument("--client-key", help="security.curve: this client's .key_secret file")
     s.add_argument("--server-key", help="security.curve: the daemon's public .key file")
+    s.add_argument(
+        "--nats",
+        action="append",
+        metavar="URL",
+        help="the whole fleet's events from NATS JetStream instead (repeatable)",
+    )
+    s.add_argument("--jetstream", default="STREAMD", help="--nats: the JetStream stream")
+    s.add_argument(
+        "--kind",
+        action="append",
+        choices=["alert", "track", "det"],
+        help="--nats: event kinds (default alert and track; repeatable)",
+    )
     s.set_defaults(func=_cmd_subscribe)
 
     k = sub.add_parser(
@@ -536,10 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show every stream's state from a running daemon")
     st.add_argument(
         "target",
-        nargs="?",
-        default="127.0.0.1:8090",
-        help="the pipeline file (its http.listen is used) or HOST:PORT",
+        nargs="*",
+        help="the pipeline file (its http.listen is used) or HOST:PORT (default "
+        "127.0.0.1:8090); several: the fleet in one table",
     )
+    st.add_argument("--fleet", help="a file of instances, HOST:PORT per line")
+    st.add_argument("--token", help="http.token (default: $STREAMD_HTTP_TOKEN)")
     st.add_argument("--json", action="store_true", help="print the raw /status JSON")
     st.add_argument("--timeout", type=float, default=5.0)
     st.set_defaults(func=_cmd_status)

@@ -353,8 +353,9 @@ def _resolve_file_url(url: str, base_dir: Path) -> str:
     return str(path.resolve())
 
 
-def load_config(path: str | Path) -> PipelineConfig:
-    """Load, validate and resolve a pipeline file."""
+def load_config(path: str | Path, all_shards: bool = False) -> PipelineConfig:
+    """Load, validate and resolve a pipeline file; with ``shard``, only the streams of
+    this instance's shard (``all_shards``: every stream, as written)."""
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -370,4 +371,20 @@ def load_config(path: str | Path) -> PipelineConfig:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(str(p), [("", f"not UTF-8 text (byte {e.start})")]) from None
-    return resolve_paths(parse_config(text, source=str(p)), p.parent, p.stem)
+    cfg = resolve_paths(parse_config(text, source=str(p)), p.parent, p.stem)
+    return cfg if all_shards else own_shard(cfg, str(p))
+
+
+def own_shard(cfg: PipelineConfig, source: str) -> PipelineConfig:
+    """``cfg`` with the streams its ``shard`` owns; ConfigError if that is none of them
+    (an instance with nothing to do is a fleet sized wrong, said at once)."""
+    if cfg.shard is None:
+        return cfg
+    mine = [s for s in cfg.streams if cfg.shard.owns(s.id)]
+    if not mine:
+        reason = (
+            f"shard {cfg.shard} owns none of the file's {len(cfg.streams)} stream(s): "
+            "fewer shards, or more streams (see `streamd shards FILE --count N`)"
+        )
+        raise ConfigError(source, [("shard", reason)])
+    return cfg.model_copy(update={"streams": mine})

@@ -16,6 +16,7 @@ from streamd.config.outputs import OutputsConfig
 from streamd.config.overlay import OverlayConfig
 from streamd.config.publish import PublishConfig
 from streamd.config.security import SecurityConfig, reachable_without_keys
+from streamd.config.shard import ShardConfig
 from streamd.config.stream import StreamConfig
 from streamd.config.supervisor import SupervisorConfig
 from streamd.config.tracker import TrackerConfig
@@ -35,6 +36,9 @@ class PipelineConfig(_Strict):
     journal: JournalConfig = Field(default_factory=lambda: JournalConfig())
     log: LogConfig = Field(default_factory=lambda: LogConfig())
     outputs: OutputsConfig = Field(default_factory=lambda: OutputsConfig())
+    shard: ShardConfig | None = Field(
+        None, description="One instance of a fleet: it runs the streams its shard owns."
+    )
     streams: Annotated[list[StreamConfig], Field(min_length=1)]
 
     @field_validator("publish", "journal")

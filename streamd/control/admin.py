@@ -16,7 +16,8 @@ from streamd.config import StreamConfig
 
 class AdminError(Exception):
     """A change refused: ``status`` is the HTTP status (404 unknown stream, 409 id taken,
-    422 invalid), ``problems`` the (key path, reason) pairs, as ``ConfigError`` has them."""
+    421 another shard's stream, 422 invalid), ``problems`` the (key path, reason) pairs,
+    as ``ConfigError`` has them."""
 
     def __init__(self, status: int, problems: list[tuple[str, str]]) -> None:
         super().__init__("; ".join(f"{k}: {r}" if k else r for k, r in problems))

@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from streamd.config import ConfigError, PipelineConfig, StreamConfig, source_kind
 from streamd.config.loader import _redacted_reason, expand_env, raw_streams, resolve_clips_dir
+from streamd.config.shard import ShardConfig, shard_of
 from streamd.control.admin import AdminError
 from streamd.runtime.redact import redact_url
 
@@ -185,6 +186,10 @@ class StreamsFile:
             raise ConfigError(str(self.path), problems)
         log.warning("streams from %s (changed at runtime) replace those of %s",
                     self.path, self.pipeline)  # fmt: skip
+        if cfg.shard is not None:  # shard.count changed since: the others' are theirs now
+            streams = _owned(streams, cfg.shard, self.path)
+            if not streams:
+                raise ConfigError(str(self.path), [("streams", f"none is shard {cfg.shard}'s")])
         return cfg.model_copy(update={"streams": streams}), bodies
 
     def save(self, streams: list[Body]) -> None:
@@ -210,6 +215,26 @@ class StreamsFile:
             self.path.unlink()
             _fsync_dir(self.path.parent)
             log.info("removed %s: %s is the truth again", self.path, self.pipeline)
+
+
+def _owned(streams: list[StreamConfig], shard: ShardConfig, path: Path) -> list[StreamConfig]:
+    """The streams ``shard`` owns; the others are logged and left to their shards."""
+    for s in streams:
+        if not shard.owns(s.id):
+            log.warning("%s: stream %s belongs to shard %d of %d, not this one (%s): not run",
+                        path, s.id, shard_of(s.id, shard.count), shard.count, shard)  # fmt: skip
+    return [s for s in streams if shard.owns(s.id)]
+
+
+def refuse_other_shard(stream_id: str, shard: ShardConfig | None) -> None:
+    """AdminError 421 (Misdirected Request) naming the shard that owns ``stream_id``: the
+    request is fine, this instance is the wrong one to send it to."""
+    if shard is None or shard.owns(stream_id):
+        return
+    owner = shard_of(stream_id, shard.count)
+    raise AdminError(421, [("id", f"stream {stream_id!r} belongs to shard {owner} of "
+                             f"{shard.count} (rendezvous hash of its id); this instance is "
+                             f"shard {shard}: add it there")])  # fmt: skip
 
 
 def _fsync_dir(path: Path) -> None:
@@ -245,8 +270,10 @@ class StreamChanges:
         base_dir: Path,
         file: StreamsFile | None,
         bodies: dict[str, Body] | None = None,
+        shard: ShardConfig | None = None,
     ) -> None:
         self.streams = list(streams)  # the running configuration, in order
+        self._shard = shard  # a stream added here must be this shard's
         self._bodies = dict(bodies or {})  # stream id → as written (what is saved)
         self._base_dir = base_dir
         self._file = file
@@ -263,6 +290,7 @@ class StreamChanges:
     def add_stream(self, body: dict[str, Any]) -> StreamConfig:
         _refuse_env_references(body)
         stream = parse_stream(body, self._base_dir)
+        refuse_other_shard(stream.id, self._shard)
         return self._submit(_Request("add", stream.id, stream, body))
 
     def update_stream(self, stream_id: str, body: dict[str, Any]) -> StreamConfig:
