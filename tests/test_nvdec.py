@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -38,7 +39,17 @@ from streamd.sources.reader import (
     open_source,
 )
 
+from .daemon import (
+    EventLog,
+    http_status,
+    sample,
+    scrape,
+    start,
+    stop_and_check_own_clean,
+    write_pipeline,
+)
 from .fake_nvdec import FakeBackend, FakeSession
+from .util import free_port
 
 FPS, GOP, FRAMES = 15, 10, 30
 
@@ -348,3 +359,36 @@ def test_decode_bench_command_line(clips: dict[str, Path], tmp_path: Path) -> No
     assert "decode cpu x2 (worker), h264 320x240 to BGR: " in done.stdout
     report = json.loads(out.read_text())
     assert report["fps_total"] > 0 and len(report["frames"]) == 2
+
+
+# --- through the daemon (this machine: no NVDEC) ----------------------------------------------
+
+
+def test_the_daemon_says_which_decoder_each_stream_uses(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    port = free_port()
+    clip = str(clips["h264.ts"])
+    live = {"url": clip, "loop": True, "realtime": True}
+    streams = [{"id": "auto", **live}, {"id": "cpu", **live, "decode": "cpu"}]
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, streams,
+                         model={"backend": "null", "null_boxes": 1, "imgsz": 320})  # fmt: skip
+    log = EventLog(f"tcp://127.0.0.1:{port}")
+    daemon = start(cfg, tmp_path / "daemon.log")
+    try:
+        auto = log.wait_state("auto", {"streaming"}, 60)
+        cpu = log.wait_state("cpu", {"streaming"}, 60)
+        assert auto is not None and cpu is not None, (tmp_path / "daemon.log").read_text()
+        assert auto[1]["detail"].startswith("decode: cpu (nvdec unavailable: ")
+        assert cpu[1]["detail"] == "decode: cpu (asked for)"
+        assert auto[1]["counters"]["decode_fallbacks"] == 0  # auto without NVDEC: no fallback
+        rows = http_status(cfg)["streams"]
+        assert rows["auto"]["detail"] == auto[1]["detail"]
+        m = scrape(cfg)
+        for sid in ("auto", "cpu"):
+            assert sample(m, "streamd_decoder", stream=sid, decoder="cpu") == 1
+            assert sample(m, "streamd_decoder", stream=sid, decoder="nvdec") == 0
+    finally:
+        log.close()
+        if daemon.poll() is None:
+            stop_and_check_own_clean(daemon, signal.SIGTERM)

@@ -122,7 +122,7 @@ def choose(mode: DecodeMode, codec: str, unavailable: str | None) -> tuple[str, 
     start-up refused it before), falls back to the CPU with the reason.
     """
     if mode == "cpu":
-        return "cpu", "decode: cpu"
+        return "cpu", "asked for"
     if codec not in NVDEC_CODECS:
         return "cpu", f"codec {codec} is not decoded by NVDEC here (h264, hevc only)"
     if unavailable is not None:
@@ -363,8 +363,13 @@ def _nv_codec(codec: str) -> NvCodec:
 class PyNvBackend:
     """PyNvVideoCodec 2.x's low-level decoder (``CreateDecoder``/``Decode``), host output.
 
-    Written from the 2.2.4 wheel's bindings and NVIDIA's API reference without a
-    GPU to run it on: the first GPU session checks it (``pytest -m gpu``).
+    Never run on a GPU. The names and signatures it uses (``CreateDecoder``'s
+    keywords, ``PacketData.bsl_data/bsl/pts/decode_flag``,
+    ``VideoPacketFlag.ENDOFSTREAM``, ``cudaVideoCodec.H264/HEVC``,
+    ``PyNvDecoder.Decode/GetWidth/GetHeight``, ``DecodedFrame.framesize/
+    GetPtrToPlane/getPTS``) were checked against the 2.2.4 wheel's extension
+    loaded without a GPU (a stub ``libcuda``), and ``PacketData`` takes the values
+    given here; what NVDEC does with them is for ``pytest -m gpu`` to show.
     """
 
     name = "pynvvideocodec"
