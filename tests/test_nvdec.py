@@ -392,3 +392,103 @@ def test_the_daemon_says_which_decoder_each_stream_uses(
         log.close()
         if daemon.poll() is None:
             stop_and_check_own_clean(daemon, signal.SIGTERM)
+
+
+# --- the shim and the daemon's NVDEC path, over a fake PyNvVideoCodec -------------------------
+
+FAKE_PYNV = Path(__file__).parent / "fake_pynv"
+STUB_LIBCUDA = """
+int cuInit(unsigned int flags) { (void)flags; return 0; }
+int cuDeviceGetCount(int *count) { *count = 1; return 0; }
+"""
+
+
+def _fake_pynv() -> Any:
+    import importlib.util
+
+    init = FAKE_PYNV / "PyNvVideoCodec" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("fake_PyNvVideoCodec", init)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pynvvideocodec_shim_over_the_fake_library(clips: dict[str, Path]) -> None:
+    """PyNvBackend as written (PacketData from bytes, host pointers copied out, pts)."""
+    from streamd.sources.nvdec import PyNvBackend
+
+    backend = PyNvBackend(_fake_pynv())
+    for name in ("h264.mp4", "hevc.mp4"):
+        codec = "hevc" if name.startswith("hevc") else "h264"
+        frames, counters, _ = _decode(
+            clips[name],
+            lambda s, c=codec: NvdecDecoder(s, backend.open(c, 0)),  # type: ignore[misc]
+        )
+        cpu = _cpu(clips[name])
+        assert [f.pts_s for f in frames] == [f.pts_s for f in cpu] and counters.decode_errors == 0
+        assert all(np.array_equal(a.image(), b.image()) or
+                   int(np.abs(a.image().astype(int) - b.image()).max()) <= 1
+                   for a, b in zip(frames, cpu, strict=True))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fake_gpu_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment in which a daemon finds a CUDA device (a stub libcuda with the two calls
+    the probe makes) and PyNvVideoCodec (the fake): its whole NVDEC path runs on the CPU."""
+    import os
+
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler for the stub libcuda")
+    d = tmp_path_factory.mktemp("stub-cuda")
+    (d / "cuda.c").write_text(STUB_LIBCUDA)
+    subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o",
+                    str(d / "libcuda.so.1"), str(d / "cuda.c")], check=True)  # fmt: skip
+    return {
+        "LD_LIBRARY_PATH": os.pathsep.join(
+            p for p in (str(d), os.environ.get("LD_LIBRARY_PATH")) if p
+        ),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(FAKE_PYNV), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
+
+
+def test_a_device_failing_mid_stream_in_the_daemon_is_published_and_frames_go_on(
+    clips: dict[str, Path], tmp_path: Path, fake_gpu_env: dict[str, str]
+) -> None:
+    port = free_port()
+    streams = [{"id": "ok", "url": str(clips["h264.mp4"]), "decode": "nvdec"},
+               {"id": "dies", "url": str(clips["hevc.mp4"]), "decode": "nvdec"}]  # fmt: skip
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, streams,
+                         model={"backend": "null", "null_boxes": 1, "imgsz": 320})  # fmt: skip
+    log = EventLog(f"tcp://127.0.0.1:{port}")
+    env = {**fake_gpu_env, "FAKE_NVDEC_FAIL": "hevc:14"}  # the H.265 decoder dies at packet 14
+    daemon = start(cfg, tmp_path / "daemon.log", env=env)
+    try:
+        for sid in ("ok", "dies"):
+            ended = log.wait_state(sid, {"ended"}, 60)
+            assert ended is not None, (tmp_path / "daemon.log").read_text()
+        m = scrape(cfg)
+    finally:
+        log.close()
+        if daemon.poll() is None:
+            stop_and_check_own_clean(daemon, signal.SIGTERM)
+    for sid, codec in (("ok", "h264"), ("dies", "hevc")):
+        states = [(p["state"], p["reason"], p["detail"]) for p in log.payloads(f"status.{sid}")]
+        assert ("streaming", "first_frame", f"decode: nvdec ({codec} on NVDEC)") in states, states
+    ok = log.payloads("status.ok")
+    assert not [p for p in ok if p["reason"] == "decoder_fallback"]
+    assert ok[-1]["state"] == "ended" and ok[-1]["counters"]["decode_fallbacks"] == 0
+    assert len(log.payloads("det.ok")) == FRAMES  # every frame, from NVDEC (block policy)
+    dies = log.payloads("status.dies")
+    fell = [p for p in dies if p["reason"] == "decoder_fallback"]
+    assert len(fell) == 1 and fell[0]["state"] == "streaming" == fell[0]["prev_state"]
+    assert fell[0]["detail"].startswith("decode: cpu (nvdec failed: CUDA_ERROR_LAUNCH_FAILED")
+    assert dies[-1]["state"] == "ended" and dies[-1]["counters"]["decode_fallbacks"] == 1
+    # NVDEC's frames before the failure, then the CPU's from the next keyframe (20) on.
+    assert FRAMES - GOP <= len(log.payloads("det.dies")) < FRAMES
+    assert sample(m, "streamd_decode_fallbacks_total", stream="dies", cause="device_error") == 1
+    assert sample(m, "streamd_decoder", stream="dies", decoder="cpu") == 1
+    assert sample(m, "streamd_decoder", stream="ok", decoder="nvdec") == 1
