@@ -21,7 +21,15 @@ APT_PKGS := ffmpeg openssl systemd python3-gi gir1.2-gst-rtsp-server-1.0 gstream
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium chromium-driver mosquitto nats-server
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-setup: $(STAMP) $(MODEL)
+CHECKOV := .venv-checkov/bin/checkov
+
+setup: $(STAMP) $(MODEL) $(CHECKOV)
+
+# tests/test_deploy.py scans the Kubernetes manifests with checkov, which pins networkx<2.7
+# and packaging 23: in the main venv it would downgrade PyTorch's networkx, so its own venv.
+$(CHECKOV):
+	python3 -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet checkov==3.3.30
 
 system-deps:
 	@dpkg -s $(APT_PKGS) >/dev/null 2>&1 || { \

@@ -205,6 +205,12 @@ def test_three_instances_share_six_cameras_and_survive_a_killed_one(tmp_path: Pa
         assert sorted(r[1] for r in rows) == cams, table.stdout + table.stderr
         assert all(r[0] == f"127.0.0.1:{fleet[owner[r[1]]].http}" for r in rows)
         assert table.stdout.startswith(f"fleet: 3/3 instance(s) answering, {len(cams)} stream(s)")
+        # The container and Kubernetes probe, as a kubelet would run it in the pod.
+        for path in ("/healthz", "/readyz"):
+            probe = subprocess.run([sys.executable, "-m", "streamd.probe", path],
+                                   env={**os.environ, "STREAMD_HTTP_PORT": str(fleet[0].http)},
+                                   capture_output=True, text=True, timeout=30)  # fmt: skip
+            assert probe.returncode == 0, probe.stderr
         # A camera the hash gives to shard 1, added on shard 0: refused, naming shard 1.
         stray = next(f"cam-{i}" for i in range(40, 99) if assignment([f"cam-{i}"], 3)
                      [f"cam-{i}"] == 1)  # fmt: skip
