@@ -25,7 +25,7 @@ import av
 import cv2
 import numpy as np
 
-from streamd.sources.nvdec import NvdecDecoder, load_backend, probe
+from streamd.sources.nvdec import load_backend, open_nvdec, probe
 from streamd.sources.reader import (
     CpuDecoder,
     DecodeCounters,
@@ -93,8 +93,7 @@ def _decode_window(clip: str, decoder: str, start: float, end: float, bgr: bool)
     while True:
         with open_source(OpenOptions(clip)) as container:
             stream = container.streams.video[0]
-            dec = (CpuDecoder() if backend is None
-                   else NvdecDecoder(stream, backend.open(stream.codec_context.name, 0)))  # type: ignore[arg-type]  # fmt: skip
+            dec = CpuDecoder() if backend is None else open_nvdec(backend, stream)
             time.sleep(max(0.0, start - time.time()))
             try:
                 for frame in decode_frames(container, DecodeCounters(), 10.0, None, dec):

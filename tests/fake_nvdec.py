@@ -37,6 +37,7 @@ class FakeFrame:
 @dataclass
 class FakeSession:
     codec: NvCodec
+    low_latency: bool = False  # PyAV's decoder underneath outputs as early as it can anyway
     device_error_at: int | None = None  # the device dies when this packet (0-based) arrives
     fed: list[tuple[int, int]] = field(default_factory=list)  # (size, pts) in feeding order
     flushes: int = 0
@@ -82,9 +83,9 @@ class FakeBackend:
     device_error_at: int | None = None
     sessions: list[FakeSession] = field(default_factory=list)
 
-    def open(self, codec: NvCodec, gpu_id: int) -> NvSession:
+    def open(self, codec: NvCodec, gpu_id: int, low_latency: bool = False) -> NvSession:
         if self.open_error is not None:
             raise NvdecUnavailable(self.open_error)
-        session = FakeSession(codec, self.device_error_at)
+        session = FakeSession(codec, low_latency, self.device_error_at)
         self.sessions.append(session)
         return session

@@ -26,6 +26,7 @@ from streamd.sources.nvdec import (
     NvdecDecoder,
     NvdecUnavailable,
     choose,
+    open_nvdec,
     probe,
     start_refusals,
 )
@@ -72,9 +73,11 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "-keyint_min", str(GOP), "-sc_threshold", "0"]  # fmt: skip
     hevc = ["-c:v", "libx265", "-pix_fmt", "yuv420p", "-preset", "ultrafast",
             "-x265-params", f"log-level=error:keyint={GOP}:min-keyint={GOP}:bframes=2"]  # fmt: skip
+    ipp = [*h264[:5], "0", *h264[6:]]  # -bf 0: what most cameras send
     return {
         "h264.mp4": _ffmpeg(d / "h264.mp4", *h264),
         "h264.ts": _ffmpeg(d / "h264.ts", *h264),
+        "h264-ipp.ts": _ffmpeg(d / "h264-ipp.ts", *ipp),
         "hevc.mp4": _ffmpeg(d / "hevc.mp4", *hevc),
     }
 
@@ -99,17 +102,17 @@ def _cpu(path: Path) -> list[DecodedFrame]:
     return _decode(path, lambda _: CpuDecoder())[0]
 
 
-def _fake(backend: FakeBackend) -> Callable[[av.VideoStream], FrameDecoder]:
-    return lambda stream: NvdecDecoder(stream, backend.open(stream.codec_context.name, 0))
+def _nvdec(backend: NvBackend) -> Callable[[av.VideoStream], FrameDecoder]:
+    return lambda stream: open_nvdec(backend, stream)
 
 
-@pytest.mark.parametrize("name", ["h264.mp4", "h264.ts", "hevc.mp4"])
+@pytest.mark.parametrize("name", ["h264.mp4", "h264.ts", "h264-ipp.ts", "hevc.mp4"])
 def test_nvdec_frames_match_cpu_frames_pts_and_pixels(clips: dict[str, Path], name: str) -> None:
     """Annex B for MP4's length-prefixed packets (pass-through for TS), every frame out in
     display order with its pts, and the last ones out of the flush at the end."""
     cpu = _cpu(clips[name])
     backend = FakeBackend()
-    frames, counters, _ = _decode(clips[name], _fake(backend))
+    frames, counters, _ = _decode(clips[name], _nvdec(backend))
     assert len(cpu) == FRAMES and len(frames) == FRAMES and counters.decode_errors == 0
     assert [f.pts_s for f in frames] == [f.pts_s for f in cpu]
     assert all(b > a for a, b in zip([f.pts_s or 0 for f in frames][:-1],
@@ -121,7 +124,10 @@ def test_nvdec_frames_match_cpu_frames_pts_and_pixels(clips: dict[str, Path], na
     (session,) = backend.sessions
     assert session.flushes == 1  # the size-0 packet at the end: B-frames held back came out
     fed_pts = [pts for _, pts in session.fed]
-    assert fed_pts != sorted(fed_pts)  # fed in decode order; frames came out in display order
+    if name == "h264-ipp.ts":  # no B-frames: NVDEC's low-latency mode
+        assert session.low_latency and fed_pts == sorted(fed_pts)
+    else:  # fed in decode order; frames came out in display order
+        assert not session.low_latency and fed_pts != sorted(fed_pts)
 
 
 def test_without_annexb_conversion_the_decoder_gets_nothing_it_can_use(
@@ -306,7 +312,7 @@ def test_boxes_on_nvdec_frames_are_within_a_pixel_of_cpu_frames(
 
     video, _ = scene
     backend = load_backend()
-    nv, _, decoder = _decode(video, lambda s: NvdecDecoder(s, backend.open("h264", 0)))
+    nv, _, decoder = _decode(video, _nvdec(backend))
     cpu = _cpu(video)
     assert decoder.name == "nvdec" and len(nv) == len(cpu) > 0
     assert [f.pts_s for f in nv] == [f.pts_s for f in cpu]
@@ -421,12 +427,8 @@ def test_the_pynvvideocodec_shim_over_the_fake_library(clips: dict[str, Path]) -
     from streamd.sources.nvdec import PyNvBackend
 
     backend = PyNvBackend(_fake_pynv())
-    for name in ("h264.mp4", "hevc.mp4"):
-        codec = "hevc" if name.startswith("hevc") else "h264"
-        frames, counters, _ = _decode(
-            clips[name],
-            lambda s, c=codec: NvdecDecoder(s, backend.open(c, 0)),  # type: ignore[misc]
-        )
+    for name in ("h264.mp4", "h264-ipp.ts", "hevc.mp4"):
+        frames, counters, _ = _decode(clips[name], _nvdec(backend))
         cpu = _cpu(clips[name])
         assert [f.pts_s for f in frames] == [f.pts_s for f in cpu] and counters.decode_errors == 0
         assert all(np.array_equal(a.image(), b.image()) or

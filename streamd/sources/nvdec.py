@@ -71,11 +71,15 @@ class NvSession(Protocol):
 
 
 class NvBackend(Protocol):
-    """The library: opens decoders. Raises :class:`NvdecUnavailable` if it cannot."""
+    """The library: opens decoders. Raises :class:`NvdecUnavailable` if it cannot.
+
+    ``low_latency``: the stream has no B-frames, so every picture can come out as
+    soon as its packet went in (NVDEC's default holds up to 4 pictures back).
+    """
 
     name: str
 
-    def open(self, codec: NvCodec, gpu_id: int) -> NvSession: ...
+    def open(self, codec: NvCodec, gpu_id: int, low_latency: bool) -> NvSession: ...
 
 
 # --- availability -------------------------------------------------------------------------
@@ -293,15 +297,11 @@ class DecoderChoice:
 
     def _open_nvdec(self, stream: av.VideoStream, codec: str) -> NvdecDecoder | None:
         t0 = time.perf_counter()
-        session: NvSession | None = None
         try:
             if self._backend is None:
                 self._backend = self._loader()
-            session = self._backend.open(_nv_codec(codec), self._gpu_id)
-            decoder = NvdecDecoder(stream, session, self._device_failed)
+            decoder = open_nvdec(self._backend, stream, self._gpu_id, self._device_failed)
         except (NvdecUnavailable, NvdecDeviceError, av.FFmpegError) as e:
-            if session is not None:
-                session.close()
             self._off = str(e)
             self._count(self._off, "unavailable")
             return None
@@ -332,6 +332,22 @@ class DecoderChoice:
     def describe(self) -> str:
         """What decodes now and why, for the status detail."""
         return f"decode: {self.active} ({self.reason})"
+
+
+def open_nvdec(
+    backend: NvBackend,
+    stream: av.VideoStream,
+    gpu_id: int = 0,
+    on_device_error: Callable[[str], None] | None = None,
+) -> NvdecDecoder:
+    """An NVDEC decoder for one session of ``stream`` (low latency when it has no B-frames)."""
+    low_latency = not stream.codec_context.has_b_frames  # cameras: IPPP, mostly
+    session = backend.open(_nv_codec(stream.codec_context.name), gpu_id, low_latency)
+    try:
+        return NvdecDecoder(stream, session, on_device_error)
+    except av.FFmpegError:  # no bitstream filter for it: the session is not used
+        session.close()
+        raise
 
 
 def start_refusals(streams: Sequence[StreamConfig], prober: Callable[[], str | None] = probe
@@ -377,21 +393,28 @@ class PyNvBackend:
     def __init__(self, nvc: Any) -> None:
         self._nvc = nvc
 
-    def open(self, codec: NvCodec, gpu_id: int) -> NvSession:
+    def open(self, codec: NvCodec, gpu_id: int, low_latency: bool) -> NvSession:
         nvc = self._nvc
         codec_id = {"h264": nvc.cudaVideoCodec.H264, "hevc": nvc.cudaVideoCodec.HEVC}[codec]
+        latencies = nvc.DisplayDecodeLatencyType
+        latency = latencies.LOW if low_latency else latencies.NATIVE
         try:
             # usedevicememory=False: NV12 copied to host by the decoder (the host-copy path).
-            decoder = nvc.CreateDecoder(gpuid=gpu_id, codec=codec_id, usedevicememory=False)
+            decoder = nvc.CreateDecoder(gpuid=gpu_id, codec=codec_id, usedevicememory=False,
+                                        latency=latency)  # fmt: skip
         except Exception as e:
             raise NvdecUnavailable(f"CreateDecoder({codec}) failed: {e}") from e
-        return _PyNvSession(nvc, decoder)
+        # LOW latency decodes a packet at once when told it holds a whole picture (PyAV's
+        # demuxer gives one picture a packet).
+        flag = int(nvc.VideoPacketFlag.ENDOFPICTURE) if low_latency else 0
+        return _PyNvSession(nvc, decoder, flag)
 
 
 class _PyNvSession:
-    def __init__(self, nvc: Any, decoder: Any) -> None:
+    def __init__(self, nvc: Any, decoder: Any, flag: int) -> None:
         self._nvc = nvc
         self._decoder = decoder
+        self._flag = flag
 
     def decode(self, data: bytes, pts: int) -> list[NvFrame]:
         buf = np.frombuffer(data, dtype=np.uint8)  # alive until Decode returns
@@ -399,6 +422,7 @@ class _PyNvSession:
         packet.bsl_data = buf.ctypes.data
         packet.bsl = buf.size
         packet.pts = pts
+        packet.decode_flag = self._flag
         return self._run(packet)
 
     def flush(self) -> list[NvFrame]:

@@ -30,6 +30,13 @@ class cudaVideoCodec:  # the real name
 class VideoPacketFlag:
     ENDOFSTREAM = 1
     TIMESTAMP = 2
+    ENDOFPICTURE = 8
+
+
+class DisplayDecodeLatencyType:
+    NATIVE = 0
+    LOW = 1
+    ZERO = 2
 
 
 class PacketData:
