@@ -250,6 +250,24 @@ def test_three_instances_share_six_cameras_and_survive_a_killed_one(tmp_path: Pa
             stop_and_check_own_clean(inst.proc, signal.SIGTERM)
         stored = asyncio.run(_stored_alerts(server.port))
         events = FleetReader([f"nats://127.0.0.1:{server.port}"], kinds=("alert",)).read_now(0.5)
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streamd.cli",
+                "subscribe",
+                "--nats",
+                f"nats://127.0.0.1:{server.port}",
+                "--kind",
+                "alert",
+                "--timeout",
+                "0.5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        tracks = FleetReader([f"nats://127.0.0.1:{server.port}"], kinds=("track",)).read_now(0.5)
     finally:
         for w in watches:
             w.stop.set()
@@ -258,6 +276,11 @@ def test_three_instances_share_six_cameras_and_survive_a_killed_one(tmp_path: Pa
                 os.killpg(inst.proc.pid, signal.SIGKILL)
         server.stop()
 
+    per_cam = {c: sum(1 for _, a in stored if a["stream"] == c) for c in cams}
+    print(
+        f"fleet: {len(stored)} alerts in JetStream {per_cam}; the killed instance had "
+        f"journaled {len(before_kill)}; survivors' det events {[w.counts for w in watches]}"
+    )
     # Survivors: det seq without a gap, one epoch each, both their cameras seen.
     for inst, w in zip(survivors, watches, strict=True):
         assert w.sub.gaps == [], w.sub.gaps
@@ -284,3 +307,10 @@ def test_three_instances_share_six_cameras_and_survive_a_killed_one(tmp_path: Pa
         order = [e.order for e in events if e.camera == cam]
         assert order == sorted(order) and len(set(order)) == len(order)
     assert {e.order[0] for e in events if owner[e.camera] == 2} >= {first_epoch}
+    # The same from the command line: JSON lines, the counts on stderr.
+    printed = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert [f"{a['stream']}.{a['epoch']}.{a['seq']}" for a in printed] == [e.msg_id for e in events]
+    assert "0 duplicate(s), 0 out of order" in cli.stderr, cli.stderr
+    # Track events of all six cameras, each camera's in order too.
+    assert {e.camera for e in tracks} == set(cams)
+    assert all(e.msg_id.endswith(".track") for e in tracks)

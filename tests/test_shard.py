@@ -166,3 +166,23 @@ def test_the_fleet_order_drops_duplicates_and_sorts_each_camera() -> None:
     assert not order.admit(_ev("a", 5, 0))  # older than what was given out: late
     assert order.admit(_ev("a", 5, 1, ".track"))  # a track event: its own sequence
     assert (order.duplicates, order.late) == (2, 1)
+
+
+def test_the_runtime_overlay_keeps_only_this_shards_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamd.control.streams import StreamsFile
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    path = tmp_path / "p.yaml"
+    path.write_text(_pipeline("shard: {index: 0, count: 2}"))
+    cfg = load_config(path)
+    overlay = StreamsFile(path)
+    # Written while the fleet had one shard: all twelve; now shard 0 of 2 runs its own.
+    overlay.save([{"id": s, "url": f"rtsp://h/{s}"} for s in IDS[:12]])
+    loaded, _ = overlay.load(cfg)
+    assert [s.id for s in loaded.streams] == [s for s in IDS[:12] if shard_of(s, 2) == 0]
+    overlay.save([{"id": s, "url": f"rtsp://h/{s}"} for s in IDS[:12] if shard_of(s, 2) == 1])
+    with pytest.raises(ConfigError) as e:
+        overlay.load(cfg)
+    assert e.value.problems == [("streams", "none is shard 0/2's")]
