@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from prometheus_client.multiprocess import mark_process_dead
 
 from streamd.analysis import AnalysisSpec
 from streamd.clips import ClipIndex
@@ -285,7 +284,13 @@ class Daemon(Reconfigure):
                 resumed_from=SourceState.RECONNECTING,
                 resumed_since=source.resumed_since,
             )
-        source.process = self._spawn(source_main, f"source-{spec.stream}", spec)
+        try:
+            source.process = self._spawn(source_main, f"source-{spec.stream}", spec)
+        except BaseException:
+            if spec.analysis.predecessor_tracks:  # for the process that comes instead
+                assert self._plane is not None
+                self._plane.put_back_tracks(spec.stream, list(spec.analysis.predecessor_tracks))
+            raise
         source.restart_at = None
         self.board.set_worker(spec.stream, source.process.pid, source.restarts)
         with self._watch_lock:
@@ -381,10 +386,7 @@ class Daemon(Reconfigure):
         assert source.process is not None
         code, pid = source.process.exitcode, source.process.pid
         source.process = None
-        if pid is not None:
-            # Its live gauges go; its counters stay in the sums.
-            mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
-        removed = sweep_segments(self.run_id, f"{source.spec.index}_{pid}_")
+        removed = self._reclaim(source.spec.index, pid)
         stream = source.spec.stream
         self.board.set_worker(stream, None, source.restarts)
         if code == WorkerExit.OK:  # it reached ended/failed and said so itself

@@ -88,11 +88,13 @@ def steps(out: Path, scale: Scale) -> list[Step]:
               "--out", str(out / "model-only.json"))),
     ]  # fmt: skip
     for t in s.threads:
-        for decoder in ("cpu", "nvdec"):
-            run.append(Step(f"decode-{decoder}-{t}", f"decode only, {decoder}, {t} thread(s)",
+        for decoder, where in (("cpu", "worker"), ("nvdec", "worker"), ("nvdec", "inference")):
+            name = f"decode-{decoder}-{where}-{t}"
+            run.append(Step(name, f"decode only, {decoder} in the {where} process(es), {t} at once",
                             (*py, "bench", "--decode-only", "--decoder", decoder, "--threads",
-                             str(t), "--width", str(s.width), "--height", str(s.height),
-                             "--out", str(out / f"decode-{decoder}-{t}.json"))))  # fmt: skip
+                             str(t), "--decode-in", where, "--decode-size",
+                             f"{s.width}x{s.height}", "--duration", str(min(s.duration_s, 20.0)),
+                             "--out", str(out / f"{name}.json"))))  # fmt: skip
     for n in s.streams:
         run.append(Step(f"e2e-{n}", f"{n} live {s.width}x{s.height}@{s.fps} streams, every frame",
                         (*py, "bench", "--streams", str(n), "--width", str(s.width),
@@ -207,8 +209,8 @@ def _figure(result: dict[str, Any]) -> str:
         total = p.get("latency_ms", {}).get("total", {})
         return (f"{p['analysed_fps_total']} of {p['offered_fps_total']} frames/s analysed, "
                 f"capture→publish p50 {total.get('p50')}, p99 {total.get('p99')} ms")  # fmt: skip
-    if "decode" in f:
-        return f"{f['decode'].get('fps_total', f['decode'])} frames/s decoded"
+    if "fps_total" in f:
+        return f"{f['fps_total']:.0f} frames/s decoded ({f.get('fps_per_decoder')} per decoder)"
     return "-"
 
 

@@ -119,6 +119,9 @@ class Reconfigure:
         except ApplyError as e:
             log.error("SIGHUP: %s", e)
             running = e.running
+        except Exception:
+            self.changes.reloaded(self.changes.streams, raw_streams(self._file.pipeline))
+            raise
         self.changes.reloaded(running, raw_streams(self._file.pipeline))
         log.info("SIGHUP: reloaded %s: %d added, %d removed, %d restarted, %d re-zoned",
                  self._file.pipeline, len(diff.added), len(diff.removed), len(diff.restarted),
@@ -127,11 +130,27 @@ class Reconfigure:
     def _apply(self, diff: StreamDiff, streams: list[StreamConfig]) -> None:
         """Start, stop or reconfigure the affected cameras only (supervisor thread).
         ApplyError if a stream could not be added (undone; the others are applied)."""
+        before = self.cfg.streams
         self.cfg = self.cfg.model_copy(update={"streams": streams})
+        try:
+            self._apply_diff(diff, streams)
+        except ApplyError:
+            raise
+        except Exception:
+            # What runs is the truth: the next change must not trip over a half-applied one.
+            self.changes.streams = self._running(before, streams)
+            raise
+
+    def _running(self, before: list[StreamConfig], after: list[StreamConfig]) -> list[StreamConfig]:
+        now = [s for s in after if s.id in self.sources]
+        ids = {s.id for s in now}
+        return now + [s for s in before if s.id in self.sources and s.id not in ids]
+
+    def _apply_diff(self, diff: StreamDiff, streams: list[StreamConfig]) -> None:
         # Every process to go is stopped at once: one grace period in all, not one each
         # (eight hung cameras one after another would outlast the systemd watchdog).
-        self._end_processes([self.sources[sid] for sid in diff.removed]
-                            + [self.sources[s.id] for s in diff.restarted])  # fmt: skip
+        going = [*diff.removed, *(s.id for s in diff.restarted)]
+        self._end_processes([self.sources[sid] for sid in going if sid in self.sources])
         for sid in diff.removed:
             self._remove_source(sid)
         for stream in diff.restarted:
@@ -266,6 +285,19 @@ class Reconfigure:
                 outbox.send(RegionsUpdate(stream.id, tuple(stream.zones), tuple(stream.lines)))
         log.info("stream %s: zones and lines changed in place", stream.id)
 
+    def _reclaim(self, index: int, pid: int | None) -> list[str]:
+        """A gone process's live gauges and shared memory; what fails (out of descriptors)
+        is logged, never raised: the supervisor's lists must stay as they are."""
+        try:
+            if pid is not None:
+                # Its live gauges go; its counters stay in the sums.
+                mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+            return sweep_segments(self.run_id, f"{index}_{pid}_")
+        except OSError as e:
+            log.error("could not reclaim what process %s left (%s); its shared memory goes "
+                      "at shutdown", pid, e)  # fmt: skip
+            return []
+
     def _end_process(self, source: Source, on_board: bool = True) -> None:
         """Stop a camera's process on purpose (not a crash: no restart follows here)."""
         self._end_processes([source], on_board)
@@ -286,10 +318,9 @@ class Reconfigure:
                 log.warning("worker %s did not stop within %.0fs; killing", proc.name,
                             TERM_GRACE_S)  # fmt: skip
                 proc.kill()
+        deadline = time.monotonic() + 1.0
         for source, proc in stopping:
-            proc.join(1.0)
-            if proc.pid is not None:
-                mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
-            sweep_segments(self.run_id, f"{source.spec.index}_{proc.pid}_")
+            proc.join(max(0.0, deadline - time.monotonic()))
+            self._reclaim(source.spec.index, proc.pid)
             if on_board:
                 self.board.set_worker(source.spec.stream, None, source.restarts)

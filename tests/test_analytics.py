@@ -214,3 +214,42 @@ def test_a_zone_changed_at_runtime_moves_nobody() -> None:
     (leave,) = out
     assert (leave.rule, leave.obj.track_id, leave.extra["dwell_s"]) == ("exit", 3, 2.0)
     assert engine.state()["zones"]["z"]["track_ids"] == [2]
+
+
+def test_a_zone_edit_before_the_next_frame_loses_no_exit_and_refires_nothing() -> None:
+    rules = {"alert_on": ["enter", "exit", "occupancy>=2"], "debounce_s": 0.0}
+    wider = [[90, 90], [310, 90], [310, 310], [90, 310]]
+
+    def two_inside() -> StreamAnalytics:
+        engine = analytics([{"name": "z", "polygon": SQUARE, **rules}])
+        _, alerts = run(engine, [[obj(1, 200, 200), obj(2, 250, 200)]] * 5)
+        assert sorted(a.rule for a in alerts) == ["enter", "enter", "occupancy"]
+        return engine
+
+    def reshape(engine: StreamAnalytics, polygon: list[list[int]]) -> None:
+        engine.set_regions([ZoneConfig.model_validate({"name": "z", "polygon": polygon,
+                                                       **rules})], [])  # fmt: skip
+
+    # The stream stops before any frame after the edit: its occupants still exit.
+    engine = two_inside()
+    reshape(engine, wider)
+    _, ends = engine.end_all(5, 0.5, "restart")
+    assert sorted((a.rule, a.obj.track_id, a.extra["reason"]) for a in ends if a.obj) == [
+        ("exit", 1, "restart"), ("exit", 2, "restart")]  # fmt: skip
+
+    # Track 2 is missed on the first frame after the edit: still inside, no exit, no enter,
+    # and occupancy>=2, which already held, does not fire again.
+    engine = two_inside()
+    reshape(engine, wider)
+    after: list[Alert] = []
+    for i, objs in enumerate([[obj(1, 200, 200)]] + [[obj(1, 200, 200), obj(2, 250, 200)]] * 5):
+        after += engine.update(objs, 5 + i, (5 + i) / FPS, W, H)[1]
+    assert after == []
+    assert engine.state()["zones"]["z"]["track_ids"] == [1, 2]
+
+    # A removed zone's occupants exit one by one: the occupancy after each exit.
+    engine = two_inside()
+    engine.set_regions([], [])
+    _, gone = engine.update([obj(1, 200, 200), obj(2, 250, 200)], 5, 0.5, W, H)
+    assert [(a.extra["reason"], a.extra["occupancy"]) for a in gone] == [
+        ("zone_removed", 1), ("zone_removed", 0)]  # fmt: skip

@@ -22,7 +22,8 @@ def test_dry_run_lists_every_step_of_the_issue() -> None:
     assert "--model-only --backend torch --device cuda:0" in out
     assert "--batch-sizes 1,2,4,8,16,32,64,128" in out
     for threads in (1, 2, 4, 8, 16):
-        assert f"decode-cpu-{threads}:" in out and f"decode-nvdec-{threads}:" in out
+        for step in ("cpu-worker", "nvdec-worker", "nvdec-inference"):
+            assert f"decode-{step}-{threads}:" in out
     for streams in (25, 50, 100):
         assert f"--streams {streams} --width 1920 --height 1080 --fps 30 --duration 60.0" in out
 
@@ -47,15 +48,16 @@ def test_the_harness_runs_its_steps_and_merges_a_later_subset(tmp_path: Path) ->
         ]
         return steps
 
-    steps = check("model-only,e2e")
-    assert set(steps) == {"model-only", "e2e-2"}
+    steps = check("model-only,e2e,decode-cpu")
+    assert set(steps) == {"model-only", "e2e-2", "decode-cpu-worker-1"}
+    assert steps["decode-cpu-worker-1"]["figures"]["fps_total"] > 0  # type: ignore[index]
     model = steps["model-only"]["figures"]["model_only"]  # type: ignore[index]
     assert set(model["by_batch"]) == {"1", "2"} and model["by_batch"]["2"]["fps"] > 0
     pipeline = steps["e2e-2"]["figures"]["pipeline"]  # type: ignore[index]
     assert pipeline["analysed_fps_total"] > 0 and pipeline["offered_fps_total"] == 20
 
     steps = check("gpu-tests")  # a later invocation adds to what is there
-    assert set(steps) == {"model-only", "e2e-2", "gpu-tests"}
+    assert set(steps) == {"model-only", "e2e-2", "decode-cpu-worker-1", "gpu-tests"}
     tests = steps["gpu-tests"]["tests"]
     assert tests["failed"] == 0 and tests["skipped"] >= 2  # type: ignore[index]
     table = (tmp_path / "gpu-check.md").read_text()

@@ -310,7 +310,7 @@ class StreamAnalytics:
     def _end(self, tid: int, frame: int, ts: float, reason: str) -> tuple[TrackEvent, list[Alert]]:
         tr = self.tracks.pop(tid)
         alerts = []
-        for zone in self.zones:
+        for zone in self._occupiable():
             side = zone.sides.pop(tid, None)
             if side is not None and side.confirmed == 1:
                 alerts += self._exit(zone, tr.last, side, frame, tr.last_ts, reason)
@@ -319,12 +319,19 @@ class StreamAnalytics:
         extra = _snapshot(tid, tr).end_fields(reason)
         return TrackEvent("end", tr.last, frame, tr.last_ts, extra), alerts
 
+    def _occupiable(self) -> list[Zone]:
+        """Every zone a track may be inside now: the running ones, and those changed or
+        removed at runtime whose occupants are settled at the next frame."""
+        pending = [z.previous for z in self.zones if z.changed and z.previous is not None]
+        return [*self.zones, *pending, *self._retired]
+
     def _vacate(self, zone: Zone, reason: str, frame: int, ts: float,
                 keep: Collection[int] = ()) -> list[Alert]:  # fmt: skip
         """The zone's occupants (but ``keep``) exit: it was removed or changed."""
         alerts: list[Alert] = []
         for tid, side in zone.sides.items():
             if side.confirmed == 1 and tid not in keep and tid in self.tracks:
+                side.confirmed = 0  # out before the alert: its occupancy is after the exit
                 alerts += self._exit(zone, self.tracks[tid].last, side, frame, ts, reason)
         return alerts
 
@@ -333,16 +340,25 @@ class StreamAnalytics:
         """The first frame of a zone changed at runtime: who is inside, and who left it."""
         zone.changed = False
         old, zone.previous = zone.previous, None
-        objs = [o for o in seen.values() if _eligible(zone.cfg, o, ages[o.track_id])]
-        inside = {o.track_id for o, i in zip(objs, zone.inside(objs, w, h), strict=True) if i}
+        objs = {o.track_id: o for o in seen.values() if _eligible(zone.cfg, o, ages[o.track_id])}
+        occupants = [] if old is None else [t for t, s in old.sides.items() if s.confirmed == 1]
+        for tid in occupants:  # missed or unsure this frame: where it was last seen
+            if tid not in objs and tid in self.tracks:
+                objs[tid] = seen.get(tid, self.tracks[tid].last)
+        found = list(objs.values())
+        inside = {o.track_id for o, i in zip(found, zone.inside(found, w, h), strict=True) if i}
         alerts: list[Alert] = []
         if old is not None:
-            for tid, side in old.sides.items():
-                if side.confirmed == 1 and tid in inside:
-                    zone.sides[tid] = side  # inside before and after: the visit goes on
+            for tid in occupants:
+                if tid in inside:
+                    zone.sides[tid] = old.sides[tid]  # inside before and after: the visit goes on
             alerts += self._vacate(old, "zone_changed", frame, ts, keep=inside)
+            zone.cooldown.last = dict(old.cooldown.last)
         for tid in inside - zone.sides.keys():
             zone.sides[tid] = _Side(1, ts, 1, entered_at=ts)  # stood there: no enter
+        if old is not None:  # a reshape fires no occupancy rule that already held
+            for n, rule in zone.occupancy_rules:
+                zone.occupancy_armed[rule] = zone.occupancy < n
         return alerts
 
     def _zone(self, zone: Zone, seen: dict[int, Observation], ages: dict[int, float],

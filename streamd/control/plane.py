@@ -118,14 +118,15 @@ class ControlPlane:
 
     def _current(self, msg: StatusUpdate | StreamRow) -> bool:
         """False for a message of a superseded process of its stream."""
-        newest = self._generation.get(msg.stream)
-        if newest is None:
-            return True  # not a stream of ours: ignored below
-        if msg.generation < newest:
-            metrics.STALE_UPDATES.labels(msg.stream).inc()
-            return False
-        self._generation[msg.stream] = msg.generation
-        return True
+        with self._lock:  # add_stream (supervisor thread) sets a re-added stream's generation
+            newest = self._generation.get(msg.stream)
+            if newest is None:
+                return True  # not a stream of ours: ignored below
+            if msg.generation < newest:
+                metrics.STALE_UPDATES.labels(msg.stream).inc()
+                return False
+            self._generation[msg.stream] = msg.generation
+            return True
 
     def _handle(self, msg: object, publisher: Publisher) -> None:
         if isinstance(msg, StatusUpdate | StreamRow) and not self._current(msg):
@@ -192,7 +193,8 @@ class ControlPlane:
         due = [u for t, u in self._held if t <= now]
         self._held = [(t, u) for t, u in self._held if t > now]
         for update in due:
-            newest = self._generation.get(update.stream)
+            with self._lock:
+                newest = self._generation.get(update.stream)
             if newest is not None and update.generation >= newest:  # not superseded meanwhile
                 self._status(update, publisher)
 
@@ -217,6 +219,13 @@ class ControlPlane:
             row = self._rows[stream]
             self._rows[stream] = replace(row, active=(), tracks={**row.tracks, "tracks": []})
             return list(row.active)
+
+    def put_back_tracks(self, stream: str, tracks: list[ActiveTrack]) -> None:
+        """The process meant to end them could not be started: the next one will."""
+        with self._lock:
+            row = self._rows.get(stream)
+            if row is not None and not row.active:
+                self._rows[stream] = replace(row, active=tuple(tracks))
 
     def alert_seq(self, stream: str) -> int:
         """The seq of the stream's last alert its process reported (-1: none)."""

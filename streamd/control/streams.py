@@ -324,8 +324,9 @@ class StreamChanges:
         except TimeoutError:
             if request.done.cancel():  # not started: withdrawn, nothing applied
                 raise
-            # Being applied now (stopping a process takes a few seconds): its outcome.
-            result = request.done.result(APPLY_TIMEOUT_S)
+            # Being applied now (stopping processes takes a few seconds): its outcome, however
+            # long, so that a 503 always means "not applied".
+            result = request.done.result()
         assert result is not None or request.kind == "remove"
         return result  # type: ignore[return-value]  # None only for remove
 
