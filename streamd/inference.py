@@ -44,6 +44,8 @@ from streamd.types import (
 
 log = logging.getLogger(__name__)
 
+UNROUTED_HOLD_S = 10.0  # past the supervisor's route resend (routes.RESEND_S)
+
 
 @dataclass(frozen=True, slots=True)
 class InferenceSpec:
@@ -115,6 +117,10 @@ class InferenceWorker:
         )
         self.readers = RingReaders()
         self._outgoing: dict[str, list[Detected | Dropped]] = {}  # per stream, until flushed
+        # Frames of a stream whose route has not come yet (the route and the frames reach
+        # the inbox from different senders, taken in turns): kept until it does, or
+        # released unread after UNROUTED_HOLD_S (a ring slot a writer waits for).
+        self._unrouted: dict[str, list[tuple[float, FrameRef]]] = {}
 
     def run(self, stop: StopFlag) -> None:
         next_beat = time.time()
@@ -127,6 +133,8 @@ class InferenceWorker:
             if self.inbox.poll(min(timeouts)):
                 self._ingest(self.inbox.drain())
                 self._flush()  # displaced frames are reported now, not after the next batch
+            elif self._unrouted:
+                self._expire_unrouted(time.monotonic())
             if self.batcher.wait_time(time.time()) == 0.0:
                 batch = self.batcher.take(time.time())
                 for ref in self.batcher.pop_discarded():
@@ -144,11 +152,33 @@ class InferenceWorker:
                 self._route(msg)
                 self.control.send(RouteAck(msg.seq))
                 continue
-            if not isinstance(msg, FrameRef) or msg.stream not in self.policies:
+            if isinstance(msg, FrameRef) and msg.stream not in self.policies:
+                self._unrouted.setdefault(msg.stream, []).append((time.monotonic(), msg))
+                continue
+            if not isinstance(msg, FrameRef):
                 log.warning("unexpected message %r ignored", type(msg).__name__)
                 continue
-            for displaced in self.batcher.offer(msg):
-                self._drop(displaced, "queue_full")
+            self._offer(msg)
+        self._expire_unrouted(time.monotonic())
+
+    def _offer(self, ref: FrameRef) -> None:
+        for displaced in self.batcher.offer(ref):
+            self._drop(displaced, "queue_full")
+
+    def _expire_unrouted(self, now: float) -> None:
+        for stream, held in list(self._unrouted.items()):
+            expired = [ref for t, ref in held if now - t > UNROUTED_HOLD_S]
+            if not expired:
+                continue
+            log.warning("%d frame(s) of stream %s came without a route; released unread",
+                        len(expired), stream)  # fmt: skip
+            for ref in expired:
+                self.readers.release(ref)
+            kept = [(t, ref) for t, ref in held if now - t <= UNROUTED_HOLD_S]
+            if kept:
+                self._unrouted[stream] = kept
+            else:
+                del self._unrouted[stream]
 
     def _route(self, msg: RouteUpdate) -> None:
         """A stream added, changed or removed at runtime (the supervisor sends this before
@@ -164,6 +194,8 @@ class InferenceWorker:
         self.batcher.set_lane(msg.stream, msg.policy, msg.max_latency_s)
         self.router.connect(msg.stream, msg.endpoint)
         log.info("stream %s routed to %s", msg.stream, msg.endpoint)
+        for _, ref in self._unrouted.pop(msg.stream, []):  # came before their route
+            self._offer(ref)
 
     def _drops(self, stream: str) -> StageDrops:
         d = self.batcher.drops(stream)

@@ -14,6 +14,7 @@ import resource
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import psutil
 import pytest
 
 from .daemon import EventLog, start, stop_and_check_own_clean, write_pipeline
-from .test_runtime_streams import NULL_MODEL, _api, _live, _pids, _wait_streaming
+from .test_runtime_streams import NULL_MODEL, _api, _listen, _live, _pids, _wait_streaming
 from .test_runtime_streams import clip as clip  # the module's clip fixture
 from .util import free_port
 
@@ -94,6 +95,46 @@ def test_a_reload_stops_hung_cameras_together_within_one_grace_period(
                 not psutil.pid_exists(pids[sid]) or psutil.Process(pids[sid]).status() == "zombie"
             )
         assert list(_pids(cfg)) == ["a"]
+    finally:
+        log.close()
+        if daemon.poll() is None:
+            stop_and_check_own_clean(daemon, signal.SIGTERM)
+
+
+def test_a_burst_of_changes_is_capped_so_health_keeps_its_workers(
+    clip: Path, tmp_path: Path
+) -> None:
+    """While the supervisor stops a hung camera (3 s), at most 4 changes wait for it; the
+    rest get 503 at once and are never applied; /healthz answers meanwhile."""
+    port = free_port()
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, [_live("a", clip), _live("b", clip)],
+                         model=NULL_MODEL)  # fmt: skip
+    log = EventLog(f"tcp://127.0.0.1:{port}")
+    daemon = start(cfg, tmp_path / "daemon.log")
+    try:
+        _wait_streaming(log, "a")
+        _wait_streaming(log, "b")
+        os.kill(_pids(cfg)["b"], signal.SIGSTOP)  # its removal takes the 3 s grace period
+        answers: dict[str, int] = {}
+        removing = threading.Thread(target=lambda: answers.update(
+            b=_api(cfg, "DELETE", "/api/streams/b")[0]))  # fmt: skip
+        removing.start()
+        time.sleep(0.5)
+        adds = [threading.Thread(target=lambda sid=sid: answers.update(
+                {sid: _api(cfg, "POST", "/api/streams", _live(sid, clip))[0]}))
+                for sid in ("c1", "c2", "c3", "c4", "c5")]  # fmt: skip
+        for t in adds:
+            t.start()
+        t0 = time.monotonic()
+        with urllib.request.urlopen(f"http://{_listen(cfg)}/healthz", timeout=5) as r:
+            assert r.status in (200, 503)
+        assert time.monotonic() - t0 < 1.0
+        for t in [removing, *adds]:
+            t.join(30)
+        refused = sorted(sid for sid, code in answers.items() if code == 503)
+        assert answers["b"] == 200 and len(refused) == 2, answers
+        listed = {s["id"] for s in _api(cfg, "GET", "/api/streams")[1]["streams"]}
+        assert listed == {"a", "c1", "c2", "c3", "c4", "c5"} - set(refused)
     finally:
         log.close()
         if daemon.poll() is None:
@@ -291,3 +332,42 @@ def test_a_route_the_detector_did_not_confirm_is_sent_again(tmp_path: Path) -> N
     finally:
         routes.close()
         inbox.close()
+
+
+def test_frames_that_reach_the_detector_before_their_route_wait_for_it(tmp_path: Path) -> None:
+    """A new stream's first frames can be read before its route (they come from another
+    sender): kept and batched once the route comes, not dropped with their ring slot held;
+    those whose route never comes are released (a blocking writer waits for the slot)."""
+    import streamd.inference as inference
+    from streamd.config import parse_config
+    from streamd.detect import create_detector
+    from streamd.frames.ring import FrameRing
+    from streamd.runtime.channel import Inbox, Outbox, ResultRouter
+    from streamd.types import RouteUpdate
+
+    cfg = parse_config("streams: [{id: a, url: a.mp4}]\nmodel: {backend: null, imgsz: 320}\n")
+    ep = f"ipc://{tmp_path}"
+    worker = inference.InferenceWorker(cfg, create_detector(cfg.model, max_batch=4),
+                                       Inbox(f"{ep}/inbox"), ResultRouter({}),
+                                       Outbox(f"{ep}/control"))  # fmt: skip
+    ring = FrameRing(f"streamd_test_{os.getpid()}_route", 4, 8, 8, skip_claimed=False)
+    try:
+        refs = [_ref(ring, "b", seq) for seq in range(3)] + [_ref(ring, "c", 3)]
+        worker._ingest(refs)
+        assert worker.batcher.pending == 0  # no route for b or c yet
+        worker._ingest([RouteUpdate("b", f"{ep}/results-b", "block")])
+        assert worker.batcher.pending == 3  # b's three frames, in order
+        assert [r.seq for r in worker.batcher.take(time.time() + 1)] == [0, 1, 2]
+        worker._expire_unrouted(time.monotonic() + inference.UNROUTED_HOLD_S + 1)
+        assert worker._unrouted == {}
+        assert ring.header[1] == 4  # c's frame (seq 3) handed back unread
+    finally:
+        worker.close()
+        ring.close()
+
+
+def _ref(ring: Any, stream: str, seq: int) -> Any:
+    from streamd.types import FrameRef
+
+    now = time.time()
+    return FrameRef(stream, ring.name, 4, 8, 8, seq % 4, seq, now, seq / 10, 1.0, now)

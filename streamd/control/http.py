@@ -72,6 +72,9 @@ OTHER_WORKERS = 32  # workers beyond the MJPEG viewers': status, health, API, .j
 # .jpg requests waiting for a picture at once (up to MJPEG_WAIT_S each for a stalled
 # camera): beyond, a 503, so thumbnails never take the workers /healthz and the API need.
 JPEG_WAITERS = 12
+# Stream changes waiting for the supervisor at once (each can wait while processes stop):
+# beyond, a 503 at once, so a burst of them cannot hold the workers health checks need.
+API_CHANGES = 4
 SPARE_DESCRIPTORS = 1024  # beyond the connections: rings, sockets, files of the supervisor
 BACKLOG = 1024  # a burst of connects queues in the kernel instead of waiting out a SYN retry
 
@@ -164,7 +167,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length > 0 else None
         assert self.server.admin is not None
-        code, answer = api.handle(self.server.admin, method, path, body)
+        if method == "GET":  # answered from memory, never waits for the supervisor
+            self._send(*api.handle(self.server.admin, method, path, body))
+            return
+        slots = self.server.api_changes
+        if not slots.acquire(blocking=False):
+            why = f"{API_CHANGES} stream changes already waiting to be applied; nothing applied"
+            self._send(503, {"error": why}, {"Retry-After": "5"})
+            return
+        try:
+            code, answer = api.handle(self.server.admin, method, path, body)
+        finally:
+            slots.release()
         self._send(code, answer)
 
     def _readyz(self) -> None:
@@ -359,6 +373,7 @@ class _Server(HTTPServer):
         self.limits = limits
         self.viewer_slots = threading.BoundedSemaphore(limits.max_viewers)
         self.jpeg_waiters = threading.BoundedSemaphore(JPEG_WAITERS)
+        self.api_changes = threading.BoundedSemaphore(API_CHANGES)
         self.closing = threading.Event()
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
