@@ -174,7 +174,7 @@ class Daemon(Reconfigure):
             self._outputs.start()
         self._outbox = Outbox(self._endpoint("control"))
         assert self._plane is not None
-        self._routes = Routes(self._endpoint("inbox"), self._plane.route_acked)
+        self._routes = Routes(self._endpoint("inbox"), self._plane.take_route_acks)
         # Subscribed before any source speaks, so the board misses no transition.
         if not self.board.wait_heartbeat(HEARTBEAT_WAIT_S):
             log.warning(

@@ -292,11 +292,10 @@ def test_a_route_the_detector_did_not_confirm_is_sent_again(tmp_path: Path) -> N
     inbox = Inbox(endpoint)  # the detector's
     acks: set[int] = set()
 
-    def acked(seq: int) -> bool:
-        if seq in acks:
-            acks.discard(seq)
-            return True
-        return False
+    def take_acks() -> set[int]:
+        taken = set(acks)
+        acks.clear()
+        return taken
 
     def received(n: int) -> list[RouteUpdate]:
         got: list[Any] = []
@@ -307,7 +306,7 @@ def test_a_route_the_detector_did_not_confirm_is_sent_again(tmp_path: Path) -> N
         assert len(got) == n
         return got
 
-    routes = Routes(endpoint, acked, resend_s=1.0)
+    routes = Routes(endpoint, take_acks, resend_s=1.0)
     try:
         routes.send(RouteUpdate("a", "ipc://results-a"))
         routes.send(RouteUpdate("b", "ipc://results-b"))

@@ -164,13 +164,11 @@ class ControlPlane:
             self._states[stream] = None
             self._generation[stream] = generation
 
-    def route_acked(self, seq: int) -> bool:
-        """True (once) if the detector applied the RouteUpdate of ``seq``."""
+    def take_route_acks(self) -> set[int]:
+        """The RouteUpdate seqs the detector applied since the last call."""
         with self._lock:
-            if seq in self._route_acks:
-                self._route_acks.discard(seq)
-                return True
-            return False
+            acks, self._route_acks = self._route_acks, set()
+            return acks
 
     def drop_stream(self, stream: str) -> None:
         """A stream whose adding failed part way: gone as if never added."""

@@ -27,10 +27,10 @@ RESEND_S = 5.0  # a batch on a slow CPU takes seconds: not lost before this
 
 class Routes:
     def __init__(
-        self, inbox: str, acked: Callable[[int], bool], resend_s: float = RESEND_S
+        self, inbox: str, take_acks: Callable[[], set[int]], resend_s: float = RESEND_S
     ) -> None:
-        """``acked(seq)``: True (once) when the detector applied that update."""
-        self._acked = acked
+        """``take_acks()``: the seqs the detector acknowledged since the last call."""
+        self._take_acks = take_acks
         self._resend_s = resend_s
         self._out = Outbox(inbox)  # now: a stream added when descriptors run short still has it
         self._seq = 0
@@ -39,18 +39,16 @@ class Routes:
     def send(self, update: RouteUpdate) -> None:
         self._seq += 1
         update = replace(update, seq=self._seq)
-        superseded = self._pending.pop(update.stream, None)
-        if superseded is not None:
-            self._acked(superseded[0].seq)  # its ack, if in already, is not waited for
-        self._pending[update.stream] = (update, time.monotonic())
+        self._pending[update.stream] = (update, time.monotonic())  # supersedes an older one
         self._send(update)
 
     def check(self, now: float | None = None) -> int:
         """Forget the acknowledged updates, send again those overdue; how many were."""
         now = time.monotonic() if now is None else now
+        acks = self._take_acks()  # the rest (superseded, sent twice) are forgotten here
         resent = 0
         for stream, (update, at) in list(self._pending.items()):
-            if self._acked(update.seq):
+            if update.seq in acks:
                 del self._pending[stream]
             elif now - at >= self._resend_s:
                 log.warning("the detector did not confirm the route of stream %s within "
