@@ -90,3 +90,11 @@ def test_version_comes_from_the_package_metadata() -> None:
     out = subprocess.run([sys.executable, "-m", "streamd.cli", "--version"],
                          capture_output=True, text=True, check=True)  # fmt: skip
     assert out.stdout.strip() == f"streamd {version('streamd')}"
+
+
+def test_a_malformed_url_is_refused_without_quoting_it() -> None:
+    """The reason must not repeat the URL's text: it may hold a password from ${ENV}."""
+    from streamd.config.urls import url_problem
+
+    reason = url_problem("rtsp://[s3cret-from-env]/cam")
+    assert reason is not None and "malformed URL" in reason and "s3cret" not in reason

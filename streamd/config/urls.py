@@ -25,7 +25,9 @@ def url_problem(url: str) -> str | None:
         try:
             host = urlsplit(url).hostname
         except ValueError as e:  # a bad port or IPv6 literal
-            return f"malformed URL: {e}"
+            # Not urllib's words: they quote the URL's text, which may hold a secret.
+            what = "port" if "port" in str(e).lower() else "host (IPv6 literal?)"
+            return f"malformed URL: its {what} cannot be read"
         if not host:
             return f"malformed URL: {scheme}:// has no host"
     return None
