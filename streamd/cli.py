@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -290,7 +291,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return EXIT_BAD_CONFIG
     try:
-        with urllib.request.urlopen(f"http://{address}/status", timeout=args.timeout) as r:
+        request = urllib.request.Request(f"http://{address}/status")
+        token = args.token or os.environ.get("STREAMD_HTTP_TOKEN")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=args.timeout) as r:
             status = json.load(r)
     except (urllib.error.URLError, OSError) as e:
         print(f"streamd status: no daemon answering on {address}: {e}", file=sys.stderr)

@@ -27,6 +27,7 @@ from nats.js.api import DeliverPolicy
 
 KINDS = ("alert", "track", "det")
 SEEN_IDS = 200_000  # message ids remembered for de-duplication (the newest)
+BACKLOG_WAIT_S = 5.0  # for the next stored message while reading the backlog
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,10 @@ class FleetReader:
             backlog: list[FleetEvent] = []
             stored = 0
             while stored < backlog_end:
-                msg = await sub.next_msg(timeout=10.0)
+                try:
+                    msg = await sub.next_msg(timeout=BACKLOG_WAIT_S)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break  # the last ones were deleted meanwhile (limits): what came is it
                 stored = msg.metadata.sequence.stream
                 ev = _event(msg)
                 if ev is not None:
