@@ -115,9 +115,13 @@ def test_the_api_refuses_another_shards_stream_naming_it(tmp_path: Path) -> None
     with pytest.raises(AdminError) as e:
         changes.add_stream({"id": other, "url": "rtsp://h/x"})
     assert e.value.status == 421
-    assert "belongs to shard 2 of 3" in str(e.value) and "this instance is shard 0/3" in str(
-        e.value
-    )
+    assert "belongs to shard 2 of 3" in str(e.value)
+    assert "this instance is shard 0/3" in str(e.value)
+    for change in (lambda: changes.update_stream(other, {"url": "rtsp://h/y"}),
+                   lambda: changes.remove_stream(other)):  # fmt: skip
+        with pytest.raises(AdminError) as e:
+            change()
+        assert e.value.status == 421 and "belongs to shard 2 of 3" in str(e.value)
 
 
 def _row(state: str = "streaming") -> dict[str, Any]:

@@ -228,7 +228,8 @@ def _owned(streams: list[StreamConfig], shard: ShardConfig, path: Path) -> list[
 
 def refuse_other_shard(stream_id: str, shard: ShardConfig | None) -> None:
     """AdminError 421 (Misdirected Request) naming the shard that owns ``stream_id``: the
-    request is fine, this instance is the wrong one to send it to."""
+    request may be fine, this instance is the wrong one to send it to (an add, an update
+    or a removal)."""
     if shard is None or shard.owns(stream_id):
         return
     owner = shard_of(stream_id, shard.count)
@@ -294,6 +295,7 @@ class StreamChanges:
         return self._submit(_Request("add", stream.id, stream, body))
 
     def update_stream(self, stream_id: str, body: dict[str, Any]) -> StreamConfig:
+        refuse_other_shard(stream_id, self._shard)
         _refuse_env_references(body)
         if isinstance(body, dict) and body.get("id", stream_id) != stream_id:
             raise AdminError(422, [("id", "cannot change; remove the stream and add it")])
@@ -315,6 +317,7 @@ class StreamChanges:
         return {**body, "url": written}
 
     def remove_stream(self, stream_id: str) -> None:
+        refuse_other_shard(stream_id, self._shard)
         self._submit(_Request("remove", stream_id, None))
 
     def _submit(self, request: _Request) -> StreamConfig:
