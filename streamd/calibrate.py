@@ -150,6 +150,11 @@ def calibrate(cfg: PipelineConfig, pipeline: Path, frames: int, seconds: float) 
     cache); DetectorError when the model cannot be built (int8 asked for and refused)."""
     from streamd.detect import create_detector
 
+    if frames < HOLD_EVERY:
+        raise RuntimeError(f"--frames {frames}: at least {HOLD_EVERY} (one in {HOLD_EVERY} is held "
+                           "out for the accuracy guard)")  # fmt: skip
+    if seconds <= 0:
+        raise RuntimeError(f"--seconds {seconds:g}: must be above 0")
     folder = calibration_folder(cfg, pipeline)
     sampled = sample(cfg, frames, seconds)
     errors = {s.stream: s.error for s in sampled if s.error and not s.frames}
