@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import select
 import socket
 import sys
@@ -160,7 +161,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._api(method, url.path)
 
     def _api(self, method: str, path: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.headers.get("Content-Length") or "0"
+        if not re.fullmatch(r"\d{1,12}", raw, re.ASCII):
+            self.close_connection = True
+            self._send(400, {"error": "Content-Length must be a number of bytes"})
+            return
+        length = int(raw)
         if length > api.MAX_BODY_BYTES:
             self.close_connection = True  # the body is left unread
             self._send(413, {"error": f"body larger than {api.MAX_BODY_BYTES} bytes"})
@@ -439,17 +445,16 @@ def byte_range(header: str, size: int) -> tuple[int, int, bool] | None:
     whole file, not partial, without one (or for one this server does not take, such
     as several spans); None if unsatisfiable (416)."""
     whole = (0, size, False)
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    # ASCII digits only, at most 19 (str.isdigit() takes '²', which int() refuses).
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*", header, re.ASCII | re.I)
+    if m is None or not (m[1] or m[2]):
         return whole
-    first, dash, last = (part.strip() for part in spec.partition("-"))
-    if not dash or not (first.isdigit() or last.isdigit()):
-        return whole
-    if not first.isdigit():  # the last N bytes
+    first, last = m[1], m[2]
+    if not first:  # the last N bytes
         n = int(last)
         return (max(0, size - n), size, True) if n > 0 and size > 0 else None
     start = int(first)
-    end = min(size, int(last) + 1) if last.isdigit() else size
+    end = min(size, int(last) + 1) if last else size
     return (start, end, True) if start < size and start < end else None
 
 

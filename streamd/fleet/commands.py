@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from streamd.config import ConfigError, PipelineConfig, load_config
 from streamd.config.shard import ShardConfig, assignment
+from streamd.runtime.redact import redact_url
 
 
 def parse_shard(text: str) -> ShardConfig:
@@ -134,7 +135,10 @@ def cmd_subscribe_nats(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except Exception as e:  # nats-py's errors have no common base worth naming here
-        print(f"streamd subscribe: {args.nats}: {type(e).__name__}: {e}", file=sys.stderr)
+        servers = args.nats if isinstance(args.nats, list) else [args.nats]
+        where = redact_url(", ".join(map(str, servers)))
+        print(f"streamd subscribe: {where}: {type(e).__name__}: {redact_url(str(e))}",
+              file=sys.stderr)  # fmt: skip
         return 1
     order = reader.order
     print(f"streamd subscribe: {seen} event(s); dropped {order.duplicates} duplicate(s), "

@@ -104,7 +104,11 @@ class FleetReader:
     async def events(self, idle_s: float | None = None) -> AsyncIterator[FleetEvent]:
         """The backlog (sorted per camera), then new events as they are stored; ends once
         nothing new came for ``idle_s`` after the backlog (None: never)."""
-        nc = await nats.connect(servers=self.servers, **self._connect)
+        # Bounded: an unreachable server is an error in seconds, not minutes of retries
+        # (nats-py's defaults), and its errors are raised, not printed as tracebacks.
+        options: dict[str, Any] = {"connect_timeout": 5, "max_reconnect_attempts": 3,
+                                   "error_cb": _quiet, **self._connect}  # fmt: skip
+        nc = await nats.connect(servers=self.servers, **options)
         try:
             js = nc.jetstream()
             info = await js.stream_info(self.stream)
@@ -147,6 +151,11 @@ class FleetReader:
         return asyncio.run(self.read(idle_s))
 
 
+async def _quiet(_error: Exception) -> None:
+    """nats-py reports connection errors here besides raising them: said once, by the
+    caller."""
+
+
 def _event(msg: Any) -> FleetEvent | None:
     """A stored message as an event; None for one that is not streamd's (no message id,
     or not JSON)."""
@@ -157,6 +166,14 @@ def _event(msg: Any) -> FleetEvent | None:
         payload = json.loads(msg.data or b"{}")
     except ValueError:
         return None
-    if not isinstance(payload, dict):
-        return None
+    if not isinstance(payload, dict) or not _well_formed(payload):
+        return None  # anyone who may publish to the stream could store it: skipped
     return FleetEvent(msg_id, msg.subject, msg.metadata.sequence.stream, payload)
+
+
+def _well_formed(payload: dict[str, Any]) -> bool:
+    """A camera id and an int64 epoch and seq, as streamd writes them (order needs them)."""
+    ints = [payload.get("epoch", 0), payload.get("seq", 0)]
+    return isinstance(payload.get("stream", ""), str) and all(
+        type(v) is int and -(2**63) <= v < 2**63 for v in ints
+    )
