@@ -58,3 +58,23 @@ def test_subscribe_nats_to_nothing_fails_in_seconds_without_the_password() -> No
     assert r.returncode == 1 and time.monotonic() - t0 < 30
     assert "s3cretpw" not in r.stderr + r.stdout and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "127.0.0.1:1" in r.stderr
+
+
+def test_a_clip_id_is_exactly_the_pattern() -> None:
+    from streamd.clips.store import new_clip_id, valid_clip_id
+
+    good = new_clip_id("cam", 7, 1_764_000_000.0)
+    assert valid_clip_id(good)
+    assert not valid_clip_id(good + "\n")  # '$' used to let it through
+    assert not valid_clip_id(good.replace("t7", "t\u0667"))  # an Arabic-Indic seven
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example:abc/x", "https://hooks.example:99999/x"])
+def test_a_webhook_port_that_is_not_a_port_is_refused_at_load(url: str) -> None:
+    from pydantic import ValidationError
+
+    from streamd.config.outputs import WebhookConfig
+
+    with pytest.raises(ValidationError) as err:
+        WebhookConfig.model_validate({"url": url})
+    assert "port" in str(err.value)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 # Stream id (config's pattern), UTC time to the millisecond, the track, 6 random hex digits.
-CLIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}-\d{8}T\d{9}Z-t\d{1,12}-[0-9a-f]{6}$")
+CLIP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}-\d{8}T\d{9}Z-t\d{1,12}-[0-9a-f]{6}", re.ASCII)
 PART = ".part"
 
 
@@ -38,7 +38,8 @@ def new_clip_id(stream: str, track_id: int, wall: float) -> str:
 
 
 def valid_clip_id(clip_id: str) -> bool:
-    return CLIP_ID.match(clip_id) is not None
+    # fullmatch, ASCII: '$' lets a trailing newline through, \d takes any script's digits.
+    return CLIP_ID.fullmatch(clip_id) is not None
 
 
 def clips_root(stream: StreamConfig, journal_path: str | None) -> Path:
@@ -69,7 +70,8 @@ def private_folder(folder: Path) -> None:
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (0600) through a temporary file and a rename."""
     tmp = path.with_name(path.name + PART)
-    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, PRIVATE_FILE_MODE)
+    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+    os.fchmod(fd, PRIVATE_FILE_MODE)  # a leftover temporary file keeps its old mode otherwise
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)

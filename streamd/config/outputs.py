@@ -252,7 +252,7 @@ class WebhookConfig(_Delivery):
         None,
         pattern=ENV_NAME,
         description="Env var holding the HMAC-SHA256 key: the X-Streamd-Signature header is "
-        "sha256=<hex of HMAC(key, body)>.",
+        "sha256=<hex of HMAC(key, '<X-Streamd-Timestamp>.<body>')> (README, Webhooks).",
     )
     timeout_s: float = Field(5.0, gt=0.0, le=120.0, description="Per request.")
     backoff_max_s: float = Field(30.0, ge=0.1, le=3600.0, description="Retry delay ceiling.")
@@ -265,6 +265,10 @@ class WebhookConfig(_Delivery):
             raise ValueError("must be an http:// or https:// URL")
         if parts.username or parts.password:
             raise ValueError("no credentials in the URL (they would be logged): use secret_env")
+        try:
+            parts.port  # noqa: B018  # urllib only reads it when a request is made
+        except ValueError:
+            raise ValueError("its port is not a number from 1 to 65535") from None
         if parts.scheme == "http" and not is_loopback_host(parts.hostname):
             raise ValueError(
                 f"{parts.hostname} is not loopback: use https:// (alerts would otherwise cross "
