@@ -23,9 +23,9 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 CHECKOV := .venv-checkov/bin/checkov
 
-setup: $(STAMP) $(MODEL) $(CHECKOV)
+setup: $(STAMP) $(MODEL)
 
-# tests/test_deploy.py scans the Kubernetes manifests with checkov, which pins networkx<2.7
+# tests/test_deploy.py (so `make test`, not the demo) scans the Kubernetes manifests with checkov, which pins networkx<2.7
 # and packaging 23: in the main venv it would downgrade PyTorch's networkx, so its own venv.
 $(CHECKOV):
 	python3 -m venv .venv-checkov
@@ -58,7 +58,7 @@ clips: $(CLIPS)
 demo: setup $(CLIPS)
 	$(VENV)/bin/streamd run pipelines/demo.yaml $(if $(DURATION),--duration $(DURATION))
 
-test: setup system-deps
+test: setup $(CHECKOV) system-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: setup

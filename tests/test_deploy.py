@@ -42,7 +42,7 @@ def _tool(name: str, *also: Path) -> str:
             return str(candidate)
     found = shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} not found: run make setup")
+        pytest.fail(f"{name} not found: run make test (it installs the test tools)")
     return found
 
 
