@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
 import supervision as sv
 
+from streamd.detect.nv12 import Frame
 from streamd.types import FrameRef
 
 
@@ -26,8 +25,10 @@ class Detector(Protocol):
     backend: str  # which backend actually runs, e.g. "torch-cpu", "torch-cuda-fp16"
 
     def detect(
-        self, frames: Sequence[npt.NDArray[np.uint8]], refs: Sequence[FrameRef] | None = None
+        self, frames: Sequence[Frame], refs: Sequence[FrameRef] | None = None
     ) -> list[sv.Detections]:
-        """``refs``: the frames' descriptors, for a backend that needs the stream or its
-        clock (``null``); model backends look at the pixels only."""
+        """``frames``: host BGR arrays, or NV12 pictures NVDEC left on the device
+        (:class:`~streamd.detect.nv12.DeviceFrame`). ``refs``: the frames' descriptors, for
+        a backend that needs the stream or its clock (``null``); model backends look at the
+        pixels only."""
         ...

@@ -15,9 +15,9 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-import numpy.typing as npt
 import supervision as sv
 
+from streamd.detect.nv12 import Frame
 from streamd.types import FrameRef
 
 NAMES = {0: "person"}
@@ -42,7 +42,7 @@ class NullDetector:
         self._calls = 0
 
     def detect(
-        self, frames: Sequence[npt.NDArray[np.uint8]], refs: Sequence[FrameRef] | None = None
+        self, frames: Sequence[Frame], refs: Sequence[FrameRef] | None = None
     ) -> list[sv.Detections]:
         self._calls += 1
         out = []

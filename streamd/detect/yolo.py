@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
-import numpy.typing as npt
 import supervision as sv
 import torch
 
 from streamd.config import ModelConfig
 from streamd.detect.base import DetectorError
 from streamd.detect.guard import GuardReport
-from streamd.detect.prepost import input_shape, postprocess, preprocess, to_detections
+from streamd.detect.nv12 import Frame, letterbox
+from streamd.detect.prepost import input_shape, postprocess, to_detections
 from streamd.runtime.logs import adopt_ultralytics
 from streamd.types import FrameRef
 
@@ -84,19 +84,20 @@ class YoloDetector:
 
     @torch.inference_mode()
     def detect(
-        self, frames: Sequence[npt.NDArray[np.uint8]], refs: Sequence[FrameRef] | None = None
+        self, frames: Sequence[Frame], refs: Sequence[FrameRef] | None = None
     ) -> list[sv.Detections]:
         out: list[sv.Detections] = []
         for start in range(0, len(frames), self.runner.max_batch):
             out += self._detect(frames[start : start + self.runner.max_batch])
         return out
 
-    def _detect(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[sv.Detections]:
+    def _detect(self, frames: Sequence[Frame]) -> list[sv.Detections]:
         n = len(frames)
         shape = input_shape([f.shape for f in frames], self.cfg.imgsz, self.stride,
                             self.runner.rect)  # fmt: skip
         r = self.runner
-        batch, placements = preprocess(frames, shape, r.device, r.dtype, r.buffer(n, shape))
+        # NVDEC's NV12 pictures decoded in this process are letterboxed where they lie.
+        batch, placements = letterbox(frames, shape, r.device, r.dtype, r.buffer(n, shape))
         preds = r.run(batch, n)
         if preds.ndim != 3 or preds.shape[1] != 4 + len(self.names):
             raise DetectorError(
