@@ -183,10 +183,18 @@ class Daemon(Reconfigure):
             )
         for index, stream in enumerate(self.cfg.streams):
             spec = source_spec(stream, index, self.run_id, self._endpoint("inbox"),
-                               self._analysis_spec(index, self.epoch), self.log_level)  # fmt: skip
+                               self._analysis_spec(index, self.epoch), self.log_level,
+                               self._packets(index))  # fmt: skip
             self.sources[stream.id] = Source(spec)
             self._start_source(self.sources[stream.id])
         return None
+
+    def _packets(self, index: int) -> str | None:
+        """decode_in: detector: the stream's packet socket, bound by its decode thread in the
+        detector process (streams the detector was started with; one added at runtime
+        decodes in its own process)."""
+        stream = self.cfg.streams[index]
+        return self._endpoint(f"packets-{index}") if stream.decode_in == "detector" else None
 
     def _analysis_spec(self, index: int, epoch: int) -> AnalysisSpec:
         return AnalysisSpec(
@@ -307,12 +315,15 @@ class Daemon(Reconfigure):
 
     def _start_inference(self) -> int | None:
         names_rx, names_tx = self.ctx.Pipe(duplex=False)
+        streams = enumerate(self.cfg.streams)
+        packets = tuple((s.id, p) for i, s in streams if (p := self._packets(i)) is not None)
         spec = InferenceSpec(
             self.cfg,
             self._endpoint("inbox"),
             self._endpoint("control"),
             tuple(self._endpoint(f"results-{i}") for i in range(len(self.cfg.streams))),
             self.log_level,
+            packets,
         )
         self.inference = self._spawn(inference_main, "inference", spec, names_tx)
         names_tx.close()

@@ -18,7 +18,6 @@ from multiprocessing.connection import Connection
 from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 import supervision as sv
 import zmq
 
@@ -26,12 +25,15 @@ from streamd import metrics
 from streamd.batching import Batcher
 from streamd.config import PipelineConfig
 from streamd.detect import Detector, DetectorError, create_detector
+from streamd.detect.nv12 import Frame
 from streamd.frames.ring import RingReaders
 from streamd.runtime.channel import Inbox, Outbox, ResultRouter
 from streamd.runtime.exits import WorkerExit
 from streamd.runtime.process import StopFlag, run_logged, setup_worker
+from streamd.sources.device_decode import DecodeLane, DeviceFrames
 from streamd.types import (
     Boxes,
+    DecodeReport,
     Detected,
     Dropped,
     FrameRef,
@@ -54,6 +56,8 @@ class InferenceSpec:
     control: str  # the supervisor's inbox: heartbeats go there
     results: tuple[str, ...]  # per stream, in config order: its process's result endpoint
     log_level: str = "INFO"
+    # decode_in: detector: (stream id, packet endpoint) of each stream decoded here.
+    packets: tuple[tuple[str, str], ...] = ()
 
 
 def inference_main(spec: InferenceSpec, ready: Connection) -> None:
@@ -72,13 +76,26 @@ def _serve(spec: InferenceSpec, ready: Connection, stop: StopFlag) -> int:
         return WorkerExit.SETUP_FAILED
     router = ResultRouter({s.id: ep for s, ep in zip(cfg.streams, spec.results, strict=True)})
     worker = InferenceWorker(cfg, detector, inbox, router, Outbox(spec.control))
+    lanes = start_lanes(cfg, spec.packets, spec.inbox, worker.device)
     ready.send(dict(detector.names))  # ready: the cameras' processes need the class names
     ready.close()
     try:
         worker.run(stop)
     finally:
+        for lane in lanes:
+            lane.stop()
         worker.close()
     return WorkerExit.OK
+
+
+def start_lanes(cfg: PipelineConfig, packets: Sequence[tuple[str, str]], inbox: str,
+                store: DeviceFrames) -> list[DecodeLane]:  # fmt: skip
+    """A decode thread for each stream decoded in this process (decode_in: detector)."""
+    by_id = {s.id: s for s in cfg.streams}
+    lanes = [DecodeLane(by_id[sid], endpoint, inbox, store) for sid, endpoint in packets]
+    for lane in lanes:
+        lane.start()
+    return lanes
 
 
 def boxes_of(detections: sv.Detections) -> Boxes:
@@ -116,7 +133,9 @@ class InferenceWorker:
             },
         )
         self.readers = RingReaders()
-        self._outgoing: dict[str, list[Detected | Dropped]] = {}  # per stream, until flushed
+        self.device = DeviceFrames()  # pictures decoded here (decode_in: detector), slot -1
+        # Per stream, until flushed.
+        self._outgoing: dict[str, list[Detected | Dropped | DecodeReport]] = {}
         # Frames of a stream whose route has not come yet (the route and the frames reach
         # the inbox from different senders, taken in turns): kept until it does, or
         # released unread after UNROUTED_HOLD_S (a ring slot a writer waits for).
@@ -152,6 +171,9 @@ class InferenceWorker:
                 self._route(msg)
                 self.control.send(RouteAck(msg.seq))
                 continue
+            if isinstance(msg, DecodeReport | Dropped):  # from a decode thread: to its camera
+                self._from_lane(msg)
+                continue
             if isinstance(msg, FrameRef) and msg.stream not in self.policies:
                 self._unrouted.setdefault(msg.stream, []).append((time.monotonic(), msg))
                 continue
@@ -160,6 +182,12 @@ class InferenceWorker:
                 continue
             self._offer(msg)
         self._expire_unrouted(time.monotonic())
+
+    def _from_lane(self, msg: DecodeReport | Dropped) -> None:
+        if isinstance(msg, Dropped):  # sampled, or no room: with this process's drop totals
+            msg = Dropped(msg.ref, msg.cause, self._drops(msg.ref.stream))
+        stream = msg.ref.stream if isinstance(msg, Dropped) else msg.stream
+        self._outgoing.setdefault(stream, []).append(msg)
 
     def _offer(self, ref: FrameRef) -> None:
         for displaced in self.batcher.offer(ref):
@@ -173,7 +201,7 @@ class InferenceWorker:
             log.warning("%d frame(s) of stream %s came without a route; released unread",
                         len(expired), stream)  # fmt: skip
             for ref in expired:
-                self.readers.release(ref)
+                self._free(ref)
             kept = [(t, ref) for t, ref in held if now - t <= UNROUTED_HOLD_S]
             if kept:
                 self._unrouted[stream] = kept
@@ -184,7 +212,9 @@ class InferenceWorker:
         """A stream added, changed or removed at runtime (the supervisor sends this before
         it starts the stream's process, and after it stopped it)."""
         if msg.endpoint is None:
-            self.batcher.remove(msg.stream)  # its process and rings are gone: nothing to release
+            for ref in self.batcher.remove(msg.stream):  # its process and rings are gone
+                if ref.slot < 0:
+                    self.device.release(ref)
             self.policies.pop(msg.stream, None)
             self._outgoing.pop(msg.stream, None)
             self.router.disconnect(msg.stream)
@@ -216,16 +246,22 @@ class InferenceWorker:
     def _release(self, ref: FrameRef) -> None:
         # oldest/block writers wait for (or drop on) a full ring: hand the slot back,
         # also for frames dropped unread, or the writer would wait on them forever.
-        if self.policies[ref.stream] != "latest":
+        if ref.slot < 0 or self.policies[ref.stream] != "latest":
+            self._free(ref)
+
+    def _free(self, ref: FrameRef) -> None:
+        if ref.slot < 0:
+            self.device.release(ref)  # a picture decoded here: its device memory goes
+        else:
             self.readers.release(ref)
 
     def process(self, refs: list[FrameRef]) -> None:
         """Detect one batch, reading the frames in place, and send every frame's outcome."""
         taken = time.time()
-        views: list[npt.NDArray[np.uint8]] = []
+        views: list[Frame] = []
         kept: list[FrameRef] = []
         for ref in refs:
-            view = self.readers.claim(ref)
+            view = self.device.claim(ref) if ref.slot < 0 else self.readers.claim(ref)
             if view is None:
                 self._lost(ref)
             else:
@@ -241,7 +277,7 @@ class InferenceWorker:
         for ref, detections in zip(kept, results, strict=True):
             # The detector read the slot in place: if the writer lapped it anyway, the
             # boxes may belong to a torn frame (seqlock check after the read).
-            if not self.readers.done(ref):
+            if ref.slot >= 0 and not self.readers.done(ref):
                 self._lost(ref)
                 continue
             self._release(ref)

@@ -30,7 +30,7 @@ class FrameRef:
     slots: int  # ring size, needed to attach
     height: int
     width: int
-    slot: int
+    slot: int  # -1: a picture decoded in the detector process (decode_in: detector), held there
     seq: int  # the ring's write sequence number (checked against the slot stamp)
     capture_ts: float  # wall time the frame was captured/decoded (seconds since the epoch)
     media_ts: float  # the stream's own clock (pts), made monotonic across loops/jumps
@@ -151,8 +151,47 @@ class Dropped:
     """Inference → the stream's own process: an announced frame that will not be analysed."""
 
     ref: FrameRef
-    cause: Literal["queue_full", "stale"]
+    cause: Literal["queue_full", "stale", "sampled"]  # sampled: decode_in: detector's max_fps
     drops: StageDrops
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedUnit:
+    """A camera → the detector process (``decode_in: detector``): the header of one
+    compressed access unit (Annex B; its bytes travel in the next message part).
+
+    ``ring`` names the decode session: a new one (a reconnect) closes the last one's
+    decoder, pictures it held included. ``end``: ``flush`` (end of file: the held
+    pictures come out) or ``close`` (the session ended otherwise: they are dropped).
+    """
+
+    stream: str
+    ring: str
+    codec: str  # h264 | hevc
+    low_latency: bool  # no B-frames: NVDEC gives each picture out as its packet goes in
+    time_base: tuple[int, int]
+    pts: int  # NO_PTS (int64 min) when the packet had none
+    seq: int  # 1-based in the session: the camera's in-flight count
+    frame: int  # the camera's frame index for it
+    capture_ts: float  # wall time it was read
+    source_dropped: dict[str, int] = field(default_factory=dict)
+    end: Literal["", "flush", "close"] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeReport:
+    """The detector process → a camera: how its decode session in the detector goes
+    (running totals of that session). ``final``: the session's decoder is closed and
+    ``decoded`` pictures are all that will come; ``failed``: the decoder failed (the
+    camera decodes on its own CPU from its next keyframe)."""
+
+    stream: str
+    ring: str
+    decoded: int = 0
+    decode_errors: int = 0
+    sampled: int = 0
+    final: bool = False
+    failed: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +199,7 @@ class Results:
     """Outcomes of one stream's frames (a batch's boxes, the frames it displaced or
     dropped as stale), in one message: fewer wake-ups than one each."""
 
-    items: tuple[Detected | Dropped, ...]
+    items: tuple[Detected | Dropped | DecodeReport, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from streamd.sources.nvdec import (
     NO_PTS,
@@ -20,6 +21,8 @@ from streamd.sources.nvdec import (
     NvdecBitstreamError,
     NvdecDeviceError,
     NvdecUnavailable,
+    NvDeviceFrame,
+    NvDeviceSession,
     NvFrame,
     NvSession,
 )
@@ -83,9 +86,60 @@ class FakeBackend:
     device_error_at: int | None = None
     sessions: list[FakeSession] = field(default_factory=list)
 
+    def open_device(self, codec: NvCodec, gpu_id: int, low_latency: bool) -> NvDeviceSession:
+        raise NvdecUnavailable("host output only (FakeDeviceBackend has device output)")
+
     def open(self, codec: NvCodec, gpu_id: int, low_latency: bool = False) -> NvSession:
         if self.open_error is not None:
             raise NvdecUnavailable(self.open_error)
         session = FakeSession(codec, low_latency, self.device_error_at)
         self.sessions.append(session)
+        return session
+
+
+@dataclass(frozen=True, slots=True)
+class FakeDeviceFrame:
+    """A picture "in device memory": a torch tensor (on the CPU here), as the detector's
+    decode threads get them from NVDEC with ``usedevicememory``."""
+
+    pts: int
+    data: torch.Tensor
+
+    def tensor(self) -> torch.Tensor:
+        return self.data
+
+
+@dataclass
+class FakeDeviceSession:
+    host: FakeSession
+    raise_at: int | None = None  # any exception (not the library's) at this packet
+
+    def decode(self, data: bytes, pts: int) -> list[NvDeviceFrame]:
+        if self.raise_at is not None and len(self.host.fed) >= self.raise_at:
+            raise RuntimeError("an unexpected error inside the binding (fake)")
+        return self._device(self.host.decode(data, pts))
+
+    def flush(self) -> list[NvDeviceFrame]:
+        return self._device(self.host.flush())
+
+    def close(self) -> None:
+        self.host.close()
+
+    @staticmethod
+    def _device(frames: list[NvFrame]) -> list[NvDeviceFrame]:
+        return [FakeDeviceFrame(f.pts, torch.from_numpy(f.nv12().copy())) for f in frames]
+
+
+@dataclass
+class FakeDeviceBackend(FakeBackend):
+    """:class:`FakeBackend` that also opens device-memory sessions."""
+
+    raise_at: int | None = None
+    device_sessions: list[FakeDeviceSession] = field(default_factory=list)
+
+    def open_device(self, codec: NvCodec, gpu_id: int, low_latency: bool) -> NvDeviceSession:
+        host = self.open(codec, gpu_id, low_latency)
+        assert isinstance(host, FakeSession)
+        session = FakeDeviceSession(host, self.raise_at)
+        self.device_sessions.append(session)
         return session

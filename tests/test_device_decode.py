@@ -4,7 +4,10 @@ detector's boxes on both."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import av
 import cv2
@@ -13,12 +16,29 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from streamd.config import ModelConfig
+from streamd.config import ModelConfig, StreamConfig
 from streamd.detect import create_detector
-from streamd.detect.nv12 import DeviceFrame, letterbox, nv12_to_rgb
+from streamd.detect.nv12 import DeviceFrame, Frame, letterbox, nv12_to_rgb
 from streamd.detect.prepost import input_shape, preprocess
+from streamd.runtime.channel import Inbox
+from streamd.sources.device_decode import DecodeLane, DeviceFrames
+from streamd.sources.nvdec import NvBackend
+from streamd.sources.reader import DecodeCounters, OpenOptions, decode_frames, open_source
+from streamd.sources.remote import PacketLink, RemoteDecoder, RemotePicture, RemoteTally
+from streamd.types import DecodeReport, Dropped, FrameRef
+
+from . import test_nvdec
+from .fake_nvdec import FakeDeviceBackend
+from .test_nvdec import FRAMES
+
+# The H.264 (B-frames in MP4 and MPEG-TS, IPPP in TS) and H.265 clips of test_nvdec.py.
+clips = pytest.fixture(scope="module")(getattr(test_nvdec.clips, "__wrapped__"))  # noqa: B009
 
 IMGSZ = 320
+
+
+def _bgr(nv12: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    return np.asarray(cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12), dtype=np.uint8)
 
 
 def _nv12_frames(video: Path, every: int = 6) -> list[npt.NDArray[np.uint8]]:
@@ -39,7 +59,7 @@ def test_nv12_letterbox_matches_opencv_and_the_cpu_letterbox(
     float here, cv2 on uint8 there) within 1 level of 255 anywhere and under 0.5 on
     average, on the scene's real frames, for a whole batch and for one mixing host and
     device frames. (Measured when written: max 0.5, mean 0.23.)"""
-    bgr = [cv2.cvtColor(f, cv2.COLOR_YUV2BGR_NV12) for f in nv12]
+    bgr = [_bgr(f) for f in nv12]
     dev = [DeviceFrame(torch.from_numpy(f)) for f in nv12]
     cpu = torch.device("cpu")
     shape = input_shape([b.shape for b in bgr], IMGSZ, 32, True)
@@ -51,7 +71,7 @@ def test_nv12_letterbox_matches_opencv_and_the_cpu_letterbox(
     assert places == ref_places
     diff = (ours - ref).abs() * 255
     assert float(diff.max()) <= 1.0 and float(diff.mean()) <= 0.5, (diff.max(), diff.mean())
-    mixed = [bgr[0], dev[1], bgr[2], dev[3]]
+    mixed: list[Frame] = [bgr[0], dev[1], bgr[2], dev[3]]
     both, _ = letterbox(mixed, shape, cpu, torch.float32)
     assert torch.equal(both[0], ref[0]) and torch.equal(both[2], ref[2])
     assert torch.equal(both[1], ours[1]) and torch.equal(both[3], ours[3])
@@ -66,7 +86,7 @@ def test_a_device_frame_comes_back_to_the_host_as_opencv_makes_it(
 ) -> None:
     """Snapshots and the live view of a detector-decoded stream: the host copy."""
     back = DeviceFrame(torch.from_numpy(nv12[0])).to_bgr()
-    want = cv2.cvtColor(nv12[0], cv2.COLOR_YUV2BGR_NV12)
+    want = _bgr(nv12[0])
     assert back.shape == want.shape and back.dtype == np.uint8
     assert int(np.abs(back.astype(np.int16) - want).max()) <= 1
 
@@ -75,7 +95,7 @@ def test_the_detector_boxes_on_nv12_frames_are_within_a_pixel_of_the_bgr_frames(
     nv12: list[npt.NDArray[np.uint8]], person_model: Path
 ) -> None:
     detector = create_detector(ModelConfig(weights=str(person_model), imgsz=IMGSZ), 8)
-    bgr = [cv2.cvtColor(f, cv2.COLOR_YUV2BGR_NV12) for f in nv12]
+    bgr = [_bgr(f) for f in nv12]
     ours = detector.detect([DeviceFrame(torch.from_numpy(f)) for f in nv12])
     theirs = detector.detect(bgr)
     assert sum(len(d) for d in theirs) >= len(nv12)  # two people walk through the scene
@@ -85,3 +105,203 @@ def test_the_detector_boxes_on_nv12_frames_are_within_a_pixel_of_the_bgr_frames(
             pa = a.xyxy[np.lexsort((a.xyxy[:, 1], a.xyxy[:, 0]))]
             pb = b.xyxy[np.lexsort((b.xyxy[:, 1], b.xyxy[:, 0]))]
             assert float(np.abs(pa - pb).max()) <= 1.0
+
+
+# --- decode threads in the detector process (sources/device_decode.py) ----------------------
+
+
+class _Detector:
+    """The detector process's side of a decode thread: its inbox, and the pictures'
+    store, each picture released once its ref is read (as a batch would)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.inbox = Inbox(f"ipc://{tmp}/inbox")
+        self.store = DeviceFrames()
+        self.refs: list[FrameRef] = []
+        self.reports: list[DecodeReport] = []
+        self.dropped: list[Dropped] = []
+        self.pixels: dict[tuple[str, int], npt.NDArray[np.uint8]] = {}
+
+    def until(self, done: Callable[[], bool], timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            assert time.monotonic() < deadline, (len(self.refs), self.reports[-3:])
+            if self.inbox.poll(0.05):
+                for msg in self.inbox.drain():
+                    self._take(msg)
+
+    def _take(self, msg: object) -> None:
+        if isinstance(msg, FrameRef):
+            frame = self.store.claim(msg)
+            assert frame is not None and msg.slot == -1
+            self.pixels[(msg.ring, msg.seq)] = frame.to_bgr()
+            self.store.release(msg)
+            self.refs.append(msg)
+        elif isinstance(msg, DecodeReport):
+            self.reports.append(msg)
+        elif isinstance(msg, Dropped):
+            self.dropped.append(msg)
+
+    def final(self, ring: str) -> DecodeReport | None:
+        return next((r for r in self.reports if r.ring == ring and r.final), None)
+
+    def close(self) -> None:
+        self.inbox.close()
+
+
+def _send_session(link: PacketLink, clip: Path, ring: str, stop_after: int | None = None,
+                  frame0: int = 0) -> int:  # fmt: skip
+    """What a camera's process sends for one session of ``clip``: its access units (Annex B,
+    as RemoteDecoder makes them), then the end (``flush`` at the file's end, ``close``
+    when stopped early, as at a reconnect). The units sent."""
+    with open_source(OpenOptions(str(clip))) as container:
+        stream = container.streams.video[0]
+        decoder = RemoteDecoder(stream, "s", ring, RemoteTally(), 10.0)
+        sent = 0
+        for packet in container.demux(stream):
+            for unit in decoder.decode(packet, DecodeCounters()):
+                assert isinstance(unit, RemotePicture)
+                sent += 1
+                header = decoder.header(sent, frame0 + sent - 1, time.time(), {}, unit.pts)
+                assert link.send(header, unit.data, lambda: True)
+            if stop_after is not None and sent >= stop_after:
+                break
+        end: Literal["flush", "close"] = "close" if stop_after is not None else "flush"
+        assert link.send(decoder.header(0, 0, time.time(), {}, end=end), b"", lambda: True)
+    return sent
+
+
+@pytest.fixture
+def lane_env(tmp_path: Path) -> Iterator[tuple[_Detector, Callable[..., DecodeLane]]]:
+    detector = _Detector(tmp_path)
+    lanes: list[DecodeLane] = []
+
+    def make(backend: NvBackend, name: str = "s", **stream: Any) -> DecodeLane:
+        cfg = StreamConfig(id=name, url="clip.mp4", **stream)
+        lane = DecodeLane(cfg, f"ipc://{tmp_path}/packets-{name}", f"ipc://{tmp_path}/inbox",
+                          detector.store, lambda: backend)  # fmt: skip
+        lane.start()
+        lanes.append(lane)
+        return lane
+
+    yield detector, make
+    for lane in lanes:
+        lane.stop()
+    detector.close()
+
+
+def test_a_decode_thread_announces_device_pictures_with_the_cpus_pts_and_pixels(
+    clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]], tmp_path: Path
+) -> None:
+    """B-frames in MP4 to Annex B by the camera, decoded in the detector in display order:
+    every picture announced as a slot -1 FrameRef, its pixels as the CPU decodes them, the
+    media clock from its own pts, frame indices in display order; the block policy holds
+    at most ``buffer`` pictures (the test releases each as it reads it)."""
+    detector, make = lane_env
+    backend = FakeDeviceBackend()
+    lane = make(backend, buffer=2)
+    link = PacketLink(lane.endpoint)
+    cpu = _cpu_frames(clips["h264.mp4"])
+    try:
+        assert _send_session(link, clips["h264.mp4"], "s_nv1", frame0=5) == FRAMES
+        detector.until(lambda: detector.final("s_nv1") is not None)
+    finally:
+        link.close()
+    refs = detector.refs
+    assert [r.seq for r in refs] == list(range(1, FRAMES + 1))
+    assert [r.frame for r in refs] == list(range(5, 5 + FRAMES))
+    assert [r.media_ts for r in refs] == [t for t, _ in cpu]
+    assert all((r.width, r.height) == (320, 240) for r in refs)
+    for ref, (_, bgr) in zip(refs, cpu, strict=True):
+        ours = detector.pixels[(ref.ring, ref.seq)]
+        assert int(np.abs(ours.astype(np.int16) - bgr).max()) <= 1
+    final = detector.final("s_nv1")
+    assert final is not None and final.decoded == FRAMES and final.decode_errors == 0
+    (session,) = backend.device_sessions
+    assert session.host.closed and session.host.flushes == 1 and not session.host.low_latency
+
+
+def test_a_new_session_closes_the_old_decoder_and_nothing_of_it_comes_after(
+    clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]]
+) -> None:
+    """A reconnect: the camera stops the first session after 12 units ("close"), the
+    second starts; the pictures the first decoder held for reordering are dropped with
+    it, its final report says how many came (the camera forgets the rest), and every
+    picture of the old session is announced before any of the new one."""
+    detector, make = lane_env
+    backend = FakeDeviceBackend()
+    lane = make(backend, drop_policy="latest")
+    link = PacketLink(lane.endpoint)
+    try:
+        assert _send_session(link, clips["h264.mp4"], "s_nv1", stop_after=12) == 12
+        assert _send_session(link, clips["h264.ts"], "s_nv2", frame0=12) == FRAMES
+        detector.until(lambda: detector.final("s_nv2") is not None)
+    finally:
+        link.close()
+    rings = [r.ring for r in detector.refs]
+    first = rings.count("s_nv1")
+    assert 0 < first < 12  # B-frames: the decoder held pictures back; they went with it
+    assert rings == ["s_nv1"] * first + ["s_nv2"] * FRAMES
+    final = detector.final("s_nv1")
+    assert final is not None and final.decoded == first
+    old, new = backend.device_sessions
+    assert old.host.closed and old.host.flushes == 0 and new.host.flushes == 1
+    assert [r.frame for r in detector.refs if r.ring == "s_nv2"] == list(range(12, 12 + FRAMES))
+
+
+def test_a_decoder_that_raises_in_the_detector_is_contained_and_the_camera_told(
+    clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]]
+) -> None:
+    """One stream's decoder raises at its 15th packet: its thread reports the failure
+    (the camera then decodes on its CPU) and keeps serving; another stream's thread
+    decodes every picture meanwhile."""
+    detector, make = lane_env
+    bad = make(FakeDeviceBackend(raise_at=14), "bad")
+    good = make(FakeDeviceBackend(), "good")
+    links = [PacketLink(bad.endpoint), PacketLink(good.endpoint)]
+    try:
+        _send_session(links[0], clips["hevc.mp4"], "bad_nv1")
+        _send_session(links[1], clips["h264.ts"], "good_nv1")
+        detector.until(lambda: detector.final("good_nv1") is not None
+                       and detector.final("bad_nv1") is not None)  # fmt: skip
+        failed = [r for r in detector.reports if r.ring == "bad_nv1" and r.failed]
+        assert failed and "unexpected error inside the binding" in failed[0].failed
+        assert bad.alive and good.alive
+        assert sum(r.ring == "good_nv1" for r in detector.refs) == FRAMES
+        assert sum(r.ring == "bad_nv1" for r in detector.refs) == failed[0].decoded < FRAMES
+        # The failed stream's next session (the camera reconnected) opens a new decoder.
+        _send_session(links[0], clips["h264.ts"], "bad_nv2", stop_after=3)
+        detector.until(lambda: detector.final("bad_nv2") is not None)
+    finally:
+        for link in links:
+            link.close()
+
+
+def test_max_fps_samples_pictures_in_the_detector_on_the_media_clock(
+    clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]]
+) -> None:
+    """15 fps at max_fps 5: every third picture is announced, the others go back to the
+    camera as ``sampled`` drops (so its in-flight count and drop totals stay true)."""
+    detector, make = lane_env
+    lane = make(FakeDeviceBackend(), max_fps=5.0)
+    link = PacketLink(lane.endpoint)
+    try:
+        _send_session(link, clips["h264-ipp.ts"], "s_nv1")
+        detector.until(lambda: detector.final("s_nv1") is not None)
+    finally:
+        link.close()
+    assert len(detector.refs) == FRAMES // 3 and len(detector.dropped) == FRAMES - FRAMES // 3
+    assert {d.cause for d in detector.dropped} == {"sampled"}
+    assert detector.refs[-1].source_dropped["sampled"] == FRAMES - FRAMES // 3 - 2
+    final = detector.final("s_nv1")
+    assert final is not None and final.sampled == FRAMES - FRAMES // 3
+
+
+def _cpu_frames(clip: Path) -> list[tuple[float, npt.NDArray[np.uint8]]]:
+    """(pts seconds, BGR) of every frame as the CPU path decodes it."""
+    with open_source(OpenOptions(str(clip))) as container:
+        out = []
+        for f in decode_frames(container, DecodeCounters(), 10.0):
+            assert f.pts_s is not None
+            out.append((f.pts_s, f.image()))
+        return out

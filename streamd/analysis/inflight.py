@@ -24,7 +24,7 @@ LOST_AFTER_S = 10.0  # an answer this late is not coming: stop waiting for it
 @dataclass(frozen=True, slots=True)
 class _Entry:
     mark: int  # announce order, for state changes (which frames came before them)
-    image: npt.NDArray[np.uint8]
+    image: npt.NDArray[np.uint8] | None  # None: decoded in the detector process, no pixels here
     at: float  # monotonic time it was announced
 
 
@@ -40,7 +40,7 @@ class InFlight:
         self._announced = 0
         self._lock = threading.Lock()
 
-    def add(self, ring: str, seq: int, image: npt.NDArray[np.uint8]) -> None:
+    def add(self, ring: str, seq: int, image: npt.NDArray[np.uint8] | None) -> None:
         with self._lock:
             self._announced += 1
             self._frames[(ring, seq)] = _Entry(self._announced, image, time.monotonic())
@@ -50,6 +50,15 @@ class InFlight:
         with self._lock:
             entry = self._frames.pop((ring, seq), None)
         return None if entry is None else entry.image
+
+    def forget(self, ring: str, after: int) -> int:
+        """A decode session in the detector ended with ``after`` pictures: the units sent
+        beyond them (refused, or held by a decoder that was closed) will not come back."""
+        with self._lock:
+            gone = [k for k in self._frames if k[0] == ring and k[1] > after]
+            for k in gone:
+                del self._frames[k]
+        return len(gone)
 
     def full(self) -> bool:
         with self._lock:

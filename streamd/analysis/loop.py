@@ -36,6 +36,7 @@ from streamd.runtime.process import StopFlag
 from streamd.track import StreamTracker
 from streamd.types import (
     ActiveTrack,
+    DecodeReport,
     Detected,
     Dropped,
     RegionsUpdate,
@@ -92,6 +93,10 @@ class SourceSide(Protocol):
     def decode_counts(self) -> tuple[int, int]: ...
 
     def drops(self) -> dict[str, int]: ...
+
+    def on_decode_report(self, report: DecodeReport) -> None:
+        """How its decode session in the detector process goes (decode_in: detector)."""
+        ...
 
 
 def _analytics(
@@ -229,13 +234,17 @@ class StreamAnalysis:
             self._foreign.inc()
         elif isinstance(msg, Detected):
             image = self.inflight.pop(msg.ref.ring, msg.ref.seq)
-            if image is None:
+            if image is None and msg.ref.slot >= 0:  # slot -1: decoded in the detector
                 self._no_pixels.inc()
             self.counters.stage = msg.drops
             self._analyse(msg, image)
         elif isinstance(msg, Dropped):
             self.inflight.pop(msg.ref.ring, msg.ref.seq)
             self.counters.stage = msg.drops
+        elif isinstance(msg, DecodeReport) and self._source.owns(msg.ring):
+            self._source.on_decode_report(msg)
+            if msg.final or msg.failed:
+                self.inflight.forget(msg.ring, msg.decoded)
         elif isinstance(msg, WatchUpdate) and self.feed is not None:
             self.feed.watch(msg)
         elif isinstance(msg, RegionsUpdate):

@@ -86,6 +86,14 @@ class StreamConfig(_Strict):
         "present, else the CPU; cpu: PyAV/ffmpeg always; nvdec: NVDEC (start-up is refused "
         "where it is unavailable; a device that fails later falls back to the CPU, counted).",
     )
+    decode_in: Literal["camera", "detector"] = Field(
+        "camera",
+        description="Where NVDEC decodes this stream: camera (its own process; frames to the "
+        "host and through the shared-memory ring) or detector (threads of the detector "
+        "process: compressed packets go there and the pictures stay in GPU memory, one CUDA "
+        "context for all such streams). Only for decode auto/nvdec; a stream on the CPU "
+        "decodes in its camera process either way.",
+    )
     reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig())
     zones: list[ZoneConfig] = Field(default_factory=list, description="Polygon zones and rules.")
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines.")
@@ -136,6 +144,13 @@ class StreamConfig(_Strict):
                     "the block drop policy never drops, so it cannot drop stale frames "
                     "(use drop_policy: latest or oldest, or remove max_latency_ms)"
                 )
+        return v
+
+    @field_validator("decode_in")
+    @classmethod
+    def _decoded_by_nvdec(cls, v: str, info: ValidationInfo) -> str:
+        if v == "detector" and info.data.get("decode") == "cpu":
+            raise ValueError("decode_in: detector is NVDEC's (decode: auto or nvdec), not cpu's")
         return v
 
     @model_validator(mode="after")

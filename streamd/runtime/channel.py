@@ -24,6 +24,7 @@ import zmq
 
 from streamd import metrics
 from streamd.types import (
+    DecodeReport,
     Detected,
     Dropped,
     FrameRef,
@@ -51,9 +52,10 @@ Message = (
     | Results
     | StreamRow
     | InferenceBeat
+    | DecodeReport
 )
 _TYPES = (FrameRef, StatusUpdate, WatchUpdate, RegionsUpdate, RouteUpdate, RouteAck, Detected,
-          Dropped, Results, StreamRow, InferenceBeat)  # fmt: skip
+          Dropped, Results, StreamRow, InferenceBeat, DecodeReport)  # fmt: skip
 
 
 def _dumps(msg: Message) -> bytes:
@@ -146,7 +148,7 @@ class ResultRouter:
         if current is not None:
             current[1].close()
 
-    def send(self, stream: str, msg: Detected | Dropped | Results) -> None:
+    def send(self, stream: str, msg: Detected | Dropped | DecodeReport | Results) -> None:
         current = self._socks.get(stream)
         if current is None:  # removed while its frames were in a batch
             return

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import av
 import av.bitstream
@@ -30,6 +30,9 @@ import numpy.typing as npt
 from streamd import metrics
 from streamd.config import StreamConfig
 from streamd.sources.reader import CpuDecoder, DecodeCounters, FrameDecoder, Picture
+
+if TYPE_CHECKING:  # camera processes do not import torch: only the detector's decode threads
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +73,35 @@ class NvSession(Protocol):
     def close(self) -> None: ...
 
 
+class NvDeviceFrame(Protocol):
+    """One decoded picture left in device memory (``decode_in: detector``)."""
+
+    @property
+    def pts(self) -> int: ...
+    def tensor(self) -> torch.Tensor: ...  # (height * 3/2, width) uint8 NV12, a copy of its own
+
+
+class NvDeviceSession(Protocol):
+    """A hardware decoder whose pictures stay in device memory."""
+
+    def decode(self, data: bytes, pts: int) -> list[NvDeviceFrame]: ...
+    def flush(self) -> list[NvDeviceFrame]: ...
+    def close(self) -> None: ...
+
+
 class NvBackend(Protocol):
     """The library: opens decoders. Raises :class:`NvdecUnavailable` if it cannot.
 
     ``low_latency``: the stream has no B-frames, so every picture can come out as
     soon as its packet went in (NVDEC's default holds up to 4 pictures back).
+    ``open`` copies pictures to the host (a camera's process); ``open_device`` leaves
+    them in device memory (decode threads of the detector process).
     """
 
     name: str
 
     def open(self, codec: NvCodec, gpu_id: int, low_latency: bool) -> NvSession: ...
+    def open_device(self, codec: NvCodec, gpu_id: int, low_latency: bool) -> NvDeviceSession: ...
 
 
 # --- availability -------------------------------------------------------------------------
@@ -265,7 +287,10 @@ class DecoderChoice:
         prober: Callable[[], str | None] = probe,
         on_fallback: Callable[[str], None] | None = None,  # a device failed mid-session
         gpu_id: int = 0,
+        remote: Callable[[av.VideoStream], FrameDecoder] | None = None,
     ) -> None:
+        """``remote``: NVDEC sessions are opened by it (decode_in: detector: the detector
+        process decodes) instead of in this process."""
         self.stream = stream
         self.mode: DecodeMode = mode
         self.active = "cpu"
@@ -276,6 +301,7 @@ class DecoderChoice:
         self._on_fallback = on_fallback
         self._gpu_id = gpu_id
         self._backend: NvBackend | None = None
+        self._remote = remote
         self._off: str | None = None  # why NVDEC is not used by this process
         self._probed = mode == "cpu"
 
@@ -288,6 +314,8 @@ class DecoderChoice:
                 self._count(self._off, "unavailable")  # start-up refuses this; a late add
         codec = stream.codec_context.name
         name, reason = choose(self.mode, codec, self._off)
+        if name == "nvdec" and self._remote is not None:
+            return self._use(self._remote(stream), f"{reason} in the detector process")
         if name == "nvdec":
             decoder = self._open_nvdec(stream, codec)
             if decoder is not None:
@@ -300,7 +328,7 @@ class DecoderChoice:
         try:
             if self._backend is None:
                 self._backend = self._loader()
-            decoder = open_nvdec(self._backend, stream, self._gpu_id, self._device_failed)
+            decoder = open_nvdec(self._backend, stream, self._gpu_id, self.device_failed)
         except (NvdecUnavailable, NvdecDeviceError, av.FFmpegError) as e:
             self._off = str(e)
             self._count(self._off, "unavailable")
@@ -308,7 +336,8 @@ class DecoderChoice:
         log.info("NVDEC decoder for %s opened in %.0f ms", codec, (time.perf_counter() - t0) * 1e3)
         return decoder
 
-    def _device_failed(self, reason: str) -> None:
+    def device_failed(self, reason: str) -> None:
+        """NVDEC failed mid-session: the stream is on the CPU for the rest of the process."""
         self._off = reason
         self._count(reason, "device_error")
         self._use_name("cpu", f"nvdec failed: {reason}")
@@ -342,7 +371,7 @@ def open_nvdec(
 ) -> NvdecDecoder:
     """An NVDEC decoder for one session of ``stream`` (low latency when it has no B-frames)."""
     low_latency = not stream.codec_context.has_b_frames  # cameras: IPPP, mostly
-    session = backend.open(_nv_codec(stream.codec_context.name), gpu_id, low_latency)
+    session = backend.open(nv_codec(stream.codec_context.name), gpu_id, low_latency)
     try:
         return NvdecDecoder(stream, session, on_device_error)
     except av.FFmpegError:  # no bitstream filter for it: the session is not used
@@ -365,7 +394,7 @@ def start_refusals(streams: Sequence[StreamConfig], prober: Callable[[], str | N
     return [f"streams.{i}.decode: nvdec is unavailable: {reason}" for i in asked]
 
 
-def _nv_codec(codec: str) -> NvCodec:
+def nv_codec(codec: str) -> NvCodec:
     if codec == "h264":
         return "h264"
     if codec == "hevc":
@@ -394,20 +423,31 @@ class PyNvBackend:
         self._nvc = nvc
 
     def open(self, codec: NvCodec, gpu_id: int, low_latency: bool) -> NvSession:
+        # usedevicememory=False: NV12 copied to host by the decoder (the host-copy path).
+        decoder, flag = self._create(codec, gpu_id, low_latency, device=False)
+        return _PyNvSession(self._nvc, decoder, flag)
+
+    def open_device(self, codec: NvCodec, gpu_id: int, low_latency: bool) -> NvDeviceSession:
+        # usedevicememory=True: the picture stays in the decoder's device surface; each is
+        # taken over DLPack and copied device→device before the next Decode reuses it.
+        decoder, flag = self._create(codec, gpu_id, low_latency, device=True)
+        return _PyNvDeviceSession(_PyNvSession(self._nvc, decoder, flag))
+
+    def _create(self, codec: NvCodec, gpu_id: int, low_latency: bool, device: bool
+                ) -> tuple[Any, int]:  # fmt: skip
         nvc = self._nvc
         codec_id = {"h264": nvc.cudaVideoCodec.H264, "hevc": nvc.cudaVideoCodec.HEVC}[codec]
         latencies = nvc.DisplayDecodeLatencyType
         latency = latencies.LOW if low_latency else latencies.NATIVE
         try:
-            # usedevicememory=False: NV12 copied to host by the decoder (the host-copy path).
-            decoder = nvc.CreateDecoder(gpuid=gpu_id, codec=codec_id, usedevicememory=False,
+            decoder = nvc.CreateDecoder(gpuid=gpu_id, codec=codec_id, usedevicememory=device,
                                         latency=latency)  # fmt: skip
         except Exception as e:
             raise NvdecUnavailable(f"CreateDecoder({codec}) failed: {e}") from e
         # LOW latency decodes a packet at once when told it holds a whole picture (PyAV's
         # demuxer gives one picture a packet).
         flag = int(nvc.VideoPacketFlag.ENDOFPICTURE) if low_latency else 0
-        return _PyNvSession(nvc, decoder, flag)
+        return decoder, flag
 
 
 class _PyNvSession:
@@ -417,21 +457,18 @@ class _PyNvSession:
         self._flag = flag
 
     def decode(self, data: bytes, pts: int) -> list[NvFrame]:
-        buf = np.frombuffer(data, dtype=np.uint8)  # alive until Decode returns
-        packet = self._nvc.PacketData()
-        packet.bsl_data = buf.ctypes.data
-        packet.bsl = buf.size
-        packet.pts = pts
-        packet.decode_flag = self._flag
+        packet, _buf = self.packet(data, pts)  # _buf: alive until Decode returns
         return self._run(packet)
 
     def flush(self) -> list[NvFrame]:
-        packet = self._nvc.PacketData()
-        packet.bsl_data, packet.bsl = 0, 0  # size 0 is end of stream to NVDEC's parser
-        packet.decode_flag = self._nvc.VideoPacketFlag.ENDOFSTREAM
-        return self._run(packet)
+        return self._run(self.end_packet())
 
     def _run(self, packet: Any) -> list[NvFrame]:
+        frames, width, height = self.run_raw(packet)
+        return [_host_frame(f, width, height) for f in frames]
+
+    def run_raw(self, packet: Any) -> tuple[list[Any], int, int]:
+        """The library's own frames of one ``Decode``, and the picture size."""
         try:
             frames = self._decoder.Decode(packet)
         except Exception as e:
@@ -439,11 +476,72 @@ class _PyNvSession:
             if "CUDA_ERROR" in text or "cuda" in text.lower():
                 raise NvdecDeviceError(text) from e
             raise NvdecBitstreamError(text) from e
-        width, height = int(self._decoder.GetWidth()), int(self._decoder.GetHeight())
-        return [_host_frame(f, width, height) for f in frames]
+        return list(frames), int(self._decoder.GetWidth()), int(self._decoder.GetHeight())
+
+    def packet(self, data: bytes, pts: int) -> tuple[Any, npt.NDArray[np.uint8]]:
+        """A ``PacketData`` for ``data`` and the buffer it points into (keep it alive)."""
+        buf = np.frombuffer(data, dtype=np.uint8)
+        packet = self._nvc.PacketData()
+        packet.bsl_data = buf.ctypes.data
+        packet.bsl = buf.size
+        packet.pts = pts
+        packet.decode_flag = self._flag
+        return packet, buf
+
+    def end_packet(self) -> Any:
+        packet = self._nvc.PacketData()
+        packet.bsl_data, packet.bsl = 0, 0  # size 0 is end of stream to NVDEC's parser
+        packet.decode_flag = self._nvc.VideoPacketFlag.ENDOFSTREAM
+        return packet
 
     def close(self) -> None:
         self._decoder = None  # the binding releases the decoder with its last reference
+
+
+class _PyNvDeviceSession:
+    """Pictures in device memory: ``torch.from_dlpack`` on the library's frame (never run
+    on a GPU: the layout it gives for NV12 is for ``pytest -m gpu`` to confirm)."""
+
+    def __init__(self, session: _PyNvSession) -> None:
+        self._session = session
+
+    def decode(self, data: bytes, pts: int) -> list[NvDeviceFrame]:
+        packet, _buf = self._session.packet(data, pts)
+        return self._frames(packet)
+
+    def flush(self) -> list[NvDeviceFrame]:
+        return self._frames(self._session.end_packet())
+
+    def _frames(self, packet: Any) -> list[NvDeviceFrame]:
+        frames, width, height = self._session.run_raw(packet)
+        return [_device_frame(f, width, height) for f in frames]
+
+    def close(self) -> None:
+        self._session.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _DeviceFrame:
+    pts: int
+    data: torch.Tensor
+
+    def tensor(self) -> torch.Tensor:
+        return self.data
+
+
+def _device_frame(frame: Any, width: int, height: int) -> _DeviceFrame:
+    from torch.utils.dlpack import from_dlpack
+
+    try:
+        view = from_dlpack(frame)
+    except Exception as e:  # a layout or device the binding does not export
+        raise NvdecDeviceError(f"the decoded frame does not export DLPack: {e}") from e
+    if view.numel() != width * height * 3 // 2:
+        raise NvdecDeviceError(f"frame of {view.numel()} values is not NV12 {width}x{height}")
+    # The decoder reuses its surfaces: a device→device copy before the next Decode.
+    data = view.reshape(height * 3 // 2, width).clone()
+    pts = frame.getPTS() if hasattr(frame, "getPTS") else frame.timestamp
+    return _DeviceFrame(int(pts), data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,7 +227,9 @@ def decode_frames(
         t0 = time.perf_counter()
         frames = decoder.decode(packet, counters)
         for frame in frames:
-            counters.decoded += 1
+            # A unit on its way to the detector process (decode_in: detector) is counted
+            # there, when it becomes a picture.
+            counters.decoded += getattr(frame, "counted", True)
             yield DecodedFrame(frame, (time.perf_counter() - t0) * 1000.0, frame.time)
             t0 = time.perf_counter()
             last_frame = time.monotonic()

@@ -38,7 +38,8 @@ from streamd.sources.reader import (
     frame_step,
     open_source,
 )
-from streamd.types import FrameRef, SourceState, StatusUpdate
+from streamd.sources.remote import PacketLink, RemoteDecoder, RemotePicture, RemoteTally
+from streamd.types import DecodeReport, FrameRef, SourceState, StatusUpdate
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class SourceSpec:
     restarts: int = 0  # how many times the supervisor restarted this stream's worker
     resumed_from: SourceState | None = None  # the state published for the dead worker
     resumed_since: float = 0.0  # wall time that state began
+    # decode_in: detector: the PULL socket of this stream's decode thread in the detector
+    # process (None: NVDEC, if used, decodes here).
+    packets: str | None = None
 
     @property
     def is_file(self) -> bool:
@@ -86,6 +90,7 @@ def source_spec(
     inbox: str,
     analysis: AnalysisSpec,
     log_level: str,
+    packets: str | None = None,
 ) -> SourceSpec:
     """What a stream's process is started with (the supervisor's)."""
     return SourceSpec(
@@ -111,6 +116,7 @@ def source_spec(
         inbox=inbox,
         analysis=analysis,
         log_level=log_level,
+        packets=packets,
     )
 
 
@@ -204,7 +210,15 @@ class SourceWorker:
         self._ring_prefix = f"{segment_prefix(spec.run_id)}{spec.index}_{os.getpid()}_"
         stream = spec.stream_config()
         # NVDEC or the CPU, chosen per session; a device failing mid-stream is said at once.
-        self.decoders = DecoderChoice(spec.stream, stream.decode, on_fallback=self._fell_back)
+        # decode_in: detector: NVDEC's sessions run in the detector process (sources/remote.py).
+        self.link = PacketLink(spec.packets) if spec.packets is not None else None
+        self.tally = RemoteTally()
+        self._remote: RemoteDecoder | None = None  # this session's, when decoded remotely
+        self._remote_sessions = 0
+        self._skip_to_key = False  # a unit was dropped: the rest of its GOP cannot decode
+        remote = self._remote_decoder if self.link is not None else None
+        self.decoders = DecoderChoice(spec.stream, stream.decode, on_fallback=self._fell_back,
+                                      remote=remote)  # fmt: skip
         self.clips = start_clips(stream, spec.analysis.pipeline.journal.path)
         self.analysis = StreamAnalysis(stream, spec.analysis, self, self.clips)
 
@@ -216,7 +230,14 @@ class SourceWorker:
         return self.counters.decoded, self.counters.decode_errors
 
     def drops(self) -> dict[str, int]:
-        return dict(self._dropped)
+        out = dict(self._dropped)
+        sampled = self.tally.sampled()  # decode_in: detector samples there
+        if sampled:
+            out["sampled"] = out.get("sampled", 0) + sampled
+        return out
+
+    def on_decode_report(self, report: DecodeReport) -> None:
+        self.tally.update(report)
 
     @property
     def finished(self) -> bool:
@@ -240,6 +261,8 @@ class SourceWorker:
                 self.clips.shutdown(CLIPS_STOP_S)
             if self.ring is not None:
                 self.ring.close()
+            if self.link is not None:
+                self.link.close()
             self.outbox.close()
             self.control.close()
 
@@ -305,6 +328,8 @@ class SourceWorker:
         if clips is not None:
             clips.begin_session(container.streams.video[0])
         decoder = self.decoders.open(container.streams.video[0])
+        self._remote = decoder if isinstance(decoder, RemoteDecoder) else None
+        self._skip_to_key = False
         try:
             self._pacer.expect(frame_step(container))  # the first steps' yardstick
             on_packet = None if clips is None else clips.on_packet
@@ -334,7 +359,54 @@ class SourceWorker:
             if clips is not None:
                 clips.end_session()  # a clip ends at the gap
             decoder.close()  # NVDEC: pictures held for reordering are dropped with the session
+            if self._remote is not None:
+                self._end_remote(self._remote)
             container.close()
+
+    def _remote_decoder(self, stream: av.VideoStream) -> RemoteDecoder:
+        """This session's NVDEC decoder in the detector process: a ring name of its own."""
+        self._remote_sessions += 1
+        ring = f"{self._ring_prefix}nv{self._remote_sessions}"
+        return RemoteDecoder(stream, self.spec.stream, ring, self.tally,
+                             self.spec.open.stall_timeout_s,
+                             self.decoders.device_failed)  # fmt: skip
+
+    def _end_remote(self, decoder: RemoteDecoder) -> None:
+        """Tell the detector the session is over: its held pictures flushed out (end of
+        file) or dropped (reconnect, stall, stop), and its decoder closed."""
+        assert self.link is not None
+        end = decoder.header(0, self._frames, time.time(), dict(self._dropped),
+                             end="flush" if decoder.ended else "close")  # fmt: skip
+        deadline = time.monotonic() + 5.0
+        if not self.link.send(end, b"", lambda: time.monotonic() < deadline):
+            log.warning("the end of decode session %s did not reach the detector", decoder.ring)
+
+    def _forward(self, decoder: RemoteDecoder, picture: RemotePicture) -> bool:
+        """One access unit to the detector's decode thread; False if told to stop."""
+        assert self.link is not None
+        index = self._frames
+        self._frames += 1
+        policy = self.spec.drop_policy
+        if self._skip_to_key and not picture.key:
+            self._drop("queue_full")  # its references were dropped: it cannot decode
+            return True
+        self._skip_to_key = False
+        if not self._room(policy):
+            self._skip_to_key = policy != "block"
+            return not self.stop.is_set()
+        seq = decoder.sent + 1
+        unit = decoder.header(seq, index, time.time(), dict(self._dropped), picture.pts)
+        self.analysis.inflight.add(decoder.ring, seq, None)  # no pixels here: in the detector
+        wait = (lambda: not self.stop.is_set()) if policy == "block" else None
+        if not self.link.send(unit, picture.data, wait):
+            self.analysis.inflight.pop(decoder.ring, seq)
+            if self.stop.is_set():
+                return False
+            self._drop("queue_full")
+            self._skip_to_key = True
+            return True
+        decoder.sent_one()
+        return True
 
     def _fell_back(self, detail: str) -> None:
         """NVDEC failed mid-stream: the stream goes on on the CPU; subscribers are told."""
@@ -357,6 +429,8 @@ class SourceWorker:
 
     def _publish(self, decoded: DecodedFrame) -> bool:
         """Put one decoded frame in the ring and announce it; False if told to stop."""
+        if self._remote is not None and isinstance(decoded.picture, RemotePicture):
+            return self._forward(self._remote, decoded.picture)
         index = self._frames
         self._frames += 1
         capture_ts = time.time() - decoded.decode_ms / 1000.0

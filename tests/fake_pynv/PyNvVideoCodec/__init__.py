@@ -1,6 +1,8 @@
 """A stand-in for NVIDIA's PyNvVideoCodec (the 2.2 names streamd's shim uses), for a
 machine without the GPU: it decodes with PyAV underneath and hands NV12 back through a
-host pointer, as the real one does with ``usedevicememory=False``. With a stub
+host pointer, as the real one does with ``usedevicememory=False``; with
+``usedevicememory=True`` its frames export DLPack (a CPU torch tensor standing for the
+device surface), as the real one's do. With a stub
 ``libcuda`` (tests/test_nvdec.py builds one) the daemon takes it for the real thing, so
 its whole NVDEC path runs here. ``FAKE_NVDEC_FAIL=hevc:N``: the device "fails" at the
 N+1th packet of an H.265 decoder (any codec name).
@@ -48,9 +50,20 @@ class PacketData:
 
 
 class DecodedFrame:
-    def __init__(self, nv12: np.ndarray, pts: int) -> None:
+    def __init__(self, nv12: np.ndarray, pts: int, device: bool = False) -> None:
         self._nv12 = nv12
         self._pts = pts
+        self._device = device
+
+    def __dlpack__(self, stream: Any = None, **kwargs: Any) -> Any:
+        if not self._device:
+            raise PyNvVCException("host frame: no DLPack (usedevicememory=False)")
+        import torch
+
+        return torch.from_numpy(self._nv12).__dlpack__()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU: the fake's "device" is the host
 
     def framesize(self) -> int:
         return int(self._nv12.size)
@@ -63,7 +76,8 @@ class DecodedFrame:
 
 
 class PyNvDecoder:
-    def __init__(self, codec: str) -> None:
+    def __init__(self, codec: str, device: bool = False) -> None:
+        self._device = device
         self._ctx = av.CodecContext.create(codec, "r")
         self._size = (0, 0)
         self._fed = 0
@@ -84,7 +98,7 @@ class PyNvDecoder:
         for f in frames:
             self._size = (f.width, f.height)
             nv12 = np.ascontiguousarray(f.reformat(format="nv12").to_ndarray(), dtype=np.uint8)
-            out.append(DecodedFrame(nv12, int(f.pts)))
+            out.append(DecodedFrame(nv12, int(f.pts), self._device))
         return out
 
     def GetWidth(self) -> int:
@@ -95,6 +109,4 @@ class PyNvDecoder:
 
 
 def CreateDecoder(gpuid: int = 0, codec: str = "h264", **kwargs: Any) -> PyNvDecoder:
-    if kwargs.get("usedevicememory"):
-        raise PyNvVCException("the fake has host output only")
-    return PyNvDecoder(codec)
+    return PyNvDecoder(codec, bool(kwargs.get("usedevicememory")))
