@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,7 +12,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +191,48 @@ class EventLog:
         """Events per second on ``topic`` that arrived in [t0, t1)."""
         n = sum(1 for t, e in self.snapshot() if e.topic == topic and t0 <= t < t1)
         return n / (t1 - t0)
+
+
+@dataclass(frozen=True)
+class Running:
+    """A daemon started by :func:`running_daemon`: its process, pipeline file and events."""
+
+    proc: subprocess.Popen[bytes]
+    cfg: Path
+    log: EventLog
+
+
+@contextlib.contextmanager
+def running_daemon(
+    cfg: Path,
+    streaming: Sequence[str] = (),
+    *,
+    log_file: Path | None = None,
+    env: dict[str, str] | None = None,
+    log_level: str = "INFO",
+) -> Iterator[Running]:
+    """Run the daemon of ``cfg`` with an :class:`EventLog` on its publish endpoint.
+
+    The log subscribes before the daemon starts (no early event is missed); the block
+    runs once each stream in ``streaming`` is streaming. A block that ends normally with
+    the daemon still up stops it with SIGTERM and checks it left nothing behind
+    (:func:`stop_and_check_own_clean`); one that raises kills the whole process group.
+    The log is closed either way (then ``log.gaps`` holds the subscriber's gaps)."""
+    endpoint = json.loads(cfg.read_text())["publish"]["endpoint"]
+    log = EventLog(endpoint)
+    daemon = start(cfg, log_file or cfg.with_name("daemon.log"), env, log_level)
+    try:
+        for sid in streaming:
+            assert log.wait_state(sid, {"streaming"}, 60) is not None, f"{sid} never streamed"
+        yield Running(daemon, cfg, log)
+        if daemon.poll() is None:
+            stop_and_check_own_clean(daemon, signal.SIGTERM)
+    finally:
+        log.close()
+        if daemon.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait(10)
 
 
 def http_status(cfg: Path) -> dict[str, Any]:

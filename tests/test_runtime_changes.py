@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from .daemon import EventLog, start, stop_and_check_own_clean, write_pipeline
+from .daemon import running_daemon, write_pipeline
 from .test_runtime_streams import NULL_MODEL, _api, _listen, _live, _pids, _wait_streaming
 from .test_runtime_streams import clip as clip  # the module's clip fixture
 from .util import free_port
@@ -34,12 +34,10 @@ def test_a_stream_whose_process_cannot_start_is_undone_and_a_retry_adds_it(
     """Out of file descriptors while a stream is added: 500, nothing of it stays (no row,
     no route, not in the list or the overlay), the other stream goes on; once descriptors
     are back, the same request adds it once."""
-    port = free_port()
-    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, [_live("a", clip)], model=NULL_MODEL)
-    log = EventLog(f"tcp://127.0.0.1:{port}")
-    daemon = start(cfg, tmp_path / "daemon.log")
-    try:
-        _wait_streaming(log, "a")
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), free_port(), [_live("a", clip)],
+                         model=NULL_MODEL)  # fmt: skip
+    with running_daemon(cfg, ("a",)) as d:
+        log, daemon = d.log, d.proc
         code, body = _add_with_descriptors_short(daemon.pid, cfg, _live("c", clip))
         assert code == 500, body
         assert "could not add c" in body["error"] and "Too many open files" in body["error"]
@@ -55,10 +53,6 @@ def test_a_stream_whose_process_cannot_start_is_undone_and_a_retry_adds_it(
         assert saved.count("id: c") == 1
         assert log.payloads("det.a", t_retry), "the other stream stopped"
         assert daemon.poll() is None
-    finally:
-        log.close()
-        if daemon.poll() is None:
-            stop_and_check_own_clean(daemon, signal.SIGTERM)
     text = (tmp_path / "daemon.log").read_text()
     assert "stream c could not be added (undone)" in text
     assert "did not confirm the route" not in text
@@ -70,14 +64,10 @@ def test_a_reload_stops_hung_cameras_together_within_one_grace_period(
     """Three cameras removed by SIGHUP whose processes are hung (SIGSTOP: SIGTERM does
     nothing): stopped together, one 3 s grace period and SIGKILL, not 3 s each — one after
     another, eight of them would outlast the systemd watchdog (30 s)."""
-    port = free_port()
     streams = [_live(sid, clip) for sid in ("a", "b", "c", "d")]
-    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, streams, model=NULL_MODEL)
-    log = EventLog(f"tcp://127.0.0.1:{port}")
-    daemon = start(cfg, tmp_path / "daemon.log")
-    try:
-        for sid in "abcd":
-            _wait_streaming(log, sid)
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), free_port(), streams, model=NULL_MODEL)
+    with running_daemon(cfg, "abcd") as d:
+        log, daemon = d.log, d.proc
         pids = _pids(cfg)
         for sid in "bcd":
             os.kill(pids[sid], signal.SIGSTOP)
@@ -95,10 +85,6 @@ def test_a_reload_stops_hung_cameras_together_within_one_grace_period(
                 not psutil.pid_exists(pids[sid]) or psutil.Process(pids[sid]).status() == "zombie"
             )
         assert list(_pids(cfg)) == ["a"]
-    finally:
-        log.close()
-        if daemon.poll() is None:
-            stop_and_check_own_clean(daemon, signal.SIGTERM)
 
 
 def test_a_burst_of_changes_is_capped_so_health_keeps_its_workers(
@@ -106,14 +92,9 @@ def test_a_burst_of_changes_is_capped_so_health_keeps_its_workers(
 ) -> None:
     """While the supervisor stops a hung camera (3 s), at most 4 changes wait for it; the
     rest get 503 at once and are never applied; /healthz answers meanwhile."""
-    port = free_port()
-    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, [_live("a", clip), _live("b", clip)],
-                         model=NULL_MODEL)  # fmt: skip
-    log = EventLog(f"tcp://127.0.0.1:{port}")
-    daemon = start(cfg, tmp_path / "daemon.log")
-    try:
-        _wait_streaming(log, "a")
-        _wait_streaming(log, "b")
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), free_port(),
+                         [_live("a", clip), _live("b", clip)], model=NULL_MODEL)  # fmt: skip
+    with running_daemon(cfg, ("a", "b")):
         os.kill(_pids(cfg)["b"], signal.SIGSTOP)  # its removal takes the 3 s grace period
         answers: dict[str, int] = {}
         removing = threading.Thread(target=lambda: answers.update(
@@ -135,10 +116,6 @@ def test_a_burst_of_changes_is_capped_so_health_keeps_its_workers(
         assert answers["b"] == 200 and len(refused) == 2, answers
         listed = {s["id"] for s in _api(cfg, "GET", "/api/streams")[1]["streams"]}
         assert listed == {"a", "c1", "c2", "c3", "c4", "c5"} - set(refused)
-    finally:
-        log.close()
-        if daemon.poll() is None:
-            stop_and_check_own_clean(daemon, signal.SIGTERM)
 
 
 def _add_with_descriptors_short(pid: int, cfg: Path, body: dict[str, Any]) -> tuple[int, Any]:

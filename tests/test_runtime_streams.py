@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from .daemon import EventLog, start, stop_and_check_own_clean, write_pipeline
+from .daemon import EventLog, running_daemon, write_pipeline
 from .util import free_port, shm_segments
 
 NULL_MODEL = {"backend": "null", "null_boxes": 3, "imgsz": 320}
@@ -88,16 +88,12 @@ def _track_ids(payloads: list[dict[str, Any]]) -> set[int]:
 def test_api_adds_updates_rezones_and_removes_one_stream_and_a_restart_keeps_it(
     clip: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
     other = tmp_path / "other.mp4"
     shutil.copy(clip, other)
     streams = [_live("a", clip), _live("b", clip)]
-    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, streams, model=NULL_MODEL)
-    log = EventLog(f"tcp://127.0.0.1:{port}")
-    daemon = start(cfg, tmp_path / "daemon.log")
-    try:
-        _wait_streaming(log, "a")
-        _wait_streaming(log, "b")
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), free_port(), streams, model=NULL_MODEL)
+    with running_daemon(cfg, ("a", "b")) as d:
+        log = d.log
 
         # Add: the others go on, the new one streams.
         code, body = _api(cfg, "POST", "/api/streams", _live("c", clip))
@@ -162,25 +158,12 @@ def test_api_adds_updates_rezones_and_removes_one_stream_and_a_restart_keeps_it(
         assert "c" not in _pids(cfg)
         for sid in ("a", "b"):
             _assert_no_det_gaps(log, sid)
-        assert log.gaps == 0
-    finally:
-        log.close()
-        if daemon.poll() is None:
-            stop_and_check_own_clean(daemon, signal.SIGTERM)
     assert log.gaps == 0
 
     # A restart comes back as the API left it.
     assert cfg.with_name("pipeline.streams.yaml").exists()
-    daemon = start(cfg, tmp_path / "daemon2.log")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                listed = _api(cfg, "GET", "/api/streams")[1]["streams"]
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline
-                time.sleep(0.3)
+    with running_daemon(cfg, ("a", "b"), log_file=tmp_path / "daemon2.log"):
+        listed = _api(cfg, "GET", "/api/streams")[1]["streams"]
         by_id = {s["id"]: s for s in listed}
         assert list(by_id) == ["a", "b"]
         assert by_id["b"]["url"] == str(other)
@@ -189,22 +172,15 @@ def test_api_adds_updates_rezones_and_removes_one_stream_and_a_restart_keeps_it(
         spec = _api(cfg, "GET", "/api/openapi.json")[1]
         assert "/api/streams/{id}" in spec["paths"]
         assert "url" in spec["components"]["schemas"]["StreamConfig"]["properties"]
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(10) == 0
 
 
 def test_sighup_applies_the_file_difference_and_refuses_a_broken_file(
     clip: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, [_live("a", clip), _live("b", clip)],
-                         model=NULL_MODEL)  # fmt: skip
-    log = EventLog(f"tcp://127.0.0.1:{port}")
-    daemon = start(cfg, tmp_path / "daemon.log")
-    try:
-        _wait_streaming(log, "a")
-        _wait_streaming(log, "b")
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), free_port(),
+                         [_live("a", clip), _live("b", clip)], model=NULL_MODEL)  # fmt: skip
+    with running_daemon(cfg, ("a", "b")) as d:
+        log, daemon = d.log, d.proc
         pids = _pids(cfg)
         data = json.loads(cfg.read_text())
         data["streams"] = [_live("a", clip), _live("c", clip)]
@@ -231,10 +207,6 @@ def test_sighup_applies_the_file_difference_and_refuses_a_broken_file(
         time.sleep(1.5)
         assert daemon.poll() is None and _pids(cfg) == before
         _assert_no_det_gaps(log, "a")
-    finally:
-        log.close()
-        if daemon.poll() is None:
-            stop_and_check_own_clean(daemon, signal.SIGTERM)
     text = (tmp_path / "daemon.log").read_text()
     assert "batching changed: needs a restart" in text
     assert "reload refused" in text
