@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# torch first, pinned: these builds are the ones served from local disk here.
 	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PIP) install --quiet -e '.[dev,onnx]'
+	$(PIP) install --quiet -e '.[dev,onnx,openvino]'
 	touch $@
 
 $(MODEL): $(STAMP)

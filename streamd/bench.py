@@ -88,7 +88,7 @@ CALIBRATION_FRAMES = 64  # from the bench clip; every fourth held out for the gu
 def _calibration(spec: BenchSpec, workdir: Path) -> Path | None:
     """A calibration set from the bench clip (with its ground truth), as `streamd calibrate`
     would sample it from a pipeline of that clip; None where the precision needs none."""
-    if spec.precision not in ("auto", "int8") or spec.backend == "null":
+    if spec.precision not in ("auto", "int8", "bf16") or spec.backend == "null":
         return None
     from streamd.calibrate import sample_stream, to_set
     from streamd.config.stream import StreamConfig

@@ -626,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--backend",
         default="auto",
-        help="auto, torch, onnx, tensorrt, cpu, or null (no model: the host path)",
+        help="auto, torch, onnx, openvino, tensorrt, cpu, or null (no model: the host path)",
     )
     b.add_argument(
         "--precision",

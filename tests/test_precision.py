@@ -50,12 +50,35 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("int8", "onnx", False, True, ["int8"]),
         ("bf16", "torch", False, False, ["bf16"]),
         ("fp32", "tensorrt", True, False, ["fp32"]),
+        ("auto", "openvino", False, True, ["int8", "bf16", "fp32"]),  # bf16 where the CPU has it
+        ("auto", "openvino", False, False, ["fp32"]),
+        ("bf16", "openvino", False, True, ["bf16"]),
     ],
 )
 def test_precision_candidates(
     requested: str, backend: str, cuda: bool, calibrated: bool, expected: list[str]
 ) -> None:
-    assert precision_candidates(requested, backend, cuda, calibrated)[0] == expected
+    assert precision_candidates(requested, backend, cuda, calibrated, bf16=True)[0] == expected
+
+
+def test_auto_takes_openvino_only_with_a_calibration_set() -> None:
+    """Without one, OpenVINO could only run FP32, which onnxruntime runs faster."""
+    from streamd.detect.factory import choose_backend
+
+    assert choose_backend("auto", False, True, False, True, calibrated=True)[0] == "openvino"
+    assert choose_backend("auto", False, True, False, True, calibrated=False)[0] == "onnx"
+    assert choose_backend("auto", False, True, False, False, calibrated=True)[0] == "onnx"
+    assert choose_backend("auto", True, True, False, True, calibrated=True)[0] == "torch"
+    with pytest.raises(DetectorError, match="OpenVINO is not installed"):
+        choose_backend("openvino", False, True, False, False)
+
+
+def _auto_int8() -> str:
+    """The backend label auto's INT8 has here: OpenVINO's where it is installed."""
+    from streamd.detect import openvino_backend
+
+    ov = openvino_backend.available() and openvino_backend.nncf_available()
+    return "openvino-cpu-int8" if ov else "onnx-cpu-int8"
 
 
 @pytest.mark.parametrize(
@@ -136,7 +159,9 @@ def test_calibrate_builds_int8_that_the_next_start_reuses(
     """`streamd calibrate` samples the pipeline's stream, quantises, guards and caches; the
     daemon started next finds the set beside the pipeline file and loads that model (not
     rebuilt), says int8 in its heartbeat and metric label, and its boxes match the scene's
-    ground truth."""
+    ground truth. Backend auto: OpenVINO's INT8 where it is installed, else onnxruntime's."""
+    label = _auto_int8()
+    suffix = ".xml" if label.startswith("openvino") else ".onnx"
     video, truth_path = scene
     port = free_port()
     pipeline = write_pipeline(tmp_path, person_model, port, [{"id": "walk", "url": str(video)}],
@@ -145,12 +170,12 @@ def test_calibrate_builds_int8_that_the_next_start_reuses(
     cfg = load_config(pipeline)
     assert cfg.model.calibration is None  # nothing calibrated yet
     outcome = calibrate(cfg, pipeline, CALIBRATION_FRAMES, 60.0)
-    assert (outcome.backend, outcome.precision) == ("onnx-cpu-int8", "int8"), outcome.verdicts
+    assert (outcome.backend, outcome.precision) == (label, "int8"), outcome.verdicts
     assert outcome.folder == tmp_path / "pipeline.calibration"
     cs = load_calibration(outcome.folder)
     assert cs is not None and len(cs.frames) == CALIBRATION_FRAMES and len(cs.held) == 3
     assert all(f.truth is not None for f in cs.frames)  # synth's truth came along
-    (built,) = model_cache.glob(f"*-int8-c{cs.digest[:12]}-*.onnx")
+    (built,) = model_cache.glob(f"*-int8-c{cs.digest[:12]}-*{suffix}")
     stamp = built.stat().st_mtime_ns
     assert load_config(pipeline).model.calibration == str(outcome.folder)
 
@@ -172,22 +197,30 @@ def test_calibrate_builds_int8_that_the_next_start_reuses(
             daemon.kill()
         sub.close()
     text = (tmp_path / "daemon.log").read_text()
-    assert backend == "onnx-cpu-int8", text[-3000:]
-    assert sample(m, "streamd_detector_backend", backend="onnx-cpu-int8") == 1.0
+    assert backend == label, text[-3000:]
+    assert sample(m, "streamd_detector_backend", backend=label) == 1.0
     assert "INT8 model from cache" in text and "quantised in" not in text
     assert built.stat().st_mtime_ns == stamp
-    assert list(model_cache.glob(f"*-int8-c{cs.digest[:12]}-*.onnx")) == [built]
+    assert list(model_cache.glob(f"*-int8-c{cs.digest[:12]}-*{suffix}")) == [built]
     walk = [e.payload for e in events if e.topic == "det.walk"]
     s = score(walk, truth)
     print(f"int8 recall against ground truth: {s.recall:.3f} ({s.matched}/{s.truths})")
     assert s.recall >= 0.9
 
 
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
 def test_guard_refuses_a_blank_calibration_and_auto_falls_back(
-    person_model: Path, model_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+    backend: str, person_model: Path, model_cache: Path, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
     """Calibrated on black frames, INT8 misses people FP32 finds on a crowded scene: refused
-    with the figures in the log; auto runs FP32; int8 asked for refuses to start."""
+    with the figures in the log; auto falls back (onnxruntime: FP32; OpenVINO: BF16, which
+    needs no calibration, where the CPU has it, else FP32); int8 asked for refuses to start."""
+    from streamd.detect import openvino_backend
+
+    if backend == "openvino" and not (openvino_backend.available()
+                                      and openvino_backend.nncf_available()):  # fmt: skip
+        pytest.skip("OpenVINO and NNCF are not installed (pip install 'streamd[openvino]')")
     from streamd.synth import SceneSpec, render_frames
 
     frames, _ = render_frames(SceneSpec(width=640, height=360, fps=15, seconds=4.0, people=8,
@@ -199,13 +232,16 @@ def test_guard_refuses_a_blank_calibration_and_auto_falls_back(
     folder = tmp_path / "blank.calibration"
     write_calibration(folder, rows, {})
     cfg = ModelConfig(weights=str(person_model), imgsz=320, calibration=str(folder),
-                      cache_dir=str(model_cache))  # fmt: skip
+                      cache_dir=str(model_cache), backend=backend)  # fmt: skip
     with caplog.at_level(logging.INFO, logger="streamd.detect.factory"):
         detector = create_detector(cfg, max_batch=4)
-    assert (detector.backend, getattr(detector, "precision", None)) == ("onnx-cpu", "fp32")
+    fallback = "bf16" if backend == "openvino" and openvino_backend.has_bf16() else "fp32"
+    label = {"onnx": "onnx-cpu", "openvino": "openvino-cpu"}[backend]
+    label += "" if fallback == "fp32" else f"-{fallback}"
+    assert (detector.backend, getattr(detector, "precision", None)) == (label, fallback)
     refused = [r.getMessage() for r in caplog.records if "refused by the accuracy guard" in
                r.getMessage()]  # fmt: skip
-    assert refused and "falling back to fp32" in refused[0], caplog.text
+    assert refused and f"falling back to {fallback}" in refused[0], caplog.text
     assert "recall" in refused[0] and "< 0.95" in refused[0]
     print(refused[0])
     t0 = time.monotonic()

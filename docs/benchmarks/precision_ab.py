@@ -2,12 +2,17 @@
 
 On a shared machine separate runs drift by 2x from one minute to the next; windows
 that take turns see the same interference, so their ratio holds. Contenders (the
-person model, the bench clip's frames, onnxruntime with streamd's session options):
+person model, the bench clip's frames, each through the detector's own detect():
+letterbox, model, NMS):
 
 - ``before``: FP32 with the letterbox as it was before issue 16 (torch's float resize;
-  the old ``prepost.preprocess`` from git, passed as a file), i.e. today's FP32;
-- ``fp32``: FP32 now (uint8 OpenCV resize first);
-- ``int8``: the calibrated INT8 model as ``auto`` runs it (its guard figures printed).
+  the old ``prepost.preprocess`` from git, passed as a file), i.e. today's FP32 on
+  onnxruntime, the target's baseline;
+- ``fp32``: onnxruntime FP32 now (uint8 OpenCV resize first);
+- ``onnx-int8``: onnxruntime's calibrated INT8 (QDQ);
+- ``auto``: what ``model.precision: auto`` runs with the calibration set (OpenVINO INT8
+  where OpenVINO is installed; its guard figures printed);
+- ``openvino-bf16``: OpenVINO BF16 (auto's fallback when INT8's guard refuses).
 
     .venv/bin/python docs/benchmarks/precision_ab.py OLD_PREPOST.py 320 1,4 60
 """
@@ -40,11 +45,18 @@ def _old_preprocess(path: str) -> Any:
 
 
 def main(old_prepost: str, imgsz: int, batches: list[int], seconds: float) -> dict[str, Any]:
-    spec = BenchSpec(weights=WEIGHTS, imgsz=imgsz, backend="onnx", precision="auto")
+    spec = BenchSpec(weights=WEIGHTS, imgsz=imgsz, backend="auto", precision="auto")
     with tempfile.TemporaryDirectory() as tmp:
         frames = _frames(spec, Path(tmp), max(batches))
-        int8 = create_detector(_model_cfg(spec, _calibration(spec, Path(tmp))), 8)
-    fp32 = create_detector(_model_cfg(replace(spec, precision="fp32")), 8)
+        calibration = _calibration(spec, Path(tmp))
+        auto = create_detector(_model_cfg(spec, calibration), 8)
+        onnx_int8 = create_detector(
+            _model_cfg(replace(spec, backend="onnx", precision="int8"), calibration), 8
+        )
+        bf16 = create_detector(
+            _model_cfg(replace(spec, backend="openvino", precision="bf16"), calibration), 8
+        )
+    fp32 = create_detector(_model_cfg(replace(spec, backend="onnx", precision="fp32")), 8)
     old = _old_preprocess(old_prepost)
 
     def before(batch: list[Any]) -> None:  # FP32's detect() with the old letterbox
@@ -54,10 +66,17 @@ def main(old_prepost: str, imgsz: int, batches: list[int], seconds: float) -> di
         to_detections(postprocess(r.run(x, len(batch)), placements, 0.25, 0.7, None),
                       len(batch), fp32.names)  # fmt: skip
 
-    contenders = {"before": before, "fp32": fp32.detect, "int8": int8.detect}
-    out: dict[str, Any] = {"imgsz": imgsz, "int8_backend": int8.backend,
-                           "guard": [g.verdict(0.95, 0.95)[1] for g in
-                                     getattr(int8, "guard_reports", [])]}  # fmt: skip
+    contenders = {"before": before, "fp32": fp32.detect, "onnx-int8": onnx_int8.detect,
+                  "auto": auto.detect, "openvino-bf16": bf16.detect}  # fmt: skip
+    out: dict[str, Any] = {
+        "imgsz": imgsz,
+        "backends": {k: d.backend for k, d in
+                     (("fp32", fp32), ("onnx-int8", onnx_int8), ("auto", auto),
+                      ("openvino-bf16", bf16))},
+        "guard": {k: [g.verdict(0.95, 0.95)[1] for g in getattr(d, "guard_reports", [])]
+                  for k, d in (("onnx-int8", onnx_int8), ("auto", auto),
+                               ("openvino-bf16", bf16))},
+    }  # fmt: skip
     for b in batches:
         batch = [frames[i % len(frames)] for i in range(b)]
         done = dict.fromkeys(contenders, 0)
@@ -73,8 +92,8 @@ def main(old_prepost: str, imgsz: int, batches: list[int], seconds: float) -> di
                     done[name] += b
                 spent[name] += time.perf_counter() - t0
         fps = {k: round(done[k] / spent[k], 1) for k in contenders}
-        out[f"batch {b}"] = {**fps, "int8/before": round(fps["int8"] / fps["before"], 2),
-                             "int8/fp32": round(fps["int8"] / fps["fp32"], 2)}  # fmt: skip
+        out[f"batch {b}"] = {**fps, **{f"{k}/before": round(fps[k] / fps["before"], 2)
+                                       for k in contenders if k != "before"}}  # fmt: skip
         print(imgsz, b, out[f"batch {b}"], flush=True)
     return out
 

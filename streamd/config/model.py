@@ -16,10 +16,11 @@ class ModelConfig(_Strict):
         description="Ultralytics checkpoint: a path (relative to the pipeline file) or a "
         "name ultralytics can fetch on a machine with internet.",
     )
-    backend: Literal["auto", "tensorrt", "torch", "onnx", "cpu", "null"] = Field(
+    backend: Literal["auto", "tensorrt", "torch", "onnx", "openvino", "cpu", "null"] = Field(
         "auto",
         description="Detector backend. auto: TensorRT on CUDA when installed, else torch FP16 "
-        "with CUDA graphs on CUDA; without CUDA onnxruntime when installed (faster than torch "
+        "with CUDA graphs on CUDA; without CUDA OpenVINO when installed and a calibration set "
+        "exists (its INT8, then BF16), else onnxruntime when installed (faster than torch "
         "on CPUs), else torch. cpu = torch on the CPU. null = no model: null_boxes moving "
         "boxes per frame, to measure the host path (auto never picks it).",
     )
@@ -31,8 +32,8 @@ class ModelConfig(_Strict):
         description="Arithmetic of the detector. auto: the fastest one this backend and "
         "hardware run whose accuracy guard passed (int8 when a calibration set exists, then "
         "fp16 on CUDA, else fp32). int8 needs a calibration set (streamd calibrate) and is "
-        "refused when its guard fails; onnx (CPU): fp32, int8; torch: fp32, bf16 (fp16 on "
-        "CUDA); tensorrt: fp32, fp16, int8.",
+        "refused when its guard fails; onnx (CPU): fp32, int8; openvino: fp32, bf16, int8; "
+        "torch: fp32, bf16 (fp16 on CUDA); tensorrt: fp32, fp16, int8.",
     )
     calibration: str | None = Field(
         None,
@@ -59,7 +60,10 @@ class ModelConfig(_Strict):
         True, description="torch on CUDA: replay one CUDA graph per batch-size bucket."
     )
     threads: int = Field(
-        0, ge=0, le=256, description="onnxruntime CPU threads; 0 = one per physical core."
+        0,
+        ge=0,
+        le=256,
+        description="onnxruntime / OpenVINO CPU threads; 0 = one per physical core.",
     )
     cache_dir: str | None = Field(
         None,

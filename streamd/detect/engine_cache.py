@@ -64,11 +64,13 @@ class EngineKey:
 
 
 class EngineCache:
-    """Builds in ``root`` (TensorRT engines, quantised ONNX models), each with a ``.json``
-    sidecar holding its full key."""
+    """Builds in ``root`` (TensorRT engines, quantised ONNX models, OpenVINO IR), each with a
+    ``.json`` sidecar holding its full key. ``companions``: suffixes of files a build writes
+    beside its main file (OpenVINO's ``.bin`` weights), moved and checked with it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, companions: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.companions = companions
 
     def path_for(self, key: CacheKey, stem: str) -> Path:
         return self.root / key.filename(stem)
@@ -80,7 +82,8 @@ class EngineCache:
             stored = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             return None
-        return path if stored == _fields(key) and path.is_file() else None
+        files = [path, *(path.with_suffix(c) for c in self.companions)]
+        return path if stored == _fields(key) and all(f.is_file() for f in files) else None
 
     def get_or_build(
         self, key: CacheKey, stem: str, build: Callable[[Path], None]
@@ -99,9 +102,13 @@ class EngineCache:
             build(tmp)
             if tmp.stat().st_size == 0:
                 raise RuntimeError("the engine builder wrote nothing")
+            for c in self.companions:  # first: the main file's name means all are there
+                os.replace(tmp.with_suffix(c), path.with_suffix(c))
             os.replace(tmp, path)  # atomic: a crash mid-build never leaves a bad engine
         finally:
             tmp.unlink(missing_ok=True)
+            for c in self.companions:
+                tmp.with_suffix(c).unlink(missing_ok=True)
         path.with_suffix(".json").write_text(json.dumps(_fields(key), sort_keys=True))
         return path, True
 

@@ -8,24 +8,27 @@ needs no guard (FP32, or FP16 on CUDA as streamd always ran it).
 | backend | auto (fastest first) | may be asked for |
 |---|---|---|
 | onnx on the CPU | int8 (with a calibration set), fp32 | fp32, int8 |
+| openvino (CPU) | int8, bf16 (with a calibration set; bf16 natively), fp32 | fp32, bf16, int8 |
 | onnx on CUDA | fp32 | fp32 (int8 on a GPU: tensorrt) |
 | torch on the CPU | fp32 | fp32, bf16 |
 | torch on CUDA | fp16 | fp16, bf16, fp32 |
 | tensorrt | int8 (with a calibration set), fp16 | int8, fp16, fp32 |
 
 Measured on our 2-core CPU (docs/benchmarks.md): onnxruntime has no x86 bf16
-or fp16 kernels, and OpenVINO's bf16 ran slower than onnxruntime's int8.
+or fp16 kernels; OpenVINO's int8 ran fastest, its bf16 next (both guarded: a
+calibration set is what the guard judges on), then FP32.
 """
 
 from __future__ import annotations
 
 from streamd.detect.base import DetectorError
 
-GUARDED = {"int8"}  # precisions that must pass the accuracy guard before use
+GUARDED = {"int8", "bf16"}  # judged by the accuracy guard where a calibration set exists
 
 _ALLOWED = {
     ("onnx", False): ("fp32", "int8"),
     ("onnx", True): ("fp32",),
+    ("openvino", False): ("fp32", "bf16", "int8"),
     ("torch", False): ("fp32", "bf16"),
     ("torch", True): ("fp16", "bf16", "fp32"),
     ("tensorrt", True): ("int8", "fp16", "fp32"),
@@ -33,14 +36,18 @@ _ALLOWED = {
 
 
 def precision_candidates(
-    requested: str, backend: str, cuda: bool, calibrated: bool
+    requested: str, backend: str, cuda: bool, calibrated: bool, bf16: bool = False
 ) -> tuple[list[str], str]:
     """(precisions to try in order, why) for ``model.precision``; DetectorError when the
-    backend cannot run what was asked for."""
+    backend cannot run what was asked for. ``bf16``: the CPU has native BF16 (OpenVINO)."""
     allowed = _ALLOWED.get((backend, cuda), ("fp32",))
     where = f"{backend} on {'CUDA' if cuda else 'the CPU'}"
     if requested == "auto":
         base = "fp16" if cuda and backend in ("torch", "tensorrt") else "fp32"
+        if backend == "openvino" and calibrated:
+            chain = ["int8", "bf16", base] if bf16 else ["int8", base]
+            return chain, (f"{', then '.join(chain[:-1])} if its guard passes (calibration set "
+                           f"present), else {base}")  # fmt: skip
         if "int8" in allowed and calibrated:
             return [
                 "int8",
