@@ -214,25 +214,30 @@ def running_daemon(
     """Run the daemon of ``cfg`` with an :class:`EventLog` on its publish endpoint.
 
     The log subscribes before the daemon starts (no early event is missed); the block
-    runs once each stream in ``streaming`` is streaming. A block that ends normally with
-    the daemon still up stops it with SIGTERM and checks it left nothing behind
-    (:func:`stop_and_check_own_clean`); one that raises kills the whole process group.
-    The log is closed either way (then ``log.gaps`` holds the subscriber's gaps)."""
+    runs once each stream in ``streaming`` is streaming. When the block ends the log is
+    closed (then ``log.gaps`` holds the subscriber's gaps; a subscriber still connected
+    would make the daemon's stop flush to it); a block that ended normally with the
+    daemon still up then stops it with SIGTERM and checks it left nothing behind
+    (:func:`stop_and_check_own_clean`); one that raised kills the whole process group."""
     endpoint = json.loads(cfg.read_text())["publish"]["endpoint"]
     log = EventLog(endpoint)
     daemon = start(cfg, log_file or cfg.with_name("daemon.log"), env, log_level)
+    ended_normally = False
     try:
         for sid in streaming:
             assert log.wait_state(sid, {"streaming"}, 60) is not None, f"{sid} never streamed"
         yield Running(daemon, cfg, log)
-        if daemon.poll() is None:
-            stop_and_check_own_clean(daemon, signal.SIGTERM)
+        ended_normally = True
     finally:
         log.close()
-        if daemon.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait(10)
+        try:
+            if ended_normally and daemon.poll() is None:
+                stop_and_check_own_clean(daemon, signal.SIGTERM)
+        finally:
+            if daemon.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait(10)
 
 
 def http_status(cfg: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ at known-ish times; what matters here is the clip, not the boxes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ from streamd.clips.writer import ClipRef, ClipWriter, Message
 from streamd.config import ClipsConfig, ConfigError, parse_config
 from streamd.publish import load_schema
 
-from .daemon import EventLog, start, stop_and_check_own_clean, write_pipeline
+from .daemon import running_daemon, write_pipeline
 from .util import free_port
 
 FPS = 15  # the synth scenes have a keyframe every FPS frames: a GOP of 1 s
@@ -444,15 +445,11 @@ def _get(url: str) -> tuple[int, bytes]:
 def test_alert_clips_through_the_daemon(
     video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import signal
-
-    port = free_port()
     clips_dir = tmp_path / "clips"
-    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, _streams(video, clips_dir),
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), free_port(), _streams(video, clips_dir),
                          model=NULL_MODEL)  # fmt: skip
-    log = EventLog(f"tcp://127.0.0.1:{port}")
-    daemon = start(cfg, tmp_path / "daemon.log")
-    try:
+    with running_daemon(cfg) as d:
+        log = d.log
         for sid in ("dwell", "line"):
             assert log.wait_state(sid, {"ended"}, 60) is not None, f"{sid} never ended"
         alerts = {sid: log.payloads(f"alert.{sid}") for sid in ("dwell", "line")}
@@ -516,10 +513,6 @@ def test_alert_clips_through_the_daemon(
 
         assert main(["clips", str(cfg), "--json"]) == 0
         assert {c["id"] for c in json.loads(capsys.readouterr().out)} == listed
-    finally:
-        log.close()
-        if daemon.poll() is None:
-            stop_and_check_own_clean(daemon, signal.SIGTERM)
 
 
 def test_a_camera_that_drops_mid_clip_yields_a_clip_that_ends_at_the_gap(
@@ -528,22 +521,18 @@ def test_a_camera_that_drops_mid_clip_yields_a_clip_that_ends_at_the_gap(
     """A real RTSP camera (gst-rtsp-server) whose stream ends at 7 s while the clip of an
     alert at about 4 s (post_s 5) is open: the camera reconnects, the clip ends at the
     gap, and it plays."""
-    import signal
-
     from .live import LIVE
     from .rtsp import RtspServer
 
-    server = RtspServer(video).start()  # the stream ends with the file: a dropped camera
-    port = free_port()
     clips_dir = tmp_path / "clips"
     clips = {"enabled": True, "dir": str(clips_dir), "pre_s": 1.0, "post_s": 5.0}
+    server = RtspServer(video).start()  # the stream ends with the file: a dropped camera
     stream = {"id": "cam", "url": server.url(), **LIVE, "clips": clips,
               "zones": [{"name": "all", "polygon": WHOLE_FRAME, "normalized": True,
                          "alert_on": ["dwell>=4s"], "debounce_s": 0}]}  # fmt: skip
-    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, [stream], model=NULL_MODEL)
-    log = EventLog(f"tcp://127.0.0.1:{port}")
-    daemon = start(cfg, tmp_path / "daemon.log")
-    try:
+    cfg = write_pipeline(tmp_path, Path("unused.pt"), free_port(), [stream], model=NULL_MODEL)
+    with contextlib.closing(server), running_daemon(cfg) as d:
+        log = d.log
         hit = log.wait_for(lambda _t, e: e.topic == "alert.cam", 60)
         assert hit is not None, "no alert"
         first = hit[1].payload
@@ -560,8 +549,3 @@ def test_a_camera_that_drops_mid_clip_yields_a_clip_that_ends_at_the_gap(
         media_left = 7.0 - info["start_pts_s"]
         assert 1.0 <= duration <= media_left + 0.5, (duration, info)
         assert len(frames) == pytest.approx(duration * FPS, abs=2)  # every frame decodes
-    finally:
-        log.close()
-        server.close()
-        if daemon.poll() is None:
-            stop_and_check_own_clean(daemon, signal.SIGTERM)

@@ -5,7 +5,6 @@ every alert arrives once, in order."""
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 import uuid
@@ -17,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from .brokers import Mosquitto
-from .daemon import sample, scrape, start, stop_and_check_own_clean
+from .daemon import running_daemon, sample, scrape
 from .outputs_common import journal_alerts, make_clip, pipeline, strip
 
 pytestmark = pytest.mark.e2e
@@ -89,67 +88,70 @@ def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None
                         "password_env": "MQ_PASSWORD"}}  # fmt: skip
     cfg = pipeline(tmp_path, make_clip(tmp_path), outputs, snapshot=True)
     env = {"MQ_USER": USER[0], "MQ_PASSWORD": USER[1]}  # the broker refuses anyone else
-    daemon = start(cfg, tmp_path / "daemon.log", env=env)
     late: Recorder | None = None
     try:
-        assert rec.wait(lambda: len(_alerts(rec)) >= 3, 40), "no alerts on MQTT"
-        # The same fields as the ZeroMQ event, which the journal holds as published.
-        journal = {a["seq"]: strip(a) for a in journal_alerts(cfg)}
-        for a in _alerts(rec):
-            assert a == journal[a["seq"]]
+        with running_daemon(cfg, env=env):
+            assert rec.wait(lambda: len(_alerts(rec)) >= 3, 40), "no alerts on MQTT"
+            # The same fields as the ZeroMQ event, which the journal holds as published.
+            journal = {a["seq"]: strip(a) for a in journal_alerts(cfg)}
+            for a in _alerts(rec):
+                assert a == journal[a["seq"]]
 
-        # A subscriber that comes later gets the retained state and discovery configs.
-        time.sleep(1.5)  # a heartbeat or two
-        late = Recorder(broker.port, ["streamd/#", "homeassistant/#"], False, broker.ca)
-        want = {"streamd/availability", "streamd/cam/state", "streamd/cam/availability",
-                "streamd/cam/zone/left/occupancy", "streamd/cam/line/mid/counts",
-                "streamd/cam/snapshot"}  # fmt: skip
-        assert late.wait(lambda: want <= set(late.retained()), 10), set(late.retained())
-        kept = late.retained()
-        assert kept["streamd/availability"] == b"online"
-        assert kept["streamd/cam/state"] == b"streaming"
-        assert kept["streamd/cam/availability"] == b"online"
-        assert int(kept["streamd/cam/zone/left/occupancy"]) in (0, 1, 2)
-        assert set(json.loads(kept["streamd/cam/line/mid/counts"])) == {"in", "out"}
-        assert kept["streamd/cam/snapshot"][:2] == b"\xff\xd8"  # the last alert's JPEG
-        configs = {t: json.loads(p) for t, p in kept.items() if t.startswith("homeassistant/")}
-        by_uid = {c["unique_id"]: (t, c) for t, c in configs.items()}
-        assert {"streamd_cam_state", "streamd_cam_zone_left_occupancy",
-                "streamd_cam_zone_left_occupied", "streamd_cam_line_mid_in",
-                "streamd_cam_line_mid_out"} <= set(by_uid)  # fmt: skip
-        topic, occupied = by_uid["streamd_cam_zone_left_occupied"]
-        assert topic == "homeassistant/binary_sensor/streamd/streamd_cam_zone_left_occupied/config"
-        assert occupied["state_topic"] == "streamd/cam/zone/left/occupancy"
-        assert occupied["device"]["identifiers"] == ["streamd_cam"]
-        late.close()
-        late = None
+            # A subscriber that comes later gets the retained state and discovery configs.
+            time.sleep(1.5)  # a heartbeat or two
+            late = Recorder(broker.port, ["streamd/#", "homeassistant/#"], False, broker.ca)
+            want = {"streamd/availability", "streamd/cam/state", "streamd/cam/availability",
+                    "streamd/cam/zone/left/occupancy", "streamd/cam/line/mid/counts",
+                    "streamd/cam/snapshot"}  # fmt: skip
+            assert late.wait(lambda: want <= set(late.retained()), 10), set(late.retained())
+            kept = late.retained()
+            assert kept["streamd/availability"] == b"online"
+            assert kept["streamd/cam/state"] == b"streaming"
+            assert kept["streamd/cam/availability"] == b"online"
+            assert int(kept["streamd/cam/zone/left/occupancy"]) in (0, 1, 2)
+            assert set(json.loads(kept["streamd/cam/line/mid/counts"])) == {"in", "out"}
+            assert kept["streamd/cam/snapshot"][:2] == b"\xff\xd8"  # the last alert's JPEG
+            configs = {t: json.loads(p) for t, p in kept.items() if t.startswith("homeassistant/")}
+            by_uid = {c["unique_id"]: (t, c) for t, c in configs.items()}
+            assert {"streamd_cam_state", "streamd_cam_zone_left_occupancy",
+                    "streamd_cam_zone_left_occupied", "streamd_cam_line_mid_in",
+                    "streamd_cam_line_mid_out"} <= set(by_uid)  # fmt: skip
+            topic, occupied = by_uid["streamd_cam_zone_left_occupied"]
+            assert topic == (
+                "homeassistant/binary_sensor/streamd/streamd_cam_zone_left_occupied/config"
+            )
+            assert occupied["state_topic"] == "streamd/cam/zone/left/occupancy"
+            assert occupied["device"]["identifiers"] == ["streamd_cam"]
+            late.close()
+            late = None
 
-        # The broker goes away for 10 s; alerts keep being raised (and journaled).
-        broker.stop()
-        down_at = time.time()
-        time.sleep(10)
-        broker.start()
-        up_at = time.time()
-        time.sleep(4)
-        during = [a for a in journal_alerts(cfg) if down_at < a["_stored"] < up_at]
-        assert len(during) >= 5, "the outage should span several alerts"
-        want_seqs = [a["seq"] for a in journal_alerts(cfg)]
-        assert rec.wait(lambda: {a["seq"] for a in _alerts(rec)} >= set(want_seqs), 20)
-        deadline = time.monotonic() + 5
-        while True:  # the gauges are written once a second
-            metrics = scrape(cfg)
-            if sample(metrics, "streamd_output_connected", output="mqtt") or (
-                time.monotonic() > deadline
-            ):
-                break
-            time.sleep(0.3)
-        stop_and_check_own_clean(daemon, signal.SIGTERM)
+            # The broker goes away for 10 s; alerts keep being raised (and journaled).
+            broker.stop()
+            down_at = time.time()
+            time.sleep(10)
+            broker.start()
+            up_at = time.time()
+            # Alerts raised after the broker is back are checked too: wait for two.
+            deadline = time.monotonic() + 15
+            while sum(a["_stored"] > up_at for a in journal_alerts(cfg)) < 2:
+                assert time.monotonic() < deadline, "no alert after the outage"
+                time.sleep(0.3)
+            during = [a for a in journal_alerts(cfg) if down_at < a["_stored"] < up_at]
+            assert len(during) >= 5, "the outage should span several alerts"
+            want_seqs = [a["seq"] for a in journal_alerts(cfg)]
+            assert rec.wait(lambda: {a["seq"] for a in _alerts(rec)} >= set(want_seqs), 20)
+            deadline = time.monotonic() + 5
+            while True:  # the gauges are written once a second
+                metrics = scrape(cfg)
+                if sample(metrics, "streamd_output_connected", output="mqtt") or (
+                    time.monotonic() > deadline
+                ):
+                    break
+                time.sleep(0.3)
         # A clean stop says so on the retained availability topic.
         late = Recorder(broker.port, ["streamd/availability"], False, broker.ca)
         assert late.wait(lambda: late.retained().get("streamd/availability") == b"offline", 5)
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
         for r in (rec, late):
             if r is not None:
                 r.close()

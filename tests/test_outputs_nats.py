@@ -17,7 +17,7 @@ import nats
 import pytest
 
 from .brokers import NatsServer
-from .daemon import sample, scrape, start, stop_and_check_own_clean
+from .daemon import running_daemon, sample, scrape
 from .outputs_common import journal_alerts, make_clip, pipeline, strip
 
 pytestmark = pytest.mark.e2e
@@ -88,25 +88,22 @@ def test_nats_jetstream_holds_each_alert_once_across_a_killed_daemon(tmp_path: P
                         "det_every_s": 1.0}}  # fmt: skip
     cfg = pipeline(tmp_path, make_clip(tmp_path), outputs)
     cursor_file = tmp_path / "alerts.sqlite.outputs" / "nats.json"
-    daemon = start(cfg, tmp_path / "daemon.log")
     try:
-        _wait_alerts(server.port, 3, 40)
-        first_epoch = _alerts(read_stream(server.port))[0]["epoch"]
-        # Killed outright (no cursor saved at stop), and the cursor set back to the start,
-        # as after a crash right before a save: every alert so far is sent again.
-        os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait(10)
+        with running_daemon(cfg) as first:
+            _wait_alerts(server.port, 3, 40)
+            first_epoch = _alerts(read_stream(server.port))[0]["epoch"]
+            # Killed outright (no cursor saved at stop), and the cursor set back to the
+            # start, as after a crash right before a save: every alert so far is sent again.
+            os.killpg(first.proc.pid, signal.SIGKILL)
+            first.proc.wait(10)
         sent_before = len(journal_alerts(cfg))
         cursor_file.write_text(json.dumps({"after": {}, "id": 0}))
-        daemon = start(cfg, tmp_path / "daemon2.log")
-        # The new run's alerts arrive after the re-sent ones.
-        _wait_alerts(server.port, sent_before + 2, 40, epoch=first_epoch)
-        metrics = scrape(cfg)
-        stop_and_check_own_clean(daemon, signal.SIGTERM)
+        with running_daemon(cfg, log_file=tmp_path / "daemon2.log"):
+            # The new run's alerts arrive after the re-sent ones.
+            _wait_alerts(server.port, sent_before + 2, 40, epoch=first_epoch)
+            metrics = scrape(cfg)
         msgs = read_stream(server.port)
     finally:
-        if daemon.poll() is None:
-            os.killpg(daemon.pid, signal.SIGKILL)
         server.stop()
     journal = [strip(a) for a in journal_alerts(cfg)]
     stored = _alerts(msgs)

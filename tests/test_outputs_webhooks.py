@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from .brokers import Blackhole, Receiver
-from .daemon import EventLog, sample, scrape, start, stop_and_check_own_clean
+from .daemon import running_daemon, sample, scrape, start, stop_and_check_own_clean
 from .outputs_common import journal_alerts, make_clip, pipeline, strip
 
 pytestmark = pytest.mark.e2e
@@ -144,21 +144,12 @@ Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def _det_latency(cfg: Path, seconds: float) -> tuple[float, int, Metrics]:
     """Median capture-to-publish latency (ms) of the det events of ``seconds`` of a run,
     the alerts published meanwhile, and the metrics at its end."""
-    port = json.loads(cfg.read_text())["publish"]["endpoint"].rsplit(":", 1)[1]
-    log = EventLog(f"tcp://127.0.0.1:{port}")
-    daemon = start(cfg, cfg.with_name("daemon.log"))
-    try:
-        assert log.wait_state("cam", {"streaming"}, 30) is not None
+    with running_daemon(cfg, ("cam",)) as d:
         t0 = time.time() + 1.0  # past the start-up
         time.sleep(1.0 + seconds)
-        lat = [p["latency_ms"]["total"] for p in log.payloads("det.cam", t0)]
-        alerts = len(log.payloads("alert.cam", t0))
+        lat = [p["latency_ms"]["total"] for p in d.log.payloads("det.cam", t0)]
+        alerts = len(d.log.payloads("alert.cam", t0))
         metrics = scrape(cfg)
-        stop_and_check_own_clean(daemon, signal.SIGTERM)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        log.close()
     assert len(lat) > 10 * seconds
     return statistics.median(lat), alerts, metrics
 
