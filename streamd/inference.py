@@ -83,6 +83,8 @@ def _serve(spec: InferenceSpec, ready: Connection, stop: StopFlag) -> int:
         worker.run(stop)
     finally:
         for lane in lanes:
+            lane.stop(wait=False)
+        for lane in lanes:
             lane.stop()
         worker.close()
     return WorkerExit.OK

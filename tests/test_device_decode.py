@@ -4,6 +4,9 @@ detector's boxes on both."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ import av
 import cv2
 import numpy as np
 import numpy.typing as npt
+import psutil
 import pytest
 import torch
 
@@ -28,8 +32,10 @@ from streamd.sources.remote import PacketLink, RemoteDecoder, RemotePicture, Rem
 from streamd.types import DecodeReport, Dropped, FrameRef
 
 from . import test_nvdec
+from .daemon import EventLog, running, sample, scrape, start, write_pipeline
 from .fake_nvdec import FakeDeviceBackend
-from .test_nvdec import FRAMES
+from .test_nvdec import FRAMES, GOP
+from .util import free_port, shm_segments
 
 # The H.264 (B-frames in MP4 and MPEG-TS, IPPP in TS) and H.265 clips of test_nvdec.py.
 clips = pytest.fixture(scope="module")(getattr(test_nvdec.clips, "__wrapped__"))  # noqa: B009
@@ -305,3 +311,120 @@ def _cpu_frames(clip: Path) -> list[tuple[float, npt.NDArray[np.uint8]]]:
             assert f.pts_s is not None
             out.append((f.pts_s, f.image()))
         return out
+
+
+# --- through the daemon: a fake PyNvVideoCodec found through a stub libcuda ------------------
+
+fake_gpu_env = pytest.fixture(scope="module")(getattr(test_nvdec.fake_gpu_env, "__wrapped__"))  # noqa: B009
+
+
+SCENE = 60  # frames in the scene fixture: 4 s at 15 fps
+
+
+def _reencode(src: Path, out: Path, *args: str) -> Path:
+    exe = shutil.which("ffmpeg")
+    assert exe, "ffmpeg missing: `make system-deps` installs it"
+    subprocess.run([exe, "-v", "error", "-y", "-i", str(src), *args, str(out)], check=True)
+    return out
+
+
+def _stop(daemon: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: exit 0 leaving no worker and no shared memory of its own. (The 5 s bound on
+    stopping is test_small_things'; four streams and the CPU detector on two shared cores
+    can take longer, which is not what this test is about.)"""
+    if daemon.poll() is not None:
+        return
+    children = psutil.Process(daemon.pid).children(recursive=True)
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert [p for p in alive if running(p)] == []
+    pids = {str(p.pid) for p in children}
+    assert [n for n in shm_segments() if n.split("_")[3] in pids] == []
+
+
+def _boxes(event: dict[str, Any]) -> npt.NDArray[np.float64]:
+    xyxy = np.array([o["bbox"] for o in event["objects"]], dtype=np.float64).reshape(-1, 4)
+    return xyxy[np.lexsort((xyxy[:, 1], xyxy[:, 0]))]
+
+
+def test_the_daemon_detects_on_pictures_decoded_in_the_detector_as_on_the_cpus(
+    scene: tuple[Path, Path],
+    clips: dict[str, Path],
+    person_model: Path,
+    tmp_path: Path,
+    fake_gpu_env: dict[str, str],
+) -> None:
+    """One real daemon, the real person detector at 320: the scene decoded in the detector
+    (``decode_in: detector``) and the same scene decoded on the CPU give the same det
+    events, frame by frame, boxes within 1 px; the camera's counters say what the detector
+    decoded. An H.265 stream whose decoder fails in the detector at its 15th packet falls
+    back to its camera's CPU (counted, published) while the others go on; a looping clip
+    (a new decode session at every loop) never shows an older session's frame after a
+    newer one's."""
+    port = free_port()
+    video, _ = scene
+    # All at the scene's size: a batch of one size gets the same letterbox whatever mix of
+    # streams is in it (mixed sizes go square), so the boxes compare frame by frame.
+    x265 = f"log-level=error:keyint={GOP}:min-keyint={GOP}"
+    hevc = _reencode(video, tmp_path / "scene-hevc.mp4", "-c:v", "libx265", "-preset",
+                     "ultrafast", "-x265-params", x265)  # fmt: skip
+    streams = [
+        {"id": "gpu", "url": str(video), "decode": "nvdec", "decode_in": "detector"},
+        {"id": "cpu", "url": str(video), "decode": "cpu"},
+        {"id": "dies", "url": str(hevc), "decode": "nvdec", "decode_in": "detector"},
+        {"id": "loops", "url": str(video), "loop": True, "realtime": True,
+         "decode_in": "detector"},
+    ]  # fmt: skip
+    cfg = write_pipeline(tmp_path, person_model, port, streams)
+    log = EventLog(f"tcp://127.0.0.1:{port}")
+    env = {**fake_gpu_env, "FAKE_NVDEC_FAIL": "hevc:14"}
+    daemon = start(cfg, tmp_path / "daemon.log", env=env)
+    try:
+        for sid in ("gpu", "cpu", "dies"):
+            assert log.wait_state(sid, {"ended"}, 120) is not None, (
+                tmp_path / "daemon.log"
+            ).read_text()[-3000:]
+        looped = log.wait_for(lambda _t, e: e.topic == "det.loops" and e.payload["frame"]
+                              >= SCENE + 5, 60)  # fmt: skip
+        assert looped is not None
+        m = scrape(cfg)
+    finally:
+        log.close()
+        _stop(daemon)
+    gpu, cpu = log.payloads("det.gpu"), log.payloads("det.cpu")
+    assert len(gpu) == len(cpu) == SCENE  # every frame (block policy)
+    assert [e["frame"] for e in gpu] == [e["frame"] for e in cpu] == list(range(SCENE))
+    assert sum(len(e["objects"]) for e in cpu) >= SCENE  # two people walk through the scene
+    for ours, theirs in zip(gpu, cpu, strict=True):
+        a, b = _boxes(ours), _boxes(theirs)
+        assert len(a) == len(b), (ours["frame"], ours["objects"], theirs["objects"])
+        assert len(a) == 0 or float(np.abs(a - b).max()) <= 1.0, ours["frame"]
+        assert (ours["width"], ours["height"]) == (theirs["width"], theirs["height"])
+    status = log.payloads("status.gpu")
+    streaming = [p for p in status if p["state"] == "streaming"]
+    assert streaming[0]["detail"] == "decode: nvdec (h264 on NVDEC in the detector process)"
+    ended = status[-1]
+    assert ended["state"] == "ended" and ended["counters"]["decoded"] == SCENE
+    assert ended["counters"]["decode_errors"] == 0 and ended["counters"]["decode_fallbacks"] == 0
+    assert sample(m, "streamd_frames_decoded_total", stream="gpu") == SCENE
+    assert sample(m, "streamd_decoder", stream="gpu", decoder="nvdec") == 1
+    # The H.265 stream: NVDEC's pictures before the failure, then its camera's CPU's from a
+    # keyframe on.
+    dies = log.payloads("status.dies")
+    fell = [p for p in dies if p["reason"] == "decoder_fallback"]
+    assert len(fell) == 1 and fell[0]["detail"].startswith(
+        "decode: cpu (nvdec failed: CUDA_ERROR_LAUNCH_FAILED"
+    ), dies
+    assert dies[-1]["state"] == "ended" and dies[-1]["counters"]["decode_fallbacks"] == 1
+    # Lost: the units in flight when it failed and the rest of their GOP (block policy:
+    # the camera learns of the failure from the detector, and cannot rewind the file).
+    analysed = len(log.payloads("det.dies"))
+    assert SCENE // 2 <= analysed < SCENE
+    assert dies[-1]["counters"]["decoded"] == analysed  # NVDEC's pictures, then the CPU's
+    assert sample(m, "streamd_decode_fallbacks_total", stream="dies", cause="device_error") == 1
+    # Loops: frame indices only go forward across sessions (latest policy: some may drop).
+    frames = [e["frame"] for e in log.payloads("det.loops")]
+    assert frames == sorted(set(frames)) and frames[-1] >= SCENE + 5
+    media = [e["ts"] for e in log.payloads("det.loops")]
+    assert media == sorted(media)

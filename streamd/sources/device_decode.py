@@ -4,9 +4,10 @@ stay in device memory until the detector letterboxes them (``detect/nv12.py``).
 One :class:`DecodeLane` per such stream binds that stream's packet socket
 (``ipc://<run dir>/packets-<index>``), takes the camera's access units
 (:class:`~streamd.types.EncodedUnit`) and decodes them with NVDEC into device
-memory. Each picture gets the header of the unit it came from (matched by pts:
-pictures come out in display order), the stream's media clock and ``max_fps``
-sampling, and is announced on the detector's own inbox as a
+memory. Pictures come out in display order; each is stamped as the CPU path
+stamps its frames (the capture time of the packet whose decoding gave it out, the
+next frame index, its own pts on the stream's media clock), sampled by
+``max_fps``, and announced on the detector's own inbox as a
 :class:`~streamd.types.FrameRef` with ``slot`` -1, so the batcher, the detector
 and the scatter treat it as they treat a ring frame; the picture itself waits
 in :class:`DeviceFrames` until its batch is done. A new session (``ring``)
@@ -17,12 +18,10 @@ catches everything, so one stream's failure stays that stream's.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import pickle
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -48,7 +47,6 @@ from streamd.types import DecodeReport, Dropped, EncodedUnit, FrameRef, StageDro
 log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 0.5  # the camera's counters and stall check follow at this pace
-PENDING_MAX = 64  # unit headers waiting for their picture (NVDEC holds at most a few)
 
 
 class DeviceFrames:
@@ -121,8 +119,6 @@ class DecodeLane:
         self._session: NvDeviceSession | None = None
         self._failed = ""
         self._time_base = Fraction(1, 90_000)
-        self._pending: dict[int, EncodedUnit] = {}
-        self._order: deque[int] = deque()  # pts in arrival order, for pictures without one
         self._decoded = self._errors = 0
         self._reported = (-1, -1, -1)
         self._reported_at = 0.0
@@ -134,9 +130,10 @@ class DecodeLane:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
         self._stop.set()
-        self._thread.join(5.0)
+        if wait:
+            self._thread.join(5.0)
 
     @property
     def alive(self) -> bool:
@@ -147,7 +144,7 @@ class DecodeLane:
         sock = ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, PACKET_HWM)
-        self._out = Outbox(self._inbox)
+        self._out = Outbox(self._inbox, linger_ms=0)  # nothing is waited for at a stop
         try:
             sock.bind(self.endpoint)
             while not self._stop.is_set():
@@ -181,8 +178,6 @@ class DecodeLane:
         self._reported = (-1, -1, -1)
         self._base = unit.frame  # frame indices go on from the camera's, in display order
         self._time_base = Fraction(*unit.time_base)
-        self._pending.clear()
-        self._order.clear()
         if unit.end:
             return  # a session that ended before its first unit came
         try:
@@ -197,11 +192,6 @@ class DecodeLane:
         session = self._session
         if session is None:
             return
-        if not flush:
-            self._pending[unit.pts] = unit
-            self._order.append(unit.pts)
-            while len(self._order) > PENDING_MAX:
-                self._pending.pop(self._order.popleft(), None)
         t0 = time.perf_counter()
         try:
             frames = session.flush() if flush else session.decode(data, unit.pts)
@@ -210,27 +200,26 @@ class DecodeLane:
             self._errors += 1
             return
         except Exception as e:  # NvdecDeviceError, or anything the driver raises
-            self._fail(f"nvdec failed: {e}")
+            self._fail(str(e))
             return
         decode_ms = (time.perf_counter() - t0) * 1000.0
         for frame in frames:
-            self._picture(frame, decode_ms)
+            self._picture(frame, unit, decode_ms)
             decode_ms = 0.0
 
-    def _picture(self, frame: NvDeviceFrame, decode_ms: float) -> None:
+    def _picture(self, frame: NvDeviceFrame, unit: EncodedUnit, decode_ms: float) -> None:
+        """``unit``: the one whose decoding gave the picture out (or the session's end)."""
         self._decoded += 1
-        unit = self._unit_for(frame.pts)
         pts_s = None if frame.pts == NO_PTS else float(frame.pts * self._time_base)
-        media_ts = self._clock.stamp(pts_s, unit.capture_ts if unit else time.time())
+        media_ts = self._clock.stamp(pts_s, unit.capture_ts)
         picture = DeviceFrame(frame.tensor())
         h, w, _ = picture.shape
-        dropped = dict(unit.source_dropped) if unit is not None else {}
         ref = FrameRef(
             stream=self.stream, ring=self._ring, slots=0, height=h, width=w, slot=-1,
-            seq=self._decoded, capture_ts=unit.capture_ts if unit else time.time(),
-            media_ts=media_ts, decode_ms=decode_ms, ready_ts=time.time(),
-            frame=self._base + self._decoded - 1, decoded=self._decoded,
-            decode_errors=self._errors, source_dropped=dropped,
+            seq=self._decoded, capture_ts=unit.capture_ts, media_ts=media_ts,
+            decode_ms=decode_ms, ready_ts=time.time(), frame=self._base + self._decoded - 1,
+            decoded=self._decoded, decode_errors=self._errors,
+            source_dropped=dict(unit.source_dropped),
         )  # fmt: skip
         if self._sampler is not None and not self._sampler.keep(media_ts):
             self._sampled += 1
@@ -259,15 +248,6 @@ class DecodeLane:
                         ref.seq, ref.capture_ts, ref.media_ts, ref.decode_ms, ref.ready_ts,
                         ref.frame, ref.decoded, ref.decode_errors, dropped)  # fmt: skip
 
-    def _unit_for(self, pts: int) -> EncodedUnit | None:
-        unit = self._pending.pop(pts, None)
-        if unit is None and self._order:  # no pts kept: the oldest waiting
-            unit = self._pending.pop(self._order[0], None)
-        if unit is not None:
-            with contextlib.suppress(ValueError):  # dropped from the window meanwhile
-                self._order.remove(unit.pts)
-        return unit
-
     def _fail(self, reason: str) -> None:
         log.warning("stream %s: NVDEC in the detector process failed (%s); the camera decodes "
                     "on its CPU", self.stream, reason)  # fmt: skip
@@ -280,8 +260,6 @@ class DecodeLane:
             return
         self._close_session()
         self._report(force=True, final=True)
-        self._pending.clear()
-        self._order.clear()
 
     def _close_session(self) -> None:
         session, self._session = self._session, None

@@ -183,6 +183,16 @@ class RemoteDecoder:
 
     def _follow(self, counters: DecodeCounters) -> None:
         """What the detector said: the counters, a failure, or no pictures for too long."""
+        report = self.sync(counters)
+        if report is not None and report.failed and self._cpu is None:
+            self._fall_back(report.failed)
+            return
+        since = self._progress_at
+        if self._cpu is None and since is not None and time.monotonic() - since > self._stall_s:
+            raise SourceStalled(f"no picture decoded (in the detector) for {self._stall_s:g}s")
+
+    def sync(self, counters: DecodeCounters) -> DecodeReport | None:
+        """Add what the detector decoded (and refused) since the last call to ``counters``."""
         report = self._tally.get(self.ring)
         if report is not None:
             decoded, errors = report.decoded, report.decode_errors
@@ -191,12 +201,7 @@ class RemoteDecoder:
             counters.decoded += decoded - self._seen[0]
             counters.decode_errors += errors - self._seen[1]
             self._seen = (decoded, errors)
-            if report.failed and self._cpu is None:
-                self._fall_back(report.failed)
-                return
-        since = self._progress_at
-        if self._cpu is None and since is not None and time.monotonic() - since > self._stall_s:
-            raise SourceStalled(f"no picture decoded (in the detector) for {self._stall_s:g}s")
+        return report
 
     def _fall_back(self, reason: str) -> None:
         log.warning("NVDEC in the detector failed (%s); this stream decodes on the CPU from "

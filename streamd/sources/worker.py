@@ -8,6 +8,7 @@ Every state change is sent to the supervisor as a :class:`StatusUpdate`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -254,7 +255,7 @@ class SourceWorker:
             if self.clips is not None and settled:  # its last clips are on disk by `ended`
                 self.clips.shutdown(CLIPS_FINISH_S)
             if self._terminal is not None and settled:
-                self._say(self._terminal)
+                self._say(self._final_counts(self._terminal))
         finally:
             self.analysis.stop()
             if self.clips is not None:  # after the analysis: no alert asks for a clip now
@@ -377,8 +378,12 @@ class SourceWorker:
         assert self.link is not None
         end = decoder.header(0, self._frames, time.time(), dict(self._dropped),
                              end="flush" if decoder.ended else "close")  # fmt: skip
-        deadline = time.monotonic() + 5.0
-        if not self.link.send(end, b"", lambda: time.monotonic() < deadline):
+        deadline = time.monotonic() + 5.0  # a detector gone (shutdown) takes nothing
+
+        def wait() -> bool:
+            return not self.stop.is_set() and time.monotonic() < deadline
+
+        if not self.link.send(end, b"", wait):
             log.warning("the end of decode session %s did not reach the detector", decoder.ring)
 
     def _forward(self, decoder: RemoteDecoder, picture: RemotePicture) -> bool:
@@ -407,6 +412,15 @@ class SourceWorker:
             return True
         decoder.sent_one()
         return True
+
+    def _final_counts(self, update: StatusUpdate) -> StatusUpdate:
+        """decode_in: detector: the last session's pictures were counted there after the
+        state changed; the terminal status carries them (its frames are all analysed)."""
+        if self._remote is None:
+            return update
+        self._remote.sync(self.counters)
+        self._sync_counters()
+        return dataclasses.replace(update, counters=self._counters())
 
     def _fell_back(self, detail: str) -> None:
         """NVDEC failed mid-stream: the stream goes on on the CPU; subscribers are told."""
