@@ -26,7 +26,7 @@ from streamd.detect.nv12 import DeviceFrame, Frame, letterbox, nv12_to_rgb
 from streamd.detect.prepost import input_shape, preprocess
 from streamd.runtime.channel import Inbox
 from streamd.sources.device_decode import DecodeLane, DeviceFrames
-from streamd.sources.nvdec import NvBackend
+from streamd.sources.nvdec import NvBackend, load_backend, probe
 from streamd.sources.reader import DecodeCounters, OpenOptions, decode_frames, open_source
 from streamd.sources.remote import PacketLink, RemoteDecoder, RemotePicture, RemoteTally
 from streamd.types import DecodeReport, Dropped, FrameRef
@@ -127,6 +127,7 @@ class _Detector:
         self.reports: list[DecodeReport] = []
         self.dropped: list[Dropped] = []
         self.pixels: dict[tuple[str, int], npt.NDArray[np.uint8]] = {}
+        self.frames: list[DeviceFrame] = []  # as announced, kept past their release
 
     def until(self, done: Callable[[], bool], timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -141,6 +142,7 @@ class _Detector:
             frame = self.store.claim(msg)
             assert frame is not None and msg.slot == -1
             self.pixels[(msg.ring, msg.seq)] = frame.to_bgr()
+            self.frames.append(frame)
             self.store.release(msg)
             self.refs.append(msg)
         elif isinstance(msg, DecodeReport):
@@ -428,3 +430,43 @@ def test_the_daemon_detects_on_pictures_decoded_in_the_detector_as_on_the_cpus(
     assert frames == sorted(set(frames)) and frames[-1] >= SCENE + 5
     media = [e["ts"] for e in log.payloads("det.loops")]
     assert media == sorted(media)
+
+
+# --- the real decoder (a GPU with PyNvVideoCodec) -------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(probe() is not None, reason=f"NVDEC unavailable: {probe()}")
+def test_real_nvdec_device_pictures_give_the_cpus_boxes(
+    scene: tuple[Path, Path],
+    person_model: Path,
+    lane_env: tuple[_Detector, Callable[..., DecodeLane]],
+) -> None:
+    """PyNvVideoCodec with usedevicememory through a decode thread: the pictures are CUDA
+    tensors (no host copy), every one comes out with the CPU's pts, and the detector's boxes
+    on them (NV12 letterboxed on the GPU) are within 1 px of its boxes on the CPU-decoded
+    frames."""
+    video, _ = scene
+    detector, make = lane_env
+    lane = make(load_backend())
+    link = PacketLink(lane.endpoint)
+    try:
+        sent = _send_session(link, video, "s_nv1")
+        detector.until(lambda: detector.final("s_nv1") is not None, 60)
+    finally:
+        link.close()
+    cpu = _cpu_frames(video)
+    held = detector.frames
+    assert len(detector.refs) == sent == len(cpu) == len(held)
+    assert [r.media_ts for r in detector.refs] == [t for t, _ in cpu]
+    assert all(f.nv12.is_cuda for f in held)
+    model = create_detector(ModelConfig(weights=str(person_model), imgsz=IMGSZ), 8)
+    for i in range(0, len(cpu), 8):
+        ours = model.detect(held[i : i + 8])
+        theirs = model.detect([bgr for _, bgr in cpu[i : i + 8]])
+        for a, b in zip(ours, theirs, strict=True):
+            assert len(a) == len(b)
+            if len(a):
+                pa = a.xyxy[np.lexsort((a.xyxy[:, 1], a.xyxy[:, 0]))]
+                pb = b.xyxy[np.lexsort((b.xyxy[:, 1], b.xyxy[:, 0]))]
+                assert float(np.abs(pa - pb).max()) <= 1.0
