@@ -44,10 +44,13 @@ def still_clip(scene: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactor
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def viewed(
-    person_model: Path, still_clip: Path, tmp_path: Path
+    person_model: Path, still_clip: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, str, Subscriber]]:
+    """One daemon for the tests that only watch it (each leaves no viewer behind); the
+    clean stop is checked once, after the last of them."""
+    tmp_path = tmp_path_factory.mktemp("viewed")
     port = free_port()
     streams = [{"id": "cam", "url": str(still_clip), "loop": True, "realtime": True,
                 "lines": [{"name": "mid", "points": [[320, 0], [320, 360]]}]}]  # fmt: skip
@@ -90,14 +93,94 @@ def _edge_share(img: npt.NDArray[np.uint8], box: list[float], scale: float = 1.0
     return hits / (2 * len(rows))
 
 
+# The tests with their own daemon come first: the shared one (``viewed``) runs from the
+# first test that asks for it to the end of the module.
+
+
+def test_token_is_required_when_set(person_model: Path, still_clip: Path, tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_pipeline(tmp_path, person_model, port, [{"id": "cam", "url": str(still_clip)}])
+    doc = json.loads(cfg.read_text())
+    doc["http"]["token"] = "s3cret"
+    cfg.write_text(json.dumps(doc))
+    base = f"http://{doc['http']['listen']}"
+    daemon = start(cfg, tmp_path / "daemon.log")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=2)
+            except urllib.error.HTTPError as e:
+                assert e.code == 401
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        for path in ("/", "/status", "/streams/cam.jpg"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{base}{path}", timeout=5)
+            assert refused.value.code == 401
+        req = urllib.request.Request(f"{base}/status", headers={"Authorization": "Bearer s3cret"})
+        assert urllib.request.urlopen(req, timeout=5).status == 200
+        assert urllib.request.urlopen(f"{base}/?token=s3cret", timeout=5).status == 200
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+    assert "s3cret" not in (tmp_path / "daemon.log").read_text()
+
+
+def test_boxes_sit_on_their_own_frame_while_people_move_and_frames_drop(
+    person_model: Path, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Walking people, 2 of every 3 frames sampled out: each JPEG's boxes are that frame's."""
+    video, _ = scene
+    port = free_port()
+    streams = [{"id": "cam", "url": str(video), "loop": True, "realtime": True, "max_fps": 5}]
+    cfg = write_pipeline(tmp_path, person_model, port, streams)
+    listen = json.loads(cfg.read_text())["http"]["listen"]
+    sub = Subscriber(f"tcp://127.0.0.1:{port}", topics=["det.cam"])
+    daemon = start(cfg, tmp_path / "daemon.log")
+    dets: dict[int, list[list[float]]] = {}
+    try:
+        assert sub.recv(120) is not None
+        checked = 0
+        for _ in range(6):
+            with urllib.request.urlopen(f"http://{listen}/streams/cam.jpg", timeout=10) as r:
+                frame_no = int(r.headers["X-Streamd-Frame"])
+                jpeg = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
+            deadline = time.monotonic() + 10
+            while frame_no not in dets and time.monotonic() < deadline:
+                ev = sub.recv(1.0)  # the det event went out before its view frame
+                if ev is not None:
+                    dets[ev.payload["frame"]] = [o["bbox"] for o in ev.payload["objects"]]
+            boxes = dets.get(frame_no)
+            assert boxes, f"frame {frame_no} was never published as a det event"
+            for box in boxes:
+                assert _edge_share(jpeg, box) > 0.8, f"frame {frame_no}: box {box} not drawn"
+            checked += 1
+            time.sleep(0.7)
+        m = scrape(cfg)
+        assert sample(m, "streamd_frames_dropped_total", stream="cam", cause="sampled") > 20
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+        sub.close()
+    assert checked == 6
+
+
 def test_nothing_is_encoded_until_someone_watches(
     viewed: tuple[Path, str, Subscriber],
 ) -> None:
     cfg, base, sub = viewed
+    # The daemon is shared: what counts is that nothing is encoded while nobody watches.
+    m = scrape(cfg)
+    assert sample(m, "streamd_view_viewers", stream="cam") == 0
+    analysed = sample(m, "streamd_frames_analysed_total", stream="cam")
+    encoded = sample(m, "streamd_view_jpegs_encoded_total", stream="cam")
     time.sleep(3)  # frames are being analysed all along
     m = scrape(cfg)
-    assert sample(m, "streamd_frames_analysed_total", stream="cam") > 10
-    assert sample(m, "streamd_view_jpegs_encoded_total", stream="cam") == 0
+    assert sample(m, "streamd_frames_analysed_total", stream="cam") > analysed + 10
+    assert sample(m, "streamd_view_jpegs_encoded_total", stream="cam") == encoded
     cap = cv2.VideoCapture(f"{base}/streams/cam.mjpg")
     try:
         frames, t0 = 0, time.monotonic()
@@ -115,7 +198,7 @@ def test_nothing_is_encoded_until_someone_watches(
     before = sample(scrape(cfg), "streamd_view_jpegs_encoded_total", stream="cam")
     time.sleep(3)
     m = scrape(cfg)
-    assert sample(m, "streamd_view_jpegs_encoded_total", stream="cam") == before >= frames
+    assert sample(m, "streamd_view_jpegs_encoded_total", stream="cam") == before >= encoded + frames
     assert sample(m, "streamd_view_viewers", stream="cam") == 0
 
 
@@ -163,38 +246,6 @@ def test_a_real_browser_shows_boxes_where_they_were_detected(
     for box in _boxes(sub):
         share = _edge_share(shot, box, scale, (rect["x"], rect["y"]))
         assert share > 0.8, f"box {box}: edges on {share:.0%} of rows in the screenshot"
-
-
-def test_token_is_required_when_set(person_model: Path, still_clip: Path, tmp_path: Path) -> None:
-    port = free_port()
-    cfg = write_pipeline(tmp_path, person_model, port, [{"id": "cam", "url": str(still_clip)}])
-    doc = json.loads(cfg.read_text())
-    doc["http"]["token"] = "s3cret"
-    cfg.write_text(json.dumps(doc))
-    base = f"http://{doc['http']['listen']}"
-    daemon = start(cfg, tmp_path / "daemon.log")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2)
-            except urllib.error.HTTPError as e:
-                assert e.code == 401
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.3)
-        for path in ("/", "/status", "/streams/cam.jpg"):
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(f"{base}{path}", timeout=5)
-            assert refused.value.code == 401
-        req = urllib.request.Request(f"{base}/status", headers={"Authorization": "Bearer s3cret"})
-        assert urllib.request.urlopen(req, timeout=5).status == 200
-        assert urllib.request.urlopen(f"{base}/?token=s3cret", timeout=5).status == 200
-    finally:
-        daemon.terminate()
-        daemon.wait(15)
-    assert "s3cret" not in (tmp_path / "daemon.log").read_text()
 
 
 def test_streamd_view_records_the_annotated_stream(
@@ -259,42 +310,3 @@ def test_a_stalled_viewer_slows_nobody_and_buffers_nothing(
     assert growth < 20 * 2**20, f"supervisor grew {growth / 2**20:.1f} MiB"
     m = scrape(cfg)
     assert sample(m, "streamd_frames_analysed_total", stream="cam") > 0
-
-
-def test_boxes_sit_on_their_own_frame_while_people_move_and_frames_drop(
-    person_model: Path, scene: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """Walking people, 2 of every 3 frames sampled out: each JPEG's boxes are that frame's."""
-    video, _ = scene
-    port = free_port()
-    streams = [{"id": "cam", "url": str(video), "loop": True, "realtime": True, "max_fps": 5}]
-    cfg = write_pipeline(tmp_path, person_model, port, streams)
-    listen = json.loads(cfg.read_text())["http"]["listen"]
-    sub = Subscriber(f"tcp://127.0.0.1:{port}", topics=["det.cam"])
-    daemon = start(cfg, tmp_path / "daemon.log")
-    dets: dict[int, list[list[float]]] = {}
-    try:
-        assert sub.recv(120) is not None
-        checked = 0
-        for _ in range(6):
-            with urllib.request.urlopen(f"http://{listen}/streams/cam.jpg", timeout=10) as r:
-                frame_no = int(r.headers["X-Streamd-Frame"])
-                jpeg = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
-            deadline = time.monotonic() + 10
-            while frame_no not in dets and time.monotonic() < deadline:
-                ev = sub.recv(1.0)  # the det event went out before its view frame
-                if ev is not None:
-                    dets[ev.payload["frame"]] = [o["bbox"] for o in ev.payload["objects"]]
-            boxes = dets.get(frame_no)
-            assert boxes, f"frame {frame_no} was never published as a det event"
-            for box in boxes:
-                assert _edge_share(jpeg, box) > 0.8, f"frame {frame_no}: box {box} not drawn"
-            checked += 1
-            time.sleep(0.7)
-        m = scrape(cfg)
-        assert sample(m, "streamd_frames_dropped_total", stream="cam", cause="sampled") > 20
-    finally:
-        daemon.terminate()
-        daemon.wait(15)
-        sub.close()
-    assert checked == 6
