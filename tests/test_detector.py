@@ -145,6 +145,10 @@ def test_letterbox_then_postprocess_maps_boxes_back_to_each_frame() -> None:
     assert list(dets[1].data["class_name"]) == ["b"]
     only_a = to_detections(postprocess(preds, places, 0.25, 0.7, classes=[0]), 2, {0: "a", 1: "b"})
     assert [len(d) for d in only_a] == [1, 0]
+    # Across classes (model.agnostic_nms): the other class's box over the kept one goes too;
+    # the second frame's box is in another frame, so it stays.
+    agnostic = postprocess(preds, places, 0.25, 0.7, classes=None, agnostic=True)
+    assert [len(d) for d in to_detections(agnostic, 2, {0: "a", 1: "b"})] == [1, 1]
 
 
 def test_batch_buckets() -> None:

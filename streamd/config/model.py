@@ -74,6 +74,11 @@ class ModelConfig(_Strict):
     imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="Inference size.")
     conf: float = Field(0.25, gt=0.0, le=1.0, description="Minimum detection confidence.")
     iou: float = Field(0.7, gt=0.0, le=1.0, description="NMS IoU threshold.")
+    agnostic_nms: bool = Field(
+        False,
+        description="NMS across classes: for a model whose classes are states of one object "
+        "(the person model's Normal/Fall), so one person is one box, not one per class.",
+    )
     classes: list[str] | None = Field(
         None, description="Class names to keep (checked against the model at start-up)."
     )

@@ -88,6 +88,29 @@ class BoTSortOptions(_Strict):
     iou: IouKind = Field("giou", description=_IOU)
 
 
+class AppearanceOptions(_Strict):
+    """Identities kept by colour where the motion tracker loses or swaps them
+    (streamd/track/appearance.py): a new track takes over an identity that vanished
+    nearby and looks the same; a crossing the tracker came out of with two people's ids
+    exchanged is undone. Needs the frame's pixels (every stream has them on the host)."""
+
+    enabled: bool = Field(True, description="Re-link and un-cross identities by colour.")
+    window_s: float = Field(
+        4.0, gt=0.0, le=60.0, description="How long a vanished identity can be taken over."
+    )
+    min_similarity: float = Field(
+        0.75, gt=0.0, le=1.0,
+        description="Least colour similarity (1 = the same) to hand an identity on.",
+    )  # fmt: skip
+    swap_margin: float = Field(
+        0.1, ge=0.0, le=1.0, description="How much better exchanged ids must fit the colours."
+    )
+    drift: float = Field(
+        0.5, ge=0.0, le=10.0,
+        description="Box heights a second a person may stray from their last velocity.",
+    )  # fmt: skip
+
+
 _LEGACY = ("activation_threshold", "high_conf_threshold", "min_iou")
 _SECTIONS: dict[str, type[_Strict]] = {
     "bytetrack": ByteTrackOptions,
@@ -111,6 +134,7 @@ class TrackerConfig(_Strict):
     ocsort: OCSortOptions = Field(default_factory=lambda: OCSortOptions())
     botsort: BoTSortOptions = Field(default_factory=lambda: BoTSortOptions())
     sort: SortOptions = Field(default_factory=lambda: SortOptions())
+    appearance: AppearanceOptions = Field(default_factory=lambda: AppearanceOptions())
 
     @model_validator(mode="before")
     @classmethod

@@ -106,10 +106,11 @@ def postprocess(
     conf: float,
     iou: float,
     classes: Sequence[int] | None,
+    agnostic: bool = False,
 ) -> torch.Tensor:
     """YOLO head output (B, 4+nc, N), boxes xywh in input pixels → one (K, 7)
     tensor of (frame index, x1, y1, x2, y2, confidence, class) in frame pixels,
-    after class-aware NMS per frame.
+    after NMS per frame: class-aware, or across classes with ``agnostic``.
 
     The whole batch goes through one ``nonzero`` and one NMS call, so a GPU
     batch costs a couple of host syncs, not a couple per frame.
@@ -124,7 +125,8 @@ def postprocess(
     if score.numel() > MAX_NMS * len(placements):
         top = score.topk(MAX_NMS * len(placements)).indices
         box, score, cls, frame = box[top], score[top], cls[top], frame[top]
-    groups = frame * (int(preds.shape[1]) - 4) + cls  # NMS within (frame, class)
+    # NMS within (frame, class), or within the frame
+    groups = frame if agnostic else frame * (int(preds.shape[1]) - 4) + cls
     kept = torchvision.ops.batched_nms(box, score, groups, iou)
     frame, box, score, cls = frame[kept], box[kept], score[kept], cls[kept]
     return torch.cat((frame[:, None].float(), _to_frames(box, frame, placements),

@@ -104,7 +104,8 @@ class YoloDetector:
                 f"{self.backend}: head output {tuple(preds.shape)} is not "
                 f"(B, 4+{len(self.names)}, N) (NMS-free exports are not supported)"
             )
-        rows = postprocess(preds, placements, self.cfg.conf, self.cfg.iou, self.class_ids)
+        rows = postprocess(preds, placements, self.cfg.conf, self.cfg.iou, self.class_ids,
+                           self.cfg.agnostic_nms)  # fmt: skip
         return to_detections(rows, n, self.names)
 
 

@@ -31,6 +31,7 @@ class EvalSpec:
     imgsz: int = 640
     conf: float = 0.25
     backend: str = "auto"
+    agnostic_nms: bool = True  # the person model's Normal/Fall boxes of one person are one
     tracker: dict[str, Any] = field(default_factory=dict)  # the daemon's tracker section
     ultralytics: bool = True
     workdir: Path | None = None
@@ -44,8 +45,7 @@ def run(spec: EvalSpec, say: Callable[[str], None] = lambda _m: None) -> dict[st
     folder.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "machine": machine(), "daemon_tracker": daemon_cfg.model_dump(),
-        "model": {"weights": spec.weights, "imgsz": spec.imgsz, "conf": spec.conf,
-                  "backend": spec.backend},
+        "model": _model(spec),
         "rows": [], "agreement": [],
     }  # fmt: skip
     for scene in spec.scenes:
@@ -62,8 +62,7 @@ def _one_load(
     spec: EvalSpec, daemon_cfg: TrackerConfig, scene: str, load: str, video: Path,
     truth: list[list[dict[str, Any]]], folder: Path, report: dict[str, Any],
 ) -> None:  # fmt: skip
-    model = {"weights": spec.weights, "imgsz": spec.imgsz, "conf": spec.conf,
-             "backend": spec.backend}  # fmt: skip
+    model = _model(spec)
     run_dir = folder / f"{scene}-{load}"
     run_dir.mkdir(exist_ok=True)
     pipeline, endpoint = write_pipeline(run_dir, video, model, spec.tracker, LOADS[load])
@@ -72,7 +71,7 @@ def _one_load(
     extra = {"analysed": len(done.frames), "of": len(truth), "dropped": done.dropped,
              "wall_s": round(done.wall_s, 1)}  # fmt: skip
     _row(report, scene, load, daemon_cfg.kind, "daemon", score(truth, done.frames), extra)
-    same = replay(done.frames, daemon_cfg)
+    same = replay(done.frames, daemon_cfg, video)
     agree = agreement(done.frames, same)
     same_scores = score(truth, same)
     report["agreement"].append({
@@ -83,14 +82,20 @@ def _one_load(
     })  # fmt: skip
     for kind in spec.kinds:
         cfg = daemon_cfg if kind == daemon_cfg.kind else _kind_like(daemon_cfg, kind)
-        _row(report, scene, load, kind, "replay", score(truth, replay(done.frames, cfg)))
+        _row(report, scene, load, kind, "replay", score(truth, replay(done.frames, cfg, video)))
+
+
+def _model(spec: EvalSpec) -> dict[str, Any]:
+    return {"weights": spec.weights, "imgsz": spec.imgsz, "conf": spec.conf,
+            "backend": spec.backend, "agnostic_nms": spec.agnostic_nms}  # fmt: skip
 
 
 def _kind_like(cfg: TrackerConfig, kind: str) -> TrackerConfig:
     """``kind`` with its own defaults and the daemon's shared settings."""
     return TrackerConfig.model_validate(
         {"kind": kind, "lost_track_s": cfg.lost_track_s,
-         "min_consecutive_frames": cfg.min_consecutive_frames}
+         "min_consecutive_frames": cfg.min_consecutive_frames,
+         "appearance": cfg.appearance.model_dump()}
     )  # fmt: skip
 
 

@@ -3,25 +3,34 @@ anything (frames, boxes, ids) on the way?"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import av
 import numpy as np
+import numpy.typing as npt
 import supervision as sv
 
 from streamd.config import TrackerConfig
 from streamd.evaluation.metrics import TrackedFrame
+from streamd.sources.reader import to_bgr
 from streamd.track import StreamTracker
 
 
-def replay(frames: Sequence[TrackedFrame], cfg: TrackerConfig) -> list[TrackedFrame]:
-    """A fresh tracker fed each analysed frame's boxes at its media time.
+def replay(
+    frames: Sequence[TrackedFrame], cfg: TrackerConfig, video: Path | None = None
+) -> list[TrackedFrame]:
+    """A fresh tracker fed each analysed frame's boxes at its media time, and the frame's
+    pixels decoded from ``video`` as the daemon decodes them (for the appearance cue).
 
     A det event lists every box the detector found (trackers answer with all of them),
     as the tracker returned them; the detector hands them over best first, so sorting by
     confidence gives back the order the daemon's tracker was given them in.
     """
     tracker = StreamTracker(cfg)
+    wanted = video is not None and tracker.relinker is not None
+    pictures = _pictures(video, [f.frame for f in frames]) if wanted and video else None
     out = []
     for f in frames:
         order = np.argsort(-f.conf, kind="stable")
@@ -30,12 +39,27 @@ def replay(frames: Sequence[TrackedFrame], cfg: TrackerConfig) -> list[TrackedFr
             confidence=f.conf[order].astype(np.float32),
             class_id=np.zeros(len(order), np.int64),
         )
-        got = tracker.update(dets, f.ts)
+        got = tracker.update(dets, f.ts, None if pictures is None else next(pictures))
         ids = np.full(len(got), -1, np.int64) if got.tracker_id is None else got.tracker_id
         conf = np.ones(len(got)) if got.confidence is None else got.confidence
         out.append(TrackedFrame(f.frame, f.ts, got.xyxy.astype(np.float64),
                                 conf.astype(np.float64), ids.astype(np.int64)))  # fmt: skip
     return out
+
+
+def _pictures(video: Path, wanted: list[int]) -> Iterator[npt.NDArray[np.uint8]]:
+    """The frames numbered ``wanted`` (ascending), decoded in order as the daemon does."""
+    with av.open(str(video)) as container:
+        decoded = container.decode(video=0)
+        index = -1
+        for k in wanted:
+            picture = None
+            while index < k:
+                picture = next(decoded)
+                index += 1
+            if picture is None:
+                raise ValueError(f"frame {k} requested twice or out of order")
+            yield to_bgr(picture)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from streamd.config.tracker import (
     OCSortOptions,
     SortOptions,
 )
+from streamd.track.appearance import Relinker, RelinkOptions
 
 # The library sizes lost-track buffers in frames at 30 fps and, given timestamps, keeps
 # a lost track buffer/30 seconds: so seconds * 30 is the buffer, whatever the real rate.
@@ -100,16 +101,30 @@ def build_tracker(cfg: TrackerConfig) -> BaseTracker:
 
 
 class StreamTracker:
-    """``update(detections, ts) -> detections`` with ``tracker_id`` (-1 = not yet confirmed)."""
+    """``update(detections, ts, frame) -> detections`` with ``tracker_id`` (-1 = not yet
+    confirmed): the library's tracker, then identities kept by appearance (a frame
+    without pixels, e.g. evicted before its boxes came, is tracked by motion alone)."""
 
     def __init__(self, cfg: TrackerConfig) -> None:
         self._cfg = cfg
         self._tracker = build_tracker(cfg)
-        # Only BoT-SORT with camera-motion compensation looks at pixels.
-        self._wants_frame = cfg.kind == "botsort" and cfg.botsort.cmc
+        # Of the library's trackers only BoT-SORT with camera-motion compensation looks
+        # at pixels.
+        self._library_wants_frame = cfg.kind == "botsort" and cfg.botsort.cmc
+        a = cfg.appearance
+        self.relinker = (
+            Relinker(RelinkOptions(a.window_s, a.min_similarity, a.swap_margin, a.drift))
+            if a.enabled else None
+        )  # fmt: skip
 
     def update(
         self, detections: sv.Detections, ts: float, frame: npt.NDArray[np.uint8] | None = None
     ) -> sv.Detections:
-        image = frame if self._wants_frame else None
-        return self._tracker.update(detections, frame=image, timestamp=ts)
+        image = frame if self._library_wants_frame else None
+        tracked = self._tracker.update(detections, frame=image, timestamp=ts)
+        if self.relinker is not None and tracked.tracker_id is not None:
+            boxes = np.asarray(tracked.xyxy, np.float32)
+            tracked.tracker_id = self.relinker.update(
+                boxes, tracked.tracker_id.astype(np.int64), ts, frame
+            )
+        return tracked

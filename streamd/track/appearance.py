@@ -1,0 +1,317 @@
+"""Identities kept by appearance where the motion tracker loses or swaps them.
+
+The ``trackers`` library associates by motion and box overlap only (no appearance
+model in 2.6.1). Two things then cost a person their id: hidden longer than the Kalman
+prediction stays useful (or detected under the activation threshold for a while), the
+library starts a new track; and where two people cross, its tracks can come out of the
+crossing on the wrong people. Either re-fires every alert on them.
+
+This layer sits after the library and maps its track ids to the ids streamd publishes.
+Each identity keeps a colour signature (hue/saturation histograms of the upper and
+lower halves of its box: a dimmer or brighter scene changes little), learnt only from
+boxes no other box covers and that still look like it.
+
+- **Re-linking**: a track the library confirms is compared with the identities no box
+  carried in the newest frame and seen in the last ``window_s`` seconds, within walking
+  distance; it takes over the one it resembles best (similarity at least
+  ``min_similarity``) instead of getting a new id.
+- **Crossings**: an identity whose box touched another's in the last ``window_s``
+  seconds and is clear again is checked against them: if exchanging the two ids fits
+  the colours better by ``swap_margin``, they are exchanged (the other may have vanished
+  meanwhile: then this box takes its id, and its own id waits to be re-linked).
+
+Look-alikes (similarity above every margin) are left as the library had them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import linear_sum_assignment
+
+Image = npt.NDArray[np.uint8]
+Box = npt.NDArray[np.float64]
+Signature = npt.NDArray[np.float32]
+
+# Hue x saturation bins per horizontal stripe of the box (head and shoulders, torso,
+# legs); value (brightness) is left out on purpose.
+_BINS = (16, 8)
+_STRIPES = 3
+_RANGES = (0.0, 180.0, 0.0, 256.0)
+# The signature is measured on this many pixels (box resized): cost independent of size.
+_SAMPLE = (24, 48)
+# A box is compared when at least this share of it shows, and learnt from above the next.
+_MIN_VISIBLE = 0.5
+_LEARN_VISIBLE = 0.85
+# How fast an identity's signature follows what it looks like now (per clear update).
+_LEARN = 0.1
+# ... and only from a box this like it already (one person's boxes score 0.95-1.0).
+_LEARN_SIMILAR = 0.9
+_NONE = 1e6
+# Velocity is measured over this long a trail.
+_TRAIL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RelinkOptions:
+    window_s: float = 4.0  # how long a vanished identity or a crossing is remembered
+    min_similarity: float = 0.75  # 1 = the same colours; one person 0.95-1, others < 0.65
+    swap_margin: float = 0.1  # how much better the exchanged ids must fit
+    drift: float = 0.5  # box heights a second a person may stray from their last velocity
+
+
+@dataclass(slots=True)
+class _Identity:
+    out_id: int
+    box: Box
+    ts: float
+    trail: deque[tuple[float, npt.NDArray[np.float64]]] = field(default_factory=deque)
+    signature: Signature | None = None
+    born: float = 0.0
+    provisional: bool = True  # new, not yet compared with the vanished (no clear box)
+    contacts: dict[int, float] = field(default_factory=dict)  # other id -> last touch
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """What a box showed: its signature and how much of it was its own."""
+
+    signature: Signature
+    visible: float  # share of the box no nearer box covers
+
+
+def look(image: Image, box: Box, nearer: list[Box]) -> Look | None:
+    """Hue/saturation histograms of the box's upper and lower halves (inner 70 % wide),
+    leaving out what nearer boxes cover (a person whose feet are lower in the picture
+    stands in front); None for a box too small, outside the image or mostly hidden."""
+    h, w = image.shape[:2]
+    inset = 0.15 * (box[2] - box[0])
+    x1, x2 = int(max(0.0, box[0] + inset)), int(min(w, box[2] - inset))
+    y1, y2 = int(max(0.0, box[1])), int(min(h, box[3]))
+    if x2 - x1 < 4 or y2 - y1 < 8:
+        return None
+    mask = np.full((y2 - y1, x2 - x1), 255, np.uint8)
+    for o in nearer:
+        ox1, ox2 = int(max(x1, o[0])) - x1, int(min(x2, o[2])) - x1
+        oy1, oy2 = int(max(y1, o[1])) - y1, int(min(y2, o[3])) - y1
+        if ox2 > ox1 and oy2 > oy1:
+            mask[oy1:oy2, ox1:ox2] = 0
+    visible = float(np.count_nonzero(mask)) / mask.size
+    if visible < _MIN_VISIBLE:
+        return None
+    crop = cv2.resize(image[y1:y2, x1:x2], _SAMPLE, interpolation=cv2.INTER_AREA)
+    small: Image = np.asarray(cv2.resize(mask, _SAMPLE, interpolation=cv2.INTER_NEAREST))
+    hsv: Image = np.asarray(cv2.cvtColor(crop, cv2.COLOR_BGR2HSV))
+    rows = np.linspace(0, _SAMPLE[1], _STRIPES + 1).astype(int)
+    parts = [_hist(hsv[a:b], small[a:b]) for a, b in zip(rows[:-1], rows[1:], strict=True)]
+    return Look(np.concatenate(parts).astype(np.float32), visible)
+
+
+def _hist(hsv: Image, mask: Image) -> Signature:
+    hist = cv2.calcHist([hsv], [0, 1], mask, list(_BINS), list(_RANGES)).ravel()
+    total = float(hist.sum())
+    return (hist / total if total > 0 else hist).astype(np.float32)
+
+
+def similarity(a: Signature, b: Signature) -> float:
+    """Mean Bhattacharyya coefficient of the stripes both show (1 = identical colours)."""
+    n = a.size // _STRIPES
+    parts = [slice(i * n, (i + 1) * n) for i in range(_STRIPES)]
+    coeffs = [float(np.sum(np.sqrt(a[s] * b[s]))) for s in parts if a[s].any() and b[s].any()]
+    return float(np.mean(coeffs)) if coeffs else 0.0
+
+
+class Relinker:
+    """Maps the library's track ids to the ids streamd publishes."""
+
+    def __init__(self, options: RelinkOptions) -> None:
+        self._opt = options
+        self._out_of: dict[int, int] = {}  # library id -> published id
+        self._ids: dict[int, _Identity] = {}  # published id -> what it looked like
+        self._next = 0
+        self.relinked = 0  # identities handed on to a new library track
+        self.swapped = 0  # crossings undone
+
+    def update(
+        self, boxes: npt.NDArray[np.floating[Any]], lib_ids: npt.NDArray[np.int64], ts: float,
+        image: Image | None,
+    ) -> npt.NDArray[np.int64]:  # fmt: skip
+        """The published ids for this frame's boxes (-1, not yet confirmed, stays -1)."""
+        b = boxes.astype(np.float64)
+        rows = [k for k, i in enumerate(lib_ids) if i >= 0]
+        looks: dict[int, Look] = {}
+        if image is not None:
+            looks = _looks(image, b, rows)
+        sigs = {k: v.signature for k, v in looks.items()}
+        for k in rows:
+            lib = int(lib_ids[k])
+            if lib not in self._out_of:
+                new = self._out_of[lib] = self._new_id()
+                self._ids[new] = _Identity(new, b[k], ts, born=ts)
+            elif self._out_of[lib] not in self._ids:
+                # Its identity was handed on, or forgotten while the library kept it lost.
+                old = self._out_of[lib]
+                self._ids[old] = _Identity(old, b[k], ts, born=ts, provisional=False)
+        self._relink(rows, b, lib_ids, ts, sigs)
+        out = np.full(len(lib_ids), -1, np.int64)
+        for k in rows:
+            out[k] = self._out_of[int(lib_ids[k])]
+        self._uncross(out, rows, lib_ids, ts, sigs)
+        for k in rows:
+            out[k] = self._out_of[int(lib_ids[k])]
+            seen = looks.get(k)
+            clear = seen is not None and seen.visible >= _LEARN_VISIBLE
+            self._observe(int(out[k]), b[k], ts, seen.signature if seen and clear else None)
+        self._touch(out, rows, b, ts)
+        self._forget(ts)
+        return out
+
+    def _new_id(self) -> int:
+        self._next += 1
+        return self._next - 1
+
+    def _relink(
+        self, rows: list[int], b: Box, lib_ids: npt.NDArray[np.int64], ts: float,
+        sigs: dict[int, Signature],
+    ) -> None:  # fmt: skip
+        """New identities, at their first clear box, take over vanished ones they resemble
+        (vanished before the new one was born: never two ids of one person at once)."""
+        fresh = [k for k in rows if sigs.get(k) is not None
+                 and self._ids[self._out_of[int(lib_ids[k])]].provisional]  # fmt: skip
+        carried = {self._out_of[int(lib_ids[k])] for k in rows}
+        gone = [d for d in self._ids.values()
+                if d.out_id not in carried and d.signature is not None]  # fmt: skip
+        for k in fresh:
+            self._ids[self._out_of[int(lib_ids[k])]].provisional = False
+        if not fresh or not gone:
+            return
+        cost = np.full((len(fresh), len(gone)), _NONE)
+        for r, k in enumerate(fresh):
+            sig = sigs[k]
+            assert sig is not None
+            for c, d in enumerate(gone):
+                assert d.signature is not None
+                sim = similarity(sig, d.signature)
+                born = self._ids[self._out_of[int(lib_ids[k])]].born
+                if sim >= self._opt.min_similarity and d.ts < born and self._reachable(d, b[k], ts):
+                    cost[r, c] = 1.0 - sim
+        for r, c in zip(*linear_sum_assignment(cost), strict=True):
+            if cost[r, c] < _NONE:
+                provisional = self._out_of[int(lib_ids[fresh[r]])]
+                self._hand_on(int(lib_ids[fresh[r]]), gone[c].out_id)
+                del self._ids[provisional]
+                self.relinked += 1
+
+    def _uncross(
+        self, out: npt.NDArray[np.int64], rows: list[int], lib_ids: npt.NDArray[np.int64],
+        ts: float, sigs: dict[int, Signature],
+    ) -> None:  # fmt: skip
+        """Undo a crossing the library came out of with two people's tracks exchanged."""
+        row_of = {int(out[k]): k for k in rows}
+        for k in rows:
+            me = self._ids.get(int(out[k]))
+            now = sigs.get(k)
+            if me is None or me.signature is None or now is None:
+                continue
+            mine = similarity(now, me.signature)
+            for other_id, touched in list(me.contacts.items()):
+                other = self._ids.get(other_id)
+                if other is None or other.signature is None or ts - touched > self._opt.window_s:
+                    continue
+                theirs = similarity(now, other.signature)
+                j = row_of.get(other_id)
+                if j is None:  # vanished: this box may be theirs
+                    better = theirs - mine >= self._opt.swap_margin
+                    if better and theirs >= self._opt.min_similarity:
+                        self._hand_on(int(lib_ids[k]), other_id)
+                        del row_of[int(out[k])]
+                        out[k] = row_of[other_id] = other_id
+                        self.swapped += 1
+                        break
+                    continue
+                their_now = sigs.get(j)
+                if their_now is None:
+                    continue
+                kept = mine + similarity(their_now, other.signature)
+                exchanged = theirs + similarity(their_now, me.signature)
+                if exchanged - kept >= 2 * self._opt.swap_margin:
+                    self._exchange(int(lib_ids[k]), int(lib_ids[j]))
+                    out[k], out[j] = out[j], out[k]
+                    row_of[int(out[k])], row_of[int(out[j])] = k, j
+                    self.swapped += 1
+                    break
+
+    def _exchange(self, lib_a: int, lib_b: int) -> None:
+        self._out_of[lib_a], self._out_of[lib_b] = self._out_of[lib_b], self._out_of[lib_a]
+
+    def _hand_on(self, lib: int, out_id: int) -> None:
+        # The library track that carried it before, should it come back, gets a new id.
+        for old_lib, oid in self._out_of.items():
+            if oid == out_id:
+                self._out_of[old_lib] = self._new_id()
+        self._out_of[lib] = out_id
+
+    def _reachable(self, d: _Identity, box: Box, ts: float) -> bool:
+        dt = ts - d.ts
+        if dt <= 0 or dt > self._opt.window_s:
+            return False
+        centre = (box[:2] + box[2:]) / 2
+        predicted = (d.box[:2] + d.box[2:]) / 2 + _velocity(d) * dt
+        height = max(1.0, float(d.box[3] - d.box[1]))
+        return float(np.linalg.norm(centre - predicted)) <= height * (0.5 + self._opt.drift * dt)
+
+    def _observe(self, out_id: int, box: Box, ts: float, sig: Signature | None) -> None:
+        d = self._ids.get(out_id)
+        if d is None:  # a library track whose id was handed on came back
+            d = self._ids[out_id] = _Identity(out_id, box, ts, born=ts, provisional=False)
+        d.box, d.ts = box, ts
+        d.trail.append((ts, (box[:2] + box[2:]) / 2))
+        while d.trail[0][0] < ts - _TRAIL_S:
+            d.trail.popleft()
+        if sig is None:
+            return
+        if d.signature is None:
+            d.signature = sig
+        elif similarity(sig, d.signature) >= _LEARN_SIMILAR:
+            # Learnt only from boxes that still look like it: a wrong box is not absorbed.
+            d.signature = ((1 - _LEARN) * d.signature + _LEARN * sig).astype(np.float32)
+
+    def _touch(self, out: npt.NDArray[np.int64], rows: list[int], b: Box, ts: float) -> None:
+        for x in range(len(rows)):
+            for y in range(x + 1, len(rows)):
+                if _overlap(b[rows[x]], b[rows[y]]):
+                    a_id, b_id = int(out[rows[x]]), int(out[rows[y]])
+                    self._ids[a_id].contacts[b_id] = ts
+                    self._ids[b_id].contacts[a_id] = ts
+
+    def _forget(self, ts: float) -> None:
+        horizon = ts - self._opt.window_s
+        for out_id in [i for i, d in self._ids.items() if d.ts < horizon]:
+            del self._ids[out_id]
+        for d in self._ids.values():
+            d.contacts = {i: t for i, t in d.contacts.items() if t >= horizon and i in self._ids}
+
+
+def _velocity(d: _Identity) -> npt.NDArray[np.float64]:
+    """Pixels a second over the last ``_TRAIL_S`` (box jitter averages out over it)."""
+    (t0, c0), (t1, c1) = d.trail[0], d.trail[-1]
+    return (c1 - c0) / (t1 - t0) if t1 - t0 >= 0.2 else np.zeros(2)
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    return bool(min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]))
+
+
+def _looks(image: Image, b: Box, rows: list[int]) -> dict[int, Look]:
+    """Each confirmed box's look; a box is hidden by every box whose bottom is lower."""
+    out = {}
+    for k in rows:
+        seen = look(image, b[k], [b[j] for j in range(len(b)) if j != k and b[j][3] > b[k][3]])
+        if seen is not None:
+            out[k] = seen
+    return out

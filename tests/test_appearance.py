@@ -1,0 +1,200 @@
+"""Identities kept by colour (streamd/track/appearance.py) where motion alone loses them.
+
+Real pixels, the real library tracker (the default BoT-SORT) and the boxes where the
+people are drawn: what is under test is the tracker, not the detector. Each scene is
+also run with the appearance cue off, to show the motion tracker alone does lose the
+identity there (so the test can fail).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import supervision as sv
+
+from streamd.config import ConfigError, TrackerConfig, parse_config
+from streamd.track import StreamTracker
+from streamd.track.appearance import look, similarity
+
+FPS = 15.0
+W, H = 640, 360
+Image = npt.NDArray[np.uint8]
+
+
+def _config(appearance: bool) -> TrackerConfig:
+    text = (f"tracker: {{appearance: {{enabled: {str(appearance).lower()}}}}}\n"
+            "streams: [{id: a, url: /tmp/x.mp4}]\n")  # fmt: skip
+    return parse_config(text).tracker
+
+
+def _person(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Image:
+    """A 60x160 figure: a textured shirt over trousers of another colour (BGR)."""
+    rng = np.random.default_rng(sum(top) + 7 * sum(bottom))
+    img = np.zeros((160, 60, 3), np.float32)
+    img[:80], img[80:] = top, bottom
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+RED = _person((40, 40, 200), (120, 60, 20))  # red shirt, blue trousers
+GREEN = _person((40, 180, 60), (30, 200, 220))  # green shirt, yellow trousers
+
+
+def _scene(people: list[tuple[Image, float, float]]) -> tuple[Image, sv.Detections]:
+    """``people`` (figure, x, y of the top left), drawn far first: a lower y is farther.
+    Returns the picture and the figures' boxes as detections."""
+    rng = np.random.default_rng(0)
+    frame = np.clip(rng.normal(128, 8, (H, W, 3)), 0, 255).astype(np.uint8)
+    boxes = []
+    for fig, x, y in sorted(people, key=lambda p: p[2]):
+        x0, y0 = round(x), round(y)
+        xa, xb = max(0, x0), min(W, x0 + fig.shape[1])
+        if xb > xa:
+            frame[y0 : y0 + fig.shape[0], xa:xb] = fig[:, xa - x0 : xb - x0]
+            boxes.append([xa, y0, xb, y0 + fig.shape[0]])
+    xyxy = np.array(boxes, np.float32).reshape(-1, 4)
+    dets = sv.Detections(xyxy=xyxy, confidence=np.full(len(boxes), 0.8, np.float32),
+                         class_id=np.zeros(len(boxes), np.int64))  # fmt: skip
+    return frame, dets
+
+
+def _id_near(out: sv.Detections, x: float) -> int:
+    assert out.tracker_id is not None
+    centres = (out.xyxy[:, 0] + out.xyxy[:, 2]) / 2
+    return int(out.tracker_id[int(np.argmin(np.abs(centres - x)))])
+
+
+def _hidden_walk(appearance: bool) -> tuple[int, int, int]:
+    """RED walks right at 60 px/s and is not detected from 1 s to 3.5 s (behind
+    something; the tracker forgets a track after 1 s); GREEN stands still throughout.
+    Returns RED's id before and after, and GREEN's id at the end."""
+    tracker = StreamTracker(_config(appearance))
+    before = after = green = -1
+    for k in range(int(5 * FPS)):
+        t = k / FPS
+        x = 40 + 60 * t
+        hidden = 1.0 <= t < 3.5
+        people = [(GREEN, 500.0, 150.0)] + ([] if hidden else [(RED, x, 120.0)])
+        frame, dets = _scene(people)
+        out = tracker.update(dets, t, frame)
+        if not hidden and t < 1.0:
+            before = _id_near(out, x + 30)
+        if t >= 3.5 + 3 / FPS:
+            after, green = _id_near(out, x + 30), _id_near(out, 530)
+    return before, after, green
+
+
+def test_a_person_hidden_longer_than_the_tracker_remembers_keeps_their_id() -> None:
+    before, after, green = _hidden_walk(appearance=True)
+    assert before >= 0 and after == before, (before, after)
+    assert green not in (before, -1)
+    # Motion alone: the lost track was dropped, the person came back as someone new.
+    before, after, _ = _hidden_walk(appearance=False)
+    assert after not in (before, -1)
+
+
+def _bounce(appearance: bool) -> dict[str, tuple[int, int]]:
+    """RED and GREEN walk towards each other at 150 px/s, meet (GREEN, lower, in front)
+    and both turn back while overlapping: the motion tracker expects them to walk on and
+    gives each the other's track. Returns each person's id before and after."""
+    tracker = StreamTracker(_config(appearance))
+    ids: dict[str, list[int]] = {"red": [], "green": []}
+    for k in range(int(3 * FPS)):
+        t = k / FPS
+        d = 150 * (t if t < 1.2 else 2.4 - t)  # they turn back at t = 1.2 s
+        rx, gx = 120 + d, 460 - d
+        frame, dets = _scene([(RED, rx, 100.0), (GREEN, gx, 130.0)])
+        out = tracker.update(dets, t, frame)
+        if t < 0.6 or t > 2.3:
+            ids["red"].append(_id_near(out, rx + 30))
+            ids["green"].append(_id_near(out, gx + 30))
+    return {who: (seen[2], seen[-1]) for who, seen in ids.items()}
+
+
+def test_a_crossing_the_motion_tracker_swapped_is_undone() -> None:
+    ids = _bounce(appearance=True)
+    assert ids["red"][0] >= 0 and ids["red"][0] == ids["red"][1], ids
+    assert ids["green"][0] >= 0 and ids["green"][0] == ids["green"][1], ids
+    alone = _bounce(appearance=False)
+    assert alone["red"][1] == alone["green"][0], f"motion alone did not swap: {alone}"
+
+
+def test_a_look_alike_out_of_reach_gets_an_id_of_its_own() -> None:
+    """RED leaves at the right; a RED-coloured person enters at the far left 0.5 s later:
+    they look the same, but nobody walks 500 px in half a second."""
+    tracker = StreamTracker(_config(appearance=True))
+    first = second = -1
+    for k in range(int(3 * FPS)):
+        t = k / FPS
+        if t < 1.0:
+            frame, dets = _scene([(RED, 520 + 30 * t, 120.0)])
+            first = _id_near(tracker.update(dets, t, frame), 580)
+        elif t >= 1.5:
+            frame, dets = _scene([(RED, 20 + 30 * (t - 1.5), 120.0)])
+            second = _id_near(tracker.update(dets, t, frame), 60)
+        else:
+            tracker.update(sv.Detections.empty(), t, _scene([])[0])
+    assert first >= 0 and second >= 0 and second != first
+
+
+def test_a_frame_without_pixels_is_tracked_by_motion_alone() -> None:
+    tracker = StreamTracker(_config(appearance=True))
+    ids = []
+    for k in range(10):
+        t = k / FPS
+        _, dets = _scene([(RED, 100 + 60 * t, 120.0)])
+        ids.append(_id_near(tracker.update(dets, t, None), 130 + 60 * t))
+    assert ids[-1] >= 0 and len(set(ids[2:])) == 1
+
+
+def test_the_signature_ignores_light_and_what_a_nearer_person_covers() -> None:
+    frame, _ = _scene([(RED, 100.0, 100.0)])
+    box = np.array([100.0, 100.0, 160.0, 260.0])
+    bright = look(frame, box, [])
+    dim = look((frame * 0.6).astype(np.uint8), box, [])
+    assert bright is not None and dim is not None
+    assert similarity(bright.signature, dim.signature) > 0.9
+    # GREEN in front of RED's lower part: what shows of RED still looks like RED.
+    frame, _ = _scene([(RED, 100.0, 100.0), (GREEN, 100.0, 180.0)])
+    nearer = np.array([100.0, 180.0, 160.0, 340.0])
+    covered = look(frame, box, [nearer])
+    assert covered is not None and covered.visible == pytest.approx(0.5, abs=0.02)
+    green = look(frame, nearer, [])
+    assert green is not None
+    # (the stripe half covered is half shirt, half trousers when whole: 0.85 here)
+    assert similarity(covered.signature, bright.signature) > 0.8
+    assert similarity(green.signature, bright.signature) < 0.5
+
+
+def test_appearance_options_are_checked_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"tracker\.appearance\.min_similarity"):
+        parse_config("tracker: {appearance: {min_similarity: 1.5}}\n"
+                     "streams: [{id: a, url: /tmp/x.mp4}]\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"tracker\.appearance\.window"):
+        parse_config("tracker: {appearance: {window: 3}}\nstreams: [{id: a, url: /tmp/x.mp4}]\n")
+
+
+@pytest.mark.parametrize("kind", ["botsort", "bytetrack", "ocsort", "sort"])
+def test_random_crowds_never_give_one_id_to_two_boxes(kind: str) -> None:
+    """Fuzz: people of four colours appear, vanish, jump, cross and flicker at random
+    for 20 s; whatever the library and the re-linking do, a frame never carries one id
+    twice and nothing raises."""
+    rng = np.random.default_rng(5)
+    cfg = parse_config(f"tracker: {{kind: {kind}, lost_track_s: 0.3}}\n"
+                       "streams: [{id: a, url: /tmp/x.mp4}]\n").tracker  # fmt: skip
+    tracker = StreamTracker(cfg)
+    figures = [RED, GREEN, _person((200, 60, 60), (20, 20, 20)), RED]
+    xs = rng.uniform(0, W - 60, len(figures))
+    for k in range(int(20 * FPS)):
+        t = k / FPS
+        xs += rng.normal(0, 25, len(xs))
+        xs = np.where(rng.random(len(xs)) < 0.02, rng.uniform(0, W - 60, len(xs)), xs)
+        places = zip(figures, xs, strict=True)
+        shown = [(f, float(x), 100.0 + 20 * i) for i, (f, x) in enumerate(places)
+                 if rng.random() < 0.8]  # fmt: skip
+        frame, dets = _scene(shown)
+        out = tracker.update(dets, t, frame if rng.random() < 0.9 else None)
+        assert out.tracker_id is not None
+        ids = out.tracker_id[out.tracker_id >= 0].tolist()
+        assert len(ids) == len(set(ids)), f"t={t:.2f}: {ids}"
