@@ -59,6 +59,7 @@ class BenchSpec:
     boxes: int = 10  # backend null: boxes per frame
     block: bool = False  # files read as fast as the pipeline takes them (drop_policy block)
     vs_ultralytics: bool = False  # then the plain ultralytics track() loop on the same clips
+    decode_in: str = "camera"  # streams' decode_in (detector: NVDEC pictures stay on the GPU)
 
 
 def _frames(spec: BenchSpec, workdir: Path, count: int) -> list[npt.NDArray[np.uint8]]:
@@ -230,7 +231,13 @@ def pipeline(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
         "http": {"listen": f"127.0.0.1:{spec.http_port}", "max_viewers": max(16, spec.viewers)},
         "journal": {"path": str(workdir / "alerts.sqlite"), "endpoint": "tcp://127.0.0.1:*"},
         "streams": [
-            {"id": f"s{i}", "url": str(clip), "loop": True, "realtime": not spec.block}
+            {
+                "id": f"s{i}",
+                "url": str(clip),
+                "loop": True,
+                "realtime": not spec.block,
+                "decode_in": spec.decode_in,
+            }
             for i in range(spec.streams)
         ],
     }

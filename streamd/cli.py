@@ -442,6 +442,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         viewer_window_s=args.viewer_window,
         boxes=args.boxes,
         block=args.block,
+        decode_in="detector" if args.decode_in == "inference" else "camera",
         vs_ultralytics=args.vs_ultralytics,
     )
     sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -669,8 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--decode-in",
         choices=["worker", "inference"],
         default="worker",
-        help="--decode-only: a process per decoder (camera processes) or threads "
-        "of one process (decoding in the detector's process)",
+        help="a process per decoder (camera processes) or threads of one process "
+        "(decoding in the detector's process); the pipeline bench: its streams' decode_in "
+        "camera or detector",
     )
     b.add_argument(
         "--clip",

@@ -5,8 +5,11 @@ and decoder, exactly as a camera's process decodes (``reader.decode_frames``;
 BGR for every frame unless ``--no-bgr``). ``--decode-in worker`` runs each in a
 process of its own (today's camera processes: one CUDA context each with NVDEC);
 ``--decode-in inference`` runs them as threads of one process (decode threads in
-the detector's process: one context). All of them count frames over the same
-wall-clock window, so the total is the machine's, not a sum of solo runs.
+the detector's process: one context); with NVDEC these decode as the detector's
+decode threads do (``decode_in: detector``): pictures left in device memory
+(``usedevicememory``), converted NV12 → RGB on the device unless ``--no-bgr``,
+never copied to the host. All of them count frames over the same wall-clock
+window, so the total is the machine's, not a sum of solo runs.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import av
+import av.bitstream
 import cv2
 import numpy as np
 
-from streamd.sources.nvdec import load_backend, open_nvdec, probe
+from streamd.sources.nvdec import NvBackend, load_backend, nv_codec, open_nvdec, probe
 from streamd.sources.reader import (
     CpuDecoder,
     DecodeCounters,
@@ -86,8 +90,11 @@ def synthetic_clip(folder: Path, width: int, height: int, fps: int, seconds: flo
     return path
 
 
-def _decode_window(clip: str, decoder: str, start: float, end: float, bgr: bool) -> int:
+def _decode_window(clip: str, decoder: str, start: float, end: float, bgr: bool,
+                   device: bool = False) -> int:  # fmt: skip
     """Frames one decoder delivered between the wall times ``start`` and ``end``."""
+    if device:
+        return _device_window(load_backend(), clip, start, end, bgr)
     backend = load_backend() if decoder == "nvdec" else None
     frames = 0
     while True:
@@ -107,6 +114,41 @@ def _decode_window(clip: str, decoder: str, start: float, end: float, bgr: bool)
                 dec.close()
 
 
+def _device_window(backend: NvBackend, clip: str, start: float, end: float, rgb: bool) -> int:
+    """:func:`_decode_window` as a decode thread of the detector process decodes: Annex B
+    packets to NVDEC, pictures kept in device memory, NV12 → RGB there (``rgb``)."""
+    import torch  # here only: the worker shape's processes do not import it
+
+    from streamd.detect.nv12 import nv12_to_rgb
+
+    frames = 0
+    while True:
+        with open_source(OpenOptions(clip)) as container:
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            session = backend.open_device(nv_codec(ctx.name), 0, not ctx.has_b_frames)
+            bsf = av.bitstream.BitStreamFilterContext(f"{ctx.name}_mp4toannexb", stream)
+            time.sleep(max(0.0, start - time.time()))
+            try:
+                for packet in container.demux(stream):
+                    last = packet.size == 0
+                    pictures = [p for unit in bsf.filter(None if last else packet)
+                                for p in session.decode(bytes(unit), unit.pts or 0)]  # fmt: skip
+                    pictures += session.flush() if last else []
+                    for picture in pictures:
+                        nv12 = picture.tensor()
+                        if rgb:
+                            nv12_to_rgb(nv12.unsqueeze(0))
+                        if nv12.is_cuda:  # the work done, not queued
+                            torch.cuda.synchronize(nv12.device)
+                        now = time.time()
+                        if now >= end:
+                            return frames
+                        frames += now >= start
+            finally:
+                session.close()
+
+
 def run_decode(spec: DecodeBenchSpec, workdir: Path) -> dict[str, Any]:
     """Decode with ``spec.threads`` decoders at once for ``spec.duration_s``; the figures."""
     if spec.decoder == "nvdec":
@@ -120,9 +162,12 @@ def run_decode(spec: DecodeBenchSpec, workdir: Path) -> dict[str, Any]:
         codec, width, height = s.codec_context.name, s.codec_context.width, s.codec_context.height
     if spec.decoder == "nvdec" and codec not in ("h264", "hevc"):
         raise DecoderUnavailable(f"nvdec: the clip is {codec} (h264, hevc only)")
+    device = spec.decoder == "nvdec" and spec.decode_in == "inference"
+    if device:  # torch and the letterbox imported before the window opens, not in it
+        import streamd.detect.nv12  # noqa: F401
     start = time.time() + START_GRACE_S[spec.decode_in]
     end = start + spec.duration_s
-    args = (clip, spec.decoder, start, end, spec.bgr)
+    args = (clip, spec.decoder, start, end, spec.bgr, device)
     pool: cf.Executor = (
         cf.ProcessPoolExecutor(spec.threads, mp_context=mp.get_context("spawn"))
         if spec.decode_in == "worker"
@@ -138,6 +183,7 @@ def run_decode(spec: DecodeBenchSpec, workdir: Path) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
         },
+        "pictures_in": "device memory" if device else "host memory",
         "frames": counts,
         "fps_total": round(total / spec.duration_s, 1),
         "fps_per_decoder": round(total / spec.duration_s / spec.threads, 1),
@@ -147,5 +193,8 @@ def run_decode(spec: DecodeBenchSpec, workdir: Path) -> dict[str, Any]:
 def format_line(report: dict[str, Any]) -> str:
     s, c = report["spec"], report["clip"]
     speed = f"{report['fps_total']} frames/s ({report['fps_per_decoder']} per decoder)"
+    on_device = report.get("pictures_in") == "device memory"
+    to = (" to RGB on the device" if on_device else " to BGR") if s["bgr"] else ""
+    kept = ", kept on the device" if on_device else ""
     return (f"decode {s['decoder']} x{s['threads']} ({s['decode_in']}), {c['codec']} "
-            f"{c['width']}x{c['height']}{' to BGR' if s['bgr'] else ''}: {speed}")  # fmt: skip
+            f"{c['width']}x{c['height']}{to}{kept}: {speed}")  # fmt: skip

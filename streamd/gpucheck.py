@@ -104,6 +104,17 @@ def steps(out: Path, scale: Scale) -> list[Step]:
                          PERSON_MODEL, "--imgsz", str(s.imgsz), "--max-batch",
                          str(max(s.batches)), "--port", str(5700 + n), "--http-port",
                          str(8700 + n), "--out", str(out / f"e2e-{n}.json"))))  # fmt: skip
+    for n in s.streams:  # the same with decode_in: detector (NVDEC pictures stay on the GPU)
+        run.append(Step(f"frames-on-gpu-{n}", f"{n} live streams as e2e-{n}, decoded in the "
+                        "detector process (decode_in: detector)",
+                        (*py, "bench", "--streams", str(n), "--width", str(s.width),
+                         "--height", str(s.height), "--fps", str(s.fps), "--duration",
+                         str(s.duration_s), "--warmup", str(min(10.0, s.duration_s / 2)),
+                         "--backend", s.backend, "--device", s.device, "--weights",
+                         PERSON_MODEL, "--imgsz", str(s.imgsz), "--max-batch",
+                         str(max(s.batches)), "--decode-in", "inference", "--port",
+                         str(5800 + n), "--http-port", str(8800 + n), "--out",
+                         str(out / f"frames-on-gpu-{n}.json"))))  # fmt: skip
     return run
 
 

@@ -4,9 +4,11 @@ detector's boxes on both."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -305,6 +307,41 @@ def test_max_fps_samples_pictures_in_the_detector_on_the_media_clock(
     assert final is not None and final.sampled == FRAMES - FRAMES // 3
 
 
+def test_a_camera_paces_its_units_in_decode_order(clips: dict[str, Path]) -> None:
+    """B-frames: the units go out in decode order, so they are due by their dts (even
+    steps); pacing by pts there jumps back and forth and ran a 10 fps camera at 4."""
+    with open_source(OpenOptions(str(clips["h264.mp4"]))) as container:
+        stream = container.streams.video[0]
+        decoder = RemoteDecoder(stream, "s", "s_nv1", RemoteTally(), 10.0)
+        units = [u for p in container.demux(stream) for u in decoder.decode(p, DecodeCounters())]
+    assert isinstance(units[0], RemotePicture) and len(units) == FRAMES
+    due = [u.time for u in units if isinstance(u, RemotePicture) and u.time is not None]
+    pts = [u.pts_s for u in units if isinstance(u, RemotePicture) and u.pts_s is not None]
+    assert len(due) == len(pts) == FRAMES
+    assert due == sorted(due) and pts != sorted(pts)
+    steps = {round(b - a, 6) for a, b in itertools.pairwise(due)}
+    assert steps == {round(1 / 15, 6)}
+
+
+def test_gpu_check_runs_both_decode_shapes_and_the_pipeline_decoded_in_the_detector() -> None:
+    """What a GPU session runs (make gpu-check): the decode bench in the camera processes'
+    shape and the detector's (pictures in device memory), and the pipeline bench with
+    decode_in: detector beside the host path at 25, 50, 100 streams."""
+    done = subprocess.run([sys.executable, "-m", "streamd.gpucheck", "--dry-run"],
+                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    for threads in (1, 16):
+        assert f"decode-nvdec-worker-{threads}:" in done.stdout
+        assert f"decode-nvdec-inference-{threads}:" in done.stdout
+    for n in (25, 50, 100):
+        line = next(
+            x
+            for x in done.stdout.splitlines()
+            if f"--out build/gpu-check/frames-on-gpu-{n}.json" in x
+        )
+        assert f"--streams {n} --width 1920 --height 1080 --fps 30" in line
+        assert "--decode-in inference" in line and "--device cuda:0" in line
+
+
 def _cpu_frames(clip: Path) -> list[tuple[float, npt.NDArray[np.uint8]]]:
     """(pts seconds, BGR) of every frame as the CPU path decodes it."""
     with open_source(OpenOptions(str(clip))) as container:
@@ -371,7 +408,7 @@ def test_the_daemon_detects_on_pictures_decoded_in_the_detector_as_on_the_cpus(
     x265 = f"log-level=error:keyint={GOP}:min-keyint={GOP}"
     hevc = _reencode(video, tmp_path / "scene-hevc.mp4", "-c:v", "libx265", "-preset",
                      "ultrafast", "-x265-params", x265)  # fmt: skip
-    streams = [
+    streams: list[dict[str, Any]] = [
         {"id": "gpu", "url": str(video), "decode": "nvdec", "decode_in": "detector"},
         {"id": "cpu", "url": str(video), "decode": "cpu"},
         {"id": "dies", "url": str(hevc), "decode": "nvdec", "decode_in": "detector"},

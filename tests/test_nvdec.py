@@ -49,7 +49,7 @@ from .daemon import (
     stop_and_check_own_clean,
     write_pipeline,
 )
-from .fake_nvdec import FakeBackend, FakeSession
+from .fake_nvdec import FakeBackend, FakeDeviceBackend, FakeSession
 from .util import free_port
 
 FPS, GOP, FRAMES = 15, 10, 30
@@ -343,14 +343,16 @@ def test_decode_bench_counts_frames_of_each_decoder_in_one_window(
     assert len(report["frames"]) == 2 and all(n > FRAMES for n in report["frames"])  # looped
     assert report["fps_total"] == pytest.approx(sum(report["frames"]), rel=0.01)
     assert "decode cpu x2 (inference), h264 320x240 to BGR: " in format_line(report)
-    # The NVDEC path of the bench is the camera's adapter (here over the fake).
-    backend = FakeBackend()
+    # NVDEC in the inference shape decodes as the detector's decode threads do: pictures
+    # kept in device memory (here over the fake, torch tensors on the CPU).
+    backend = FakeDeviceBackend()
     monkeypatch.setattr(decode_bench, "probe", lambda: None)
     monkeypatch.setattr(decode_bench, "load_backend", lambda: backend)
     nv_spec = DecodeBenchSpec(decoder="nvdec", threads=1, decode_in="inference",
                               clip=str(clips["hevc.mp4"]), duration_s=0.5)  # fmt: skip
     nv = run_decode(nv_spec, tmp_path)
-    assert nv["frames"][0] > 0 and nv["clip"]["codec"] == "hevc" and backend.sessions
+    assert nv["frames"][0] > 0 and nv["clip"]["codec"] == "hevc" and backend.device_sessions
+    assert nv["pictures_in"] == "device memory" and "to RGB on the device" in format_line(nv)
 
 
 def test_decode_bench_command_line(clips: dict[str, Path], tmp_path: Path) -> None:

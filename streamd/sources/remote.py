@@ -98,7 +98,8 @@ class RemotePicture:
     key: bool
     width: int
     height: int
-    time: float | None
+    time: float | None  # when it is due (its dts: decode order, so pacing runs evenly)
+    pts_s: float | None  # its picture's own time (event clips place alerts by it)
     counted = False  # not a decoded picture: the detector's reports count those
 
     def to_bgr(self) -> npt.NDArray[np.uint8]:
@@ -155,10 +156,12 @@ class RemoteDecoder:
             return []
         w, h = self._size
         out: list[Picture] = []
+        tb = self._time_base
         for unit in self._bsf.filter(packet):
             pts = NO_PTS if unit.pts is None else int(unit.pts)
-            t = None if unit.pts is None else float(unit.pts * self._time_base)
-            out.append(RemotePicture(bytes(unit), pts, bool(packet.is_keyframe), w, h, t))
+            t = None if unit.pts is None else float(unit.pts * tb)
+            due = t if unit.dts is None else float(unit.dts * tb)
+            out.append(RemotePicture(bytes(unit), pts, bool(packet.is_keyframe), w, h, due, t))
         return out
 
     def header(

@@ -411,6 +411,8 @@ class SourceWorker:
             self._skip_to_key = True
             return True
         decoder.sent_one()
+        if self.clips is not None:  # within a frame or two of its picture (B-frame reorder)
+            self.clips.on_frame(index, picture.pts_s)
         return True
 
     def _final_counts(self, update: StatusUpdate) -> StatusUpdate:
