@@ -282,9 +282,10 @@ class InferenceWorker:
             if ref.slot >= 0 and not self.readers.done(ref):
                 self._lost(ref)
                 continue
+            image = self.device.host_copy(ref) if ref.slot < 0 else None
             self._release(ref)
             msg = Detected(ref, boxes_of(detections), infer_ms, taken, len(kept),
-                           self._drops(ref.stream))  # fmt: skip
+                           self._drops(ref.stream), image)  # fmt: skip
             self._outgoing.setdefault(ref.stream, []).append(msg)
         del views, results  # no view into a ring outlives the batch
         self.readers.sweep()

@@ -144,6 +144,9 @@ class Detected:
     taken_ts: float  # wall time the frame's batch was taken
     batch: int
     drops: StageDrops
+    # decode_in: detector: the picture copied back to the host, only where its camera
+    # asked (EncodedUnit.pixels); a ring frame's pixels are in its camera's process already.
+    image: npt.NDArray[np.uint8] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +179,7 @@ class EncodedUnit:
     capture_ts: float  # wall time it was read
     source_dropped: dict[str, int] = field(default_factory=dict)
     end: Literal["", "flush", "close"] = ""
+    pixels: bool = False  # send its picture's pixels back (live view watched, snapshots)
 
 
 @dataclass(frozen=True, slots=True)

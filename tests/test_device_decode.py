@@ -5,11 +5,13 @@ detector's boxes on both."""
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -408,8 +410,11 @@ def test_the_daemon_detects_on_pictures_decoded_in_the_detector_as_on_the_cpus(
     x265 = f"log-level=error:keyint={GOP}:min-keyint={GOP}"
     hevc = _reencode(video, tmp_path / "scene-hevc.mp4", "-c:v", "libx265", "-preset",
                      "ultrafast", "-x265-params", x265)  # fmt: skip
+    whole = [[0, 0], [640, 0], [640, 360], [0, 360]]  # snapshots: every picture comes back
+    zone = {"name": "all", "polygon": whole, "alert_on": ["enter"], "snapshot": True}
     streams: list[dict[str, Any]] = [
-        {"id": "gpu", "url": str(video), "decode": "nvdec", "decode_in": "detector"},
+        {"id": "gpu", "url": str(video), "decode": "nvdec", "decode_in": "detector",
+         "zones": [zone]},
         {"id": "cpu", "url": str(video), "decode": "cpu"},
         {"id": "dies", "url": str(hevc), "decode": "nvdec", "decode_in": "detector"},
         {"id": "loops", "url": str(video), "loop": True, "realtime": True,
@@ -428,6 +433,12 @@ def test_the_daemon_detects_on_pictures_decoded_in_the_detector_as_on_the_cpus(
                               >= SCENE + 5, 60)  # fmt: skip
         assert looped is not None
         m = scrape(cfg)
+        # The live view of a stream decoded in the detector: its pictures come back to the
+        # camera's process while it is watched.
+        listen = json.loads(cfg.read_text())["http"]["listen"]
+        with urllib.request.urlopen(f"http://{listen}/streams/loops.jpg", timeout=20) as r:
+            jpeg = r.read()
+        view = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     finally:
         log.close()
         _stop(daemon)
@@ -440,6 +451,9 @@ def test_the_daemon_detects_on_pictures_decoded_in_the_detector_as_on_the_cpus(
         assert len(a) == len(b), (ours["frame"], ours["objects"], theirs["objects"])
         assert len(a) == 0 or float(np.abs(a - b).max()) <= 1.0, ours["frame"]
         assert (ours["width"], ours["height"]) == (theirs["width"], theirs["height"])
+    assert view is not None and view.shape == (360, 640, 3)
+    alerts = log.payloads("alert.gpu")  # the pictures came back: snapshots attached
+    assert alerts and all(a["snapshot"] for a in alerts), alerts
     status = log.payloads("status.gpu")
     streaming = [p for p in status if p["state"] == "streaming"]
     assert streaming[0]["detail"] == "decode: nvdec (h264 on NVDEC in the detector process)"

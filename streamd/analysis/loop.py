@@ -221,6 +221,15 @@ class StreamAnalysis:
         finally:
             self._close()
 
+    def wants_pixels(self) -> bool:
+        """decode_in: detector: whether the next picture's pixels should come back from the
+        detector process: the live view is due a frame, or a zone or line attaches
+        snapshots to its alerts (then every picture comes back)."""
+        engine = self.analytics.engine
+        if any(z.cfg.snapshot for z in engine.zones) or any(x.cfg.snapshot for x in engine.lines):
+            return True
+        return self.feed is not None and self.feed.wants()
+
     def _settled(self) -> bool:
         return self.inflight.pending() == 0 and self._pending_state is None and self._states.empty()
 
@@ -236,6 +245,7 @@ class StreamAnalysis:
             image = self.inflight.pop(msg.ref.ring, msg.ref.seq)
             if image is None and msg.ref.slot >= 0:  # slot -1: decoded in the detector
                 self._no_pixels.inc()
+            image = msg.image if image is None else image  # copied back where asked for
             self.counters.stage = msg.drops
             self._analyse(msg, image)
         elif isinstance(msg, Dropped):

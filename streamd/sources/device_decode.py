@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from fractions import Fraction
 
+import numpy as np
+import numpy.typing as npt
 import zmq
 
 from streamd.config import StreamConfig
@@ -57,11 +59,21 @@ class DeviceFrames:
         self._cond = threading.Condition()
         self._frames: dict[tuple[str, int], tuple[str, DeviceFrame]] = {}
         self._held: dict[str, int] = {}
+        self._pixels: set[tuple[str, int]] = set()  # their camera wants the pixels back
 
-    def put(self, ref: FrameRef, frame: DeviceFrame) -> None:
+    def put(self, ref: FrameRef, frame: DeviceFrame, pixels: bool = False) -> None:
         with self._cond:
             self._frames[(ref.ring, ref.seq)] = (ref.stream, frame)
             self._held[ref.stream] = self._held.get(ref.stream, 0) + 1
+            if pixels:
+                self._pixels.add((ref.ring, ref.seq))
+
+    def host_copy(self, ref: FrameRef) -> npt.NDArray[np.uint8] | None:
+        """The picture as host BGR if its camera asked for it (live view, snapshots)."""
+        with self._cond:
+            entry = self._frames.get((ref.ring, ref.seq))
+            wanted = (ref.ring, ref.seq) in self._pixels
+        return entry[1].to_bgr() if entry is not None and wanted else None
 
     def claim(self, ref: FrameRef) -> DeviceFrame | None:
         with self._cond:
@@ -71,6 +83,7 @@ class DeviceFrames:
     def release(self, ref: FrameRef) -> None:
         with self._cond:
             entry = self._frames.pop((ref.ring, ref.seq), None)
+            self._pixels.discard((ref.ring, ref.seq))
             if entry is not None:
                 self._held[entry[0]] -= 1
                 self._cond.notify_all()
@@ -233,7 +246,7 @@ class DecodeLane:
             self._say(Dropped(self._totals(ref), "queue_full", StageDrops()))
             return
         ref = self._totals(ref)
-        self._store.put(ref, picture)
+        self._store.put(ref, picture, unit.pixels)
         if not self._say(ref):
             self._store.release(ref)
 

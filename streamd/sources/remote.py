@@ -172,12 +172,14 @@ class RemoteDecoder:
         dropped: dict[str, int],
         pts: int = NO_PTS,
         end: Literal["", "flush", "close"] = "",
+        pixels: bool = False,
     ) -> EncodedUnit:
-        """The header of the unit ``seq`` of this session (or of its end)."""
+        """The header of the unit ``seq`` of this session (or of its end); ``pixels``:
+        its picture is to come back to the host (live view, snapshots)."""
         tb = self._time_base
         return EncodedUnit(self.stream, self.ring, self.codec, self.low_latency,
                            (tb.numerator, tb.denominator), pts, seq, frame, capture_ts,
-                           dropped, end)  # fmt: skip
+                           dropped, end, pixels)  # fmt: skip
 
     def sent_one(self) -> None:
         self.sent += 1
