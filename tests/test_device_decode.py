@@ -24,14 +24,20 @@ import psutil
 import pytest
 import torch
 
-from streamd.config import ModelConfig, StreamConfig
+from streamd.config import ConfigError, ModelConfig, StreamConfig, parse_config
 from streamd.detect import create_detector
 from streamd.detect.nv12 import DeviceFrame, Frame, letterbox, nv12_to_rgb
 from streamd.detect.prepost import input_shape, preprocess
 from streamd.runtime.channel import Inbox
 from streamd.sources.device_decode import DecodeLane, DeviceFrames
 from streamd.sources.nvdec import NvBackend, load_backend, probe
-from streamd.sources.reader import DecodeCounters, OpenOptions, decode_frames, open_source
+from streamd.sources.reader import (
+    DecodeCounters,
+    OpenOptions,
+    SourceStalled,
+    decode_frames,
+    open_source,
+)
 from streamd.sources.remote import PacketLink, RemoteDecoder, RemotePicture, RemoteTally
 from streamd.types import DecodeReport, Dropped, FrameRef
 
@@ -323,6 +329,51 @@ def test_a_camera_paces_its_units_in_decode_order(clips: dict[str, Path]) -> Non
     assert due == sorted(due) and pts != sorted(pts)
     steps = {round(b - a, 6) for a, b in itertools.pairwise(due)}
     assert steps == {round(1 / 15, 6)}
+
+
+def test_a_remote_session_without_pictures_stalls_and_a_failure_there_hands_over_to_the_cpu(
+    clips: dict[str, Path],
+) -> None:
+    """The camera's side of the reports: the counters follow what the detector decoded; a
+    session whose units give no picture for stall_timeout_s is stalled; a failure reported
+    by the detector puts the rest of the session on this process's CPU from the next
+    keyframe, said once."""
+    told: list[str] = []
+    tally = RemoteTally()
+    counters = DecodeCounters()
+    with open_source(OpenOptions(str(clips["h264-ipp.ts"]))) as container:
+        stream = container.streams.video[0]
+        decoder = RemoteDecoder(stream, "s", "s_nv1", tally, 0.3, told.append)
+        packets = container.demux(stream)
+        for _ in range(3):
+            assert all(
+                isinstance(u, RemotePicture) for u in decoder.decode(next(packets), counters)
+            )
+            decoder.sent_one()
+        tally.update(DecodeReport("s", "s_nv1", decoded=2, decode_errors=1))
+        decoder.decode(next(packets), counters)
+        assert (counters.decoded, counters.decode_errors) == (2, 1)
+        time.sleep(0.4)  # no picture since: stalled
+        with pytest.raises(SourceStalled):
+            decoder.decode(next(packets), counters)
+        tally.update(DecodeReport("s", "s_nv1", decoded=5, failed="CUDA_ERROR_ILLEGAL_ADDRESS"))
+        out = [decoder.decode(p, counters) for p in packets]
+    assert told == ["CUDA_ERROR_ILLEGAL_ADDRESS"] and decoder.on_cpu
+    assert counters.decoded == 5  # and the CPU's own pictures are counted by decode_frames
+    pictures = [f for batch in out for f in batch if isinstance(f, av.VideoFrame)]
+    cpu = _cpu_frames(clips["h264-ipp.ts"])  # from the keyframe after the failure: frame 10
+    assert [f.time for f in pictures] == [t for t, _ in cpu[GOP:]]
+
+
+def test_decode_in_is_strict_and_only_for_nvdec() -> None:
+    base = "model: {weights: x.pt}\nstreams:\n  - {id: a, url: a.mp4, decode: %s, decode_in: %s}\n"
+    assert parse_config(base % ("nvdec", "detector"), env={}).streams[0].decode_in == "detector"
+    assert parse_config(base % ("auto", "camera"), env={}).streams[0].decode_in == "camera"
+    for decode, where in (("cpu", "detector"), ("auto", "gpu")):
+        with pytest.raises(ConfigError) as info:
+            parse_config(base % (decode, where), env={})
+        ((key, _),) = info.value.problems
+        assert key == "streams.0.decode_in"
 
 
 def test_gpu_check_runs_both_decode_shapes_and_the_pipeline_decoded_in_the_detector() -> None:
