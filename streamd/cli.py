@@ -715,8 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample frames from the pipeline's streams, build and check its INT8 model",
     )
     cal.add_argument("file", help="pipeline YAML file")
-    cal.add_argument("--frames", type=int, default=64,
-                     help="frames in the set, over all streams (every 4th held out)")  # fmt: skip
+    cal.add_argument("--frames", type=int, default=256,
+                     help="frames in the set, over all streams (every 4th held out: 64 by "
+                          "default, enough for the guard's verdict to hold)")  # fmt: skip
     cal.add_argument("--seconds", type=float, default=60.0,
                      help="span of each stream's time to spread them over")  # fmt: skip
     cal.set_defaults(func=_cmd_calibrate)
