@@ -13,7 +13,8 @@ import numpy.typing as npt
 import pytest
 import supervision as sv
 
-from streamd.config import ConfigError, TrackerConfig, parse_config
+from streamd.analytics.engine import Observation, StreamAnalytics
+from streamd.config import ConfigError, TrackerConfig, TracksConfig, ZoneConfig, parse_config
 from streamd.track import StreamTracker
 from streamd.track.appearance import look, similarity
 
@@ -198,3 +199,37 @@ def test_random_crowds_never_give_one_id_to_two_boxes(kind: str) -> None:
         assert out.tracker_id is not None
         ids = out.tracker_id[out.tracker_id >= 0].tolist()
         assert len(ids) == len(set(ids)), f"t={t:.2f}: {ids}"
+
+
+def _zone_alerts(appearance: bool) -> tuple[list[str], list[str]]:
+    """The hidden walk through a zone covering the picture, tracked and analysed as the
+    camera's analysis thread does (analytics waits ``memory_s`` before ending a track).
+    Returns the track events and the alert rules."""
+    cfg = _config(appearance)
+    tracker = StreamTracker(cfg)
+    zone = ZoneConfig.model_validate({"name": "hall", "alert_on": ["enter", "exit"],
+        "polygon": [[0, 0], [W, 0], [W, H], [0, H]], "debounce_s": 0.2})  # fmt: skip
+    engine = StreamAnalytics([zone], [], TracksConfig(), lost_track_s=cfg.memory_s)
+    events: list[str] = []
+    rules: list[str] = []
+    for k in range(int(5 * FPS)):
+        t = k / FPS
+        hidden = 1.0 <= t < 3.5
+        frame, dets = _scene([] if hidden else [(RED, 40 + 60 * t, 120.0)])
+        out = tracker.update(dets, t, frame)
+        assert out.tracker_id is not None
+        objs = [Observation(int(i), 0, "person", 0.8, (float(x1), float(y1), float(x2), float(y2)))
+                for (x1, y1, x2, y2), i in zip(out.xyxy, out.tracker_id, strict=True)
+                if i >= 0]  # fmt: skip
+        e, a = engine.update(objs, k, t, W, H)
+        events += [x.event for x in e if x.event != "update"]
+        rules += [x.rule for x in a]
+    return events, rules
+
+
+def test_a_hidden_person_keeps_their_dwell_and_fires_no_second_enter() -> None:
+    events, rules = _zone_alerts(appearance=True)
+    assert events == ["new"] and rules == ["enter"], (events, rules)
+    # Motion alone: the person came back as someone new and entered again.
+    events, rules = _zone_alerts(appearance=False)
+    assert events.count("new") == 2 and rules.count("enter") == 2, (events, rules)

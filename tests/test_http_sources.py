@@ -110,7 +110,10 @@ def test_mjpeg_and_hls_over_http(
     run_env["daemon"] = daemon = start(cfg, run_env["tmp"] / "daemon.log")
     assert log.wait_for(is_det("mjpeg"), 120), daemon_log(run_env)[-3000:]
     assert log.wait_for(is_det("hls"), 30), daemon_log(run_env)[-3000:]
-    time.sleep(8.0)
+    # Until there is enough of each to judge (what the asserts below need), not longer.
+    enough = log.wait_for(lambda _t, _e: len(log.payloads("det.mjpeg")) >= 20
+                          and len(log.payloads("det.hls")) >= 10, 30)  # fmt: skip
+    assert enough, daemon_log(run_env)[-3000:]
     stop_and_check_clean(daemon, signal.SIGTERM, run_env["shm"])
 
     mjpeg = log.payloads("det.mjpeg")

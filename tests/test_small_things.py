@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,25 +67,35 @@ def _ask_and_vanish(listen: str, path: str) -> None:
         time.sleep(0.2)
 
 
-def test_a_client_that_goes_away_leaves_no_traceback(tmp_path: Path) -> None:
-    streams = [{"id": "dead", "url": str(tmp_path / "missing.mp4")}]  # never a frame
-    cfg = write_pipeline(tmp_path, Path("unused.pt"), free_port(), streams,
+@pytest.fixture(scope="module")
+def dead_and_live(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One daemon for the two tests that only talk to it: a camera that never gives a
+    frame (``dead``) and one that streams (``a``). Stopped once after both; its whole
+    log, the stop included, must hold no traceback."""
+    tmp = tmp_path_factory.mktemp("dead-and-live")
+    streams = [{"id": "dead", "url": str(tmp / "missing.mp4")},  # never a frame
+               {"id": "a", "url": str(clip), "loop": True, "realtime": True}]  # fmt: skip
+    cfg = write_pipeline(tmp, Path("unused.pt"), free_port(), streams,
                          model={"backend": None, "null_boxes": 1, "imgsz": 320})  # fmt: skip
-    listen = json.loads(cfg.read_text())["http"]["listen"]
-    log = tmp_path / "daemon.log"
-    daemon = start(cfg, log)
+    daemon = start(cfg, tmp / "daemon.log")
     try:
-        deadline = time.monotonic() + 60
-        while "running 1 stream" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.3)
-        for path in ("/streams/dead.jpg", "/streams/dead.jpg", "/streams/dead.mjpg"):
-            _ask_and_vanish(listen, path)
-        time.sleep(6.0)  # the .jpg answers 503 after 5 s without a frame: into a reset socket
-        assert http_status(cfg)["streams"]["dead"]["state"] == "failed"  # still serving
+        _wait_analysing(cfg, {"a"}, 60.0)
+        yield cfg
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(10)
-    text = log.read_text()
+    text = (tmp / "daemon.log").read_text()
+    assert "Traceback" not in text and "BrokenPipeError" not in text, text
+
+
+def test_a_client_that_goes_away_leaves_no_traceback(dead_and_live: Path) -> None:
+    cfg = dead_and_live
+    listen = json.loads(cfg.read_text())["http"]["listen"]
+    for path in ("/streams/dead.jpg", "/streams/dead.jpg", "/streams/dead.mjpg"):
+        _ask_and_vanish(listen, path)
+    time.sleep(6.0)  # the .jpg answers 503 after 5 s without a frame: into a reset socket
+    assert http_status(cfg)["streams"]["dead"]["state"] == "failed"  # still serving
+    text = cfg.with_name("daemon.log").read_text()  # so far; the fixture reads the rest
     assert "Traceback" not in text and "BrokenPipeError" not in text, text
 
 
@@ -93,17 +104,8 @@ def _subscribe(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
 
-def test_subscribe_reads_the_endpoint_from_a_pipeline_file(clip: Path, tmp_path: Path) -> None:
-    streams = [{"id": "a", "url": str(clip), "loop": True, "realtime": True}]
-    cfg = write_pipeline(tmp_path, Path("unused.pt"), free_port(), streams,
-                         model={"backend": None, "null_boxes": 1, "imgsz": 320})  # fmt: skip
-    daemon = start(cfg, tmp_path / "daemon.log")
-    try:
-        _wait_analysing(cfg, {"a"}, 60.0)
-        out = _subscribe(str(cfg), "--topic", "det.a", "--count", "2", "--timeout", "20")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(10)
+def test_subscribe_reads_the_endpoint_from_a_pipeline_file(dead_and_live: Path) -> None:
+    out = _subscribe(str(dead_and_live), "--topic", "det.a", "--count", "2", "--timeout", "20")
     assert out.returncode == 0, out.stderr
     assert [json.loads(line)["stream"] for line in out.stdout.splitlines()] == ["a", "a"]
 

@@ -125,7 +125,7 @@ class AnalyticsSink:
         self.stream = stream.id
         self.publisher = publisher
         self.engine = StreamAnalytics(stream.zones, stream.lines, cfg.tracks,
-                                      cfg.tracker.lost_track_s)  # fmt: skip
+                                      cfg.tracker.memory_s)  # fmt: skip
         self.last_ref: FrameRef | None = None
         self._occupancy = {z.name: metrics.ZONE_OCCUPANCY.labels(stream.id, z.name)
                            for z in stream.zones}  # fmt: skip

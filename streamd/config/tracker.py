@@ -166,6 +166,15 @@ class TrackerConfig(_Strict):
             )
         return self
 
+    @property
+    def memory_s(self) -> float:
+        """How long an unseen id may still come back: the library keeps a lost track
+        ``lost_track_s``, the appearance cue hands an identity on for ``window_s``. A
+        track's ``end`` waits this long, so a hidden person's dwell is not split."""
+        if self.appearance.enabled:
+            return max(self.lost_track_s, self.appearance.window_s)
+        return self.lost_track_s
+
     def options(self) -> ByteTrackOptions | OCSortOptions | BoTSortOptions | SortOptions:
         """The chosen kind's own options."""
         opts: ByteTrackOptions | OCSortOptions | BoTSortOptions | SortOptions = getattr(
