@@ -29,6 +29,9 @@ import supervision as sv
 
 MATCH_IOU = 0.5
 MIN_REFERENCE_BOXES = 5  # fewer FP32 boxes than this on the held frames judge nothing
+# Fewer FP32 boxes than this and chance alone moves the figures about as much as the
+# floor allows (quantisation flips a few boxes near conf each way): said with the verdict.
+STEADY_BOXES = 150
 MARGIN = 0.1  # a matched box's confidence may be this far under model.conf
 MAX_CONF_SHIFT = 0.05  # mean confidence change of matched boxes, either way
 METHOD = f"iou{MATCH_IOU}-margin{MARGIN}"  # figures cached under another method are retaken
@@ -191,6 +194,10 @@ class GuardReport:
                 short.append(
                     f"ground-truth precision {tc.precision:.3f} < {floor_precision} x fp32's"
                 )
+        if v.reference < STEADY_BOXES:
+            words += (f" (only {v.reference} fp32 boxes: chance moves these figures by a few "
+                      "hundredths; more held-out frames, e.g. streamd calibrate --frames 256, "
+                      "make the verdict steadier)")  # fmt: skip
         if short:
             return False, words + ": refused: " + "; ".join(short)
         return True, words + ": passed"
