@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import supervision as sv
@@ -25,7 +25,6 @@ from streamd import metrics
 from streamd.batching import Batcher
 from streamd.config import PipelineConfig
 from streamd.detect import Detector, DetectorError, create_detector
-from streamd.detect.nv12 import Frame
 from streamd.frames.ring import RingReaders
 from streamd.runtime.channel import Inbox, Outbox, ResultRouter
 from streamd.runtime.exits import WorkerExit
@@ -43,6 +42,9 @@ from streamd.types import (
     RouteUpdate,
     StageDrops,
 )
+
+if TYPE_CHECKING:  # torch is imported by the detector's backend, not by the supervisor
+    from streamd.detect.nv12 import Frame
 
 log = logging.getLogger(__name__)
 

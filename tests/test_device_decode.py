@@ -376,6 +376,14 @@ def test_decode_in_is_strict_and_only_for_nvdec() -> None:
         assert key == "streams.0.decode_in"
 
 
+def test_the_supervisor_and_the_cameras_do_not_import_torch() -> None:
+    """Only the detector process needs torch: importing it in the supervisor (through the
+    NV12 letterbox's types) cost seconds at every start and stop."""
+    code = ("import sys, streamd.app, streamd.sources.worker; "
+            "sys.exit('torch' in sys.modules)")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
 def test_gpu_check_runs_both_decode_shapes_and_the_pipeline_decoded_in_the_detector() -> None:
     """What a GPU session runs (make gpu-check): the decode bench in the camera processes'
     shape and the detector's (pictures in device memory), and the pipeline bench with

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import supervision as sv
 
-from streamd.detect.nv12 import Frame
 from streamd.types import FrameRef
+
+if TYPE_CHECKING:  # torch: imported where a backend is built, not by the supervisor
+    from streamd.detect.nv12 import Frame
 
 
 class DetectorError(Exception):

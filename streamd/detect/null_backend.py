@@ -13,12 +13,15 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import supervision as sv
 
-from streamd.detect.nv12 import Frame
 from streamd.types import FrameRef
+
+if TYPE_CHECKING:
+    from streamd.detect.nv12 import Frame
 
 NAMES = {0: "person"}
 _BOX_FRACTION = 0.35  # of the cell: neighbours never overlap, ids stay stable

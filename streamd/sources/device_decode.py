@@ -24,13 +24,13 @@ import threading
 import time
 from collections.abc import Callable
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import zmq
 
 from streamd.config import StreamConfig
-from streamd.detect.nv12 import DeviceFrame
 from streamd.runtime.channel import Outbox
 from streamd.sources.nvdec import (
     NO_PTS,
@@ -45,6 +45,9 @@ from streamd.sources.reader import MediaClock
 from streamd.sources.remote import PACKET_HWM
 from streamd.sources.worker import Sampler
 from streamd.types import DecodeReport, Dropped, EncodedUnit, FrameRef, StageDrops
+
+if TYPE_CHECKING:  # torch: in the detector process only (the supervisor imports this module)
+    from streamd.detect.nv12 import DeviceFrame
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +226,8 @@ class DecodeLane:
     def _picture(self, frame: NvDeviceFrame, unit: EncodedUnit, decode_ms: float) -> None:
         """``unit``: the one whose decoding gave the picture out (or the session's end)."""
         self._decoded += 1
+        from streamd.detect.nv12 import DeviceFrame  # torch is loaded here already
+
         pts_s = None if frame.pts == NO_PTS else float(frame.pts * self._time_base)
         media_ts = self._clock.stamp(pts_s, unit.capture_ts)
         picture = DeviceFrame(frame.tensor())
