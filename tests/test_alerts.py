@@ -233,7 +233,12 @@ def test_subscriber_and_daemon_restarts_lose_no_alert(
         subscriber.kill()  # mid-burst: the clip loops, alerts keep coming
         subscriber.wait(5)
         missed_from = len(_lines(out))
-        time.sleep(4)
+        # Down until it has missed some: two alerts journaled since its death.
+        missed = len(_journal(Path(journal["path"]))) + 2
+        deadline = time.monotonic() + 30
+        while len(_journal(Path(journal["path"]))) < missed:
+            assert time.monotonic() < deadline, "no alert while the subscriber was down"
+            time.sleep(0.2)
         subscriber = subprocess.Popen(sub_cmd)
         _wait_lines(out, missed_from + 8, 60)
 

@@ -53,16 +53,71 @@ def camera_and_reference(
     return server, cfg, daemon
 
 
-def test_rtsp_outage_reconnects_and_isolates(
+def test_rtsp_stall_then_outage_each_recovered_in_time_and_isolated(
     person_model: Path, live_clip: tuple[Path, Path], hevc_clip: Path, run_env: dict[str, Any]
 ) -> None:
+    """One camera through two faults in turn (one daemon start for both, each phase's
+    checks as they were on a daemon of its own): a server that stops sending on an open
+    connection, then a server that dies and comes back reconfigured."""
     clip, _ = live_clip
     server, cfg, daemon = camera_and_reference(run_env, person_model, clip)
     log: EventLog = run_env["log"]
     assert log.wait_for(is_det("other"), 30)
-    t_base = time.time()
-    time.sleep(6.0)
+    back = _stall_and_recover(server, cfg, log)
+    before = http_status(cfg)["streams"]["cam"]
+    time.sleep(max(0.0, back + 6.0 - time.time()))  # the outage's 6 s baseline
+    _outage_and_reconfigured_return(server, cfg, log, hevc_clip, run_env, (back, before))
+    stop_and_check_clean(daemon, signal.SIGTERM, run_env["shm"])
+    assert "Traceback" not in daemon_log(run_env)
 
+
+def _stall_and_recover(server: RtspServer, cfg: Path, log: EventLog) -> float:
+    """The server sends nothing (SIGSTOP) for 9 s: stalled on time, recovered, the same
+    worker throughout, the reference stream unmoved. Returns when frames came back."""
+    pid = http_status(cfg)["streams"]["cam"]["pid"]
+    t_base = time.time()
+    time.sleep(5.0)
+
+    t_stop = time.time()
+    server.pause()  # the TCP connection stays open; no more media
+    hit = log.wait_state("cam", {"stalled"}, STALL_S + 8, since=t_stop)
+    assert hit is not None, "stall watchdog did not fire"
+    assert hit[1]["reason"] == "no_frames" and hit[1]["prev_state"] == "streaming"
+    # Media already in flight still arrives after SIGSTOP (the server sends ahead), so the
+    # watchdog's promise is measured from the last frame captured, by the daemon's clock.
+    last_frame = max(p["ts"] for p in log.payloads("det.cam") if p["ts"] < hit[1]["ts"])
+    silent = hit[1]["ts"] - last_frame
+    print(f"stalled {silent:.2f}s after the last frame, {hit[0] - t_stop:.2f}s after SIGSTOP")
+    assert silent + 0.05 >= STALL_S and silent <= STALL_S + 1.0
+    # Connects to a frozen server time out too (open timeout): the worker keeps cycling.
+    assert log.wait_state("cam", {"reconnecting"}, OPEN_S + 5, since=hit[0] + 0.5)
+    time.sleep(max(0.0, t_stop + 9.0 - time.time()))
+
+    t_cont = time.time()
+    server.resume()
+    back = log.wait_for(is_det("cam", t_cont), OPEN_S + MAX_BACKOFF_S + 5.0 + 3.0)
+    assert back is not None, "no frames after SIGCONT"
+    assert back[0] - t_cont <= OPEN_S + MAX_BACKOFF_S + 5.0
+    time.sleep(4.0)
+    assert_rate_steady(log, (t_base, t_stop), [(t_stop, t_cont), (back[0], time.time())])
+    # No thread hung: the same worker process did all of this (no watchdog exit, no restart).
+    status = http_status(cfg)["streams"]["cam"]
+    assert status["pid"] == pid and status["restarts"] == 0
+    return back[0]
+
+
+def _outage_and_reconfigured_return(
+    server: RtspServer,
+    cfg: Path,
+    log: EventLog,
+    hevc_clip: Path,
+    run_env: dict[str, Any],
+    baseline: tuple[float, dict[str, Any]],
+) -> None:
+    """The server dies for 10 s and comes back as H.265 at 480x270: the outage said in
+    time, retries with capped backoff, frames back in time at the new size in a new ring,
+    the reference stream unmoved."""
+    t_base, status_before = baseline
     t_kill = time.time()
     server.kill()
     hit = log.wait_state("cam", {"stalled", "reconnecting"}, STALL_S + 5, since=t_kill)
@@ -95,53 +150,14 @@ def test_rtsp_outage_reconnects_and_isolates(
     streaming = [p for p in log.payloads("status.cam", t_up) if p["state"] == "streaming"]
     assert streaming and streaming[0]["prev_state"] == "connecting"
     status = http_status(cfg)["streams"]["cam"]
-    assert status["state"] == "streaming" and status["reconnects"] >= 3
+    assert status["state"] == "streaming"
+    assert status["reconnects"] - status_before["reconnects"] >= 3  # this outage's own
     assert status["restarts"] == 0
     # The new codec and size were taken in stride: a new frame ring, the old one gone.
     sizes = [(d["width"], d["height"]) for d in log.payloads("det.cam")]
     assert sizes[0] == (640, 360) and sizes[-1] == (480, 270)
     rings_after = {n for n in shm_segments() if n not in run_env["shm"]}
     assert len(rings_after) == len(rings_before) and rings_after != rings_before
-    stop_and_check_clean(daemon, signal.SIGTERM, run_env["shm"])
-    assert "Traceback" not in daemon_log(run_env)
-
-
-def test_rtsp_server_that_sends_nothing_stalls_and_recovers(
-    person_model: Path, live_clip: tuple[Path, Path], run_env: dict[str, Any]
-) -> None:
-    clip, _ = live_clip
-    server, cfg, daemon = camera_and_reference(run_env, person_model, clip)
-    log: EventLog = run_env["log"]
-    pid = http_status(cfg)["streams"]["cam"]["pid"]
-    t_base = time.time()
-    time.sleep(5.0)
-
-    t_stop = time.time()
-    server.pause()  # the TCP connection stays open; no more media
-    hit = log.wait_state("cam", {"stalled"}, STALL_S + 8, since=t_stop)
-    assert hit is not None, "stall watchdog did not fire"
-    assert hit[1]["reason"] == "no_frames" and hit[1]["prev_state"] == "streaming"
-    # Media already in flight still arrives after SIGSTOP (the server sends ahead), so the
-    # watchdog's promise is measured from the last frame captured, by the daemon's clock.
-    last_frame = max(p["ts"] for p in log.payloads("det.cam") if p["ts"] < hit[1]["ts"])
-    silent = hit[1]["ts"] - last_frame
-    print(f"stalled {silent:.2f}s after the last frame, {hit[0] - t_stop:.2f}s after SIGSTOP")
-    assert silent + 0.05 >= STALL_S and silent <= STALL_S + 1.0
-    # Connects to a frozen server time out too (open timeout): the worker keeps cycling.
-    assert log.wait_state("cam", {"reconnecting"}, OPEN_S + 5, since=hit[0] + 0.5)
-    time.sleep(max(0.0, t_stop + 9.0 - time.time()))
-
-    t_cont = time.time()
-    server.resume()
-    back = log.wait_for(is_det("cam", t_cont), OPEN_S + MAX_BACKOFF_S + 5.0 + 3.0)
-    assert back is not None, "no frames after SIGCONT"
-    assert back[0] - t_cont <= OPEN_S + MAX_BACKOFF_S + 5.0
-    time.sleep(4.0)
-    assert_rate_steady(log, (t_base, t_stop), [(t_stop, t_cont), (back[0], time.time())])
-    # No thread hung: the same worker process did all of this (no watchdog exit, no restart).
-    status = http_status(cfg)["streams"]["cam"]
-    assert status["pid"] == pid and status["restarts"] == 0
-    stop_and_check_clean(daemon, signal.SIGTERM, run_env["shm"])
 
 
 def test_rtsp_with_credentials_and_udp_never_leaks_the_password(
