@@ -180,6 +180,7 @@ class EncodedUnit:
     source_dropped: dict[str, int] = field(default_factory=dict)
     end: Literal["", "flush", "close"] = ""
     pixels: bool = False  # send its picture's pixels back (live view watched, snapshots)
+    key: bool = False  # a keyframe: where a decoder that joins mid-session can start
 
 
 @dataclass(frozen=True, slots=True)

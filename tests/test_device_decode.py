@@ -168,10 +168,11 @@ class _Detector:
 
 
 def _send_session(link: PacketLink, clip: Path, ring: str, stop_after: int | None = None,
-                  frame0: int = 0) -> int:  # fmt: skip
+                  frame0: int = 0, skip: int = 0) -> int:  # fmt: skip
     """What a camera's process sends for one session of ``clip``: its access units (Annex B,
     as RemoteDecoder makes them), then the end (``flush`` at the file's end, ``close``
-    when stopped early, as at a reconnect). The units sent."""
+    when stopped early, as at a reconnect); ``skip``: the first units are not sent (a
+    detector that joined mid-session). The units sent."""
     with open_source(OpenOptions(str(clip))) as container:
         stream = container.streams.video[0]
         decoder = RemoteDecoder(stream, "s", ring, RemoteTally(), 10.0)
@@ -179,8 +180,12 @@ def _send_session(link: PacketLink, clip: Path, ring: str, stop_after: int | Non
         for packet in container.demux(stream):
             for unit in decoder.decode(packet, DecodeCounters()):
                 assert isinstance(unit, RemotePicture)
+                if skip:
+                    skip -= 1
+                    continue
                 sent += 1
-                header = decoder.header(sent, frame0 + sent - 1, time.time(), {}, unit.pts)
+                header = decoder.header(sent, frame0 + sent - 1, time.time(), {}, unit.pts,
+                                        key=unit.key)  # fmt: skip
                 assert link.send(header, unit.data, lambda: True)
             if stop_after is not None and sent >= stop_after:
                 break
@@ -267,6 +272,25 @@ def test_a_new_session_closes_the_old_decoder_and_nothing_of_it_comes_after(
     assert [r.frame for r in detector.refs if r.ring == "s_nv2"] == list(range(12, 12 + FRAMES))
 
 
+def test_a_decode_thread_that_joins_a_session_midway_starts_at_its_next_keyframe(
+    clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]]
+) -> None:
+    """The detector process restarted while a camera streamed: units without their
+    references are counted as refused, not fed to NVDEC; pictures start at the keyframe."""
+    detector, make = lane_env
+    lane = make(FakeDeviceBackend())
+    link = PacketLink(lane.endpoint)
+    try:
+        assert _send_session(link, clips["h264-ipp.ts"], "s_nv1", skip=3) == FRAMES - 3
+        detector.until(lambda: detector.final("s_nv1") is not None)
+    finally:
+        link.close()
+    final = detector.final("s_nv1")
+    assert final is not None and final.decoded == FRAMES - GOP
+    assert final.decode_errors == GOP - 3
+    assert len(detector.refs) == FRAMES - GOP
+
+
 def test_a_decoder_that_raises_in_the_detector_is_contained_and_the_camera_told(
     clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]]
 ) -> None:
@@ -323,6 +347,8 @@ def test_a_camera_paces_its_units_in_decode_order(clips: dict[str, Path]) -> Non
         decoder = RemoteDecoder(stream, "s", "s_nv1", RemoteTally(), 10.0)
         units = [u for p in container.demux(stream) for u in decoder.decode(p, DecodeCounters())]
     assert isinstance(units[0], RemotePicture) and len(units) == FRAMES
+    keys = [i for i, u in enumerate(units) if isinstance(u, RemotePicture) and u.key]
+    assert keys == list(range(0, FRAMES, GOP))  # where a camera that dropped one resumes
     due = [u.time for u in units if isinstance(u, RemotePicture) and u.time is not None]
     pts = [u.pts_s for u in units if isinstance(u, RemotePicture) and u.pts_s is not None]
     assert len(due) == len(pts) == FRAMES

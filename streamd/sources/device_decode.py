@@ -131,6 +131,7 @@ class DecodeLane:
         self._sampler = None if stream.max_fps is None else Sampler(stream.max_fps)
         # This session's state.
         self._ring = ""
+        self._keyed = False  # a keyframe came this session: units can be decoded
         self._base = 0
         self._session: NvDeviceSession | None = None
         self._failed = ""
@@ -185,11 +186,17 @@ class DecodeLane:
             if unit.end == "flush" and not self._failed:
                 self._decode(unit, b"", flush=True)
             self._end_session()
-        elif not self._failed:  # else the camera was told: it decodes on its CPU now
+        elif self._failed:
+            return  # the camera was told: it decodes on its CPU now
+        elif self._keyed or unit.key:
+            self._keyed = True
             self._decode(unit, data, flush=False)
+        else:  # joined mid-session (this process restarted): no references to decode from
+            self._errors += 1
 
     def _begin_session(self, unit: EncodedUnit) -> None:
         self._ring, self._failed = unit.ring, ""
+        self._keyed = False
         self._decoded = self._errors = 0
         self._reported = (-1, -1, -1)
         self._base = unit.frame  # frame indices go on from the camera's, in display order

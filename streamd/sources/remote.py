@@ -157,11 +157,12 @@ class RemoteDecoder:
         w, h = self._size
         out: list[Picture] = []
         tb = self._time_base
+        key = bool(packet.is_keyframe)  # read first: the filter takes the packet's data
         for unit in self._bsf.filter(packet):
             pts = NO_PTS if unit.pts is None else int(unit.pts)
             t = None if unit.pts is None else float(unit.pts * tb)
             due = t if unit.dts is None else float(unit.dts * tb)
-            out.append(RemotePicture(bytes(unit), pts, bool(packet.is_keyframe), w, h, due, t))
+            out.append(RemotePicture(bytes(unit), pts, key, w, h, due, t))
         return out
 
     def header(
@@ -173,13 +174,14 @@ class RemoteDecoder:
         pts: int = NO_PTS,
         end: Literal["", "flush", "close"] = "",
         pixels: bool = False,
+        key: bool = False,
     ) -> EncodedUnit:
         """The header of the unit ``seq`` of this session (or of its end); ``pixels``:
         its picture is to come back to the host (live view, snapshots)."""
         tb = self._time_base
         return EncodedUnit(self.stream, self.ring, self.codec, self.low_latency,
                            (tb.numerator, tb.denominator), pts, seq, frame, capture_ts,
-                           dropped, end, pixels)  # fmt: skip
+                           dropped, end, pixels, key)  # fmt: skip
 
     def sent_one(self) -> None:
         self.sent += 1

@@ -401,7 +401,7 @@ class SourceWorker:
             return not self.stop.is_set()
         seq = decoder.sent + 1
         unit = decoder.header(seq, index, time.time(), dict(self._dropped), picture.pts,
-                              pixels=self.analysis.wants_pixels())  # fmt: skip
+                              pixels=self.analysis.wants_pixels(), key=picture.key)  # fmt: skip
         self.analysis.inflight.add(decoder.ring, seq, None)  # no pixels here: in the detector
         wait = (lambda: not self.stop.is_set()) if policy == "block" else None
         if not self.link.send(unit, picture.data, wait):
