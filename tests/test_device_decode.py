@@ -323,20 +323,27 @@ def test_max_fps_samples_pictures_in_the_detector_on_the_media_clock(
     clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]]
 ) -> None:
     """15 fps at max_fps 5: every third picture is announced, the others go back to the
-    camera as ``sampled`` drops (so its in-flight count and drop totals stay true)."""
+    camera as ``sampled`` drops (so its in-flight count and drop totals stay true), over
+    two sessions of one camera process."""
     detector, make = lane_env
     lane = make(FakeDeviceBackend(), max_fps=5.0)
     link = PacketLink(lane.endpoint)
     try:
-        _send_session(link, clips["h264-ipp.ts"], "s_nv1")
-        detector.until(lambda: detector.final("s_nv1") is not None)
+        _send_session(link, clips["h264-ipp.ts"], "s_1_nv1")
+        _send_session(link, clips["h264-ipp.ts"], "s_1_nv2")  # the camera's next session
+        detector.until(lambda: detector.final("s_1_nv2") is not None)
     finally:
         link.close()
-    assert len(detector.refs) == FRAMES // 3 and len(detector.dropped) == FRAMES - FRAMES // 3
+    kept, left = FRAMES // 3, FRAMES - FRAMES // 3
+    assert len(detector.refs) == 2 * kept and len(detector.dropped) == 2 * left
     assert {d.cause for d in detector.dropped} == {"sampled"}
-    assert detector.refs[-1].source_dropped["sampled"] == FRAMES - FRAMES // 3 - 2
-    final = detector.final("s_nv1")
-    assert final is not None and final.sampled == FRAMES - FRAMES // 3
+    # The camera's running totals: every sampled picture of its process so far.
+    assert detector.refs[kept - 1].source_dropped["sampled"] == left - 2
+    assert detector.refs[-1].source_dropped["sampled"] == 2 * left - 2
+    # Each session's report its own (the camera adds them up).
+    for ring in ("s_1_nv1", "s_1_nv2"):
+        final = detector.final(ring)
+        assert final is not None and final.sampled == left
 
 
 def test_a_camera_paces_its_units_in_decode_order(clips: dict[str, Path]) -> None:

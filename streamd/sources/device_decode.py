@@ -139,7 +139,10 @@ class DecodeLane:
         self._decoded = self._errors = 0
         self._reported = (-1, -1, -1)
         self._reported_at = 0.0
-        # Across sessions, in the source_dropped totals every picture carries.
+        self._session_sampled = 0
+        # Across the sessions of one camera process, in the source_dropped totals every
+        # picture carries (its own counts start again with the process).
+        self._camera = ""
         self._sampled = self._full = 0
         self._thread = threading.Thread(target=self._run, name=f"decode {stream.id}", daemon=True)
         self._out: Outbox | None = None
@@ -197,6 +200,10 @@ class DecodeLane:
     def _begin_session(self, unit: EncodedUnit) -> None:
         self._ring, self._failed = unit.ring, ""
         self._keyed = False
+        self._session_sampled = 0
+        camera = unit.ring.rsplit("nv", 1)[0]  # the ring prefix: stream index, pid
+        if camera != self._camera:
+            self._camera, self._sampled, self._full = camera, 0, 0
         self._decoded = self._errors = 0
         self._reported = (-1, -1, -1)
         self._base = unit.frame  # frame indices go on from the camera's, in display order
@@ -248,6 +255,7 @@ class DecodeLane:
         )  # fmt: skip
         if self._sampler is not None and not self._sampler.keep(media_ts):
             self._sampled += 1
+            self._session_sampled += 1
             self._say(Dropped(self._totals(ref), "sampled", StageDrops()))
             return
         if self.policy == "block":
@@ -295,14 +303,14 @@ class DecodeLane:
                 log.warning("closing the NVDEC session of %s failed: %s", self.stream, e)
 
     def _report(self, force: bool = False, final: bool = False) -> None:
-        figures = (self._decoded, self._errors, self._sampled)
+        figures = (self._decoded, self._errors, self._session_sampled)
         now = time.monotonic()
         quiet = figures == self._reported or now - self._reported_at < REPORT_EVERY_S
         if not self._ring or (quiet and not force):
             return
         self._reported, self._reported_at = figures, now
         self._say(DecodeReport(self.stream, self._ring, self._decoded, self._errors,
-                               self._sampled, final, self._failed))  # fmt: skip
+                               self._session_sampled, final, self._failed))  # fmt: skip
 
     def _say(self, msg: FrameRef | Dropped | DecodeReport) -> bool:
         assert self._out is not None
