@@ -389,6 +389,8 @@ class SourceWorker:
     def _forward(self, decoder: RemoteDecoder, picture: RemotePicture) -> bool:
         """One access unit to the detector's decode thread; False if told to stop."""
         assert self.link is not None
+        if not self.analysis.alive:
+            raise RuntimeError("the analysis thread died; restarting this camera's process")
         index = self._frames
         self._frames += 1
         policy = self.spec.drop_policy
