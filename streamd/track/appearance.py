@@ -7,20 +7,20 @@ library starts a new track; and where two people cross, its tracks can come out 
 crossing on the wrong people. Either re-fires every alert on them.
 
 This layer sits after the library and maps its track ids to the ids streamd publishes.
-Each identity keeps a colour signature (hue/saturation histograms of the upper and
-lower halves of its box: a dimmer or brighter scene changes little), learnt only from
-boxes no other box covers and that still look like it.
+Each identity keeps a colour signature (hue x saturation histograms of three
+horizontal stripes of its box, leaving out what nearer boxes cover; brightness left
+out, so a dimmer or brighter scene changes little), learnt only from boxes mostly
+visible that still look like it.
 
-- **Re-linking**: a track the library confirms is compared with the identities no box
-  carried in the newest frame and seen in the last ``window_s`` seconds, within walking
-  distance; it takes over the one it resembles best (similarity at least
-  ``min_similarity``) instead of getting a new id.
+- **Re-linking**: a new identity, at its first box at least half visible, is compared
+  with the identities that vanished in the last ``window_s`` seconds before it was
+  confirmed, within reach of where they were heading; it takes over the one it
+  resembles best (similarity at least ``min_similarity``) instead of keeping a new id.
 - **Crossings**: an identity whose box touched another's in the last ``window_s``
-  seconds and is clear again is checked against them: if exchanging the two ids fits
-  the colours better by ``swap_margin``, they are exchanged (the other may have vanished
-  meanwhile: then this box takes its id, and its own id waits to be re-linked).
+  seconds is checked, once both boxes show enough, against the other: if exchanging
+  the two ids fits the colours better by ``2 * swap_margin``, they are exchanged.
 
-Look-alikes (similarity above every margin) are left as the library had them.
+Look-alikes (the same clothes) are left as the library had them.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ _STRIPES = 3
 _RANGES = (0.0, 180.0, 0.0, 256.0)
 # The signature is measured on this many pixels (box resized): cost independent of size.
 _SAMPLE = (24, 48)
+_ROWS = [(i * _SAMPLE[1] // _STRIPES, (i + 1) * _SAMPLE[1] // _STRIPES) for i in range(_STRIPES)]
 # A box is compared when at least this share of it shows, and learnt from above the next.
 _MIN_VISIBLE = 0.5
 _LEARN_VISIBLE = 0.85
@@ -52,7 +53,13 @@ _LEARN_VISIBLE = 0.85
 _LEARN = 0.1
 # ... and only from a box this like it already (one person's boxes score 0.95-1.0).
 _LEARN_SIMILAR = 0.9
+# ... at most this often (a look costs a resize and three histograms).
+_LEARN_EVERY_S = 0.2
 _NONE = 1e6
+# A vanished identity is handed on only to a track confirmed this long after it was last
+# seen: a track is confirmed a few frames after its first box, and one person's old and
+# new tracks do not overlap in time (a look-alike walking next to them may).
+_GAP_S = 0.25
 # Velocity is measured over this long a trail.
 _TRAIL_S = 1.0
 
@@ -73,6 +80,7 @@ class _Identity:
     trail: deque[tuple[float, npt.NDArray[np.float64]]] = field(default_factory=deque)
     signature: Signature | None = None
     born: float = 0.0
+    learnt: float = -1e9  # when its signature was last looked at
     provisional: bool = True  # new, not yet compared with the vanished (no clear box)
     contacts: dict[int, float] = field(default_factory=dict)  # other id -> last touch
 
@@ -105,14 +113,15 @@ def look(image: Image, box: Box, nearer: list[Box]) -> Look | None:
     if visible < _MIN_VISIBLE:
         return None
     crop = cv2.resize(image[y1:y2, x1:x2], _SAMPLE, interpolation=cv2.INTER_AREA)
-    small: Image = np.asarray(cv2.resize(mask, _SAMPLE, interpolation=cv2.INTER_NEAREST))
+    small: Image | None = None
+    if visible < 1.0:
+        small = np.asarray(cv2.resize(mask, _SAMPLE, interpolation=cv2.INTER_NEAREST))
     hsv: Image = np.asarray(cv2.cvtColor(crop, cv2.COLOR_BGR2HSV))
-    rows = np.linspace(0, _SAMPLE[1], _STRIPES + 1).astype(int)
-    parts = [_hist(hsv[a:b], small[a:b]) for a, b in zip(rows[:-1], rows[1:], strict=True)]
+    parts = [_hist(hsv[a:b], None if small is None else small[a:b]) for a, b in _ROWS]
     return Look(np.concatenate(parts).astype(np.float32), visible)
 
 
-def _hist(hsv: Image, mask: Image) -> Signature:
+def _hist(hsv: Image, mask: Image | None) -> Signature:
     hist = cv2.calcHist([hsv], [0, 1], mask, list(_BINS), list(_RANGES)).ravel()
     total = float(hist.sum())
     return (hist / total if total > 0 else hist).astype(np.float32)
@@ -120,10 +129,11 @@ def _hist(hsv: Image, mask: Image) -> Signature:
 
 def similarity(a: Signature, b: Signature) -> float:
     """Mean Bhattacharyya coefficient of the stripes both show (1 = identical colours)."""
-    n = a.size // _STRIPES
-    parts = [slice(i * n, (i + 1) * n) for i in range(_STRIPES)]
-    coeffs = [float(np.sum(np.sqrt(a[s] * b[s]))) for s in parts if a[s].any() and b[s].any()]
-    return float(np.mean(coeffs)) if coeffs else 0.0
+    sa, sb = a.reshape(_STRIPES, -1), b.reshape(_STRIPES, -1)
+    both = (sa.sum(axis=1) > 0) & (sb.sum(axis=1) > 0)
+    if not both.any():
+        return 0.0
+    return float(np.sqrt(sa[both] * sb[both]).sum(axis=1).mean())
 
 
 class Relinker:
@@ -135,7 +145,7 @@ class Relinker:
         self._ids: dict[int, _Identity] = {}  # published id -> what it looked like
         self._next = 0
         self.relinked = 0  # identities handed on to a new library track
-        self.swapped = 0  # crossings undone
+        self.swapped = 0  # crossings undone (ids exchanged)
 
     def update(
         self, boxes: npt.NDArray[np.floating[Any]], lib_ids: npt.NDArray[np.int64], ts: float,
@@ -144,10 +154,7 @@ class Relinker:
         """The published ids for this frame's boxes (-1, not yet confirmed, stays -1)."""
         b = boxes.astype(np.float64)
         rows = [k for k, i in enumerate(lib_ids) if i >= 0]
-        looks: dict[int, Look] = {}
-        if image is not None:
-            looks = _looks(image, b, rows)
-        sigs = {k: v.signature for k, v in looks.items()}
+        looks = _Looks(image, b)
         for k in rows:
             lib = int(lib_ids[k])
             if lib not in self._out_of:
@@ -157,16 +164,14 @@ class Relinker:
                 # Its identity was handed on, or forgotten while the library kept it lost.
                 old = self._out_of[lib]
                 self._ids[old] = _Identity(old, b[k], ts, born=ts, provisional=False)
-        self._relink(rows, b, lib_ids, ts, sigs)
+        self._relink(rows, b, lib_ids, ts, looks)
         out = np.full(len(lib_ids), -1, np.int64)
         for k in rows:
             out[k] = self._out_of[int(lib_ids[k])]
-        self._uncross(out, rows, lib_ids, ts, sigs)
+        self._uncross(out, rows, lib_ids, ts, looks)
         for k in rows:
             out[k] = self._out_of[int(lib_ids[k])]
-            seen = looks.get(k)
-            clear = seen is not None and seen.visible >= _LEARN_VISIBLE
-            self._observe(int(out[k]), b[k], ts, seen.signature if seen and clear else None)
+            self._observe(int(out[k]), b[k], ts, looks, k)
         self._touch(out, rows, b, ts)
         self._forget(ts)
         return out
@@ -177,12 +182,12 @@ class Relinker:
 
     def _relink(
         self, rows: list[int], b: Box, lib_ids: npt.NDArray[np.int64], ts: float,
-        sigs: dict[int, Signature],
+        looks: _Looks,
     ) -> None:  # fmt: skip
         """New identities, at their first clear box, take over vanished ones they resemble
         (vanished before the new one was born: never two ids of one person at once)."""
-        fresh = [k for k in rows if sigs.get(k) is not None
-                 and self._ids[self._out_of[int(lib_ids[k])]].provisional]  # fmt: skip
+        fresh = [k for k in rows if self._ids[self._out_of[int(lib_ids[k])]].provisional
+                 and looks.signature(k) is not None]  # fmt: skip
         carried = {self._out_of[int(lib_ids[k])] for k in rows}
         gone = [d for d in self._ids.values()
                 if d.out_id not in carried and d.signature is not None]  # fmt: skip
@@ -192,13 +197,17 @@ class Relinker:
             return
         cost = np.full((len(fresh), len(gone)), _NONE)
         for r, k in enumerate(fresh):
-            sig = sigs[k]
+            sig = looks.signature(k)
             assert sig is not None
             for c, d in enumerate(gone):
                 assert d.signature is not None
                 sim = similarity(sig, d.signature)
                 born = self._ids[self._out_of[int(lib_ids[k])]].born
-                if sim >= self._opt.min_similarity and d.ts < born and self._reachable(d, b[k], ts):
+                if (
+                    sim >= self._opt.min_similarity
+                    and d.ts < born - _GAP_S
+                    and self._reachable(d, b[k], ts)
+                ):
                     cost[r, c] = 1.0 - sim
         for r, c in zip(*linear_sum_assignment(cost), strict=True):
             if cost[r, c] < _NONE:
@@ -209,36 +218,27 @@ class Relinker:
 
     def _uncross(
         self, out: npt.NDArray[np.int64], rows: list[int], lib_ids: npt.NDArray[np.int64],
-        ts: float, sigs: dict[int, Signature],
+        ts: float, looks: _Looks,
     ) -> None:  # fmt: skip
         """Undo a crossing the library came out of with two people's tracks exchanged."""
         row_of = {int(out[k]): k for k in rows}
         for k in rows:
             me = self._ids.get(int(out[k]))
-            now = sigs.get(k)
-            if me is None or me.signature is None or now is None:
+            if me is None or me.signature is None or not me.contacts:
+                continue
+            now = looks.signature(k)
+            if now is None:
                 continue
             mine = similarity(now, me.signature)
-            for other_id, touched in list(me.contacts.items()):
-                other = self._ids.get(other_id)
-                if other is None or other.signature is None or ts - touched > self._opt.window_s:
-                    continue
-                theirs = similarity(now, other.signature)
-                j = row_of.get(other_id)
-                if j is None:  # vanished: this box may be theirs
-                    better = theirs - mine >= self._opt.swap_margin
-                    if better and theirs >= self._opt.min_similarity:
-                        self._hand_on(int(lib_ids[k]), other_id)
-                        del row_of[int(out[k])]
-                        out[k] = row_of[other_id] = other_id
-                        self.swapped += 1
-                        break
-                    continue
-                their_now = sigs.get(j)
+            for other_id in [i for i, t in me.contacts.items() if ts - t <= self._opt.window_s]:
+                other, j = self._ids.get(other_id), row_of.get(other_id)
+                if other is None or other.signature is None or j is None:
+                    continue  # a vanished one is for re-linking, not this
+                their_now = looks.signature(j)
                 if their_now is None:
                     continue
                 kept = mine + similarity(their_now, other.signature)
-                exchanged = theirs + similarity(their_now, me.signature)
+                exchanged = similarity(now, other.signature) + similarity(their_now, me.signature)
                 if exchanged - kept >= 2 * self._opt.swap_margin:
                     self._exchange(int(lib_ids[k]), int(lib_ids[j]))
                     out[k], out[j] = out[j], out[k]
@@ -265,7 +265,7 @@ class Relinker:
         height = max(1.0, float(d.box[3] - d.box[1]))
         return float(np.linalg.norm(centre - predicted)) <= height * (0.5 + self._opt.drift * dt)
 
-    def _observe(self, out_id: int, box: Box, ts: float, sig: Signature | None) -> None:
+    def _observe(self, out_id: int, box: Box, ts: float, looks: _Looks, k: int) -> None:
         d = self._ids.get(out_id)
         if d is None:  # a library track whose id was handed on came back
             d = self._ids[out_id] = _Identity(out_id, box, ts, born=ts, provisional=False)
@@ -273,8 +273,12 @@ class Relinker:
         d.trail.append((ts, (box[:2] + box[2:]) / 2))
         while d.trail[0][0] < ts - _TRAIL_S:
             d.trail.popleft()
-        if sig is None:
+        if d.signature is not None and ts - d.learnt < _LEARN_EVERY_S:
             return
+        seen = looks(k)
+        if seen is None or seen.visible < _LEARN_VISIBLE:
+            return
+        d.learnt, sig = ts, seen.signature
         if d.signature is None:
             d.signature = sig
         elif similarity(sig, d.signature) >= _LEARN_SIMILAR:
@@ -307,11 +311,23 @@ def _overlap(a: Box, b: Box) -> bool:
     return bool(min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]))
 
 
-def _looks(image: Image, b: Box, rows: list[int]) -> dict[int, Look]:
-    """Each confirmed box's look; a box is hidden by every box whose bottom is lower."""
-    out = {}
-    for k in rows:
-        seen = look(image, b[k], [b[j] for j in range(len(b)) if j != k and b[j][3] > b[k][3]])
-        if seen is not None:
-            out[k] = seen
-    return out
+class _Looks:
+    """This frame's looks, taken only for the boxes asked about, once each; a box is
+    hidden by every box whose bottom is lower (nearer the camera)."""
+
+    def __init__(self, image: Image | None, boxes: Box) -> None:
+        self._image, self._b = image, boxes
+        self._seen: dict[int, Look | None] = {}
+
+    def __call__(self, k: int) -> Look | None:
+        if self._image is None:
+            return None
+        if k not in self._seen:
+            b = self._b
+            nearer = [b[j] for j in range(len(b)) if j != k and b[j][3] > b[k][3]]
+            self._seen[k] = look(self._image, b[k], nearer)
+        return self._seen[k]
+
+    def signature(self, k: int) -> Signature | None:
+        seen = self(k)
+        return None if seen is None else seen.signature
