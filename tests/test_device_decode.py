@@ -275,8 +275,8 @@ def test_a_new_session_closes_the_old_decoder_and_nothing_of_it_comes_after(
 def test_a_decode_thread_that_joins_a_session_midway_starts_at_its_next_keyframe(
     clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]]
 ) -> None:
-    """The detector process restarted while a camera streamed: units without their
-    references are counted as refused, not fed to NVDEC; pictures start at the keyframe."""
+    """A session whose first units never came: units without their references are
+    counted as refused, not fed to NVDEC; pictures start at the next keyframe."""
     detector, make = lane_env
     lane = make(FakeDeviceBackend())
     link = PacketLink(lane.endpoint)

@@ -194,7 +194,7 @@ class DecodeLane:
         elif self._keyed or unit.key:
             self._keyed = True
             self._decode(unit, data, flush=False)
-        else:  # joined mid-session (this process restarted): no references to decode from
+        else:  # the session's first units never came (lost on the way): no references
             self._errors += 1
 
     def _begin_session(self, unit: EncodedUnit) -> None:
