@@ -398,6 +398,18 @@ def test_a_remote_session_without_pictures_stalls_and_a_failure_there_hands_over
     assert [f.time for f in pictures] == [t for t, _ in cpu[GOP:]]
 
 
+def test_the_camera_keeps_the_detectors_last_report_and_adds_up_sampled_pictures() -> None:
+    """A long-running camera (a looping file: a session a loop) holds one report, not one
+    per session, and its sampled total goes across sessions."""
+    tally = RemoteTally()
+    for n in range(1, 1001):
+        tally.update(DecodeReport("s", f"s_nv{n}", decoded=3, sampled=2, final=False))
+        tally.update(DecodeReport("s", f"s_nv{n}", decoded=10, sampled=5, final=True))
+    assert tally.sampled() == 5000
+    last = tally.get("s_nv1000")
+    assert last is not None and last.final and tally.get("s_nv999") is None
+
+
 def test_decode_in_is_strict_and_only_for_nvdec() -> None:
     base = "model: {weights: x.pt}\nstreams:\n  - {id: a, url: a.mp4, decode: %s, decode_in: %s}\n"
     assert parse_config(base % ("nvdec", "detector"), env={}).streams[0].decode_in == "detector"

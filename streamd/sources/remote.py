@@ -67,25 +67,31 @@ class PacketLink:
 
 
 class RemoteTally:
-    """The detector's latest report per decode session; written by the analysis thread,
-    read by the decoding thread."""
+    """The detector's latest report on the current decode session, and what earlier
+    sessions sampled; written by the analysis thread, read by the decoding thread.
+    (Sessions are decoded one after another and reported in order.)"""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_ring: dict[str, DecodeReport] = {}
+        self._last: DecodeReport | None = None
+        self._sampled_before = 0  # by the sessions before the last one
 
     def update(self, report: DecodeReport) -> None:
         with self._lock:
-            self._by_ring[report.ring] = report
+            last = self._last
+            if last is not None and last.ring != report.ring:
+                self._sampled_before += last.sampled
+            self._last = report
 
     def get(self, ring: str) -> DecodeReport | None:
         with self._lock:
-            return self._by_ring.get(ring)
+            last = self._last
+        return last if last is not None and last.ring == ring else None
 
     def sampled(self) -> int:
         """Pictures ``max_fps`` left out in the detector, over every session."""
         with self._lock:
-            return sum(r.sampled for r in self._by_ring.values())
+            return self._sampled_before + (self._last.sampled if self._last else 0)
 
 
 @dataclass(frozen=True, slots=True)
