@@ -112,7 +112,9 @@ def look(image: Image, box: Box, nearer: list[Box]) -> Look | None:
     visible = float(np.count_nonzero(mask)) / mask.size
     if visible < _MIN_VISIBLE:
         return None
-    crop = cv2.resize(image[y1:y2, x1:x2], _SAMPLE, interpolation=cv2.INTER_AREA)
+    # Nearest sampling: a histogram of ~1,000 sampled pixels needs no filtering, and
+    # area averaging of a large crop cost ~80 us a box.
+    crop = cv2.resize(image[y1:y2, x1:x2], _SAMPLE, interpolation=cv2.INTER_NEAREST)
     small: Image | None = None
     if visible < 1.0:
         small = np.asarray(cv2.resize(mask, _SAMPLE, interpolation=cv2.INTER_NEAREST))
@@ -122,18 +124,20 @@ def look(image: Image, box: Box, nearer: list[Box]) -> Look | None:
 
 
 def _hist(hsv: Image, mask: Image | None) -> Signature:
+    """The stripe's histogram summing to 1, kept as its square root: the Bhattacharyya
+    coefficient of two is then a dot product."""
     hist = cv2.calcHist([hsv], [0, 1], mask, list(_BINS), list(_RANGES)).ravel()
     total = float(hist.sum())
-    return (hist / total if total > 0 else hist).astype(np.float32)
+    return np.asarray(np.sqrt(hist / total if total > 0 else hist), np.float32)
 
 
 def similarity(a: Signature, b: Signature) -> float:
     """Mean Bhattacharyya coefficient of the stripes both show (1 = identical colours)."""
     sa, sb = a.reshape(_STRIPES, -1), b.reshape(_STRIPES, -1)
-    both = (sa.sum(axis=1) > 0) & (sb.sum(axis=1) > 0)
-    if not both.any():
-        return 0.0
-    return float(np.sqrt(sa[both] * sb[both]).sum(axis=1).mean())
+    coeffs = np.einsum("ij,ij->i", sa, sb)
+    # A stripe one of them does not show (all hidden) sums to 0 and is left out.
+    shown = np.einsum("ij->i", sa) * np.einsum("ij->i", sb) > 0
+    return float(coeffs[shown].mean()) if shown.any() else 0.0
 
 
 class Relinker:
