@@ -30,7 +30,7 @@ from streamd.detect.nv12 import DeviceFrame, Frame, letterbox, nv12_to_rgb
 from streamd.detect.prepost import input_shape, preprocess
 from streamd.runtime.channel import Inbox
 from streamd.sources.device_decode import DecodeLane, DeviceFrames
-from streamd.sources.nvdec import NvBackend, load_backend, probe
+from streamd.sources.nvdec import NvBackend, PyNvBackend, load_backend, probe
 from streamd.sources.reader import (
     DecodeCounters,
     OpenOptions,
@@ -344,6 +344,31 @@ def test_max_fps_samples_pictures_in_the_detector_on_the_media_clock(
     for ring in ("s_1_nv1", "s_1_nv2"):
         final = detector.final(ring)
         assert final is not None and final.sampled == left
+
+
+@pytest.mark.parametrize("planes_only", [False, True])
+def test_the_pynvvideocodec_shim_hands_out_device_pictures(
+    clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch, planes_only: bool
+) -> None:
+    """PyNvBackend.open_device as written, over the fake library: the frame taken whole
+    over DLPack, or from its planes where it exports none; the CPU's pixels either way."""
+    if planes_only:
+        monkeypatch.setenv("FAKE_NVDEC_PLANES_ONLY", "1")
+    detector_side = PyNvBackend(test_nvdec._fake_pynv())
+    with open_source(OpenOptions(str(clips["h264-ipp.ts"]))) as container:
+        stream = container.streams.video[0]
+        session = detector_side.open_device("h264", 0, True)
+        remote = RemoteDecoder(stream, "s", "s_nv1", RemoteTally(), 10.0)
+        units = [u for p in container.demux(stream) for u in remote.decode(p, DecodeCounters())]
+        pictures = [f for u in units if isinstance(u, RemotePicture)
+                    for f in session.decode(u.data, u.pts)]  # fmt: skip
+        pictures += session.flush()
+        session.close()
+    cpu = _cpu_frames(clips["h264-ipp.ts"])
+    assert len(pictures) == len(cpu) == FRAMES
+    for picture, (_, bgr) in zip(pictures, cpu, strict=True):
+        ours = DeviceFrame(picture.tensor()).to_bgr()
+        assert int(np.abs(ours.astype(np.int16) - bgr).max()) <= 1
 
 
 def test_a_camera_paces_its_units_in_decode_order(clips: dict[str, Path]) -> None:

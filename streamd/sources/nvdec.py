@@ -530,18 +530,37 @@ class _DeviceFrame:
 
 
 def _device_frame(frame: Any, width: int, height: int) -> _DeviceFrame:
-    from torch.utils.dlpack import from_dlpack
-
-    try:
-        view = from_dlpack(frame)
-    except Exception as e:  # a layout or device the binding does not export
-        raise NvdecDeviceError(f"the decoded frame does not export DLPack: {e}") from e
-    if view.numel() != width * height * 3 // 2:
-        raise NvdecDeviceError(f"frame of {view.numel()} values is not NV12 {width}x{height}")
     # The decoder reuses its surfaces: a device→device copy before the next Decode.
-    data = view.reshape(height * 3 // 2, width).clone()
+    data = _nv12_view(frame, width, height).clone()
     pts = frame.getPTS() if hasattr(frame, "getPTS") else frame.timestamp
     return _DeviceFrame(int(pts), data)
+
+
+def _nv12_view(frame: Any, width: int, height: int) -> torch.Tensor:
+    """The library's picture as one ``(height * 3/2, width)`` uint8 tensor on its device:
+    the whole frame over DLPack, or else its planes (``cuda()``: Y, then interleaved UV,
+    each with the CUDA Array Interface) joined (one copy)."""
+    import torch
+
+    rows = height * 3 // 2
+    try:
+        view = torch.utils.dlpack.from_dlpack(frame)
+        if view.numel() == rows * width:
+            return view.reshape(rows, width)
+        why = f"DLPack gives {tuple(view.shape)}, not NV12 {width}x{height}"
+    except Exception as e:  # a binding that exports its planes only
+        why = f"no DLPack ({e})"
+    try:
+        planes = [torch.as_tensor(p, device="cuda" if torch.cuda.is_available() else "cpu")
+                  for p in frame.cuda()]  # fmt: skip
+        y, uv = (p.reshape(-1, width) for p in planes[:2])
+    except Exception as e:
+        text = f"the decoded frame gives no NV12 picture: {why}; planes: {e}"
+        raise NvdecDeviceError(text) from e
+    if y.shape[0] != height or uv.shape[0] != height // 2:
+        raise NvdecDeviceError(f"planes {tuple(y.shape)} + {tuple(uv.shape)} are not NV12 "
+                               f"{width}x{height} ({why})")  # fmt: skip
+    return torch.cat((y, uv))
 
 
 @dataclass(frozen=True, slots=True)

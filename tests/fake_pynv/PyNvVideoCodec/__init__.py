@@ -56,11 +56,17 @@ class DecodedFrame:
         self._device = device
 
     def __dlpack__(self, stream: Any = None, **kwargs: Any) -> Any:
-        if not self._device:
-            raise PyNvVCException("host frame: no DLPack (usedevicememory=False)")
+        if not self._device or os.environ.get("FAKE_NVDEC_PLANES_ONLY"):
+            raise PyNvVCException("no DLPack on this frame (fake)")
         import torch
 
         return torch.from_numpy(self._nv12).__dlpack__()
+
+    def cuda(self) -> list[np.ndarray]:
+        """Its planes, Y then interleaved UV (the real ones have the CUDA Array Interface;
+        these the host's array interface)."""
+        h = self._nv12.shape[0] * 2 // 3
+        return [self._nv12[:h], self._nv12[h:]]
 
     def __dlpack_device__(self) -> tuple[int, int]:
         return (1, 0)  # kDLCPU: the fake's "device" is the host
