@@ -29,7 +29,14 @@ import av.bitstream
 import cv2
 import numpy as np
 
-from streamd.sources.nvdec import NvBackend, load_backend, nv_codec, open_nvdec, probe
+from streamd.sources.nvdec import (
+    NO_PTS,
+    NvBackend,
+    load_backend,
+    nv_codec,
+    open_nvdec,
+    probe,
+)
 from streamd.sources.reader import (
     CpuDecoder,
     DecodeCounters,
@@ -133,7 +140,8 @@ def _device_window(backend: NvBackend, clip: str, start: float, end: float, rgb:
                 for packet in container.demux(stream):
                     last = packet.size == 0
                     pictures = [p for unit in bsf.filter(None if last else packet)
-                                for p in session.decode(bytes(unit), unit.pts or 0)]  # fmt: skip
+                                for p in session.decode(bytes(unit), NO_PTS if unit.pts is None
+                                                        else unit.pts)]  # fmt: skip
                     pictures += session.flush() if last else []
                     for picture in pictures:
                         nv12 = picture.tensor()
