@@ -14,7 +14,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -252,16 +254,30 @@ def circling_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return video
 
 
-def test_a_stuck_journal_delays_alerts_not_detection(circling_clip: Path, tmp_path: Path) -> None:
-    """The journal held by another writer for longer than the stall limit: det events
-    and heartbeats go on at their rate, /healthz fails while it is stuck, and when it
-    comes back every alert is journaled, then published, in order, none lost."""
+def _tracked(e: Event) -> bool:
+    return e.topic == "det.a" and any(o["track_id"] is not None for o in e.payload["objects"])
+
+
+def test_a_stuck_journal_delays_alerts_not_detection_then_a_late_restart_tracks_at_once(
+    circling_clip: Path, tmp_path: Path
+) -> None:
+    """Two faults in turn on one camera (one daemon for both; each checked as it was on a
+    daemon of its own):
+
+    1. The journal held by another writer for longer than the stall limit: det events
+       and heartbeats go on at their rate, /healthz fails while it is stuck, and when it
+       comes back every alert is journaled, then published, in order, none lost.
+    2. Then the camera's process killed after running a while (20 s and more): its tracks
+       end with reason `restart`, before any track of the new process, and the new one
+       tracks at once (not blind for as long as the old one ran, as when a tracker
+       outlived its clock)."""
     port = free_port()
-    # One null box circling the frame centre crosses the vertical line about every 1.5 s.
-    line = {"name": "mid", "points": [[160, 0], [160, 180]], "alert_on": ["in", "out"]}
+    # Two null boxes, each circling the centre of its half of the frame (the restart check
+    # wants two tracks): the left one crosses this line about every 1.5 s.
+    line = {"name": "mid", "points": [[80, 0], [80, 180]], "alert_on": ["in", "out"]}
     streams = [{"id": "a", "url": str(circling_clip), "loop": True, "realtime": True,
                 "lines": [line]}]  # fmt: skip
-    model = {"backend": "null", "null_boxes": 1, "imgsz": 320}
+    model = {"backend": "null", "null_boxes": 2, "imgsz": 320}
     cfg = write_pipeline(tmp_path, Path("unused.pt"), port, streams, model=model)
     sections = json.loads(cfg.read_text())["journal"]
     journal, request = Path(sections["path"]), sections["endpoint"]
@@ -270,54 +286,104 @@ def test_a_stuck_journal_delays_alerts_not_detection(circling_clip: Path, tmp_pa
     watcher = EventLog(f"tcp://127.0.0.1:{port}")
     alerts = AlertSubscriber(f"tcp://127.0.0.1:{port}", request)
     try:
-        first = alerts.recv(60)
-        assert first is not None, "no alert before the fault"
-        locked = threading.Event()
-        hold_s = STALL_S + 8.0
-        holder = threading.Thread(target=_lock_journal, args=(journal, hold_s, locked))
-        holder.start()
-        assert locked.wait(5)
-        t0 = time.time()
-        stuck_health, problems = 200, []
-        while stuck_health == 200 and time.time() < t0 + hold_s - 1.0:
-            time.sleep(0.5)
-            stuck_health, problems = _healthz(cfg)
-        stuck_rows = [e.payload["streams"]["a"]["journal"] for _, e in watcher.snapshot()
-                      if e.topic == "heartbeat" and e.payload["streams"].get("a")]  # fmt: skip
-        det_rate = watcher.rate("det.a", t0 + 1.0, t0 + STALL_S + 1.0)
-        alerts_while_stuck = [e for t, e in watcher.snapshot()
-                              if e.topic == "alert.a" and t0 + 0.5 < t < t0 + STALL_S]  # fmt: skip
-        holder.join()
-        got = [first]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(got) < 12:
-            a = alerts.recv(1.0)
-            if a is not None:
-                got.append(a)
-        recovered_health = _healthz(cfg)[0]
-        until = time.monotonic() + 5.0  # the next heartbeat shows the journal moving again
-        while recovered_health != 200 and time.monotonic() < until:
-            time.sleep(0.5)
-            recovered_health = _healthz(cfg)[0]
+        tracked = watcher.wait_for(lambda _, e: _tracked(e), 60)
+        assert tracked is not None
+        stuck = _stuck_journal(cfg, journal, watcher, alerts)
+        # 2. A run long enough that 20 s of blindness would show, then the kill.
+        time.sleep(max(0.0, tracked[0] + 20.0 - time.time()))
+        victim = next(p for p in psutil.Process(daemon.pid).children(recursive=True)
+                      if " ".join(p.cmdline()).strip() == "streamd: source a")  # fmt: skip
+        old_epoch = watcher.payloads("det.a")[-1]["epoch"]
+        victim.kill()
+        killed_at = time.time()
+        found = watcher.wait_for(lambda _, e: _tracked(e) and e.epoch != old_epoch, 20)
+        assert found is not None, "no tracked object after the restart"
+        tracked_after_s = found[0] - killed_at
+        # An alert of the new process out before the stop (the journal check below: a
+        # clean stop leaves the reservation at the last one out).
+        after = watcher.wait_for(lambda _, e: e.topic == "alert.a" and e.epoch != old_epoch, 20)
+        assert after is not None, "no alert after the restart"
+        time.sleep(1.0)
         stop_and_check_clean(daemon, signal.SIGTERM, shm_before)
     finally:
         alerts.close()
         watcher.close()
         if daemon.poll() is None:
             daemon.kill()
-    assert det_rate > 10.0, f"det events stalled with the journal: {det_rate:.1f}/s (15 fps)"
-    assert alerts_while_stuck == []  # nothing published before it is journaled
-    assert max(r["queued"] for r in stuck_rows) >= 1
-    assert max(r["stalled_s"] for r in stuck_rows) > STALL_S - 2
-    assert stuck_health == 503 and recovered_health == 200
+    # 1. The stuck journal.
+    rate = stuck.det_rate
+    assert rate > 10.0, f"det events stalled with the journal: {rate:.1f}/s (15 fps)"
+    assert stuck.published == []  # nothing published before it is journaled
+    assert max(r["queued"] for r in stuck.rows) >= 1
+    assert max(r["stalled_s"] for r in stuck.rows) > STALL_S - 2
+    assert stuck.health == (503, 200)
+    problems = stuck.problems
     assert len(problems) == 1 and problems[0].startswith("alert journal of a stuck for")
-    seqs = [a.seq for a in got]
+    seqs = [a.seq for a in stuck.got]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and len(seqs) >= 8
     with sqlite3.connect(journal) as db:
         stored = [s for (s,) in db.execute("SELECT seq FROM alerts WHERE stream = 'a'")]
         (reserved,) = db.execute("SELECT upto FROM seq_reserve WHERE stream = 'a'").fetchone()
     assert set(seqs) <= set(stored)  # every alert delivered was journaled first
     assert reserved == max(stored)  # a clean stop: the next run numbers on right after
+    # 2. The restart.
+    old = [p for p in watcher.payloads("track.a") if p["epoch"] == old_epoch]
+    old_tracks = {p["track_id"] for p in old if p["event"] == "new"} - {
+        p["track_id"] for p in old if p["event"] == "end"
+    }
+    new_epoch = [p for p in watcher.payloads("track.a") if p["epoch"] != old_epoch]
+    ends = [p for p in new_epoch if p["event"] == "end" and p["reason"] == "restart"]
+    assert {p["track_id"] for p in ends} == old_tracks and len(old_tracks) == 2
+    assert new_epoch[: len(ends)] == ends  # before any track of the new process
+    assert any(p["event"] == "new" for p in new_epoch[len(ends) :])
+    assert tracked_after_s < 10.0
+
+
+@dataclass(frozen=True)
+class _Stuck:
+    """What a stuck journal looked like from outside."""
+
+    det_rate: float  # det events/s while stuck
+    published: list[Any]  # alerts published while stuck
+    rows: list[dict[str, Any]]  # the heartbeats' journal rows
+    health: tuple[int, int]  # /healthz while stuck, then once recovered
+    problems: list[str]  # /healthz's problems while stuck
+    got: list[Any]  # the alerts delivered, from the last one before the fault on
+
+
+def _stuck_journal(cfg: Path, journal: Path, watcher: EventLog, alerts: AlertSubscriber) -> _Stuck:
+    """Hold the journal past the stall limit, then let it go."""
+    first = alerts.recv(60)
+    assert first is not None, "no alert before the fault"
+    locked = threading.Event()
+    hold_s = STALL_S + 8.0
+    holder = threading.Thread(target=_lock_journal, args=(journal, hold_s, locked))
+    holder.start()
+    assert locked.wait(5)
+    t0 = time.time()
+    stuck_health, problems = 200, []
+    while stuck_health == 200 and time.time() < t0 + hold_s - 1.0:
+        time.sleep(0.5)
+        stuck_health, problems = _healthz(cfg)
+    stuck_rows = [e.payload["streams"]["a"]["journal"] for _, e in watcher.snapshot()
+                  if e.topic == "heartbeat" and e.payload["streams"].get("a")]  # fmt: skip
+    det_rate = watcher.rate("det.a", t0 + 1.0, t0 + STALL_S + 1.0)
+    alerts_while_stuck = [e for t, e in watcher.snapshot()
+                          if e.topic == "alert.a" and t0 + 0.5 < t < t0 + STALL_S]  # fmt: skip
+    holder.join()
+    got = [first]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(got) < 12:
+        a = alerts.recv(1.0)
+        if a is not None:
+            got.append(a)
+    recovered_health = _healthz(cfg)[0]
+    until = time.monotonic() + 5.0  # the next heartbeat shows the journal moving again
+    while recovered_health != 200 and time.monotonic() < until:
+        time.sleep(0.5)
+        recovered_health = _healthz(cfg)[0]
+    return _Stuck(det_rate, alerts_while_stuck, stuck_rows, (stuck_health, recovered_health),
+                  problems, got)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -395,49 +461,3 @@ def test_alerts_go_out_in_order_through_the_journal_thread(tmp_path: Path) -> No
     with sqlite3.connect(path) as db:
         stored = [s for (s,) in db.execute("SELECT seq FROM alerts ORDER BY id")]
     assert stored == list(range(30))
-
-
-def _tracked(e: Event) -> bool:
-    return e.topic == "det.a" and any(o["track_id"] is not None for o in e.payload["objects"])
-
-
-def test_tracking_goes_on_after_a_camera_restart_late_in_a_long_run(
-    circling_clip: Path, tmp_path: Path
-) -> None:
-    """A camera's process killed after running a while: its tracks end with reason
-    `restart`, before any track of the new process, and the new one tracks at once
-    (not blind for as long as the old one ran, as when a tracker outlived its clock)."""
-    port = free_port()
-    streams = [{"id": "a", "url": str(circling_clip), "loop": True, "realtime": True}]
-    model = {"backend": "null", "null_boxes": 2, "imgsz": 320}
-    cfg = write_pipeline(tmp_path, Path("unused.pt"), port, streams, model=model)
-    shm_before = shm_segments()
-    daemon = start(cfg, tmp_path / "daemon.log")
-    watcher = EventLog(f"tcp://127.0.0.1:{port}")
-    try:
-        assert watcher.wait_for(lambda _, e: _tracked(e), 60) is not None
-        time.sleep(20)  # a run long enough that 20 s of blindness would show
-        victim = next(p for p in psutil.Process(daemon.pid).children(recursive=True)
-                      if " ".join(p.cmdline()).strip() == "streamd: source a")  # fmt: skip
-        old_epoch = watcher.payloads("det.a")[-1]["epoch"]
-        victim.kill()
-        killed_at = time.time()
-        found = watcher.wait_for(lambda _, e: _tracked(e) and e.epoch != old_epoch, 20)
-        assert found is not None, "no tracked object after the restart"
-        tracked_after_s = found[0] - killed_at
-        time.sleep(1.0)
-        stop_and_check_clean(daemon, signal.SIGTERM, shm_before)
-    finally:
-        watcher.close()
-        if daemon.poll() is None:
-            daemon.kill()
-    old = [p for p in watcher.payloads("track.a") if p["epoch"] == old_epoch]
-    old_tracks = {p["track_id"] for p in old if p["event"] == "new"} - {
-        p["track_id"] for p in old if p["event"] == "end"
-    }
-    new_epoch = [p for p in watcher.payloads("track.a") if p["epoch"] != old_epoch]
-    ends = [p for p in new_epoch if p["event"] == "end" and p["reason"] == "restart"]
-    assert {p["track_id"] for p in ends} == old_tracks and len(old_tracks) == 2
-    assert new_epoch[: len(ends)] == ends  # before any track of the new process
-    assert any(p["event"] == "new" for p in new_epoch[len(ends) :])
-    assert tracked_after_s < 10.0
