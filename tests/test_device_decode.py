@@ -44,6 +44,7 @@ from streamd.types import DecodeReport, Dropped, FrameRef
 from . import test_nvdec
 from .daemon import EventLog, running, sample, scrape, start, write_pipeline
 from .fake_nvdec import FakeDeviceBackend
+from .rtsp import RtspServer
 from .test_nvdec import FRAMES, GOP
 from .util import free_port, shm_segments
 
@@ -529,9 +530,10 @@ def test_the_daemon_detects_on_pictures_decoded_in_the_detector_as_on_the_cpus(
     (``decode_in: detector``) and the same scene decoded on the CPU give the same det
     events, frame by frame, boxes within 1 px; the camera's counters say what the detector
     decoded. An H.265 stream whose decoder fails in the detector at its 15th packet falls
-    back to its camera's CPU (counted, published) while the others go on; a looping clip
-    (a new decode session at every loop) never shows an older session's frame after a
-    newer one's."""
+    back to its camera's CPU (counted, published) while the others go on. An RTSP camera
+    that stalls mid-stream reconnects: its decode session is closed in the detector (the
+    pictures it held go with it) and nothing of it comes after the new session's frames;
+    its live view is served from pictures copied back from the detector."""
     port = free_port()
     video, _ = scene
     # All at the scene's size: a batch of one size gets the same letterbox whatever mix of
@@ -541,13 +543,15 @@ def test_the_daemon_detects_on_pictures_decoded_in_the_detector_as_on_the_cpus(
                      "ultrafast", "-x265-params", x265)  # fmt: skip
     whole = [[0, 0], [640, 0], [640, 360], [0, 360]]  # snapshots: every picture comes back
     zone = {"name": "all", "polygon": whole, "alert_on": ["enter"], "snapshot": True}
+    server = RtspServer(video).start()
+    live = {"id": "live", "url": server.url(), "decode_in": "detector", "stall_timeout_s": 2,
+            "open_timeout_s": 3, "reconnect": {"initial_s": 0.2, "max_s": 0.5}}  # fmt: skip
     streams: list[dict[str, Any]] = [
         {"id": "gpu", "url": str(video), "decode": "nvdec", "decode_in": "detector",
          "zones": [zone]},
         {"id": "cpu", "url": str(video), "decode": "cpu"},
         {"id": "dies", "url": str(hevc), "decode": "nvdec", "decode_in": "detector"},
-        {"id": "loops", "url": str(video), "loop": True, "realtime": True,
-         "decode_in": "detector"},
+        live,
     ]  # fmt: skip
     cfg = write_pipeline(tmp_path, person_model, port, streams)
     log = EventLog(f"tcp://127.0.0.1:{port}")
@@ -558,19 +562,28 @@ def test_the_daemon_detects_on_pictures_decoded_in_the_detector_as_on_the_cpus(
             assert log.wait_state(sid, {"ended"}, 120) is not None, (
                 tmp_path / "daemon.log"
             ).read_text()[-3000:]
-        looped = log.wait_for(lambda _t, e: e.topic == "det.loops" and e.payload["frame"]
-                              >= SCENE + 5, 60)  # fmt: skip
-        assert looped is not None
+        # The RTSP camera stalls mid-stream (the server stops sending), reconnects.
+        assert log.wait_for(lambda _t, e: e.topic == "det.live" and e.payload["frame"] >= 5, 60)
+        server.pause()
+        stalled = log.wait_state("live", {"stalled"}, 15)
+        assert stalled is not None and stalled[1]["reason"] == "no_frames"
+        server.resume()
+        again = log.wait_for(lambda t, e: e.topic == "status.live" and t > stalled[0]
+                             and e.payload["state"] == "streaming", 30)  # fmt: skip
+        assert again is not None
+        after = log.wait_for(lambda t, e: e.topic == "det.live" and t > again[0] + 1.0, 30)
+        assert after is not None
         m = scrape(cfg)
         # The live view of a stream decoded in the detector: its pictures come back to the
         # camera's process while it is watched.
         listen = json.loads(cfg.read_text())["http"]["listen"]
-        with urllib.request.urlopen(f"http://{listen}/streams/loops.jpg", timeout=20) as r:
+        with urllib.request.urlopen(f"http://{listen}/streams/live.jpg", timeout=20) as r:
             jpeg = r.read()
         view = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     finally:
         log.close()
         _stop(daemon)
+        server.close()
     gpu, cpu = log.payloads("det.gpu"), log.payloads("det.cpu")
     assert len(gpu) == len(cpu) == SCENE  # every frame (block policy)
     assert [e["frame"] for e in gpu] == [e["frame"] for e in cpu] == list(range(SCENE))
@@ -605,11 +618,14 @@ def test_the_daemon_detects_on_pictures_decoded_in_the_detector_as_on_the_cpus(
     assert SCENE // 2 <= analysed < SCENE
     assert dies[-1]["counters"]["decoded"] == analysed  # NVDEC's pictures, then the CPU's
     assert sample(m, "streamd_decode_fallbacks_total", stream="dies", cause="device_error") == 1
-    # Loops: frame indices only go forward across sessions (latest policy: some may drop).
-    frames = [e["frame"] for e in log.payloads("det.loops")]
-    assert frames == sorted(set(frames)) and frames[-1] >= SCENE + 5
-    media = [e["ts"] for e in log.payloads("det.loops")]
-    assert media == sorted(media)
+    # The reconnect: frames only go forward (latest policy: some may drop), none of the
+    # stalled session's after the new one's began; det events resumed after it.
+    frames = [e["frame"] for e in log.payloads("det.live")]
+    assert frames == sorted(set(frames))
+    before = [e.payload["frame"] for t, e in log.snapshot() if e.topic == "det.live"
+              and t < again[0]]  # fmt: skip
+    assert before and frames[-1] > max(before)
+    assert again[1].payload["detail"] == "decode: nvdec (h264 on NVDEC in the detector process)"
 
 
 # --- the real decoder (a GPU with PyNvVideoCodec) -------------------------------------------
