@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import supervision as sv
 
 from streamd.types import FrameRef, StatusUpdate
@@ -36,13 +37,28 @@ def _ms(v: float) -> float:
     return round(max(0.0, v), 3)
 
 
+# What a det event keeps of a box and its confidence.
+BOX_DECIMALS = 1
+CONF_DECIMALS = 4
+
+
+def as_published_boxes(xyxy: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """Boxes rounded as a det event publishes them (rounded in float64, as below)."""
+    return np.round(np.asarray(xyxy, np.float64), BOX_DECIMALS).astype(np.float32)
+
+
+def as_published_conf(conf: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    return np.round(np.asarray(conf, np.float64), CONF_DECIMALS).astype(np.float32)
+
+
 def objects(detections: sv.Detections, names: dict[int, str]) -> list[dict[str, Any]]:
     """Detections as the ``objects`` list of a ``det`` event (bbox in source pixels)."""
     n = len(detections)
     # Whole columns to Python at once: per-value numpy scalars cost more than the rest.
-    boxes = np.round(np.asarray(detections.xyxy, dtype=np.float64), 1).tolist()
+    boxes = np.round(np.asarray(detections.xyxy, dtype=np.float64), BOX_DECIMALS).tolist()
     conf = detections.confidence
-    confs = [1.0] * n if conf is None else np.round(conf.astype(np.float64), 4).tolist()
+    confs = ([1.0] * n if conf is None
+             else np.round(conf.astype(np.float64), CONF_DECIMALS).tolist())  # fmt: skip
     cls = detections.class_id
     class_ids = [0] * n if cls is None else cls.astype(np.int64).tolist()
     tid = detections.tracker_id
