@@ -9,7 +9,7 @@ run takes the model whatever its guard said (floors 0), so its tracking is measu
 where `auto` would refuse it; the guard's verdict at the default floor is reported too.
 
     .venv/bin/python docs/benchmarks/precision_tracking.py /tmp/ev/prec crowd,crowd2,crowd3 320 \
-        [onnx|openvino] [FRAMES]
+        [onnx|openvino] [FRAMES] [RUNS, e.g. onnx:fp32,openvino:int8,onnx:int8,openvino:fp32]
 """
 
 from __future__ import annotations
@@ -28,26 +28,32 @@ WEIGHTS = str(Path(__file__).resolve().parents[2] / "models" / "person-yolov8s.p
 
 
 def main(work: Path, scenes: list[str], imgsz: int, backend: str = "onnx",
-         frames: int = 64) -> dict[str, object]:  # fmt: skip
+         frames: int = 64, runs: str = "onnx:fp32,BACKEND:int8") -> dict[str, object]:  # fmt: skip
+    """``runs``: backend:precision pairs, each a daemon pass (BACKEND: the one given); a
+    guarded precision is calibrated first on the scene (``frames``) and taken whatever its
+    guard says."""
     out: dict[str, object] = {}
     for scene in scenes:
         folder = work / scene
         folder.mkdir(parents=True, exist_ok=True)
         video, truth = make_scene(scene, folder)
         row: dict[str, object] = {}
-        for precision in ("fp32", "int8"):
-            run_dir = folder / precision
+        for pair in runs.replace("BACKEND", backend).split(","):
+            kind, precision = pair.split(":")
+            name = "fp32" if pair == "onnx:fp32" else ("int8" if pair == f"{backend}:int8"
+                                                       else pair.replace(":", "-"))  # fmt: skip
+            run_dir = folder / name
             run_dir.mkdir(exist_ok=True)
             model = {"weights": WEIGHTS, "imgsz": imgsz, "precision": precision,
-                     "backend": backend if precision == "int8" else "onnx",
-                     "guard_recall": 0.0, "guard_precision": 0.0}  # fmt: skip
+                     "agnostic_nms": True,  # as eval-tracking runs the person model
+                     "backend": kind, "guard_recall": 0.0, "guard_precision": 0.0}  # fmt: skip
             pipeline, endpoint = write_pipeline(run_dir, video, model, {}, {})
-            if precision == "int8":
+            if precision in ("int8", "bf16"):
                 outcome = calibrate(load_config(pipeline), pipeline, frames, 60.0)
-                row["guard_at_0.95"] = [r.verdict(0.95, 0.95)[1] for r in outcome.guard]
+                row[f"guard_at_0.95 {name}"] = [r.verdict(0.95, 0.95)[1] for r in outcome.guard]
             run = run_daemon(pipeline, endpoint, run_dir / "daemon.log", 900)
-            row[precision] = score(truth, run.frames).as_dict()
-            print(scene, precision, row[precision], flush=True)
+            row[name] = score(truth, run.frames).as_dict()
+            print(scene, name, row[name], flush=True)
         out[scene] = row
     return out
 
@@ -60,5 +66,6 @@ if __name__ == "__main__":
         int(sys.argv[3]),
         extra[0] if extra else "onnx",
         int(extra[1]) if len(extra) > 1 else 64,
+        extra[2] if len(extra) > 2 else "onnx:fp32,BACKEND:int8",
     )
     print(json.dumps(result, indent=1))
