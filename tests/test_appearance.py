@@ -16,7 +16,7 @@ import supervision as sv
 from streamd.analytics.engine import Observation, StreamAnalytics
 from streamd.config import ConfigError, TrackerConfig, TracksConfig, ZoneConfig, parse_config
 from streamd.track import StreamTracker
-from streamd.track.appearance import look, similarity
+from streamd.track.appearance import Relinker, RelinkOptions, look, similarity
 
 FPS = 15.0
 W, H = 640, 360
@@ -233,3 +233,21 @@ def test_a_hidden_person_keeps_their_dwell_and_fires_no_second_enter() -> None:
     # Motion alone: the person came back as someone new and entered again.
     events, rules = _zone_alerts(appearance=False)
     assert events.count("new") == 2 and rules.count("enter") == 2, (events, rules)
+
+
+def test_a_camera_running_for_days_keeps_no_more_than_its_recent_tracks() -> None:
+    """20,000 library tracks, one after another (a day of a busy door): the id maps hold
+    only the tracks of the last seconds (each track here takes over the look-alike that
+    left the same spot 0.8 s before it: one of two ids)."""
+    relinker = Relinker(RelinkOptions(library_keep_s=1.0))
+    frame, _ = _scene([(RED, 100.0, 100.0)])
+    box = np.array([[100, 100, 160, 260]], np.float32)
+    seen = set()
+    for lib in range(20_000):
+        for step in range(3):  # each track lives 3 frames, 0.2 s apart
+            ts = lib * 0.6 + step * 0.2
+            out = relinker.update(box, np.array([lib], np.int64), ts, frame if step else None)
+        seen.add(int(out[0]))
+    sizes = relinker.sizes()
+    assert max(sizes.values()) <= 20, sizes
+    assert seen == {0, 1}

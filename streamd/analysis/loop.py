@@ -162,7 +162,7 @@ class StreamAnalysis:
         self._control = Outbox(spec.control)
         self.publisher = Publisher(spec.bus, BUS_HWM, epoch=spec.epoch, bus=True)
         self.analytics = _analytics(stream, spec, self.publisher, clips)
-        self.tracker = StreamTracker(cfg.tracker)
+        self.tracker = StreamTracker(cfg.tracker, pixels=stream.decode_in != "detector")
         self.feed = ViewFeed(spec.view, stream.id) if spec.view is not None else None
         sinks: list[FrameSink] = [DetSink(self.publisher), self.analytics, MeterSink(stream.id)]
         if self.feed is not None:

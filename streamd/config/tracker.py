@@ -92,7 +92,8 @@ class AppearanceOptions(_Strict):
     """Identities kept by colour where the motion tracker loses or swaps them
     (streamd/track/appearance.py): a new track takes over an identity that vanished
     nearby and looks the same; a crossing the tracker came out of with two people's ids
-    exchanged is undone. Needs the frame's pixels (every stream has them on the host)."""
+    exchanged is undone. Needs every frame's pixels on the host: off for streams decoded
+    in the detector process (``decode_in: detector``)."""
 
     enabled: bool = Field(True, description="Re-link and un-cross identities by colour.")
     window_s: float = Field(

@@ -70,6 +70,7 @@ class RelinkOptions:
     min_similarity: float = 0.75  # 1 = the same colours; one person 0.95-1, others < 0.65
     swap_margin: float = 0.1  # how much better the exchanged ids must fit
     drift: float = 0.5  # box heights a second a person may stray from their last velocity
+    library_keep_s: float = 1.0  # how long the library keeps a lost track (lost_track_s)
 
 
 @dataclass(slots=True)
@@ -81,6 +82,7 @@ class _Identity:
     signature: Signature | None = None
     born: float = 0.0
     learnt: float = -1e9  # when its signature was last looked at
+    checked: float = -1e9  # when it was last checked against those it touched
     provisional: bool = True  # new, not yet compared with the vanished (no clear box)
     contacts: dict[int, float] = field(default_factory=dict)  # other id -> last touch
 
@@ -94,7 +96,7 @@ class Look:
 
 
 def look(image: Image, box: Box, nearer: list[Box]) -> Look | None:
-    """Hue/saturation histograms of the box's upper and lower halves (inner 70 % wide),
+    """Hue/saturation histograms of three horizontal stripes of the box (inner 70 % wide),
     leaving out what nearer boxes cover (a person whose feet are lower in the picture
     stands in front); None for a box too small, outside the image or mostly hidden."""
     h, w = image.shape[:2]
@@ -146,6 +148,8 @@ class Relinker:
     def __init__(self, options: RelinkOptions) -> None:
         self._opt = options
         self._out_of: dict[int, int] = {}  # library id -> published id
+        self._lib_of: dict[int, int] = {}  # published id -> library id (the inverse)
+        self._lib_seen: dict[int, float] = {}  # library id -> when it last had a box
         self._ids: dict[int, _Identity] = {}  # published id -> what it looked like
         self._next = 0
         self.relinked = 0  # identities handed on to a new library track
@@ -161,8 +165,9 @@ class Relinker:
         looks = _Looks(image, b)
         for k in rows:
             lib = int(lib_ids[k])
+            self._lib_seen[lib] = ts
             if lib not in self._out_of:
-                new = self._out_of[lib] = self._new_id()
+                new = self._map(lib, self._new_id())
                 self._ids[new] = _Identity(new, b[k], ts, born=ts)
             elif self._out_of[lib] not in self._ids:
                 # Its identity was handed on, or forgotten while the library kept it lost.
@@ -179,6 +184,11 @@ class Relinker:
         self._touch(out, rows, b, ts)
         self._forget(ts)
         return out
+
+    def sizes(self) -> dict[str, int]:
+        """How much it remembers (bounded by the last ``window_s`` of tracks)."""
+        return {"library_ids": len(self._out_of), "published_ids": len(self._lib_of),
+                "identities": len(self._ids)}  # fmt: skip
 
     def _new_id(self) -> int:
         self._next += 1
@@ -230,6 +240,9 @@ class Relinker:
             me = self._ids.get(int(out[k]))
             if me is None or me.signature is None or not me.contacts:
                 continue
+            if ts - me.checked < _LEARN_EVERY_S:
+                continue  # a look costs; a crossing is checked a few times a second
+            me.checked = ts
             now = looks.signature(k)
             if now is None:
                 continue
@@ -250,15 +263,25 @@ class Relinker:
                     self.swapped += 1
                     break
 
+    def _map(self, lib: int, out_id: int) -> int:
+        self._out_of[lib], self._lib_of[out_id] = out_id, lib
+        return out_id
+
     def _exchange(self, lib_a: int, lib_b: int) -> None:
-        self._out_of[lib_a], self._out_of[lib_b] = self._out_of[lib_b], self._out_of[lib_a]
+        a, b = self._out_of[lib_a], self._out_of[lib_b]
+        self._map(lib_a, b)
+        self._map(lib_b, a)
 
     def _hand_on(self, lib: int, out_id: int) -> None:
-        # The library track that carried it before, should it come back, gets a new id.
-        for old_lib, oid in self._out_of.items():
-            if oid == out_id:
-                self._out_of[old_lib] = self._new_id()
-        self._out_of[lib] = out_id
+        # The library track that carried it before, should it come back, gets a new id;
+        # the published id ``lib`` had is given up.
+        old_lib = self._lib_of.get(out_id)
+        if old_lib is not None and old_lib != lib:
+            self._map(old_lib, self._new_id())
+        given_up = self._out_of.get(lib)
+        if given_up is not None:
+            self._lib_of.pop(given_up, None)
+        self._map(lib, out_id)
 
     def _reachable(self, d: _Identity, box: Box, ts: float) -> bool:
         dt = ts - d.ts
@@ -301,6 +324,14 @@ class Relinker:
         horizon = ts - self._opt.window_s
         for out_id in [i for i, d in self._ids.items() if d.ts < horizon]:
             del self._ids[out_id]
+        # The library drops a track unseen for its lost-track time and never reuses an id:
+        # a 24/7 camera must not keep every library id it ever saw.
+        gone = ts - max(self._opt.window_s, self._opt.library_keep_s) - 1.0
+        for lib in [i for i, t in self._lib_seen.items() if t < gone]:
+            del self._lib_seen[lib]
+            out_id = self._out_of.pop(lib, -1)
+            if self._lib_of.get(out_id) == lib:
+                del self._lib_of[out_id]
         for d in self._ids.values():
             d.contacts = {i: t for i, t in d.contacts.items() if t >= horizon and i in self._ids}
 

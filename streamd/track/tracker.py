@@ -105,17 +105,19 @@ class StreamTracker:
     confirmed): the library's tracker, then identities kept by appearance (a frame
     without pixels, e.g. evicted before its boxes came, is tracked by motion alone)."""
 
-    def __init__(self, cfg: TrackerConfig) -> None:
+    def __init__(self, cfg: TrackerConfig, pixels: bool = True) -> None:
+        """``pixels``: whether every frame comes with its pixels. Where only some do (a
+        stream decoded in the detector process gets them back for the live view and
+        snapshots only), the appearance cue is off: ids must not depend on who watches."""
         self._cfg = cfg
         self._tracker = build_tracker(cfg)
         # Of the library's trackers only BoT-SORT with camera-motion compensation looks
         # at pixels.
         self._library_wants_frame = cfg.kind == "botsort" and cfg.botsort.cmc
         a = cfg.appearance
-        self.relinker = (
-            Relinker(RelinkOptions(a.window_s, a.min_similarity, a.swap_margin, a.drift))
-            if a.enabled else None
-        )  # fmt: skip
+        options = RelinkOptions(a.window_s, a.min_similarity, a.swap_margin, a.drift,
+                                library_keep_s=cfg.lost_track_s)  # fmt: skip
+        self.relinker = Relinker(options) if a.enabled and pixels else None
 
     def update(
         self, detections: sv.Detections, ts: float, frame: npt.NDArray[np.uint8] | None = None
