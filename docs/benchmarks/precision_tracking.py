@@ -10,19 +10,22 @@ where `auto` would refuse it; the guard's verdict at the default floor is report
 
     .venv/bin/python docs/benchmarks/precision_tracking.py /tmp/ev/prec crowd,crowd2,crowd3 320 \
         [onnx|openvino] [FRAMES] [RUNS, e.g. onnx:fp32,openvino:int8,onnx:int8,openvino:fp32]
+
+A scene named ``<scene>seed<N>`` (``crowdseed21``) is that scene drawn with seed N.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from streamd.calibrate import calibrate
 from streamd.config import load_config
 from streamd.evaluation.daemon import run_daemon, write_pipeline
 from streamd.evaluation.metrics import score
-from streamd.evaluation.scenes import make_scene
+from streamd.evaluation.scenes import SCENES, make_scene
 
 WEIGHTS = str(Path(__file__).resolve().parents[2] / "models" / "person-yolov8s.pt")
 
@@ -34,6 +37,9 @@ def main(work: Path, scenes: list[str], imgsz: int, backend: str = "onnx",
     guard says."""
     out: dict[str, object] = {}
     for scene in scenes:
+        base, _, seed = scene.partition("seed")  # e.g. crowdseed21: crowd drawn with seed 21
+        if seed:
+            SCENES[scene] = replace(SCENES[base], seed=int(seed))
         folder = work / scene
         folder.mkdir(parents=True, exist_ok=True)
         video, truth = make_scene(scene, folder)
