@@ -30,7 +30,16 @@ from streamd.detect.nv12 import DeviceFrame, Frame, letterbox, nv12_to_rgb
 from streamd.detect.prepost import input_shape, preprocess
 from streamd.runtime.channel import Inbox
 from streamd.sources.device_decode import DecodeLane, DeviceFrames
-from streamd.sources.nvdec import NvBackend, PyNvBackend, load_backend, probe
+from streamd.sources.nvdec import (
+    NvBackend,
+    NvCodec,
+    NvDeviceFrame,
+    NvDeviceSession,
+    NvFrame,
+    PyNvBackend,
+    load_backend,
+    probe,
+)
 from streamd.sources.reader import (
     DecodeCounters,
     OpenOptions,
@@ -43,7 +52,7 @@ from streamd.types import DecodeReport, Dropped, FrameRef
 
 from . import test_nvdec
 from .daemon import EventLog, running, sample, scrape, start, write_pipeline
-from .fake_nvdec import FakeDeviceBackend
+from .fake_nvdec import FakeDeviceBackend, FakeDeviceSession
 from .rtsp import RtspServer
 from .test_nvdec import FRAMES, GOP
 from .util import free_port, shm_segments
@@ -169,11 +178,12 @@ class _Detector:
 
 
 def _send_session(link: PacketLink, clip: Path, ring: str, stop_after: int | None = None,
-                  frame0: int = 0, skip: int = 0) -> int:  # fmt: skip
+                  frame0: int = 0, skip: int = 0, gap: range = range(0)) -> int:  # fmt: skip
     """What a camera's process sends for one session of ``clip``: its access units (Annex B,
     as RemoteDecoder makes them), then the end (``flush`` at the file's end, ``close``
     when stopped early, as at a reconnect); ``skip``: the first units are not sent (a
-    detector that joined mid-session). The units sent."""
+    detector that joined mid-session); ``gap``: units (counted from 0) the camera dropped:
+    their frame indices are spent, as a camera's are. The units sent."""
     with open_source(OpenOptions(str(clip))) as container:
         stream = container.streams.video[0]
         decoder = RemoteDecoder(stream, "s", ring, RemoteTally(), 10.0)
@@ -185,6 +195,8 @@ def _send_session(link: PacketLink, clip: Path, ring: str, stop_after: int | Non
                     skip -= 1
                     continue
                 sent += 1
+                if sent - 1 in gap:
+                    continue
                 header = decoder.header(sent, frame0 + sent - 1, time.time(), {}, unit.pts,
                                         key=unit.key)  # fmt: skip
                 assert link.send(header, unit.data, lambda: True)
@@ -292,6 +304,24 @@ def test_a_decode_thread_that_joins_a_session_midway_starts_at_its_next_keyframe
     assert len(detector.refs) == FRAMES - GOP
 
 
+def test_pictures_keep_the_cameras_frame_indices_across_units_it_dropped(
+    clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]]
+) -> None:
+    """The camera dropped a whole GOP (a full queue drops the rest of the GOP too): the
+    pictures after it carry the camera's indices (its clip recorder filed their times
+    under them), not a count of pictures, which would run a GOP behind."""
+    detector, make = lane_env
+    lane = make(FakeDeviceBackend())
+    link = PacketLink(lane.endpoint)
+    try:
+        _send_session(link, clips["h264-ipp.ts"], "s_nv1", frame0=3, gap=range(GOP, 2 * GOP))
+        detector.until(lambda: detector.final("s_nv1") is not None)
+    finally:
+        link.close()
+    kept = [*range(GOP), *range(2 * GOP, FRAMES)]
+    assert [r.frame for r in detector.refs] == [3 + k for k in kept]
+
+
 def test_a_decoder_that_raises_in_the_detector_is_contained_and_the_camera_told(
     clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]]
 ) -> None:
@@ -318,6 +348,46 @@ def test_a_decoder_that_raises_in_the_detector_is_contained_and_the_camera_told(
     finally:
         for link in links:
             link.close()
+
+
+class _BadPictures(FakeDeviceBackend):
+    """Its fifth picture cannot be taken (a picture the shim does not understand):
+    the failure is outside the decoder's own calls."""
+
+    def open_device(self, codec: NvCodec, gpu_id: int, low_latency: bool) -> NvDeviceSession:
+        session = super().open_device(codec, gpu_id, low_latency)
+        assert isinstance(session, FakeDeviceSession)
+        count = [0]
+        real = session._device
+
+        def device(frames: list[NvFrame]) -> list[NvDeviceFrame]:
+            out = real(frames)
+            count[0] += len(out)
+            if count[0] >= 5:
+                raise ValueError("a picture of an unknown layout (test)")
+            return out
+
+        session._device = device  # type: ignore[method-assign]
+        return session
+
+
+def test_a_decode_thread_survives_a_failure_outside_the_decoder_and_hands_over(
+    clips: dict[str, Path], lane_env: tuple[_Detector, Callable[..., DecodeLane]]
+) -> None:
+    """Anything that goes wrong with a unit (here taking its picture) hands the stream
+    to its camera's CPU, as a decoder error does; the thread lives on for the next
+    session (before, it died and the camera reconnected to a socket nobody read)."""
+    detector, make = lane_env
+    lane = make(_BadPictures())
+    link = PacketLink(lane.endpoint)
+    try:
+        _send_session(link, clips["h264-ipp.ts"], "s_nv1")
+        detector.until(lambda: any(r.ring == "s_nv1" and r.failed for r in detector.reports))
+        assert lane.alive
+        failed = next(r for r in detector.reports if r.failed)
+        assert "unknown layout" in failed.failed
+    finally:
+        link.close()
 
 
 def test_max_fps_samples_pictures_in_the_detector_on_the_media_clock(

@@ -18,6 +18,7 @@ catches everything, so one stream's failure stays that stream's.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import pickle
 import threading
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # torch: in the detector process only (the supervisor imports
 log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 0.5  # the camera's counters and stall check follow at this pace
+_HELD = 64  # units whose picture has not come out yet (NVDEC holds at most a few)
 
 
 class DeviceFrames:
@@ -132,7 +134,12 @@ class DecodeLane:
         # This session's state.
         self._ring = ""
         self._keyed = False  # a keyframe came this session: units can be decoded
-        self._base = 0
+        self._base = self._last_frame = 0
+        # The camera's frame indices of the units in the decoder, smallest first: each
+        # picture (display order) takes the smallest, so the numbering skips exactly the
+        # units the camera dropped (a count of pictures drifted after each drop, and event
+        # clips are found by the camera's index) and stays in display order.
+        self._pending: list[int] = []
         self._session: NvDeviceSession | None = None
         self._failed = ""
         self._time_base = Fraction(1, 90_000)
@@ -170,7 +177,7 @@ class DecodeLane:
             while not self._stop.is_set():
                 if sock.poll(100):
                     head, data = sock.recv_multipart()
-                    self._take(pickle.loads(head), data)  # our own processes only (0700 dir)
+                    self._one(head, data)
                 self._report()
         except Exception:  # the thread must not die silently: the stream's camera stalls
             log.exception("the decode thread of %s failed", self.stream)
@@ -180,6 +187,16 @@ class DecodeLane:
             sock.close()
             self._out.close()
             ctx.term()
+
+    def _one(self, head: bytes, data: bytes) -> None:
+        """One unit; whatever goes wrong with it (not only the decoder's own errors) hands
+        the stream to its camera's CPU rather than ending this thread, which would leave
+        the camera reconnecting to a socket nobody reads."""
+        try:
+            self._take(pickle.loads(head), data)  # our own processes only (0700 dir)
+        except Exception as e:
+            log.exception("the decode thread of %s failed on a unit", self.stream)
+            self._fail(f"the decode thread failed: {e!r}")
 
     def _take(self, unit: EncodedUnit, data: bytes) -> None:
         if unit.ring != self._ring:
@@ -206,7 +223,8 @@ class DecodeLane:
             self._camera, self._sampled, self._full = camera, 0, 0
         self._decoded = self._errors = 0
         self._reported = (-1, -1, -1)
-        self._base = unit.frame  # frame indices go on from the camera's, in display order
+        self._base = unit.frame  # frame indices go on from the camera's
+        self._pending.clear()
         self._time_base = Fraction(*unit.time_base)
         if unit.end:
             return  # a session that ended before its first unit came
@@ -222,12 +240,19 @@ class DecodeLane:
         session = self._session
         if session is None:
             return
+        if not flush:
+            heapq.heappush(self._pending, unit.frame)
+            if len(self._pending) > _HELD:  # a unit that never gave a picture
+                heapq.heappop(self._pending)
         t0 = time.perf_counter()
         try:
             frames = session.flush() if flush else session.decode(data, unit.pts)
         except NvdecBitstreamError as e:
             log.debug("skipping a packet NVDEC refused: %s", e)
             self._errors += 1
+            if unit.frame in self._pending:  # it gives no picture: its index is skipped
+                self._pending.remove(unit.frame)
+                heapq.heapify(self._pending)
             return
         except Exception as e:  # NvdecDeviceError, or anything the driver raises
             self._fail(str(e))
@@ -242,6 +267,8 @@ class DecodeLane:
         self._decoded += 1
         from streamd.detect.nv12 import DeviceFrame  # torch is loaded here already
 
+        self._last_frame = heapq.heappop(self._pending) if self._pending else self._last_frame + 1
+
         pts_s = None if frame.pts == NO_PTS else float(frame.pts * self._time_base)
         media_ts = self._clock.stamp(pts_s, unit.capture_ts)
         picture = DeviceFrame(frame.tensor())
@@ -249,7 +276,7 @@ class DecodeLane:
         ref = FrameRef(
             stream=self.stream, ring=self._ring, slots=0, height=h, width=w, slot=-1,
             seq=self._decoded, capture_ts=unit.capture_ts, media_ts=media_ts,
-            decode_ms=decode_ms, ready_ts=time.time(), frame=self._base + self._decoded - 1,
+            decode_ms=decode_ms, ready_ts=time.time(), frame=self._last_frame,
             decoded=self._decoded, decode_errors=self._errors,
             source_dropped=dict(unit.source_dropped),
         )  # fmt: skip
