@@ -92,7 +92,9 @@ class StreamConfig(_Strict):
         "host and through the shared-memory ring) or detector (threads of the detector "
         "process: compressed packets go there and the pictures stay in GPU memory, one CUDA "
         "context for all such streams). Only for decode auto/nvdec; a stream on the CPU "
-        "decodes in its camera process either way.",
+        "decodes in its camera process either way. Read at start-up: a stream added or "
+        "changed at runtime (API, SIGHUP) decodes in its camera process until the next "
+        "start, and the appearance cue of tracking is off for detector-decoded streams.",
     )
     reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig())
     zones: list[ZoneConfig] = Field(default_factory=list, description="Polygon zones and rules.")
