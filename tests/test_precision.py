@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from streamd.detect import DetectorError, create_detector
 from streamd.detect.calibration import CalibrationFrame, load_calibration, write_calibration
 from streamd.detect.guard import GuardReport, match
 from streamd.detect.precision import precision_candidates
+from streamd.detect.quantize import GUARD_METHOD, store_guard, stored_guard
 
 from .daemon import collect, sample, scrape, start, stop_and_check_own_clean, write_pipeline
 from .groundtruth import score
@@ -121,6 +123,21 @@ def test_guard_figures_and_verdict() -> None:
     few = GuardReport("int8", 1, match([_dets([[0, 0, 9, 9]])], [_dets([[0, 0, 9, 9]])]), None,
                       None, 0.25, 0.7, None)  # fmt: skip
     assert not few.verdict(0.95, 0.95)[0]  # 1 box judges nothing: refused, not waved through
+
+
+def test_a_stored_verdict_is_only_reused_for_the_same_thresholds_and_nms(tmp_path: Path) -> None:
+    """The guard's figures kept beside a quantised model are taken again when the
+    thresholds or the NMS mode (model.agnostic_nms: both models' boxes change) differ."""
+    ref = [_dets([[i * 50, 0, i * 50 + 40, 80] for i in range(10)])]
+    report = GuardReport("int8", 1, match(ref, ref), None, None, 0.25, 0.7, None)
+    model = tmp_path / "m-int8.onnx"
+    store_guard(model, report)
+    assert stored_guard(model, (0.25, 0.7, None)) == report
+    assert stored_guard(model, (0.3, 0.7, None)) is None
+    assert stored_guard(model, (0.25, 0.7, None), GUARD_METHOD + "-agnostic") is None
+    store_guard(model, replace(report, method=GUARD_METHOD + "-agnostic"))
+    assert stored_guard(model, (0.25, 0.7, None), GUARD_METHOD + "-agnostic") is not None
+    assert stored_guard(model, (0.25, 0.7, None)) is None
 
 
 def test_guard_forgives_a_score_that_crossed_the_threshold_but_not_a_shift() -> None:

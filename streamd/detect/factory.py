@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -318,14 +319,17 @@ class _Build:
         return TorchRunner(copy.deepcopy(self.model), torch_cpu(), self.max_batch, "fp32")
 
     def _guard(self, runner: Runner, precision: str, calib: CalibrationSet) -> tuple[bool, str]:
-        from streamd.detect.guard import MARGIN, judge
+        from streamd.detect.guard import MARGIN, METHOD, judge
         from streamd.detect.quantize import store_guard, stored_guard
         from streamd.detect.yolo import YoloDetector
 
         cfg = self.cfg
         thresholds = (cfg.conf, cfg.iou, cfg.classes)
+        # NMS across classes changes both models' boxes: a verdict of the other mode is
+        # not this one's.
+        method = METHOD + ("-agnostic" if cfg.agnostic_nms else "")
         model_file = self.guarded_model
-        report = stored_guard(model_file, thresholds) if model_file is not None else None
+        report = None if model_file is None else stored_guard(model_file, thresholds, method)
         if report is None:
             held = calib.held
             images = calib.images(held)
@@ -335,7 +339,7 @@ class _Build:
             ours = YoloDetector(runner, self.names, low, self.stride).detect(images)
             truth = [None if f.truth is None else np.asarray(f.truth, dtype=np.float32)
                      for f in held]  # fmt: skip
-            report = judge(precision, fp32, ours, truth, thresholds)
+            report = replace(judge(precision, fp32, ours, truth, thresholds), method=method)
             if model_file is not None:
                 store_guard(model_file, report)
         self.reports.append(report)

@@ -147,14 +147,15 @@ def guard_path(model: Path) -> Path:
     return model.with_suffix(".guard.json")
 
 
-def stored_guard(model: Path, thresholds: tuple[float, float, list[str] | None]
-                 ) -> GuardReport | None:  # fmt: skip
-    """The figures kept with ``model``, if they were taken with these thresholds."""
+def stored_guard(model: Path, thresholds: tuple[float, float, list[str] | None],
+                 method: str = GUARD_METHOD) -> GuardReport | None:  # fmt: skip
+    """The figures kept with ``model``, if they were taken with these thresholds and this
+    method (which names the NMS mode: class-aware or across classes)."""
     try:
         report = GuardReport.from_json(json.loads(guard_path(model).read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    same = (report.conf, report.iou, report.classes) == thresholds and report.method == GUARD_METHOD
+    same = (report.conf, report.iou, report.classes) == thresholds and report.method == method
     return report if same else None
 
 
