@@ -23,9 +23,10 @@ from streamd.client import Event, Subscriber
 from streamd.config import ModelConfig, load_config
 from streamd.detect import DetectorError, create_detector
 from streamd.detect.calibration import CalibrationFrame, load_calibration, write_calibration
+from streamd.detect.guard import METHOD as GUARD_METHOD
 from streamd.detect.guard import GuardReport, match
 from streamd.detect.precision import precision_candidates
-from streamd.detect.quantize import GUARD_METHOD, store_guard, stored_guard
+from streamd.detect.quantize import store_guard, stored_guard
 
 from .daemon import collect, sample, scrape, start, stop_and_check_own_clean, write_pipeline
 from .groundtruth import score
