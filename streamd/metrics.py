@@ -41,7 +41,8 @@ FRAMES_ANALYSED = Counter(
 FRAMES_DROPPED = Counter(
     "streamd_frames_dropped",
     "Decoded frames not analysed, by cause: sampled (max_fps), queue_full (drop policy), "
-    "stale (max_latency_ms).",
+    "stale (max_latency_ms), inbox_full (decoded in the detector process, whose own queue "
+    "was full).",
     ["stream", "cause"],
 )
 DECODE_ERRORS = Counter(

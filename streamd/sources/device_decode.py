@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
+from streamd import metrics
 from streamd.config import StreamConfig
 from streamd.runtime.channel import Outbox
 from streamd.sources.nvdec import (
@@ -344,5 +345,7 @@ class DecodeLane:
         if not self._out.send(msg):
             log.warning("the detector's inbox is full: %s of %s lost", type(msg).__name__,
                         self.stream)  # fmt: skip
+            if isinstance(msg, FrameRef):  # a picture that will not be analysed
+                metrics.FRAMES_DROPPED.labels(self.stream, "inbox_full").inc()
             return False
         return True
