@@ -29,7 +29,13 @@ import numpy.typing as npt
 
 from streamd import metrics
 from streamd.config import StreamConfig
-from streamd.sources.reader import CpuDecoder, DecodeCounters, FrameDecoder, Picture
+from streamd.sources.reader import (
+    CpuDecoder,
+    CpuFromKeyframe,
+    DecodeCounters,
+    FrameDecoder,
+    Picture,
+)
 
 if TYPE_CHECKING:  # camera processes do not import torch: only the detector's decode threads
     import torch
@@ -203,8 +209,7 @@ class NvdecDecoder:
                                                         stream)  # fmt: skip
         self._time_base = stream.time_base or Fraction(1, 90_000)
         self._on_device_error = on_device_error
-        self._cpu: CpuDecoder | None = None
-        self._waiting_key = False
+        self._cpu: CpuFromKeyframe | None = None
 
     @property
     def on_cpu(self) -> bool:
@@ -212,7 +217,7 @@ class NvdecDecoder:
 
     def decode(self, packet: av.Packet[Any], counters: DecodeCounters) -> list[Picture]:
         if self._cpu is not None:
-            return self._decode_cpu(packet, counters)
+            return self._cpu.decode(packet, counters)
         counters.decode_errors += packet.is_corrupt  # as the CPU path counts them
         try:
             return self._decode_nvdec(packet, counters)
@@ -244,16 +249,9 @@ class NvdecDecoder:
         log.warning("NVDEC failed (%s); this stream decodes on the CPU from the next keyframe",
                     reason)  # fmt: skip
         self._close_session()
-        self._cpu, self._waiting_key = CpuDecoder(), True
+        self._cpu = CpuFromKeyframe()
         if self._on_device_error is not None:
             self._on_device_error(reason)
-
-    def _decode_cpu(self, packet: av.Packet[Any], counters: DecodeCounters) -> list[Picture]:
-        assert self._cpu is not None
-        if self._waiting_key and packet.size and not packet.is_keyframe:
-            return []  # its references died with the NVDEC session: not a corrupt packet
-        self._waiting_key = False
-        return self._cpu.decode(packet, counters)
 
     def _close_session(self) -> None:
         session, self._session = self._session, None

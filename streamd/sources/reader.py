@@ -249,6 +249,22 @@ class CpuDecoder:
         """Nothing to release: the codec context closes with its container."""
 
 
+class CpuFromKeyframe:
+    """The CPU decoder a stream falls back to after NVDEC failed mid-session: it starts at
+    the next keyframe, since the references of the packets before it were decoded by the
+    NVDEC session that is gone (they are not corrupt packets, so not counted as such)."""
+
+    def __init__(self) -> None:
+        self._cpu = CpuDecoder()
+        self._waiting_key = True
+
+    def decode(self, packet: av.Packet[Any], counters: DecodeCounters) -> list[Picture]:
+        if self._waiting_key and packet.size and not packet.is_keyframe:
+            return []
+        self._waiting_key = False
+        return self._cpu.decode(packet, counters)
+
+
 def _decode_packet(packet: av.Packet[Any], counters: DecodeCounters) -> list[av.VideoFrame]:
     bad = packet.is_corrupt  # e.g. the last packet of a truncated file
     try:

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from streamd.sources.reader import CpuDecoder, DecodeCounters, Picture, SourceStalled
+from streamd.sources.reader import CpuFromKeyframe, DecodeCounters, Picture, SourceStalled
 from streamd.types import DecodeReport, EncodedUnit
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,7 @@ class RemoteDecoder:
         self._on_device_error = on_device_error
         self._seen = (0, 0)  # the tally's (decoded, errors) already added to the counters
         self._progress_at: float | None = None  # when the detector last decoded a picture
-        self._cpu: CpuDecoder | None = None
-        self._waiting_key = False
+        self._cpu: CpuFromKeyframe | None = None
         self.sent = 0  # units handed to the detector this session (their in-flight keys)
         self.ended = False  # the demuxer's end-of-file packet came: the held pictures go out
 
@@ -155,7 +154,7 @@ class RemoteDecoder:
     def decode(self, packet: av.Packet[Any], counters: DecodeCounters) -> list[Picture]:
         self._follow(counters)
         if self._cpu is not None:
-            return self._decode_cpu(packet, counters)
+            return self._cpu.decode(packet, counters)
         counters.decode_errors += packet.is_corrupt  # as the other decoders count them
         if packet.size == 0:
             self.ended = True  # the worker sends the end after the last unit
@@ -219,16 +218,9 @@ class RemoteDecoder:
     def _fall_back(self, reason: str) -> None:
         log.warning("NVDEC in the detector failed (%s); this stream decodes on the CPU from "
                     "the next keyframe", reason)  # fmt: skip
-        self._cpu, self._waiting_key = CpuDecoder(), True
+        self._cpu = CpuFromKeyframe()
         if self._on_device_error is not None:
             self._on_device_error(reason)
-
-    def _decode_cpu(self, packet: av.Packet[Any], counters: DecodeCounters) -> list[Picture]:
-        assert self._cpu is not None
-        if self._waiting_key and packet.size and not packet.is_keyframe:
-            return []  # its references were decoded in the detector
-        self._waiting_key = False
-        return self._cpu.decode(packet, counters)
 
     def close(self) -> None:
         """Nothing held here; the worker tells the detector the session ended."""
