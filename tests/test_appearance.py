@@ -15,8 +15,9 @@ import supervision as sv
 
 from streamd.analytics.engine import Observation, StreamAnalytics
 from streamd.config import ConfigError, TrackerConfig, TracksConfig, ZoneConfig, parse_config
+from streamd.config.tracker import AppearanceOptions
 from streamd.track import StreamTracker
-from streamd.track.appearance import Relinker, RelinkOptions, look, similarity
+from streamd.track.appearance import Relinker, look, similarity
 
 FPS = 15.0
 W, H = 640, 360
@@ -239,7 +240,7 @@ def test_a_camera_running_for_days_keeps_no_more_than_its_recent_tracks() -> Non
     """20,000 library tracks, one after another (a day of a busy door): the id maps hold
     only the tracks of the last seconds (each track here takes over the look-alike that
     left the same spot 0.8 s before it: one of two ids)."""
-    relinker = Relinker(RelinkOptions(library_keep_s=1.0))
+    relinker = Relinker(AppearanceOptions(), library_keep_s=1.0)
     frame, _ = _scene([(RED, 100.0, 100.0)])
     box = np.array([[100, 100, 160, 260]], np.float32)
     seen = set()

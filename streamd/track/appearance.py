@@ -34,6 +34,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
+from streamd.config.tracker import AppearanceOptions
+
 Image = npt.NDArray[np.uint8]
 Box = npt.NDArray[np.float64]
 Signature = npt.NDArray[np.float32]
@@ -62,15 +64,6 @@ _NONE = 1e6
 _GAP_S = 0.25
 # Velocity is measured over this long a trail.
 _TRAIL_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class RelinkOptions:
-    window_s: float = 4.0  # how long a vanished identity or a crossing is remembered
-    min_similarity: float = 0.75  # 1 = the same colours; one person 0.95-1, others < 0.65
-    swap_margin: float = 0.1  # how much better the exchanged ids must fit
-    drift: float = 0.5  # box heights a second a person may stray from their last velocity
-    library_keep_s: float = 1.0  # how long the library keeps a lost track (lost_track_s)
 
 
 @dataclass(slots=True)
@@ -145,15 +138,15 @@ def similarity(a: Signature, b: Signature) -> float:
 class Relinker:
     """Maps the library's track ids to the ids streamd publishes."""
 
-    def __init__(self, options: RelinkOptions) -> None:
+    def __init__(self, options: AppearanceOptions, library_keep_s: float) -> None:
+        """``library_keep_s``: how long the library keeps a lost track (lost_track_s)."""
         self._opt = options
+        self._library_keep_s = library_keep_s
         self._out_of: dict[int, int] = {}  # library id -> published id
         self._lib_of: dict[int, int] = {}  # published id -> library id (the inverse)
         self._lib_seen: dict[int, float] = {}  # library id -> when it last had a box
         self._ids: dict[int, _Identity] = {}  # published id -> what it looked like
         self._next = 0
-        self.relinked = 0  # identities handed on to a new library track
-        self.swapped = 0  # crossings undone (ids exchanged)
 
     def update(
         self, boxes: npt.NDArray[np.floating[Any]], lib_ids: npt.NDArray[np.int64], ts: float,
@@ -228,7 +221,6 @@ class Relinker:
                 provisional = self._out_of[int(lib_ids[fresh[r]])]
                 self._hand_on(int(lib_ids[fresh[r]]), gone[c].out_id)
                 del self._ids[provisional]
-                self.relinked += 1
 
     def _uncross(
         self, out: npt.NDArray[np.int64], rows: list[int], lib_ids: npt.NDArray[np.int64],
@@ -260,7 +252,6 @@ class Relinker:
                     self._exchange(int(lib_ids[k]), int(lib_ids[j]))
                     out[k], out[j] = out[j], out[k]
                     row_of[int(out[k])], row_of[int(out[j])] = k, j
-                    self.swapped += 1
                     break
 
     def _map(self, lib: int, out_id: int) -> int:
@@ -326,7 +317,7 @@ class Relinker:
             del self._ids[out_id]
         # The library drops a track unseen for its lost-track time and never reuses an id:
         # a 24/7 camera must not keep every library id it ever saw.
-        gone = ts - max(self._opt.window_s, self._opt.library_keep_s) - 1.0
+        gone = ts - max(self._opt.window_s, self._library_keep_s) - 1.0
         for lib in [i for i, t in self._lib_seen.items() if t < gone]:
             del self._lib_seen[lib]
             out_id = self._out_of.pop(lib, -1)

@@ -41,7 +41,7 @@ from streamd.config.tracker import (
     OCSortOptions,
     SortOptions,
 )
-from streamd.track.appearance import Relinker, RelinkOptions
+from streamd.track.appearance import Relinker
 
 # The library sizes lost-track buffers in frames at 30 fps and, given timestamps, keeps
 # a lost track buffer/30 seconds: so seconds * 30 is the buffer, whatever the real rate.
@@ -114,10 +114,8 @@ class StreamTracker:
         # Of the library's trackers only BoT-SORT with camera-motion compensation looks
         # at pixels.
         self._library_wants_frame = cfg.kind == "botsort" and cfg.botsort.cmc
-        a = cfg.appearance
-        options = RelinkOptions(a.window_s, a.min_similarity, a.swap_margin, a.drift,
-                                library_keep_s=cfg.lost_track_s)  # fmt: skip
-        self.relinker = Relinker(options) if a.enabled and pixels else None
+        on = cfg.appearance.enabled and pixels
+        self.relinker = Relinker(cfg.appearance, cfg.lost_track_s) if on else None
 
     def update(
         self, detections: sv.Detections, ts: float, frame: npt.NDArray[np.uint8] | None = None
