@@ -81,16 +81,20 @@ gpu-wheels: setup
 gpu-venv:
 	@python3 -m streamd.gpucheck probe
 	@test -d $(GPU_VENV) || python3 -m venv --system-site-packages $(GPU_VENV)
+	@# python3 there is itself a venv (/opt/torch/.venv): --system-site-packages reaches the
+	@# base interpreter's packages, not its torch; a .pth adds python3's own site-packages.
+	@python3 -c 'import site; print("\n".join(site.getsitepackages()))' \
+	  > $$($(GPU_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/gpu-host.pth
 	@for d in build/wheels build/wheels-nvdec; do if ls $$d/*.whl >/dev/null 2>&1; then \
 	  $(GPU_VENV)/bin/pip install --quiet --no-index --no-deps $$d/*.whl || exit 1; fi; done
 	@test -f build/gpu/yolo11n-random.pt || $(GPU_VENV)/bin/python -m streamd.gpucheck model
 
 gpu-check:
 ifdef DRY_RUN
-	python3 -m streamd.gpucheck --dry-run $(if $(ONLY),--only $(ONLY))
+	python3 -m streamd.gpucheck --dry-run $(if $(ONLY),--only $(ONLY)) $(if $(DURATION),--duration $(DURATION))
 else
 	@$(MAKE) -s gpu-venv
-	$(GPU_VENV)/bin/python -m streamd.gpucheck $(if $(ONLY),--only $(ONLY))
+	$(GPU_VENV)/bin/python -m streamd.gpucheck $(if $(ONLY),--only $(ONLY)) $(if $(DURATION),--duration $(DURATION))
 endif
 
 # A host install run by systemd (docs/operations.md): the streamd user, a venv under

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ def steps(out: Path, scale: Scale) -> list[Step]:
              (sys.executable, "-m", "streamd.gpucheck", "deps"), json_out=False),
         Step("gpu-tests", "the tests marked gpu (CUDA, FP16, CUDA graphs, TensorRT, NVDEC)",
              (sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+              "--continue-on-collection-errors",  # a module needing what the GPU lacks
               f"--junitxml={out / 'gpu-tests.xml'}", "tests", *s.extra_pytest), json_out=False),
         Step("model-only", f"detector alone, {model_backend}, batch sizes {_csv(s.batches)}",
              (*py, "bench", "--model-only", "--backend", model_backend, "--device", s.device,
@@ -232,8 +233,11 @@ GPU_MACHINE_HAS = ("torch", "torchvision", "numpy", "opencv-python")
 CARRY_LIMIT_MIB = 64
 
 
-# pydantic's own compiled part and helpers: pip's --no-deps would leave them out.
-PYDANTIC_PARTS = ("pydantic-core", "annotated-types", "typing-inspection")
+# What our dependencies need that the GPU machine lacks (pip's --no-deps leaves them out):
+# pydantic's compiled part and helpers; supervision's and trackers' pydeprecate and
+# defusedxml (imported at import time), ultralytics' thop.
+TRANSITIVE = ("pydantic-core", "annotated-types", "typing-inspection", "pydeprecate",
+              "defusedxml", "ultralytics-thop")  # fmt: skip
 # Modules the daemon and the checks import, by import name (a missing one: its wheel).
 NEEDED = ("torch", "numpy", "cv2", "ultralytics", "supervision", "trackers", "zmq", "av",
           "pydantic", "yaml", "prometheus_client", "setproctitle", "psutil", "PIL", "scipy",
@@ -252,7 +256,7 @@ def fetch_wheels(python: str) -> int:
         for r in project["dependencies"]
         if r.split("<")[0].split(">")[0].split("=")[0].strip() not in GPU_MACHINE_HAS
     ]
-    code = _download(Path("build/wheels"), python, [*wanted, *PYDANTIC_PARTS])
+    code = _download(Path("build/wheels"), python, [*wanted, *TRANSITIVE])
     nvdec = project["optional-dependencies"].get("nvdec", [])
     return code or (_download(Path("build/wheels-nvdec"), python, nvdec) if nvdec else 0)
 
@@ -318,9 +322,12 @@ def check(argv: Sequence[str]) -> int:
     ap.add_argument("--only", help="comma-separated step names (or prefixes: decode, e2e)")
     ap.add_argument("--out", default="build/gpu-check")
     ap.add_argument("--cpu", action="store_true", help="toy scale on the CPU (tests the harness)")
+    ap.add_argument("--duration", type=float, help="seconds each live run measures (default 60)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     scale = CPU_TOY if args.cpu else Scale()
+    if args.duration:  # a short device lease: fewer seconds per run, the same runs
+        scale = replace(scale, duration_s=args.duration)
     todo = [s for s in steps(out, scale) if _wanted(s.name, args.only)]
     if args.dry_run:
         for s in todo:
