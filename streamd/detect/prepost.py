@@ -117,7 +117,8 @@ def postprocess(
     """
     x = preds.transpose(1, 2).float()  # (B, N, 4+nc)
     score, cls = x[..., 4:].max(2)
-    keep = score > conf
+    # A NaN score fails the comparison; an overflowed (inf) box must not pass either.
+    keep = (score > conf) & torch.isfinite(x[..., :4]).all(2)
     if classes is not None:
         keep &= torch.isin(cls, torch.as_tensor(classes, device=cls.device))
     frame, anchor = keep.nonzero(as_tuple=True)

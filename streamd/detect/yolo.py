@@ -204,12 +204,17 @@ class CudaGraphRunner:
         self.inputs: dict[int, torch.Tensor] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        pool = None
-        for b in reversed(self.buckets):  # largest first, so the others fit in its pool
-            pool = self._capture(b, imgsz, pool)
+        self.held: dict[int, list[torch.Tensor]] = {}
+        for b in reversed(self.buckets):
+            self._capture(b, imgsz)
 
     @torch.inference_mode()
-    def _capture(self, b: int, imgsz: int, pool: Any) -> Any:
+    def _capture(self, b: int, imgsz: int) -> None:
+        # Found on an H200 (NaN boxes, illegal memory accesses): ultralytics' head caches
+        # its anchors per input shape, batch included, as a plain attribute. The warm-up
+        # of the next bucket replaced the tensor this graph reads and freed it, and its
+        # memory was reused. Each graph now holds the tensors the modules held when it was
+        # captured, in its own memory pool (a shared one would hand freed blocks on).
         x = torch.full((b, 3, imgsz, imgsz), 0.5, device=self.device, dtype=self.dtype)
         side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -218,10 +223,10 @@ class CudaGraphRunner:
                 _head(self.model(x))
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph):
             y = _head(self.model(x))
         self.inputs[b], self.outputs[b], self.graphs[b] = x, y, graph
-        return graph.pool()
+        self.held[b] = module_tensors(self.model)
 
     def buffer(self, n: int, shape: tuple[int, int]) -> torch.Tensor:
         return self.inputs[bucket_for(n, self.buckets)]
@@ -230,3 +235,9 @@ class CudaGraphRunner:
         b = bucket_for(n, self.buckets)
         self.graphs[b].replay()
         return self.outputs[b][:n]
+
+
+def module_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Tensors the modules keep as plain attributes (caches such as a head's anchors), not
+    parameters or buffers: a captured graph reads them by address."""
+    return [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]
