@@ -36,6 +36,10 @@ from streamd.config import ModelConfig
 from streamd.metrics import STAGES
 
 
+class DaemonExited(RuntimeError):
+    """The daemon under measurement stopped before the run ended."""
+
+
 @dataclass(frozen=True, slots=True)
 class BenchSpec:
     streams: int = 2
@@ -256,6 +260,10 @@ def pipeline(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
     toggler = _ViewerToggler(spec, measured_from) if spec.viewers else None
     try:
         window = _collect(sub, daemon, spec, measured_from, arrivals)
+    except DaemonExited as e:  # the log goes with the temporary folder: show its end
+        log.flush()
+        tail = (workdir / "daemon.log").read_text(errors="replace")[-4000:]
+        raise DaemonExited(f"{e}; the end of its log:\n{tail}") from None
     finally:
         if toggler is not None:
             toggler.stop()
@@ -409,7 +417,7 @@ def _collect(
         if first is not None and now - first >= spec.warmup_s + spec.duration_s:
             break
     if daemon.poll() is not None:
-        raise RuntimeError(f"the daemon exited with {daemon.returncode}; see its log")
+        raise DaemonExited(f"the daemon exited with {daemon.returncode}")
     return window
 
 

@@ -41,6 +41,7 @@ from streamd.sources.reader import (
     CpuDecoder,
     DecodeCounters,
     OpenOptions,
+    auto_decode_threads,
     decode_frames,
     open_source,
 )
@@ -98,14 +99,15 @@ def synthetic_clip(folder: Path, width: int, height: int, fps: int, seconds: flo
 
 
 def _decode_window(clip: str, decoder: str, start: float, end: float, bgr: bool,
-                   device: bool = False) -> int:  # fmt: skip
-    """Frames one decoder delivered between the wall times ``start`` and ``end``."""
+                   device: bool = False, cpu_threads: int = 0) -> int:  # fmt: skip
+    """Frames one decoder delivered between the wall times ``start`` and ``end``
+    (``cpu_threads``: the CPU decoder's threads, as a camera's process gets them)."""
     if device:
         return _device_window(load_backend(), clip, start, end, bgr)
     backend = load_backend() if decoder == "nvdec" else None
     frames = 0
     while True:
-        with open_source(OpenOptions(clip)) as container:
+        with open_source(OpenOptions(clip, threads=cpu_threads)) as container:
             stream = container.streams.video[0]
             dec = CpuDecoder() if backend is None else open_nvdec(backend, stream)
             time.sleep(max(0.0, start - time.time()))
@@ -175,7 +177,7 @@ def run_decode(spec: DecodeBenchSpec, workdir: Path) -> dict[str, Any]:
         import streamd.detect.nv12  # noqa: F401
     start = time.time() + START_GRACE_S[spec.decode_in]
     end = start + spec.duration_s
-    args = (clip, spec.decoder, start, end, spec.bgr, device)
+    args = (clip, spec.decoder, start, end, spec.bgr, device, auto_decode_threads(spec.threads))
     pool: cf.Executor = (
         cf.ProcessPoolExecutor(spec.threads, mp_context=mp.get_context("spawn"))
         if spec.decode_in == "worker"

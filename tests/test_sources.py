@@ -7,20 +7,24 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import av
 import pytest
 
+from streamd.analysis.loop import AnalysisSpec
+from streamd.config import ConfigError, parse_config
 from streamd.control import connect_endpoint
 from streamd.sources.reader import (
     MediaClock,
     OpenOptions,
+    auto_decode_threads,
     escape_credentials,
     ffmpeg_input,
     open_source,
 )
-from streamd.sources.worker import Backoff, Sampler
+from streamd.sources.worker import Backoff, Sampler, source_spec
 
 
 @pytest.mark.parametrize(
@@ -158,3 +162,47 @@ def test_sampler_restarts_its_grid_after_a_pause() -> None:
     assert [sampler.keep(t) for t in (0.0, 0.25, 0.5)] == [True, False, True]
     # 100 s of silence, then frames again: one kept, no burst to catch up.
     assert [sampler.keep(t) for t in (100.0, 100.1, 100.2, 100.5)] == [True, False, False, True]
+
+
+@pytest.mark.parametrize(
+    ("streams", "cores", "threads"),
+    [(1, 16, 4), (4, 16, 4), (8, 16, 2), (25, 16, 1), (100, 16, 1), (1, 2, 2), (12, 2, 1)],
+)
+def test_decoder_threads_share_the_cores_among_the_streams(
+    streams: int, cores: int, threads: int
+) -> None:
+    assert auto_decode_threads(streams, cores) == threads
+
+
+def _packets_before_first_picture(clip: str, threads: int) -> int:
+    with open_source(OpenOptions(clip, threads=threads)) as container:
+        stream = container.streams.video[0]
+        for fed, packet in enumerate(container.demux(stream), 1):
+            if packet.decode():
+                return fed
+    raise AssertionError("no picture")
+
+
+def test_the_thread_count_reaches_the_decoder(tmp_path: Path) -> None:
+    """ffmpeg's frame threads hold a picture back per extra thread (a camera's delay): 4
+    threads give the first picture 3 packets later than 1 thread (B-frame reordering
+    holds both back alike)."""
+    from streamd.synth import SceneSpec, write_scene
+
+    clip = tmp_path / "c.mp4"
+    write_scene(clip, SceneSpec(width=320, height=180, fps=10, seconds=2.0, people=1))
+    one = _packets_before_first_picture(str(clip), 1)
+    assert _packets_before_first_picture(str(clip), 4) == one + 3
+
+
+def test_each_camera_process_gets_its_share_of_decoder_threads() -> None:
+    urls = [f"{{id: s{i}, url: s{i}.mp4}}" for i in range(9)]
+    cfg = parse_config(f"streams: [{', '.join(urls[:8])}, {{id: big, url: b.mp4, "
+                       "decode_threads: 6}]", env={})  # fmt: skip
+    analysis = AnalysisSpec(pipeline=cfg, results="inproc://r", bus="inproc://b",
+                            control="inproc://c", view=None, names={0: "x"}, epoch=0)  # fmt: skip
+    threads = [source_spec(s, i, "run", "inproc://i", analysis, "INFO").open.threads
+               for i, s in enumerate(cfg.streams)]  # fmt: skip
+    assert threads == [auto_decode_threads(9)] * 8 + [6]
+    with pytest.raises(ConfigError, match=r"streams\.0\.decode_threads"):
+        parse_config("streams: [{id: a, url: a.mp4, decode_threads: 33}]", env={})

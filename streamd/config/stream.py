@@ -96,6 +96,15 @@ class StreamConfig(_Strict):
         "changed at runtime (API, SIGHUP) decodes in its camera process until the next "
         "start, and the appearance cue of tracking is off for detector-decoded streams.",
     )
+    decode_threads: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="CPU decoder threads of this stream (ffmpeg's frame threads: each adds "
+        "a frame of delay and its own reference pictures). 0 = auto: the host's cores "
+        "shared among the streams, 1 to 4 each (ffmpeg's own default, a thread per core "
+        "for every stream, ran 100 1080p cameras on 16 cores out of memory).",
+    )
     reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig())
     zones: list[ZoneConfig] = Field(default_factory=list, description="Polygon zones and rules.")
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from collections import deque
@@ -42,6 +43,7 @@ class OpenOptions:
     open_timeout_s: float = 10.0
     stall_timeout_s: float = 10.0
     on_corrupt: Literal["drop", "conceal"] = "drop"
+    threads: int = 0  # CPU decoder threads; 0: ffmpeg's default (one per core)
 
 
 class HostPicture(Protocol):
@@ -163,6 +165,13 @@ def ffmpeg_input(opts: OpenOptions) -> tuple[str, str | None, dict[str, str]]:
     return target, fmt, options
 
 
+def auto_decode_threads(streams: int, cores: int | None = None) -> int:
+    """Decoder threads per stream when the config says 0: the cores shared among the
+    streams, at least 1 and at most 4 (more adds delay and memory for little speed)."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, min(4, cores // max(1, streams)))
+
+
 def open_source(opts: OpenOptions) -> av.container.InputContainer:
     """Open a source with bounded open and read timeouts (ffmpeg's RTSP default is none).
 
@@ -178,6 +187,8 @@ def open_source(opts: OpenOptions) -> av.container.InputContainer:
         raise av.error.InvalidDataError(22, "no video stream in source")  # EINVAL
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    if opts.threads:
+        stream.thread_count = opts.threads
     if opts.on_corrupt == "drop":
         # Make the decoder report damaged pictures instead of concealing them silently.
         stream.codec_context.options = {"err_detect": "explode"}
