@@ -49,6 +49,10 @@ if TYPE_CHECKING:  # torch is imported by the detector's backend, not by the sup
 log = logging.getLogger(__name__)
 
 UNROUTED_HOLD_S = 10.0  # past the supervisor's route resend (routes.RESEND_S)
+# Batches the detector may raise on in a row before the process gives up: one bad batch
+# (a numerical fault, an out-of-memory on a large batch) costs its frames, not every
+# stream; a device that fails every batch (a lost CUDA context) ends the process.
+MAX_FAILED_BATCHES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +148,8 @@ class InferenceWorker:
         # the inbox from different senders, taken in turns): kept until it does, or
         # released unread after UNROUTED_HOLD_S (a ring slot a writer waits for).
         self._unrouted: dict[str, list[tuple[float, FrameRef]]] = {}
+        self._failed: dict[str, int] = {}  # per stream: frames of batches that raised
+        self._failed_in_a_row = 0
 
     def run(self, stop: StopFlag) -> None:
         next_beat = time.time()
@@ -233,9 +239,9 @@ class InferenceWorker:
 
     def _drops(self, stream: str) -> StageDrops:
         d = self.batcher.drops(stream)
-        return StageDrops(d.queue_full, d.stale)
+        return StageDrops(d.queue_full, d.stale, self._failed.get(stream, 0))
 
-    def _drop(self, ref: FrameRef, cause: Literal["queue_full", "stale"]) -> None:
+    def _drop(self, ref: FrameRef, cause: Literal["queue_full", "stale", "detector_error"]) -> None:
         self._release(ref)
         self._outgoing.setdefault(ref.stream, []).append(
             Dropped(ref, cause, self._drops(ref.stream))
@@ -275,7 +281,13 @@ class InferenceWorker:
             self.readers.sweep()
             return
         t0 = time.perf_counter()
-        results = self.detector.detect(views, kept)
+        try:
+            results = self.detector.detect(views, kept)
+        except Exception as e:
+            del views
+            self._batch_failed(kept, e)
+            return
+        self._failed_in_a_row = 0
         infer_ms = (time.perf_counter() - t0) * 1000.0
         metrics.BATCH_SIZE.observe(len(kept))
         for ref, detections in zip(kept, results, strict=True):
@@ -290,6 +302,22 @@ class InferenceWorker:
                            self._drops(ref.stream), image)  # fmt: skip
             self._outgoing.setdefault(ref.stream, []).append(msg)
         del views, results  # no view into a ring outlives the batch
+        self.readers.sweep()
+
+    def _batch_failed(self, refs: list[FrameRef], error: Exception) -> None:
+        """The detector raised on a batch: its frames are dropped and counted, each camera
+        told; the process goes on unless it has failed MAX_FAILED_BATCHES in a row."""
+        self._failed_in_a_row += 1
+        log.error("detector failed on a batch of %d frame(s) (%d in a row): %s: %s",
+                  len(refs), self._failed_in_a_row, type(error).__name__, error)  # fmt: skip
+        if self._failed_in_a_row >= MAX_FAILED_BATCHES:
+            raise error
+        for ref in refs:
+            if ref.slot >= 0:
+                self.readers.done(ref)  # unclaimed: the slot is the writer's again
+            self._failed[ref.stream] = self._failed.get(ref.stream, 0) + 1
+            metrics.FRAMES_DROPPED.labels(ref.stream, "detector_error").inc()
+            self._drop(ref, "detector_error")
         self.readers.sweep()
 
     def _lost(self, ref: FrameRef) -> None:

@@ -42,7 +42,7 @@ FRAMES_DROPPED = Counter(
     "streamd_frames_dropped",
     "Decoded frames not analysed, by cause: sampled (max_fps), queue_full (drop policy), "
     "stale (max_latency_ms), inbox_full (decoded in the detector process, whose own queue "
-    "was full).",
+    "was full), detector_error (the detector raised on the frame's batch).",
     ["stream", "cause"],
 )
 DECODE_ERRORS = Counter(

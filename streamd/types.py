@@ -132,6 +132,7 @@ class StageDrops:
 
     queue_full: int = 0
     stale: int = 0
+    detector_error: int = 0  # frames of batches the detector raised on
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,8 @@ class Dropped:
     """Inference → the stream's own process: an announced frame that will not be analysed."""
 
     ref: FrameRef
-    cause: Literal["queue_full", "stale", "sampled"]  # sampled: decode_in: detector's max_fps
+    # sampled: decode_in: detector's max_fps; detector_error: its batch raised
+    cause: Literal["queue_full", "stale", "sampled", "detector_error"]
     drops: StageDrops
 
 

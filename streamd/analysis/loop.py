@@ -130,7 +130,8 @@ class _Counters:
     def dropped(self, source: dict[str, int] | None = None) -> dict[str, int]:
         """The detector's drops plus the source's, as in the det event (docs/events.md)."""
         src = self.source if source is None else source
-        return DropCounters(self.stage.queue_full, self.stage.stale, src).as_dict()
+        st = self.stage
+        return DropCounters(st.queue_full, st.stale, src, st.detector_error).as_dict()
 
 
 class StreamAnalysis:

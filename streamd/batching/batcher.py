@@ -30,13 +30,17 @@ class DropCounters:
     queue_full: int = 0
     stale: int = 0
     source: dict[str, int] = field(default_factory=dict)
+    detector_error: int = 0  # frames of batches the detector raised on
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        out = {
             "queue_full": self.queue_full + self.source.get("queue_full", 0),
             "stale": self.stale,
             "sampled": self.source.get("sampled", 0),
         }
+        if self.detector_error:  # rare: the key appears once there is one (docs/events.md)
+            out["detector_error"] = self.detector_error
+        return out
 
     @property
     def total(self) -> int:
