@@ -34,3 +34,15 @@ class Detector(Protocol):
         a backend that needs the stream or its clock (``null``); model backends look at the
         pixels only."""
         ...
+
+
+def class_ids(names: dict[int, str], classes: list[str] | None) -> list[int] | None:
+    if classes is None:
+        return None
+    by_name = {v: k for k, v in names.items()}
+    unknown = [c for c in classes if c not in by_name]
+    if unknown:
+        raise DetectorError(
+            f"model.classes: {unknown} not in the model's classes {sorted(by_name)}"
+        )
+    return [by_name[c] for c in classes]

@@ -87,12 +87,12 @@ def model_cache_dir(cfg: ModelConfig) -> Path:
 
 def create_detector(cfg: ModelConfig, max_batch: int = 8) -> Detector:
     """Build the backend; ``auto`` takes the fastest one present and says which and why."""
+    if cfg.backend == "null":  # before torch is imported: 2 s of a measurement daemon's start
+        return _null_detector(cfg)
     from streamd.detect import openvino_backend, tensorrt_backend
     from streamd.detect.onnx_export import onnxruntime_available
     from streamd.detect.yolo import YoloDetector, load_checkpoint
 
-    if cfg.backend == "null":
-        return _null_detector(cfg)
     device = resolve_device(cfg.device, "cpu" if cfg.backend == "openvino" else cfg.backend)
     cuda = device.type == "cuda"
     calib = calibration_set(cfg)
@@ -122,8 +122,8 @@ def create_detector(cfg: ModelConfig, max_batch: int = 8) -> Detector:
 
 
 def _null_detector(cfg: ModelConfig) -> Detector:
+    from streamd.detect.base import class_ids
     from streamd.detect.null_backend import NullDetector
-    from streamd.detect.yolo import class_ids
 
     detector = NullDetector(cfg.null_boxes)
     class_ids(detector.names, cfg.classes)  # the same check as a real model's

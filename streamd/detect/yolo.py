@@ -17,7 +17,7 @@ import supervision as sv
 import torch
 
 from streamd.config import ModelConfig
-from streamd.detect.base import DetectorError
+from streamd.detect.base import DetectorError, class_ids
 from streamd.detect.guard import GuardReport
 from streamd.detect.nv12 import Frame, letterbox
 from streamd.detect.prepost import input_shape, postprocess, to_detections
@@ -107,18 +107,6 @@ class YoloDetector:
         rows = postprocess(preds, placements, self.cfg.conf, self.cfg.iou, self.class_ids,
                            self.cfg.agnostic_nms)  # fmt: skip
         return to_detections(rows, n, self.names)
-
-
-def class_ids(names: dict[int, str], classes: list[str] | None) -> list[int] | None:
-    if classes is None:
-        return None
-    by_name = {v: k for k, v in names.items()}
-    unknown = [c for c in classes if c not in by_name]
-    if unknown:
-        raise DetectorError(
-            f"model.classes: {unknown} not in the model's classes {sorted(by_name)}"
-        )
-    return [by_name[c] for c in classes]
 
 
 def load_checkpoint(weights: str) -> tuple[torch.nn.Module, dict[int, str], str]:
