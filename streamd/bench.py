@@ -429,7 +429,8 @@ def _summarise(
     drops: dict[str, int] = defaultdict(int)
     for sid, s in last.get("streams", {}).items():
         for cause, n in s["dropped"].items():
-            drops[cause] += n - first["streams"][sid]["dropped"][cause]
+            # a cause (detector_error) or a stream may first appear inside the window
+            drops[cause] += n - first["streams"].get(sid, {}).get("dropped", {}).get(cause, 0)
     batches = [d["batch"] for d in dets]
     fps_total = sum(per_stream.values()) / spec.duration_s
     cpu_percent = sum(p["cpu_percent_mean"] for p in processes.values())

@@ -177,7 +177,8 @@ def run_decode(spec: DecodeBenchSpec, workdir: Path) -> dict[str, Any]:
         import streamd.detect.nv12  # noqa: F401
     start = time.time() + START_GRACE_S[spec.decode_in]
     end = start + spec.duration_s
-    args = (clip, spec.decoder, start, end, spec.bgr, device, auto_decode_threads(spec.threads))
+    cpu_threads = auto_decode_threads(spec.threads)  # each decoder's, as a camera gets them
+    args = (clip, spec.decoder, start, end, spec.bgr, device, cpu_threads)
     pool: cf.Executor = (
         cf.ProcessPoolExecutor(spec.threads, mp_context=mp.get_context("spawn"))
         if spec.decode_in == "worker"
@@ -194,6 +195,7 @@ def run_decode(spec: DecodeBenchSpec, workdir: Path) -> dict[str, Any]:
             "processor": platform.processor() or platform.machine(),
         },
         "pictures_in": "device memory" if device else "host memory",
+        "cpu_decoder_threads": cpu_threads if spec.decoder == "cpu" else None,
         "frames": counts,
         "fps_total": round(total / spec.duration_s, 1),
         "fps_per_decoder": round(total / spec.duration_s / spec.threads, 1),

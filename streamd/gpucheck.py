@@ -32,7 +32,7 @@ from typing import Any
 NO_CUDA = 2
 STEP_LIMIT_S = 540  # under the GPU machine's 10 minutes a command, with room to write
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
-STREAM_COUNTS = (25, 50, 100)
+STREAM_COUNTS = (1, 25, 50, 100)  # 1: the one-stream latency target (p50 ≤ 15 ms)
 DECODE_THREADS = (1, 2, 4, 8, 16)
 PERSON_MODEL = "models/person-yolov8s.pt"
 THROUGHPUT_MODEL = "build/gpu/yolo11n-random.pt"
@@ -80,6 +80,7 @@ def steps(out: Path, scale: Scale) -> list[Step]:
              (sys.executable, "-m", "streamd.gpucheck", "deps"), json_out=False),
         Step("gpu-tests", "the tests marked gpu (CUDA, FP16, CUDA graphs, TensorRT, NVDEC)",
              (sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+              "--continue-on-collection-errors",  # one module failing to import there
               f"--junitxml={out / 'gpu-tests.xml'}", *gpu_test_files(), *s.extra_pytest),
              json_out=False),
         Step("model-only", f"detector alone, {model_backend}, batch sizes {_csv(s.batches)}",

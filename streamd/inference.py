@@ -227,6 +227,7 @@ class InferenceWorker:
                     self.device.release(ref)
             self.policies.pop(msg.stream, None)
             self._outgoing.pop(msg.stream, None)
+            self._failed.pop(msg.stream, None)  # a stream added again counts from 0
             self.router.disconnect(msg.stream)
             log.info("stream %s removed from the detector's routes", msg.stream)
             return
@@ -284,8 +285,15 @@ class InferenceWorker:
         try:
             results = self.detector.detect(views, kept)
         except Exception as e:
+            log.error("detector failed on a batch of %d frame(s)", len(kept), exc_info=True)
+            # Without its traceback: the detector's frames (and the ring views they hold)
+            # go now, before the slots are handed back.
+            error: Exception | None = e.with_traceback(None)
+        else:
+            error = None
+        if error is not None:
             del views
-            self._batch_failed(kept, e)
+            self._batch_failed(kept, error)
             return
         self._failed_in_a_row = 0
         infer_ms = (time.perf_counter() - t0) * 1000.0
@@ -308,8 +316,8 @@ class InferenceWorker:
         """The detector raised on a batch: its frames are dropped and counted, each camera
         told; the process goes on unless it has failed MAX_FAILED_BATCHES in a row."""
         self._failed_in_a_row += 1
-        log.error("detector failed on a batch of %d frame(s) (%d in a row): %s: %s",
-                  len(refs), self._failed_in_a_row, type(error).__name__, error)  # fmt: skip
+        log.error("%d failed batch(es) in a row (the process ends at %d): %r",
+                  self._failed_in_a_row, MAX_FAILED_BATCHES, error)  # fmt: skip
         if self._failed_in_a_row >= MAX_FAILED_BATCHES:
             raise error
         for ref in refs:

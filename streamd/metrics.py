@@ -38,6 +38,11 @@ FRAMES_DECODED = Counter(
 FRAMES_ANALYSED = Counter(
     "streamd_frames_analysed", "Frames that went through the detector.", ["stream"]
 )
+NONFINITE_BOXES = Counter(
+    "streamd_detector_nonfinite_boxes",
+    "Candidate boxes the model gave with NaN or infinite coordinates (dropped): a broken "
+    "model, engine or CUDA graph.",
+)
 FRAMES_DROPPED = Counter(
     "streamd_frames_dropped",
     "Decoded frames not analysed, by cause: sampled (max_fps), queue_full (drop policy), "

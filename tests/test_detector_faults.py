@@ -89,6 +89,7 @@ def test_a_failing_batch_drops_its_frames_and_the_next_goes_on(
     worker.process(_frames(ring, 2))
     worker._flush()
     assert ring.free_slots() == 4  # a block writer is not left waiting on them
+    assert int(ring.claimed.sum()) == 0  # nor a latest writer going around claimed slots
     worker.process(_frames(ring, 3))
     worker._flush()
     items = _received(camera, 5)
@@ -127,3 +128,42 @@ def test_the_det_events_dropped_names_detector_errors_once_there_are_some() -> N
     assert DropCounters(1, 2, {}, detector_error=4).as_dict() == {
         "queue_full": 1, "stale": 2, "sampled": 0, "detector_error": 4,
     }  # fmt: skip
+
+
+def test_nonfinite_boxes_are_dropped_and_counted() -> None:
+    """A model (or graph) giving NaN/inf coordinates: those candidates go, counted; the
+    finite ones of the same batch stay."""
+    import torch
+
+    from streamd.detect.prepost import Placement, postprocess
+
+    preds = torch.zeros((2, 4 + 1, 3))  # (B, 4+nc, N): xywh, one class score
+    preds[:, :4, :] = torch.tensor([100.0, 100.0, 20.0, 40.0])[:, None]
+    preds[:, 4, :] = 0.9
+    preds[0, 4, 1] = 0.1  # below conf: one finite candidate in frame 0
+    preds[0, 0, 2] = float("nan")
+    preds[1, 2, 0] = float("inf")
+    place = [Placement(1.0, 0, 0, 320, 320)] * 2
+    before = REGISTRY.get_sample_value("streamd_detector_nonfinite_boxes_total") or 0.0
+    rows = postprocess(preds, place, conf=0.25, iou=0.45, classes=None)
+    assert torch.isfinite(rows).all()
+    assert sorted(rows[:, 0].tolist()) == [0.0, 1.0]  # one box per frame after NMS
+    after = REGISTRY.get_sample_value("streamd_detector_nonfinite_boxes_total") or 0.0
+    assert after - before == 2
+
+
+def test_a_captured_graph_keeps_the_heads_cached_anchors(person_model: Path) -> None:
+    """The tensors a CUDA graph reads by address that no parameter or buffer owns (the
+    head's anchors, re-made per input shape): module_tensors finds them to be held."""
+    import torch
+
+    from streamd.detect.yolo import load_checkpoint, module_tensors
+
+    model, _, _ = load_checkpoint(str(person_model))
+    with torch.inference_mode():
+        model(torch.zeros((2, 3, 320, 320)))
+    head = model.model[-1]
+    held = module_tensors(model)
+    assert any(t is head.anchors for t in held) and any(t is head.strides for t in held)
+    params = {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
+    assert not params & {id(t) for t in held}

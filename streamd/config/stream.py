@@ -103,7 +103,7 @@ class StreamConfig(_Strict):
         description="CPU decoder threads of this stream (ffmpeg's frame threads: each adds "
         "a frame of delay and its own reference pictures). 0 = auto: the host's cores "
         "shared among the streams, 1 to 4 each (ffmpeg's own default, a thread per core "
-        "for every stream, ran 100 1080p cameras on 16 cores out of memory).",
+        "for every stream, took 100 1080p cameras on 16 cores to 104 of 126 GiB).",
     )
     reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig())
     zones: list[ZoneConfig] = Field(default_factory=list, description="Polygon zones and rules.")

@@ -9,6 +9,7 @@ against ultralytics' predictor) so results do not depend on the backend.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ import supervision as sv
 import torch
 import torch.nn.functional as F
 import torchvision
+
+log = logging.getLogger(__name__)
 
 PAD_VALUE = 114 / 255  # ultralytics' grey
 MAX_WH = 7680  # class offset for class-aware NMS in one call
@@ -117,12 +120,15 @@ def postprocess(
     """
     x = preds.transpose(1, 2).float()  # (B, N, 4+nc)
     score, cls = x[..., 4:].max(2)
-    # A NaN score fails the comparison; an overflowed (inf) box must not pass either.
-    keep = (score > conf) & torch.isfinite(x[..., :4]).all(2)
+    keep = score > conf  # a NaN score fails the comparison
     if classes is not None:
         keep &= torch.isin(cls, torch.as_tensor(classes, device=cls.device))
     frame, anchor = keep.nonzero(as_tuple=True)
     box, score, cls = _xyxy(x[frame, anchor, :4]), score[frame, anchor], cls[frame, anchor]
+    finite = torch.isfinite(box).all(1)
+    if not bool(finite.all()):  # a broken model or graph (seen: NaN boxes): said, not hidden
+        _nonfinite(int((~finite).sum()))
+        box, score, cls, frame = box[finite], score[finite], cls[finite], frame[finite]
     if score.numel() > MAX_NMS * len(placements):
         top = score.topk(MAX_NMS * len(placements)).indices
         box, score, cls, frame = box[top], score[top], cls[top], frame[top]
@@ -132,6 +138,14 @@ def postprocess(
     frame, box, score, cls = frame[kept], box[kept], score[kept], cls[kept]
     return torch.cat((frame[:, None].float(), _to_frames(box, frame, placements),
                       score[:, None], cls[:, None].float()), 1)  # fmt: skip
+
+
+def _nonfinite(n: int) -> None:
+    from streamd import metrics
+
+    metrics.NONFINITE_BOXES.inc(n)
+    log.warning("the model gave %d box(es) with NaN or infinite coordinates (dropped; "
+                "streamd_detector_nonfinite_boxes_total counts them)", n)  # fmt: skip
 
 
 def _xyxy(xywh: torch.Tensor) -> torch.Tensor:

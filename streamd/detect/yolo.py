@@ -202,7 +202,10 @@ class CudaGraphRunner:
         # its anchors per input shape, batch included, as a plain attribute. The warm-up
         # of the next bucket replaced the tensor this graph reads and freed it, and its
         # memory was reused. Each graph now holds the tensors the modules held when it was
-        # captured, in its own memory pool (a shared one would hand freed blocks on).
+        # captured (``held``). Each also has its own memory pool: that is what ran on the
+        # H200; a shared pool (about half the memory with power-of-two buckets) is safe
+        # with ``held`` and serial replays, to measure on the next GPU. Never ``.to()`` the
+        # model after capture: that replaces parameters the graphs read by address.
         x = torch.full((b, 3, imgsz, imgsz), 0.5, device=self.device, dtype=self.dtype)
         side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(self.device))
