@@ -26,7 +26,7 @@ USER = ("streamd", "mqtt-pass-for-the-test")
 class Recorder:
     """A subscriber keeping (arrival time, topic, payload, retain) for every message."""
 
-    def __init__(self, port: int, topics: list[str], persistent: bool, ca: Path) -> None:
+    def __init__(self, port: int, topics: list[str], persistent: bool, ca: Path | None) -> None:
         self.items: list[tuple[float, str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(
@@ -36,7 +36,8 @@ class Recorder:
         )
         self.client.reconnect_delay_set(1, 1)
         self.client.username_pw_set(*USER)
-        self.client.tls_set(ca_certs=str(ca))
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
             for t in topics:
@@ -165,3 +166,59 @@ def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None
     cursor = json.loads((tmp_path / "alerts.sqlite.outputs" / "mqtt.json").read_text())
     assert cursor["after"]["cam"] >= want_seqs[-1]
     assert (tmp_path / "alerts.sqlite.outputs" / "mqtt.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_removed_zone_leaves_no_retained_entity(tmp_path: Path) -> None:
+    """A zone (and a line) gone from the heartbeat, e.g. removed over the API: its retained
+    occupancy and its Home Assistant configs are cleared on the broker; a subscriber that
+    comes after sees only what exists."""
+    from streamd.config.outputs import MqttConfig
+    from streamd.outputs.base import Cursor, LiveEvent
+    from streamd.outputs.mqtt import MqttOutput
+
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    topics = ["streamd/#", "homeassistant/#"]
+    live = Recorder(broker.port, topics, False, None)  # sees each publish as it happens
+    out = MqttOutput(MqttConfig(host="127.0.0.1", port=broker.port, discovery=True),
+                     Cursor({}, 0))  # fmt: skip
+    out.start()
+    yard = "homeassistant/binary_sensor/streamd/streamd_cam_zone_yard_occupied/config"
+
+    def beat(zones: list[str], lines: list[str]) -> None:
+        row = {"state": "streaming", "zones": dict.fromkeys(zones, 1),
+               "lines": {n: {"in": 1, "out": 0} for n in lines}}  # fmt: skip
+        out.offer_event(LiveEvent("heartbeat", None, {"streams": {"cam": row}}))
+
+    def retained_now() -> dict[str, bytes]:
+        """What a subscriber coming now gets: the broker's retained copies."""
+        rec = Recorder(broker.port, topics, False, None)
+        try:
+            rec.wait(lambda: "streamd/cam/state" in rec.retained(), 10)
+            time.sleep(1.0)  # the rest of them
+            return rec.retained()
+        finally:
+            rec.close()
+
+    try:
+        assert live.wait(lambda: out.connected, 10), "the output did not connect"
+        beat(["door", "yard"], ["gate"])
+        assert live.wait(lambda: live.topic(yard), 10)
+        first = retained_now()
+        for name in ("streamd/cam/zone/door/occupancy", "streamd/cam/zone/yard/occupancy",
+                     "streamd/cam/line/gate/counts"):  # fmt: skip
+            assert name in first
+        configs = {t for t in first if t.startswith("homeassistant/")}
+        gone = {t for t in configs if "zone_yard" in t or "line_gate" in t}
+        assert len(configs) == 7 and len(gone) == 4  # occupancy + occupied; in + out
+        beat(["door"], [])
+        assert live.wait(lambda: b"" in live.topic(yard), 10), "yard's config not cleared"
+        after = retained_now()
+        assert "streamd/cam/zone/door/occupancy" in after
+        assert not {"streamd/cam/zone/yard/occupancy", "streamd/cam/line/gate/counts"} & set(after)
+        assert not gone & set(after)
+        assert configs - gone <= set(after)  # the camera's state and door's stay
+    finally:
+        out.close(5)
+        live.close()
+        broker.stop()

@@ -54,6 +54,10 @@ class MqttOutput(Output):
         self._early: set[int] = set()  # acknowledged before publish() returned
         self._state: dict[str, bytes] = {}  # retained topic → its latest payload
         self._discovery: dict[str, bytes] = {}
+        # Per camera, its retained zone/line topics and discovery configs: a zone or line
+        # removed at runtime (API, SIGHUP) has its retained copies cleared, not left as
+        # entities Home Assistant shows forever.
+        self._regions: dict[str, set[str]] = {}
         self._resync = threading.Event()  # (re)connected: publish state and discovery
         self._thread = threading.Thread(target=self._run, name="output-mqtt", daemon=True)
 
@@ -173,13 +177,17 @@ class MqttOutput(Output):
             for sid, row in (ev.payload.get("streams") or {}).items():
                 if row.get("state") is not None:
                     self._stream_state(sid, str(row["state"]))
+                now: set[str] = set()
                 for zone, n in (row.get("zones") or {}).items():
-                    self._set(f"{self.prefix}/{sid}/zone/{zone}/occupancy", str(int(n)))
+                    now.add(topic := f"{self.prefix}/{sid}/zone/{zone}/occupancy")
+                    self._set(topic, str(int(n)))
                 for line, counts in (row.get("lines") or {}).items():
                     body = json.dumps({"in": counts.get("in", 0), "out": counts.get("out", 0)})
-                    self._set(f"{self.prefix}/{sid}/line/{line}/counts", body)
+                    now.add(topic := f"{self.prefix}/{sid}/line/{line}/counts")
+                    self._set(topic, body)
                 if self.cfg.discovery:
-                    self._discover(sid, row)
+                    now |= self._discover(sid, row)
+                self._clear_gone(sid, now)
 
     def _stream_state(self, stream: str, state: str) -> None:
         self._set(f"{self.prefix}/{stream}/state", state)
@@ -194,7 +202,8 @@ class MqttOutput(Output):
         if self.connected:  # else on the next connection, with the rest
             self._publish(topic, body, "state", retain=True)
 
-    def _discover(self, stream: str, row: dict[str, Any]) -> None:
+    def _discover(self, stream: str, row: dict[str, Any]) -> set[str]:
+        """Publish this camera's changed discovery configs; their topics."""
         configs = discovery_configs(self.cfg.discovery_prefix, self.prefix, stream,
                                     list(row.get("zones") or {}),
                                     list(row.get("lines") or {}))  # fmt: skip
@@ -205,6 +214,17 @@ class MqttOutput(Output):
             self._discovery[topic] = body
             if self.connected:
                 self._publish(topic, body, "discovery", retain=True)
+        return set(configs)
+
+    def _clear_gone(self, stream: str, now: set[str]) -> None:
+        """Retained topics of this camera's zones and lines that its heartbeat no longer
+        names: an empty retained message deletes the broker's copy, and Home Assistant
+        removes an entity whose config is empty."""
+        for topic in sorted(self._regions.get(stream, set()) - now):
+            kind = "discovery" if self._discovery.pop(topic, None) is not None else "state"
+            self._state.pop(topic, None)
+            self._publish(topic, b"", kind, retain=True)  # QoS 1/2: paho queues it while away
+        self._regions[stream] = now
 
     def _publish_all_state(self) -> None:
         self._publish(f"{self.prefix}/availability", "online", "state", retain=True)
