@@ -286,13 +286,13 @@ class InferenceWorker:
             results = self.detector.detect(views, kept)
         except Exception as e:
             log.error("detector failed on a batch of %d frame(s)", len(kept), exc_info=True)
-            # Without its traceback: the detector's frames (and the ring views they hold)
-            # go now, before the slots are handed back.
-            error: Exception | None = e.with_traceback(None)
+            # Only its text is kept: the exception (its traceback, chained ones) holds the
+            # detector's frames, and they the ring views, which must go before the sweep.
+            error: str | None = f"{type(e).__name__}: {e}"
         else:
             error = None
         if error is not None:
-            del views
+            views.clear()  # the list the detector was given: no view outlives the batch
             self._batch_failed(kept, error)
             return
         self._failed_in_a_row = 0
@@ -312,14 +312,15 @@ class InferenceWorker:
         del views, results  # no view into a ring outlives the batch
         self.readers.sweep()
 
-    def _batch_failed(self, refs: list[FrameRef], error: Exception) -> None:
+    def _batch_failed(self, refs: list[FrameRef], error: str) -> None:
         """The detector raised on a batch: its frames are dropped and counted, each camera
         told; the process goes on unless it has failed MAX_FAILED_BATCHES in a row."""
         self._failed_in_a_row += 1
-        log.error("%d failed batch(es) in a row (the process ends at %d): %r",
+        log.error("%d failed batch(es) in a row (the process ends at %d): %s",
                   self._failed_in_a_row, MAX_FAILED_BATCHES, error)  # fmt: skip
         if self._failed_in_a_row >= MAX_FAILED_BATCHES:
-            raise error
+            raise DetectorError(f"{MAX_FAILED_BATCHES} batches in a row failed, the last "
+                                f"with {error} (tracebacks in the log above)")  # fmt: skip
         for ref in refs:
             if ref.slot >= 0:
                 self.readers.done(ref)  # unclaimed: the slot is the writer's again

@@ -40,8 +40,8 @@ FRAMES_ANALYSED = Counter(
 )
 NONFINITE_BOXES = Counter(
     "streamd_detector_nonfinite_boxes",
-    "Candidate boxes the model gave with NaN or infinite coordinates (dropped): a broken "
-    "model, engine or CUDA graph.",
+    "Boxes above the confidence threshold (of the classes asked for) that the model gave "
+    "with NaN or infinite coordinates, dropped: a broken model, engine or CUDA graph.",
 )
 FRAMES_DROPPED = Counter(
     "streamd_frames_dropped",

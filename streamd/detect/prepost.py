@@ -10,6 +10,7 @@ against ultralytics' predictor) so results do not depend on the backend.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ PAD_VALUE = 114 / 255  # ultralytics' grey
 MAX_WH = 7680  # class offset for class-aware NMS in one call
 MAX_NMS = 30000  # candidates per image kept for NMS, best first
 MAX_DET = 300
+NONFINITE_WARN_S = 10.0  # at most one warning about NaN boxes this often
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,9 @@ def postprocess(
     frame, anchor = keep.nonzero(as_tuple=True)
     box, score, cls = _xyxy(x[frame, anchor, :4]), score[frame, anchor], cls[frame, anchor]
     finite = torch.isfinite(box).all(1)
-    if not bool(finite.all()):  # a broken model or graph (seen: NaN boxes): said, not hidden
+    # A broken model or graph (seen: NaN boxes) is said, not hidden; one more small host
+    # sync, only for a batch with candidates.
+    if box.numel() and not bool(finite.all()):
         _nonfinite(int((~finite).sum()))
         box, score, cls, frame = box[finite], score[finite], cls[finite], frame[finite]
     if score.numel() > MAX_NMS * len(placements):
@@ -140,12 +144,20 @@ def postprocess(
                       score[:, None], cls[:, None].float()), 1)  # fmt: skip
 
 
+_unsaid = [0, 0.0]  # boxes not yet in a warning, when the last warning went
+
+
 def _nonfinite(n: int) -> None:
     from streamd import metrics
 
     metrics.NONFINITE_BOXES.inc(n)
-    log.warning("the model gave %d box(es) with NaN or infinite coordinates (dropped; "
-                "streamd_detector_nonfinite_boxes_total counts them)", n)  # fmt: skip
+    _unsaid[0] += n
+    now = time.monotonic()
+    if now - _unsaid[1] >= NONFINITE_WARN_S or _unsaid[1] == 0.0:  # at the detector's rate
+        log.warning("the model gave %d box(es) with NaN or infinite coordinates since the "
+                    "last warning (dropped; streamd_detector_nonfinite_boxes_total)",
+                    _unsaid[0])  # fmt: skip
+        _unsaid[:] = [0, now]
 
 
 def _xyxy(xywh: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,10 @@ a time; paho keeps each until the broker's PUBACK (QoS 1) and sends again what
 was unacknowledged when a connection comes back, in order. The cursor moves on
 PUBACK only, so a restart re-sends the rest. State topics are the latest value
 per topic (nothing queues while the broker is away): on every (re)connection
-all of them, and the discovery configs, are published again.
+all of them, and the discovery configs, are published again. A zone or line that a
+camera's heartbeat stops naming leaves an empty value (a tombstone) in their place:
+published like any value, it deletes the broker's retained copy and the Home
+Assistant entity, again on every connection.
 """
 
 from __future__ import annotations
@@ -187,7 +190,8 @@ class MqttOutput(Output):
                     self._set(topic, body)
                 if self.cfg.discovery:
                     now |= self._discover(sid, row)
-                self._clear_gone(sid, now)
+                if _names_its_regions(row):
+                    self._clear_gone(sid, now)
 
     def _stream_state(self, stream: str, state: str) -> None:
         self._set(f"{self.prefix}/{stream}/state", state)
@@ -217,13 +221,17 @@ class MqttOutput(Output):
         return set(configs)
 
     def _clear_gone(self, stream: str, now: set[str]) -> None:
-        """Retained topics of this camera's zones and lines that its heartbeat no longer
-        names: an empty retained message deletes the broker's copy, and Home Assistant
-        removes an entity whose config is empty."""
-        for topic in sorted(self._regions.get(stream, set()) - now):
-            kind = "discovery" if self._discovery.pop(topic, None) is not None else "state"
-            self._state.pop(topic, None)
-            self._publish(topic, b"", kind, retain=True)  # QoS 1/2: paho queues it while away
+        """Topics of this camera's zones and lines that its heartbeat no longer names get
+        an empty value, published as any value is (while connected, and again on every
+        connection): the broker deletes its retained copy, Home Assistant the entity. A
+        region named again overwrites it."""
+        gone = self._regions.get(stream, set()) - now
+        for topic in sorted(gone, key=lambda t: (t not in self._discovery, t)):  # configs first
+            store = self._discovery if topic in self._discovery else self._state
+            store[topic] = b""
+            if self.connected:
+                kind = "discovery" if store is self._discovery else "state"
+                self._publish(topic, b"", kind, retain=True)
         self._regions[stream] = now
 
     def _publish_all_state(self) -> None:
@@ -244,3 +252,9 @@ class MqttOutput(Output):
                 info.wait_for_publish(timeout_s / 2)
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def _names_its_regions(row: dict[str, Any]) -> bool:
+    """Whether a heartbeat row says which zones and lines its camera has: a row not yet
+    filled by its camera (a new or restarted one) has none, and must not clear them."""
+    return bool(row.get("zones") or row.get("lines")) and "zones" in row and "lines" in row
