@@ -174,6 +174,23 @@ def test_decoder_threads_share_the_cores_among_the_streams(
     assert auto_decode_threads(streams, cores) == threads
 
 
+@pytest.mark.parametrize(
+    ("cpu_max", "cores"), [("max 100000\n", None), ("400000 100000\n", 4), ("50000 100000", 1)]
+)
+def test_a_containers_cpu_quota_bounds_the_cores(
+    tmp_path: Path, cpu_max: str, cores: int | None
+) -> None:
+    import os
+
+    from streamd.sources.reader import usable_cores
+
+    f = tmp_path / "cpu.max"
+    f.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(str(f)) == (affinity if cores is None else min(affinity, cores))
+    assert usable_cores(str(tmp_path / "none")) == affinity  # no cgroup v2 file
+
+
 def _packets_before_first_picture(clip: str, threads: int) -> int:
     with open_source(OpenOptions(clip, threads=threads)) as container:
         stream = container.streams.video[0]

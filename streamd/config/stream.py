@@ -101,8 +101,9 @@ class StreamConfig(_Strict):
         ge=0,
         le=32,
         description="CPU decoder threads of this stream (ffmpeg's frame threads: each adds "
-        "a frame of delay and its own reference pictures). 0 = auto: the host's cores "
-        "shared among the streams, 1 to 4 each (ffmpeg's own default, a thread per core "
+        "a frame of delay and its own reference pictures). 0 = auto: the cores this process "
+        "may use (affinity, a container's CPU limit) shared among the streams decoded in "
+        "their cameras, 1 to 4 each (ffmpeg's own default, a thread per core "
         "for every stream, took 100 1080p cameras on 16 cores to 104 of 126 GiB).",
     )
     reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig())

@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import quote, unquote
 
@@ -167,9 +168,22 @@ def ffmpeg_input(opts: OpenOptions) -> tuple[str, str | None, dict[str, str]]:
 
 def auto_decode_threads(streams: int, cores: int | None = None) -> int:
     """Decoder threads per stream when the config says 0: the cores shared among the
-    streams, at least 1 and at most 4 (more adds delay and memory for little speed)."""
-    cores = cores or len(os.sched_getaffinity(0))
+    streams, at least 1 and at most 4 (each adds a picture of delay and memory)."""
+    cores = cores or usable_cores()
     return max(1, min(4, cores // max(1, streams)))
+
+
+def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: its affinity, bounded by a cgroup v2 CPU quota
+    (a container's CPU limit, which the affinity does not show)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, int(quota) // max(1, int(period))))
 
 
 def open_source(opts: OpenOptions) -> av.container.InputContainer:
