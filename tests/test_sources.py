@@ -212,14 +212,22 @@ def test_the_thread_count_reaches_the_decoder(tmp_path: Path) -> None:
     assert _packets_before_first_picture(str(clip), 4) == one + 3
 
 
-def test_each_camera_process_gets_its_share_of_decoder_threads() -> None:
+def test_each_camera_process_gets_its_share_of_decoder_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import streamd.sources.reader as reader
+
+    monkeypatch.setattr(reader, "usable_cores", lambda: 16)  # any machine: 16 // 8 = 2
     urls = [f"{{id: s{i}, url: s{i}.mp4}}" for i in range(9)]
     cfg = parse_config(f"streams: [{', '.join(urls[:8])}, {{id: big, url: b.mp4, "
                        "decode_threads: 6}]", env={})  # fmt: skip
+    # One decoded in the detector process (as with NVDEC there): not among the CPU decoders.
+    on_gpu = cfg.streams[0].model_copy(update={"decode_in": "detector"})
+    cfg = cfg.model_copy(update={"streams": [on_gpu, *cfg.streams[1:]]})
     analysis = AnalysisSpec(pipeline=cfg, results="inproc://r", bus="inproc://b",
                             control="inproc://c", view=None, names={0: "x"}, epoch=0)  # fmt: skip
     threads = [source_spec(s, i, "run", "inproc://i", analysis, "INFO").open.threads
                for i, s in enumerate(cfg.streams)]  # fmt: skip
-    assert threads == [auto_decode_threads(9)] * 8 + [6]
+    assert threads[1:] == [2] * 7 + [6]  # 16 cores among 8 camera-decoded streams
     with pytest.raises(ConfigError, match=r"streams\.0\.decode_threads"):
         parse_config("streams: [{id: a, url: a.mp4, decode_threads: 33}]", env={})

@@ -144,20 +144,28 @@ def postprocess(
                       score[:, None], cls[:, None].float()), 1)  # fmt: skip
 
 
-_unsaid = [0, 0.0]  # boxes not yet in a warning, when the last warning went
+@dataclass
+class _Unsaid:
+    """Non-finite boxes not yet in a warning, and when the last warning went."""
+
+    boxes: int = 0
+    said_at: float | None = None
+
+
+_unsaid = _Unsaid()
 
 
 def _nonfinite(n: int) -> None:
     from streamd import metrics
 
     metrics.NONFINITE_BOXES.inc(n)
-    _unsaid[0] += n
+    _unsaid.boxes += n
     now = time.monotonic()
-    if now - _unsaid[1] >= NONFINITE_WARN_S or _unsaid[1] == 0.0:  # at the detector's rate
+    if _unsaid.said_at is None or now - _unsaid.said_at >= NONFINITE_WARN_S:  # not per batch
         log.warning("the model gave %d box(es) with NaN or infinite coordinates since the "
                     "last warning (dropped; streamd_detector_nonfinite_boxes_total)",
-                    _unsaid[0])  # fmt: skip
-        _unsaid[:] = [0, now]
+                    _unsaid.boxes)  # fmt: skip
+        _unsaid.boxes, _unsaid.said_at = 0, now
 
 
 def _xyxy(xywh: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,7 @@ def source_spec(
             open_timeout_s=stream.open_timeout_s,
             stall_timeout_s=stream.stall_timeout_s,
             on_corrupt=stream.on_corrupt,
-            threads=stream.decode_threads or auto_decode_threads(len(analysis.pipeline.streams)),
+            threads=stream.decode_threads or auto_decode_threads(_camera_decoded(analysis)),
         ),
         loop=stream.loop,
         realtime=stream.realtime,
@@ -121,6 +121,12 @@ def source_spec(
         log_level=log_level,
         packets=packets,
     )
+
+
+def _camera_decoded(analysis: AnalysisSpec) -> int:
+    """Streams decoded in their camera's process, whose CPU decoders share the cores
+    (decode_in: detector ones decode in the detector process)."""
+    return sum(s.decode_in == "camera" for s in analysis.pipeline.streams)
 
 
 @dataclass(frozen=True, slots=True)
