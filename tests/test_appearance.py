@@ -122,6 +122,40 @@ def test_a_crossing_the_motion_tracker_swapped_is_undone() -> None:
     assert alone["red"][1] == alone["green"][0], f"motion alone did not swap: {alone}"
 
 
+def _taken_over(cfg: TrackerConfig) -> tuple[int, int, int]:
+    """RED walks right at 60 px/s and stops, hidden, from 1 s to 2.5 s; from 1 s GREEN
+    walks on exactly where RED would have been (the library's track carries on with
+    GREEN's boxes). At 2.5 s RED shows again where it stopped, behind GREEN.
+    Returns RED's id before and after, and GREEN's id at the end."""
+    tracker = StreamTracker(cfg)
+    before = after = green = -1
+    for k in range(int(4 * FPS)):
+        t = k / FPS
+        x = 40 + 60 * t
+        if t < 1.0:
+            people = [(RED, x, 180.0)]
+        else:
+            people = [(GREEN, x, 180.0)] + ([(RED, 100.0, 180.0)] if t >= 2.5 else [])
+        frame, dets = _scene(people)
+        out = tracker.update(dets, t, frame)
+        if t < 1.0:
+            before = _id_near(out, x + 30)
+        else:
+            after, green = _id_near(out, 130), _id_near(out, x + 30)
+    return before, after, green
+
+
+def test_a_track_that_went_on_with_somebody_else_is_split_off() -> None:
+    cfg = _config(appearance=True)
+    before, after, green = _taken_over(cfg)
+    assert before >= 0 and after == before, (before, after)
+    assert green not in (before, -1)
+    # Without the split: GREEN carries RED's id from the library's track.
+    off = cfg.model_copy(update={"appearance": AppearanceOptions(split_similarity=0.0)})
+    before, _, green = _taken_over(off)
+    assert green == before, (before, green)
+
+
 def test_a_look_alike_out_of_reach_gets_an_id_of_its_own() -> None:
     """RED leaves at the right; a RED-coloured person enters at the far left 0.5 s later:
     they look the same, but nobody walks 500 px in half a second."""

@@ -106,6 +106,11 @@ class AppearanceOptions(_Strict):
     swap_margin: float = Field(
         0.1, ge=0.0, le=1.0, description="How much better exchanged ids must fit the colours."
     )
+    split_similarity: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="A track whose clear looks fall below this similarity to its identity "
+        "has jumped to somebody else: it goes on under a new id (0: never).",
+    )  # fmt: skip
     drift: float = Field(
         0.5, ge=0.0, le=10.0,
         description="Box heights a second a person may stray from their last velocity.",

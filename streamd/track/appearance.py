@@ -62,6 +62,9 @@ _NONE = 1e6
 # seen: a track is confirmed a few frames after its first box, and one person's old and
 # new tracks do not overlap in time (a look-alike walking next to them may).
 _GAP_S = 0.25
+# A track is split off its identity after this many clear looks in a row (one every
+# ``_LEARN_EVERY_S``) below ``split_similarity``: one odd look (a pose, a glare) is not.
+_STRIKES = 2
 # Velocity is measured over this long a trail.
 _TRAIL_S = 1.0
 
@@ -78,6 +81,8 @@ class _Identity:
     checked: float = -1e9  # when it was last checked against those it touched
     provisional: bool = True  # new, not yet compared with the vanished (no clear box)
     contacts: dict[int, float] = field(default_factory=dict)  # other id -> last touch
+    vouched: tuple[float, Box] | None = None  # when and where it last looked like itself
+    strikes: int = 0  # clear looks in a row unlike itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +178,8 @@ class Relinker:
         self._uncross(out, rows, lib_ids, ts, looks)
         for k in rows:
             out[k] = self._out_of[int(lib_ids[k])]
-            self._observe(int(out[k]), b[k], ts, looks, k)
+            if self._observe(int(out[k]), b[k], ts, looks, k):
+                self._split(int(lib_ids[k]), int(out[k]), b[k], ts)
         self._touch(out, rows, b, ts)
         self._forget(ts)
         return out
@@ -283,7 +289,9 @@ class Relinker:
         height = max(1.0, float(d.box[3] - d.box[1]))
         return float(np.linalg.norm(centre - predicted)) <= height * (0.5 + self._opt.drift * dt)
 
-    def _observe(self, out_id: int, box: Box, ts: float, looks: _Looks, k: int) -> None:
+    def _observe(self, out_id: int, box: Box, ts: float, looks: _Looks, k: int) -> bool:
+        """Follow the identity's box and learn its look; True when its track has jumped
+        to somebody else (clear looks unlike it ``_STRIKES`` times in a row)."""
         d = self._ids.get(out_id)
         if d is None:  # a library track whose id was handed on came back
             d = self._ids[out_id] = _Identity(out_id, box, ts, born=ts, provisional=False)
@@ -292,16 +300,41 @@ class Relinker:
         while d.trail[0][0] < ts - _TRAIL_S:
             d.trail.popleft()
         if d.signature is not None and ts - d.learnt < _LEARN_EVERY_S:
-            return
+            return False
         seen = looks(k)
         if seen is None or seen.visible < _LEARN_VISIBLE:
-            return
+            return False
         d.learnt, sig = ts, seen.signature
         if d.signature is None:
-            d.signature = sig
-        elif similarity(sig, d.signature) >= _LEARN_SIMILAR:
+            d.signature, d.vouched = sig, (ts, box)
+            return False
+        sim = similarity(sig, d.signature)
+        if sim >= _LEARN_SIMILAR:
             # Learnt only from boxes that still look like it: a wrong box is not absorbed.
             d.signature = ((1 - _LEARN) * d.signature + _LEARN * sig).astype(np.float32)
+        if sim >= self._opt.min_similarity:
+            d.vouched = (ts, box)
+        d.strikes = d.strikes + 1 if sim < self._opt.split_similarity else 0
+        return d.strikes >= _STRIKES and d.vouched is not None
+
+    def _split(self, lib: int, out_id: int, box: Box, ts: float) -> None:
+        """The library's track went on with somebody else's boxes (it took them while its
+        own person was hidden or undetected): the identity goes back to where it last
+        looked like itself, as if it had vanished there (to be re-linked when its person
+        shows again), and the track goes on under a new id that may take over a
+        vanished identity it does resemble."""
+        d = self._ids[out_id]
+        assert d.vouched is not None
+        d.ts, d.box = d.vouched
+        d.strikes = 0
+        while d.trail and d.trail[-1][0] > d.ts:
+            d.trail.pop()
+        if not d.trail:
+            d.trail.append((d.ts, (d.box[:2] + d.box[2:]) / 2))
+        if self._lib_of.get(out_id) == lib:
+            del self._lib_of[out_id]
+        new = self._map(lib, self._new_id())
+        self._ids[new] = _Identity(new, box, ts, born=ts)
 
     def _touch(self, out: npt.NDArray[np.int64], rows: list[int], b: Box, ts: float) -> None:
         for x in range(len(rows)):
