@@ -58,6 +58,8 @@ def main(work: Path, scenes: list[str], imgsz: int, backend: str = "onnx",
                 outcome = calibrate(load_config(pipeline), pipeline, frames, 60.0)
                 row[f"guard_at_0.95 {name}"] = [r.verdict(0.95, 0.95)[1] for r in outcome.guard]
             run = run_daemon(pipeline, endpoint, run_dir / "daemon.log", 900)
+            # Kept so other trackers can be replayed on the same detections.
+            (run_dir / "frames.json").write_text(json.dumps([f.as_dict() for f in run.frames]))
             row[name] = score(truth, run.frames).as_dict()
             print(scene, name, row[name], flush=True)
         out[scene] = row
