@@ -124,24 +124,27 @@ def test_a_crossing_the_motion_tracker_swapped_is_undone() -> None:
 
 def _taken_over(cfg: TrackerConfig) -> tuple[int, int, int]:
     """RED walks right at 60 px/s and stops, hidden, from 1 s to 2.5 s; from 1 s GREEN
-    walks on exactly where RED would have been (the library's track carries on with
-    GREEN's boxes). At 2.5 s RED shows again where it stopped, behind GREEN.
-    Returns RED's id before and after, and GREEN's id at the end."""
+    walks on from where RED was, faster (300 px/s), and the library's track carries on
+    with GREEN's boxes. At 2.5 s RED shows again where it stopped, far behind GREEN:
+    reachable from where RED was last seen, not from GREEN's box at the split.
+    Returns RED's id before and after, and GREEN's id before it leaves."""
     tracker = StreamTracker(cfg)
     before = after = green = -1
     for k in range(int(4 * FPS)):
         t = k / FPS
-        x = 40 + 60 * t
         if t < 1.0:
+            x = 40 + 60 * t
             people = [(RED, x, 180.0)]
         else:
+            x = 100 + 300 * (t - 1.0)
             people = [(GREEN, x, 180.0)] + ([(RED, 100.0, 180.0)] if t >= 2.5 else [])
         frame, dets = _scene(people)
         out = tracker.update(dets, t, frame)
         if t < 1.0:
             before = _id_near(out, x + 30)
         else:
-            after, green = _id_near(out, 130), _id_near(out, x + 30)
+            after = _id_near(out, 130)
+            green = _id_near(out, x + 30) if x + 60 < W else green
     return before, after, green
 
 
@@ -154,6 +157,32 @@ def test_a_track_that_went_on_with_somebody_else_is_split_off() -> None:
     off = cfg.model_copy(update={"appearance": AppearanceOptions(split_similarity=0.0)})
     before, _, green = _taken_over(off)
     assert green == before, (before, green)
+
+
+def test_a_person_back_before_the_split_gets_their_id_back() -> None:
+    """The library's track 7 follows RED, then (RED hidden at 1 s) GREEN; RED is back
+    at 1.1 s on a new track 9, while 7 still holds RED's identity (so re-linking could
+    not offer it). When 7 is split off, RED's identity goes to track 9."""
+    relinker = Relinker(AppearanceOptions(), library_keep_s=1.0)
+    first = red = green = -1
+    for k in range(int(2 * FPS)):
+        t = k / FPS
+        if t < 1.0:
+            people, libs = [(RED, 40 + 60 * t, 180.0)], [7]
+        else:
+            people, libs = [(GREEN, 100 + 150 * (t - 1.0), 180.0)], [7]
+            if t >= 1.1:
+                people, libs = [*people, (RED, 40.0, 180.0)], [7, 9]
+        frame, dets = _scene(people)
+        ids = np.array(libs, np.int64)  # _scene's boxes: in this order (same height)
+        out = relinker.update(dets.xyxy, ids, t, frame)
+        got = dict(zip(ids.tolist(), out.tolist(), strict=True))
+        if t < 1.0:
+            first = got[7]
+        else:
+            green, red = got[7], got.get(9, -1)
+    assert first >= 0 and red == first, (first, red)
+    assert green != first
 
 
 def test_a_look_alike_out_of_reach_gets_an_id_of_its_own() -> None:
@@ -206,6 +235,9 @@ def test_the_signature_ignores_light_and_what_a_nearer_person_covers() -> None:
 def test_appearance_options_are_checked_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"tracker\.appearance\.min_similarity"):
         parse_config("tracker: {appearance: {min_similarity: 1.5}}\n"
+                     "streams: [{id: a, url: /tmp/x.mp4}]\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"tracker\.appearance: split_similarity \(0\.8\)"):
+        parse_config("tracker: {appearance: {split_similarity: 0.8}}\n"
                      "streams: [{id: a, url: /tmp/x.mp4}]\n")  # fmt: skip
     with pytest.raises(ConfigError, match=r"tracker\.appearance\.window"):
         parse_config("tracker: {appearance: {window: 3}}\nstreams: [{id: a, url: /tmp/x.mp4}]\n")

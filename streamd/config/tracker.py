@@ -92,7 +92,8 @@ class AppearanceOptions(_Strict):
     """Identities kept by colour where the motion tracker loses or swaps them
     (streamd/track/appearance.py): a new track takes over an identity that vanished
     nearby and looks the same; a crossing the tracker came out of with two people's ids
-    exchanged is undone. Needs every frame's pixels on the host: off for streams decoded
+    exchanged is undone; a track that went on with somebody else's boxes is split off
+    under a new id. Needs every frame's pixels on the host: off for streams decoded
     in the detector process (``decode_in: detector``)."""
 
     enabled: bool = Field(True, description="Re-link and un-cross identities by colour.")
@@ -115,6 +116,17 @@ class AppearanceOptions(_Strict):
         0.5, ge=0.0, le=10.0,
         description="Box heights a second a person may stray from their last velocity.",
     )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _split_below_handing_on(self) -> AppearanceOptions:
+        # A look that splits a track must not also count as the person's own (where the
+        # identity goes back to), nor be learnt into its signature.
+        if self.split_similarity >= self.min_similarity:
+            raise ValueError(
+                f"split_similarity ({self.split_similarity:g}) must be below min_similarity "
+                f"({self.min_similarity:g}), or 0 to never split"
+            )
+        return self
 
 
 _LEGACY = ("activation_threshold", "high_conf_threshold", "min_iou")

@@ -85,7 +85,8 @@ class _Identity:
     checked: float = -1e9  # when it was last checked against those it touched
     provisional: bool = True  # new, not yet compared with the vanished (no clear box)
     contacts: dict[int, float] = field(default_factory=dict)  # other id -> last touch
-    vouched: tuple[float, Box] | None = None  # when and where it last looked like itself
+    # When, where and how fast it last looked like itself (a split goes back there).
+    vouched: tuple[float, Box, npt.NDArray[np.float64]] | None = None
     strikes: int = 0  # clear looks in a row unlike itself
 
 
@@ -180,10 +181,15 @@ class Relinker:
         for k in rows:
             out[k] = self._out_of[int(lib_ids[k])]
         self._uncross(out, rows, lib_ids, ts, looks)
+        jumped = []
         for k in rows:
             out[k] = self._out_of[int(lib_ids[k])]
             if self._observe(int(out[k]), b[k], ts, looks, k):
-                self._split(int(lib_ids[k]), int(out[k]), b[k], ts)
+                jumped.append(k)
+        if jumped:
+            self._split_all(jumped, rows, b, lib_ids, ts, looks)
+            for k in rows:  # the split tracks' new ids show at once
+                out[k] = self._out_of[int(lib_ids[k])]
         self._touch(out, rows, b, ts)
         self._forget(ts)
         return out
@@ -270,6 +276,9 @@ class Relinker:
 
     def _exchange(self, lib_a: int, lib_b: int) -> None:
         a, b = self._out_of[lib_a], self._out_of[lib_b]
+        for out_id in (a, b):  # strikes were against the other person's looks
+            if out_id in self._ids:
+                self._ids[out_id].strikes = 0
         self._map(lib_a, b)
         self._map(lib_b, a)
 
@@ -283,6 +292,8 @@ class Relinker:
         if given_up is not None:
             self._lib_of.pop(given_up, None)
         self._map(lib, out_id)
+        if out_id in self._ids:
+            self._ids[out_id].strikes = 0  # counted on another track's looks
 
     def _reachable(self, d: _Identity, box: Box, ts: float) -> bool:
         dt = ts - d.ts
@@ -310,35 +321,75 @@ class Relinker:
             return False
         d.learnt, sig = ts, seen.signature
         if d.signature is None:
-            d.signature, d.vouched = sig, (ts, box)
+            d.signature, d.vouched = sig, (ts, box, _velocity(d))
             return False
         sim = similarity(sig, d.signature)
         if sim >= _LEARN_SIMILAR:
             # Learnt only from boxes that still look like it: a wrong box is not absorbed.
             d.signature = ((1 - _LEARN) * d.signature + _LEARN * sig).astype(np.float32)
         if sim >= self._opt.min_similarity:
-            d.vouched = (ts, box)
+            d.vouched = (ts, box, _velocity(d))
+        return self._jumped(d, sim)
+
+    def _jumped(self, d: _Identity, sim: float) -> bool:
+        """One clear look unlike it is a pose or a glare; ``_STRIKES`` in a row are
+        somebody else."""
         d.strikes = d.strikes + 1 if sim < self._opt.split_similarity else 0
         return d.strikes >= _STRIKES and d.vouched is not None
 
-    def _split(self, lib: int, out_id: int, box: Box, ts: float) -> None:
-        """The library's track went on with somebody else's boxes (it took them while its
-        own person was hidden or undetected): the identity goes back to where it last
-        looked like itself, as if it had vanished there (to be re-linked when its person
-        shows again), and the track goes on under a new id that may take over a
-        vanished identity it does resemble."""
+    def _split_all(
+        self, jumped: list[int], rows: list[int], b: Box, lib_ids: npt.NDArray[np.int64],
+        ts: float, looks: _Looks,
+    ) -> None:  # fmt: skip
+        """The library's tracks at ``jumped`` went on with somebody else's boxes (taken
+        while their own people were hidden or undetected). Each identity goes back to
+        where it last looked like itself, as if it had vanished there; a track born since
+        that looks like it takes it over (its person came back before the split), else it
+        waits to be re-linked. The tracks go on under new ids, which may at once take
+        over a vanished identity they do resemble."""
+        for k in jumped:
+            lib = int(lib_ids[k])
+            d = self._rewind(self._out_of[lib])
+            if self._lib_of.get(d.out_id) == lib:
+                del self._lib_of[d.out_id]
+            new = self._map(lib, self._new_id())
+            self._ids[new] = _Identity(new, b[k], ts, born=ts)
+            self._reclaim(d, [r for r in rows if r not in jumped], b, lib_ids, ts, looks)
+        self._relink(rows, b, lib_ids, ts, looks)
+
+    def _rewind(self, out_id: int) -> _Identity:
+        """The identity back where and when it last looked like itself, moving as it was
+        then; what it touched since was somebody else's."""
         d = self._ids[out_id]
         assert d.vouched is not None
-        d.ts, d.box = d.vouched
+        d.ts, d.box, velocity = d.vouched
+        centre = (d.box[:2] + d.box[2:]) / 2
+        d.trail = deque([(d.ts - _TRAIL_S, centre - velocity * _TRAIL_S), (d.ts, centre)])
+        d.contacts = {i: t for i, t in d.contacts.items() if t <= d.ts}
         d.strikes = 0
-        while d.trail and d.trail[-1][0] > d.ts:
-            d.trail.pop()
-        if not d.trail:
-            d.trail.append((d.ts, (d.box[:2] + d.box[2:]) / 2))
-        if self._lib_of.get(out_id) == lib:
-            del self._lib_of[out_id]
-        new = self._map(lib, self._new_id())
-        self._ids[new] = _Identity(new, box, ts, born=ts)
+        return d
+
+    def _reclaim(
+        self, d: _Identity, rows: list[int], b: Box, lib_ids: npt.NDArray[np.int64],
+        ts: float, looks: _Looks,
+    ) -> None:  # fmt: skip
+        """Hand a rewound identity to the track its person came back on, if that track
+        was born after the identity last looked like itself (while the jumped track still
+        held it, re-linking could not offer it) and looks like it."""
+        best, best_sim = None, self._opt.min_similarity
+        for k in rows:
+            young = self._ids.get(self._out_of[int(lib_ids[k])])
+            sig = looks.signature(k)
+            if young is None or sig is None or young.born <= d.ts + _GAP_S:
+                continue
+            assert d.signature is not None
+            sim = similarity(sig, d.signature)
+            if sim >= best_sim and self._reachable(d, b[k], ts):
+                best, best_sim = k, sim
+        if best is not None:
+            given_up = self._out_of[int(lib_ids[best])]
+            self._hand_on(int(lib_ids[best]), d.out_id)
+            del self._ids[given_up]
 
     def _touch(self, out: npt.NDArray[np.int64], rows: list[int], b: Box, ts: float) -> None:
         for x in range(len(rows)):
