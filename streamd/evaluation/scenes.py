@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +16,15 @@ from streamd.synth import SceneSpec, write_scene
 # two. crowd3: a third draw, held out until its failures shaped the split of a track that
 # jumped to another person (tracker.appearance.split_similarity); crowd4-6: drawn after
 # that, held out (never used to choose anything). short: what the tests run.
+_CROWD = SceneSpec(width=960, height=540, fps=25, seconds=12.0, people=6, kind="crowd",
+                   noise=6.0, light=0.4, seed=1)  # fmt: skip
 SCENES: dict[str, SceneSpec] = {
-    "crowd": SceneSpec(width=960, height=540, fps=25, seconds=12.0, people=6, kind="crowd",
-                       noise=6.0, light=0.4, seed=1),
-    "crowd2": SceneSpec(width=960, height=540, fps=25, seconds=12.0, people=7, kind="crowd",
-                        noise=6.0, light=0.4, seed=7),
-    "crowd3": SceneSpec(width=960, height=540, fps=25, seconds=12.0, people=6, kind="crowd",
-                        noise=6.0, light=0.4, seed=11),
-    "crowd4": SceneSpec(width=960, height=540, fps=25, seconds=12.0, people=6, kind="crowd",
-                        noise=6.0, light=0.4, seed=13),
-    "crowd5": SceneSpec(width=960, height=540, fps=25, seconds=12.0, people=7, kind="crowd",
-                        noise=6.0, light=0.4, seed=17),
-    "crowd6": SceneSpec(width=960, height=540, fps=25, seconds=12.0, people=6, kind="crowd",
-                        noise=6.0, light=0.4, seed=19),
+    "crowd": _CROWD,
+    "crowd2": replace(_CROWD, people=7, seed=7),
+    "crowd3": replace(_CROWD, seed=11),
+    "crowd4": replace(_CROWD, seed=13),
+    "crowd5": replace(_CROWD, people=7, seed=17),
+    "crowd6": replace(_CROWD, seed=19),
     "short": SceneSpec(width=480, height=270, fps=15, seconds=3.0, people=3, kind="crowd",
                        noise=4.0, light=0.3, seed=3),
 }  # fmt: skip
