@@ -122,19 +122,24 @@ def test_a_crossing_the_motion_tracker_swapped_is_undone() -> None:
     assert alone["red"][1] == alone["green"][0], f"motion alone did not swap: {alone}"
 
 
-def _taken_over(cfg: TrackerConfig) -> tuple[int, int, int]:
-    """RED walks right at 60 px/s and stops, hidden, from 1 s to 2.5 s; from 1 s GREEN
-    walks on from where RED was, faster (300 px/s), and the library's track carries on
-    with GREEN's boxes. At 2.5 s RED shows again where it stopped, far behind GREEN:
-    reachable from where RED was last seen, not from GREEN's box at the split.
-    Returns RED's id before and after, and GREEN's id before it leaves."""
+BLUE = _person((200, 60, 60), (20, 20, 20))  # blue shirt, black trousers
+
+
+def _taken_over(cfg: TrackerConfig, bystander: bool = True) -> tuple[int, int, int]:
+    """RED walks right at 60 px/s, past a BLUE bystander (their boxes touch, so the
+    track has been near somebody; BLUE leaves at 0.8 s), and stops, hidden, from 1 s
+    to 2.5 s; from 1 s GREEN walks on from where RED was, faster (300 px/s), and the
+    library's track carries on with GREEN's boxes. At 2.5 s RED shows again where it
+    stopped, far behind GREEN: reachable from where RED was last seen, not from GREEN's
+    box at the split. Returns RED's id before and after, and GREEN's id before it
+    leaves."""
     tracker = StreamTracker(cfg)
     before = after = green = -1
     for k in range(int(4 * FPS)):
         t = k / FPS
         if t < 1.0:
             x = 40 + 60 * t
-            people = [(RED, x, 180.0)]
+            people = [(RED, x, 180.0)] + ([(BLUE, 90.0, 150.0)] if bystander and t < 0.8 else [])
         else:
             x = 100 + 300 * (t - 1.0)
             people = [(GREEN, x, 180.0)] + ([(RED, 100.0, 180.0)] if t >= 2.5 else [])
@@ -159,10 +164,18 @@ def test_a_track_that_went_on_with_somebody_else_is_split_off() -> None:
     assert green == before, (before, green)
 
 
+def test_a_person_who_changes_look_away_from_everybody_keeps_their_id() -> None:
+    """The same walk with nobody near: the track cannot have passed to somebody else,
+    so a person who turns round or takes a coat off (here: RED's boxes showing GREEN's
+    colours from 1 s) keeps their id."""
+    before, _, green = _taken_over(_config(appearance=True), bystander=False)
+    assert before >= 0 and green == before, (before, green)
+
+
 def test_a_person_back_before_the_split_gets_their_id_back() -> None:
     """The library's track 7 follows RED, then (RED hidden at 1 s) GREEN; RED is back
-    at 1.1 s on a new track 9, while 7 still holds RED's identity (so re-linking could
-    not offer it). When 7 is split off, RED's identity goes to track 9."""
+    at 1.1 s on a new track 9, beside GREEN, while 7 still holds RED's identity (so
+    re-linking could not offer it). When 7 is split off, RED's identity goes to 9."""
     relinker = Relinker(AppearanceOptions(), library_keep_s=1.0)
     first = red = green = -1
     for k in range(int(2 * FPS)):
@@ -172,7 +185,7 @@ def test_a_person_back_before_the_split_gets_their_id_back() -> None:
         else:
             people, libs = [(GREEN, 100 + 150 * (t - 1.0), 180.0)], [7]
             if t >= 1.1:
-                people, libs = [*people, (RED, 40.0, 180.0)], [7, 9]
+                people, libs = [*people, (RED, 70.0, 180.0)], [7, 9]  # touching GREEN
         frame, dets = _scene(people)
         ids = np.array(libs, np.int64)  # _scene's boxes: in this order (same height)
         out = relinker.update(dets.xyxy, ids, t, frame)
@@ -252,7 +265,7 @@ def test_random_crowds_never_give_one_id_to_two_boxes(kind: str) -> None:
     cfg = parse_config(f"tracker: {{kind: {kind}, lost_track_s: 0.3}}\n"
                        "streams: [{id: a, url: /tmp/x.mp4}]\n").tracker  # fmt: skip
     tracker = StreamTracker(cfg)
-    figures = [RED, GREEN, _person((200, 60, 60), (20, 20, 20)), RED]
+    figures = [RED, GREEN, BLUE, RED]
     xs = rng.uniform(0, W - 60, len(figures))
     for k in range(int(20 * FPS)):
         t = k / FPS

@@ -29,7 +29,13 @@ from streamd.batching import DropCounters
 from streamd.clips import ClipRecorder
 from streamd.config import PipelineConfig, StreamConfig
 from streamd.publish import Publisher
-from streamd.publish.events import Latency, as_published_boxes, as_published_conf, objects
+from streamd.publish.events import (
+    Latency,
+    as_published_boxes,
+    as_published_conf,
+    as_published_ts,
+    objects,
+)
 from streamd.publish.journal import AlertJournal
 from streamd.runtime.channel import Inbox, Outbox
 from streamd.runtime.process import StopFlag
@@ -265,14 +271,16 @@ class StreamAnalysis:
     def _analyse(self, msg: Detected, image: npt.NDArray[np.uint8] | None) -> None:
         ref, rows = msg.ref, msg.boxes.rows()
         t0 = time.perf_counter()
-        # The tracker is given the boxes as the det event publishes them (0.1 px, 4
-        # decimals of confidence): a confidence of 0.49996 must not start a track here
-        # that its published 0.5 would not start in a replay (eval-tracking checks it).
+        # The tracker is given the boxes and the time as the det event publishes them
+        # (0.1 px, 4 decimals of confidence, a microsecond): a confidence of 0.49996 must
+        # not start a track here that its published 0.5 would not start in a replay, nor
+        # a look fall due at 2.6 - 2.4 < 0.2 s here and at 2.6 - 2.4 = 0.2 s there
+        # (eval-tracking checks that a replay gives the same ids).
         detections = sv.Detections(
             xyxy=as_published_boxes(rows[:, :4]), confidence=as_published_conf(rows[:, 4]),
             class_id=rows[:, 5].astype(np.int64),
         )  # fmt: skip
-        tracked = self.tracker.update(detections, ref.media_ts, image)
+        tracked = self.tracker.update(detections, as_published_ts(ref.media_ts), image)
         track_ms = (time.perf_counter() - t0) * 1000.0
         c = self.counters
         c.analysed += 1

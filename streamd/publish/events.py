@@ -40,6 +40,7 @@ def _ms(v: float) -> float:
 # What a det event keeps of a box and its confidence.
 BOX_DECIMALS = 1
 CONF_DECIMALS = 4
+TS_DECIMALS = 6  # media_ts: a microsecond
 
 
 def as_published_boxes(xyxy: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
@@ -49,6 +50,10 @@ def as_published_boxes(xyxy: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
 
 def as_published_conf(conf: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     return np.round(np.asarray(conf, np.float64), CONF_DECIMALS).astype(np.float32)
+
+
+def as_published_ts(ts: float) -> float:
+    return round(ts, TS_DECIMALS)
 
 
 def objects(detections: sv.Detections, names: dict[int, str]) -> list[dict[str, Any]]:
@@ -84,7 +89,7 @@ def det_fields(
     batch: int,
 ) -> dict[str, Any]:
     return {
-        "media_ts": round(ref.media_ts, 6),
+        "media_ts": as_published_ts(ref.media_ts),
         "frame": ref.frame,
         "width": ref.width,
         "height": ref.height,

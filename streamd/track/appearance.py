@@ -333,9 +333,12 @@ class Relinker:
 
     def _jumped(self, d: _Identity, sim: float) -> bool:
         """One clear look unlike it is a pose or a glare; ``_STRIKES`` in a row are
-        somebody else."""
+        somebody else, if its box came near somebody (touched a box in the last
+        ``window_s``): the library's track can only have passed to a person its box
+        met. A person alone who turns round, or a box that does not follow what it
+        covers (the null backend's), keeps its id."""
         d.strikes = d.strikes + 1 if sim < self._opt.split_similarity else 0
-        return d.strikes >= _STRIKES and d.vouched is not None
+        return d.strikes >= _STRIKES and d.vouched is not None and bool(d.contacts)
 
     def _split_all(
         self, jumped: list[int], rows: list[int], b: Box, lib_ids: npt.NDArray[np.int64],
