@@ -25,6 +25,7 @@ from streamd.analytics.engine import Alert, Observation, StreamAnalytics, TrackE
 from streamd.clips import ClipRecorder, ClipRef
 from streamd.config import LineConfig, PipelineConfig, StreamConfig, ZoneConfig
 from streamd.publish.alert_writer import AlertWriter, NewAlert
+from streamd.publish.events import as_published_ts
 from streamd.publish.journal import AlertJournal
 from streamd.publish.publisher import Publisher
 from streamd.types import ActiveTrack, FrameRef, JournalHealth, SourceState
@@ -90,7 +91,7 @@ def alert_fields(
         "line": alert.line,
         **obj,
         "frame": alert.frame,
-        "media_ts": round(ref.media_ts, 6),
+        "media_ts": as_published_ts(ref.media_ts),
         "width": ref.width,
         "height": ref.height,
         "snapshot": attached,

@@ -61,6 +61,9 @@ _LEARN = 0.1
 _LEARN_SIMILAR = 0.9
 # ... at most this often (a look costs a resize and three histograms).
 _LEARN_EVERY_S = 0.2
+# Times are compared with this slack: at 15 fps a look is due after exactly 3 frames,
+# and 9/15 - 6/15 < 0.2 must not make it wait a frame.
+_EPS = 1e-6
 _NONE = 1e6
 # A vanished identity is handed on only to a track confirmed this long after it was last
 # seen: a track is confirmed a few frames after its first box, and one person's old and
@@ -88,6 +91,7 @@ class _Identity:
     # When, where and how fast it last looked like itself (a split goes back there).
     vouched: tuple[float, Box, npt.NDArray[np.float64]] | None = None
     strikes: int = 0  # clear looks in a row unlike itself
+    met: float = -1e9  # when its box last touched another, or came back after a gap
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,7 @@ class Relinker:
         self._lib_seen: dict[int, float] = {}  # library id -> when it last had a box
         self._ids: dict[int, _Identity] = {}  # published id -> what it looked like
         self._next = 0
+        self._prev_ts = -1e9  # the frame before this one
 
     def update(
         self, boxes: npt.NDArray[np.floating[Any]], lib_ids: npt.NDArray[np.int64], ts: float,
@@ -184,6 +189,7 @@ class Relinker:
         jumped = []
         for k in rows:
             out[k] = self._out_of[int(lib_ids[k])]
+            self._meet(self._ids.get(int(out[k])), k, b, ts)
             if self._observe(int(out[k]), b[k], ts, looks, k):
                 jumped.append(k)
         if jumped:
@@ -192,6 +198,7 @@ class Relinker:
                 out[k] = self._out_of[int(lib_ids[k])]
         self._touch(out, rows, b, ts)
         self._forget(ts)
+        self._prev_ts = ts
         return out
 
     def sizes(self) -> dict[str, int]:
@@ -248,7 +255,7 @@ class Relinker:
             me = self._ids.get(int(out[k]))
             if me is None or me.signature is None or not me.contacts:
                 continue
-            if ts - me.checked < _LEARN_EVERY_S:
+            if ts - me.checked < _LEARN_EVERY_S - _EPS:
                 continue  # a look costs; a crossing is checked a few times a second
             me.checked = ts
             now = looks.signature(k)
@@ -314,7 +321,7 @@ class Relinker:
         d.trail.append((ts, (box[:2] + box[2:]) / 2))
         while d.trail[0][0] < ts - _TRAIL_S:
             d.trail.popleft()
-        if d.signature is not None and ts - d.learnt < _LEARN_EVERY_S:
+        if d.signature is not None and ts - d.learnt < _LEARN_EVERY_S - _EPS:
             return False
         seen = looks(k)
         if seen is None or seen.visible < _LEARN_VISIBLE:
@@ -329,16 +336,30 @@ class Relinker:
             d.signature = ((1 - _LEARN) * d.signature + _LEARN * sig).astype(np.float32)
         if sim >= self._opt.min_similarity:
             d.vouched = (ts, box, _velocity(d))
-        return self._jumped(d, sim)
+        return self._jumped(d, sim, sig, box, ts)
 
-    def _jumped(self, d: _Identity, sim: float) -> bool:
+    def _meet(self, d: _Identity | None, k: int, b: Box, ts: float) -> None:
+        """Note a chance for the library's track to have passed to somebody else: its box
+        touches another (confirmed or not), or it comes back after missing a frame."""
+        if d is None:
+            return
+        missed = d.ts < self._prev_ts - _EPS
+        if missed or any(_overlap(b[k], b[j]) for j in range(len(b)) if j != k):
+            d.met = ts
+
+    def _jumped(self, d: _Identity, sim: float, sig: Signature, box: Box, ts: float) -> bool:
         """One clear look unlike it is a pose or a glare; ``_STRIKES`` in a row are
-        somebody else, if its box came near somebody (touched a box in the last
-        ``window_s``): the library's track can only have passed to a person its box
-        met. A person alone who turns round, or a box that does not follow what it
-        covers (the null backend's), keeps its id."""
+        somebody else if the track had a chance to pass to somebody since it last looked
+        like itself (``_meet``). Without one, the person's own look changed (turned
+        round, took a coat off; or a box that does not follow what it covers, as the null
+        backend's): the identity learns the new look and keeps its id."""
         d.strikes = d.strikes + 1 if sim < self._opt.split_similarity else 0
-        return d.strikes >= _STRIKES and d.vouched is not None and bool(d.contacts)
+        if d.strikes < _STRIKES or d.vouched is None:
+            return False
+        if d.met >= d.vouched[0] - _LEARN_EVERY_S - _EPS:
+            return True
+        d.signature, d.vouched, d.strikes = sig, (ts, box, _velocity(d)), 0
+        return False
 
     def _split_all(
         self, jumped: list[int], rows: list[int], b: Box, lib_ids: npt.NDArray[np.int64],
