@@ -109,8 +109,9 @@ class AppearanceOptions(_Strict):
     )
     split_similarity: float = Field(
         0.5, ge=0.0, le=1.0,
-        description="A track that met somebody and whose clear looks fall below this "
-        "similarity to its identity went on with them: it goes on under a new id (0: never).",
+        description="A track whose box touched another (or that came back after a gap) "
+        "and whose clear looks then fall below this similarity to its identity went on with "
+        "somebody else: it goes on under a new id (0: never).",
     )  # fmt: skip
     drift: float = Field(
         0.5, ge=0.0, le=10.0,

@@ -20,9 +20,11 @@ visible that still look like it.
   seconds is checked, once both boxes show enough, against the other: if exchanging
   the two ids fits the colours better by ``2 * swap_margin``, they are exchanged.
 - **Splits**: a library track whose clear looks stop resembling its identity (below
-  ``split_similarity``, twice in a row) after its box met another went on with
-  somebody else's boxes; the identity goes back to where it last looked like itself,
-  as if vanished there, and the track goes on under a new id.
+  ``split_similarity``, twice in a row) after a chance to pass to somebody (its box
+  touched another, or it came back after a gap) went on with somebody else's boxes;
+  the identity goes back to where it last looked like itself, as if vanished there,
+  and the track goes on under a new id. Without such a chance the person's look
+  changed: the identity learns it.
 
 Look-alikes (the same clothes) are left as the library had them.
 """
