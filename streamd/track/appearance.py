@@ -188,17 +188,18 @@ class Relinker:
         for k in rows:
             out[k] = self._out_of[int(lib_ids[k])]
         self._uncross(out, rows, lib_ids, ts, looks)
+        touching = _touching(b)  # once a frame: both the split's chance and the contacts
         jumped = []
         for k in rows:
             out[k] = self._out_of[int(lib_ids[k])]
-            self._meet(self._ids.get(int(out[k])), k, b, ts)
+            self._meet(self._ids.get(int(out[k])), bool(touching[k].any()), ts)
             if self._observe(int(out[k]), b[k], ts, looks, k):
                 jumped.append(k)
         if jumped:
             self._split_all(jumped, rows, b, lib_ids, ts, looks)
             for k in rows:  # the split tracks' new ids show at once
                 out[k] = self._out_of[int(lib_ids[k])]
-        self._touch(out, rows, b, ts)
+        self._touch(out, rows, touching, ts)
         self._forget(ts)
         self._prev_ts = ts
         return out
@@ -340,13 +341,10 @@ class Relinker:
             d.vouched = (ts, box, _velocity(d))
         return self._jumped(d, sim, sig, box, ts)
 
-    def _meet(self, d: _Identity | None, k: int, b: Box, ts: float) -> None:
+    def _meet(self, d: _Identity | None, touches: bool, ts: float) -> None:
         """Note a chance for the library's track to have passed to somebody else: its box
         touches another (confirmed or not), or it comes back after missing a frame."""
-        if d is None:
-            return
-        missed = d.ts < self._prev_ts - _EPS
-        if missed or any(_overlap(b[k], b[j]) for j in range(len(b)) if j != k):
+        if d is not None and (touches or d.ts < self._prev_ts - _EPS):
             d.met = ts
 
     def _jumped(self, d: _Identity, sim: float, sig: Signature, box: Box, ts: float) -> bool:
@@ -417,10 +415,13 @@ class Relinker:
             self._hand_on(int(lib_ids[best]), d.out_id)
             del self._ids[given_up]
 
-    def _touch(self, out: npt.NDArray[np.int64], rows: list[int], b: Box, ts: float) -> None:
+    def _touch(
+        self, out: npt.NDArray[np.int64], rows: list[int], touching: npt.NDArray[np.bool_],
+        ts: float,
+    ) -> None:  # fmt: skip
         for x in range(len(rows)):
             for y in range(x + 1, len(rows)):
-                if _overlap(b[rows[x]], b[rows[y]]):
+                if touching[rows[x], rows[y]]:
                     a_id, b_id = int(out[rows[x]]), int(out[rows[y]])
                     self._ids[a_id].contacts[b_id] = ts
                     self._ids[b_id].contacts[a_id] = ts
@@ -447,8 +448,13 @@ def _velocity(d: _Identity) -> npt.NDArray[np.float64]:
     return (c1 - c0) / (t1 - t0) if t1 - t0 >= 0.2 else np.zeros(2)
 
 
-def _overlap(a: Box, b: Box) -> bool:
-    return bool(min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]))
+def _touching(b: Box) -> npt.NDArray[np.bool_]:
+    """Which boxes overlap which (by more than an edge; every pair at once, not itself)."""
+    x = np.minimum(b[:, None, 2], b[None, :, 2]) > np.maximum(b[:, None, 0], b[None, :, 0])
+    y = np.minimum(b[:, None, 3], b[None, :, 3]) > np.maximum(b[:, None, 1], b[None, :, 1])
+    both = x & y
+    np.fill_diagonal(both, False)
+    return both
 
 
 class _Looks:
