@@ -742,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval-tracking", help="score tracking (MOTA/IDF1/HOTA) on scenes")
     ev.add_argument("--scenes", default="crowd",
-                    help="comma-separated: crowd, crowd2 ... crowd6, short")  # fmt: skip
+                    help="comma-separated: crowd, crowd2 ... crowd8, short")  # fmt: skip
     ev.add_argument("--loads", default="every,fps5,overload")
     ev.add_argument("--kinds", default="bytetrack,ocsort,botsort,sort",
                     help="tracker kinds replayed on the daemon's detections")  # fmt: skip

@@ -43,20 +43,24 @@ RED = _person((40, 40, 200), (120, 60, 20))  # red shirt, blue trousers
 GREEN = _person((40, 180, 60), (30, 200, 220))  # green shirt, yellow trousers
 
 
-def _scene(people: list[tuple[Image, float, float]]) -> tuple[Image, sv.Detections]:
+def _scene(
+    people: list[tuple[Image, float, float]], conf: dict[int, float] | None = None
+) -> tuple[Image, sv.Detections]:
     """``people`` (figure, x, y of the top left), drawn far first: a lower y is farther.
-    Returns the picture and the figures' boxes as detections."""
+    Returns the picture and the figures' boxes as detections (confidence 0.8, or
+    ``conf[i]`` for ``people[i]``)."""
     rng = np.random.default_rng(0)
     frame = np.clip(rng.normal(128, 8, (H, W, 3)), 0, 255).astype(np.uint8)
-    boxes = []
-    for fig, x, y in sorted(people, key=lambda p: p[2]):
+    boxes, scores = [], []
+    for i, (fig, x, y) in sorted(enumerate(people), key=lambda p: p[1][2]):
         x0, y0 = round(x), round(y)
         xa, xb = max(0, x0), min(W, x0 + fig.shape[1])
         if xb > xa:
             frame[y0 : y0 + fig.shape[0], xa:xb] = fig[:, xa - x0 : xb - x0]
             boxes.append([xa, y0, xb, y0 + fig.shape[0]])
+            scores.append((conf or {}).get(i, 0.8))
     xyxy = np.array(boxes, np.float32).reshape(-1, 4)
-    dets = sv.Detections(xyxy=xyxy, confidence=np.full(len(boxes), 0.8, np.float32),
+    dets = sv.Detections(xyxy=xyxy, confidence=np.array(scores, np.float32),
                          class_id=np.zeros(len(boxes), np.int64))  # fmt: skip
     return frame, dets
 
@@ -230,6 +234,88 @@ def test_a_look_alike_out_of_reach_gets_an_id_of_its_own() -> None:
     assert first >= 0 and second >= 0 and second != first
 
 
+def _weak_return(unconfirmed: bool) -> tuple[int, list[int], list[int], list[int]]:
+    """RED walks right at 60 px/s, is hidden from 1 s to 2.2 s (the library drops its
+    track after 1 s), comes back detected at confidence 0.3 (too weak for the library to
+    start a track) and from 3.5 s at 0.8 again. GREEN stands still, detected at 0.3
+    throughout. Returns RED's id before, RED's ids while weak and once strong again, and
+    GREEN's ids."""
+    cfg = TrackerConfig.model_validate({"appearance": {"unconfirmed": unconfirmed}})
+    tracker = StreamTracker(cfg)
+    before, weak, strong, green = -1, [], [], []
+    for k in range(int(4.5 * FPS)):
+        t = k / FPS
+        x = 40 + 60 * t
+        people = [(GREEN, 500.0, 150.0)] + ([] if 1.0 <= t < 2.2 else [(RED, x, 120.0)])
+        frame, dets = _scene(people, {0: 0.3, 1: 0.3 if 1.0 <= t < 3.5 else 0.8})
+        out = tracker.update(dets, t, frame)
+        green.append(_id_near(out, 530))
+        if t < 1.0:
+            before = _id_near(out, x + 30)
+        elif 2.2 <= t < 3.5:
+            weak.append(_id_near(out, x + 30))
+        elif t >= 3.5:
+            strong.append(_id_near(out, x + 30))
+    return before, weak, strong, green
+
+
+def test_a_person_back_too_weakly_detected_for_a_track_shows_their_id() -> None:
+    before, weak, strong, green = _weak_return(unconfirmed=True)
+    assert before >= 0
+    assert weak == [before] * len(weak), weak  # from their first box back
+    assert strong == [before] * len(strong), strong  # and the library's new track keeps it
+    assert green == [-1] * len(green)  # nobody vanished looks like GREEN
+    # Off: the library's unconfirmed boxes carry no id until it starts a track.
+    before, weak, strong, _ = _weak_return(unconfirmed=False)
+    assert weak == [-1] * len(weak), weak
+    assert strong[-1] == before
+
+
+def test_a_track_confirmed_on_a_box_showing_an_identity_takes_it_over() -> None:
+    """Library track 3 follows RED until 1 s; RED is back at 1.5 s on boxes the library
+    has not confirmed (-1), and from 2 s on its new track 8, just as GREEN (track 5)
+    steps in front and hides most of RED: no clear look to re-link by, yet the box that
+    showed RED's identity a frame before goes on showing it."""
+    relinker = Relinker(AppearanceOptions(), library_keep_s=1.0)
+    first, later = -1, []
+    for k in range(int(3 * FPS)):
+        t = k / FPS
+        x = 40 + 60 * t
+        people: list[tuple[Image, float, float]] = []
+        libs: list[int] = []
+        if t < 1.0 or t >= 1.5:
+            people, libs = [(RED, x, 180.0)], [3 if t < 1.0 else -1 if t < 2.0 else 8]
+        if t >= 2.0:
+            people, libs = [*people, (GREEN, x + 10, 195.0)], [*libs, 5]
+        frame, dets = _scene(people)  # boxes far first: RED's, then GREEN's
+        out = relinker.update(dets.xyxy, np.array(libs, np.int64), t, frame)
+        if t < 1.0:
+            first = int(out[0])
+        elif t >= 1.5:
+            later.append(int(out[0]))
+    assert first >= 0 and later == [first] * len(later), (first, later)
+
+
+def test_a_sampled_stream_keeps_the_identity_shown_on_unconfirmed_boxes() -> None:
+    """Five frames a second: RED (track 3) runs at 150 px/s, so its boxes a frame apart
+    overlap too little to follow by overlap. Back from hiding on unconfirmed boxes, then
+    on its new track 8: its identity, shown on the unconfirmed boxes up to the frame
+    before, is handed to the new track at its first clear look."""
+    relinker = Relinker(AppearanceOptions(), library_keep_s=1.0)
+    first, later = -1, []
+    for k in range(15):
+        t = k * 0.2
+        people = [] if 1.0 <= t < 1.5 else [(RED, 20 + 150 * t, 180.0)]
+        libs = [3 if t < 1.0 else -1 if t < 2.1 else 8] if people else []
+        frame, dets = _scene(people)
+        out = relinker.update(dets.xyxy, np.array(libs, np.int64), t, frame)
+        if t < 1.0:
+            first = int(out[0])
+        elif people:
+            later.append(int(out[0]))
+    assert first >= 0 and later == [first] * len(later), (first, later)
+
+
 def test_a_frame_without_pixels_is_tracked_by_motion_alone() -> None:
     tracker = StreamTracker(_config(appearance=True))
     ids = []
@@ -288,7 +374,8 @@ def test_random_crowds_never_give_one_id_to_two_boxes(kind: str) -> None:
         places = zip(figures, xs, strict=True)
         shown = [(f, float(x), 100.0 + 20 * i) for i, (f, x) in enumerate(places)
                  if rng.random() < 0.8]  # fmt: skip
-        frame, dets = _scene(shown)
+        weak = {i: 0.3 for i in range(len(shown)) if rng.random() < 0.3}
+        frame, dets = _scene(shown, weak)
         out = tracker.update(dets, t, frame if rng.random() < 0.9 else None)
         assert out.tracker_id is not None
         ids = out.tracker_id[out.tracker_id >= 0].tolist()

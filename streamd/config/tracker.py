@@ -93,7 +93,8 @@ class AppearanceOptions(_Strict):
     (streamd/track/appearance.py): a new track takes over an identity that vanished
     nearby and looks the same; a crossing the tracker came out of with two people's ids
     exchanged is undone; a track that went on with somebody else's boxes is split off
-    under a new id. Needs every frame's pixels on the host: off for streams decoded
+    under a new id; a box the tracker has not confirmed shows the vanished identity it
+    looks like. Needs every frame's pixels on the host: off for streams decoded
     in the detector process (``decode_in: detector``)."""
 
     enabled: bool = Field(True, description="Re-link and un-cross identities by colour.")
@@ -113,6 +114,12 @@ class AppearanceOptions(_Strict):
         "and whose clear looks then fall below this similarity to its identity went on with "
         "somebody else: it goes on under a new id (0: never).",
     )  # fmt: skip
+    unconfirmed: bool = Field(
+        True,
+        description="Show a vanished identity on a box the motion tracker has not confirmed "
+        "(a person detected too weakly to start a track) that is within reach and looks "
+        "like it.",
+    )
     drift: float = Field(
         0.5, ge=0.0, le=10.0,
         description="Box heights a second a person may stray from their last velocity.",

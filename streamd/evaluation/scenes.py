@@ -15,7 +15,9 @@ from streamd.synth import SceneSpec, write_scene
 # cores). crowd2: another draw of the same; the tracker defaults were chosen on these
 # two. crowd3: a third draw, held out until its failures shaped the split of a track that
 # jumped to another person (tracker.appearance.split_similarity); crowd4-6: drawn after
-# that, held out (never used to choose anything). short: what the tests run.
+# that, held out until crowd5 and crowd6's losses shaped the showing of identities on
+# unconfirmed boxes (tracker.appearance.unconfirmed); crowd7-8: drawn after that, held
+# out. short: what the tests run.
 _CROWD = SceneSpec(width=960, height=540, fps=25, seconds=12.0, people=6, kind="crowd",
                    noise=6.0, light=0.4, seed=1)  # fmt: skip
 SCENES: dict[str, SceneSpec] = {
@@ -25,6 +27,8 @@ SCENES: dict[str, SceneSpec] = {
     "crowd4": replace(_CROWD, seed=13),
     "crowd5": replace(_CROWD, people=7, seed=17),
     "crowd6": replace(_CROWD, seed=19),
+    "crowd7": replace(_CROWD, seed=23),
+    "crowd8": replace(_CROWD, people=7, seed=29),
     "short": SceneSpec(width=480, height=270, fps=15, seconds=3.0, people=3, kind="crowd",
                        noise=4.0, light=0.3, seed=3),
 }  # fmt: skip

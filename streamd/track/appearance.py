@@ -19,6 +19,10 @@ visible that still look like it.
 - **Crossings**: an identity whose box touched another's in the last ``window_s``
   seconds is checked, once both boxes show enough, against the other: if exchanging
   the two ids fits the colours better by ``2 * swap_margin``, they are exchanged.
+- **Unconfirmed boxes**: a box the library has not confirmed (a person detected too
+  weakly to start a track, or whose new track is still young) shows a vanished
+  identity within reach that it looks like; in the next frame the box that overlaps
+  it goes on showing it, and a track the library then confirms there takes it over.
 - **Splits**: a library track whose clear looks stop resembling its identity (below
   ``split_similarity``, twice in a row) after a chance to pass to somebody (its box
   touched another, or it came back after a gap) went on with somebody else's boxes;
@@ -71,6 +75,9 @@ _NONE = 1e6
 # seen: a track is confirmed a few frames after its first box, and one person's old and
 # new tracks do not overlap in time (a look-alike walking next to them may).
 _GAP_S = 0.25
+# A box this much overlapping the one an identity was shown on in the frame before goes
+# on showing it (unconfirmed boxes, and a track the library confirms on one).
+_CONTINUE_IOU = 0.5
 # A track is split off its identity after this many clear looks in a row (one every
 # ``_LEARN_EVERY_S``) below ``split_similarity``: one odd look (a pose, a glare) is not.
 _STRIKES = 2
@@ -94,6 +101,7 @@ class _Identity:
     vouched: tuple[float, Box, npt.NDArray[np.float64]] | None = None
     strikes: int = 0  # clear looks in a row unlike itself
     met: float = -1e9  # when its box last touched another, or came back after a gap
+    shown_unconfirmed: float = -1e9  # when last shown on a box the library had not confirmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +208,8 @@ class Relinker:
             for k in rows:  # the split tracks' new ids show at once
                 out[k] = self._out_of[int(lib_ids[k])]
         self._touch(out, rows, touching, ts)
+        if self._opt.unconfirmed and looks.pictured:
+            self._show_unconfirmed(out, lib_ids, b, ts, looks)
         self._forget(ts)
         self._prev_ts = ts
         return out
@@ -218,7 +228,9 @@ class Relinker:
         looks: _Looks,
     ) -> None:  # fmt: skip
         """New identities, at their first clear box, take over vanished ones they resemble
-        (vanished before the new one was born: never two ids of one person at once)."""
+        (vanished before the new one was born: never two ids of one person at once; or
+        shown on the new track's own boxes before the library confirmed it)."""
+        self._continue_unconfirmed(rows, b, lib_ids)
         fresh = [k for k in rows if self._ids[self._out_of[int(lib_ids[k])]].provisional
                  and looks.signature(k) is not None]  # fmt: skip
         carried = {self._out_of[int(lib_ids[k])] for k in rows}
@@ -236,17 +248,79 @@ class Relinker:
                 assert d.signature is not None
                 sim = similarity(sig, d.signature)
                 born = self._ids[self._out_of[int(lib_ids[k])]].born
-                if (
-                    sim >= self._opt.min_similarity
-                    and d.ts < born - _GAP_S
-                    and self._reachable(d, b[k], ts)
-                ):
+                before = d.ts < born - _GAP_S or d.shown_unconfirmed == d.ts
+                if sim >= self._opt.min_similarity and before and self._reachable(d, b[k], ts):
                     cost[r, c] = 1.0 - sim
-        for r, c in zip(*linear_sum_assignment(cost), strict=True):
-            if cost[r, c] < _NONE:
-                provisional = self._out_of[int(lib_ids[fresh[r]])]
-                self._hand_on(int(lib_ids[fresh[r]]), gone[c].out_id)
-                del self._ids[provisional]
+        for r, c in _pairs(cost):
+            self._take_over(int(lib_ids[fresh[r]]), gone[c].out_id)
+
+    def _take_over(self, lib: int, out_id: int) -> None:
+        """The library track ``lib``, new, takes over identity ``out_id``; its own
+        provisional identity goes."""
+        provisional = self._out_of[lib]
+        self._hand_on(lib, out_id)
+        del self._ids[provisional]
+
+    def _continue_unconfirmed(
+        self, rows: list[int], b: Box, lib_ids: npt.NDArray[np.int64]
+    ) -> None:
+        """A track the library has just confirmed on the box an identity was shown on
+        in the frame before takes it over at once (no clear look needed: that box was
+        the identity's already)."""
+        carried = {self._out_of[int(lib_ids[k])] for k in rows}
+        for k in rows:
+            lib = int(lib_ids[k])
+            if not self._ids[self._out_of[lib]].provisional:
+                continue
+            for d in self._ids.values():
+                if (
+                    d.out_id not in carried
+                    and self._just_shown_unconfirmed(d)
+                    and _iou(d.box, b[k]) >= _CONTINUE_IOU
+                ):
+                    self._take_over(lib, d.out_id)
+                    carried.add(d.out_id)
+                    break
+
+    def _just_shown_unconfirmed(self, d: _Identity) -> bool:
+        """Shown on an unconfirmed box in the frame before, and not carried since."""
+        return d.shown_unconfirmed == d.ts and d.ts >= self._prev_ts - _EPS
+
+    def _show_unconfirmed(
+        self, out: npt.NDArray[np.int64], lib_ids: npt.NDArray[np.int64], b: Box, ts: float,
+        looks: _Looks,
+    ) -> None:  # fmt: skip
+        """Vanished identities on boxes the library has not confirmed: a box overlapping
+        one shown so in the frame before goes on showing it; else an identity within
+        reach that the box looks like (one box each, best likeness first)."""
+        free = [k for k in range(len(lib_ids)) if lib_ids[k] < 0]
+        carried = {int(i) for i in out if i >= 0}
+        gone = [d for d in self._ids.values() if d.out_id not in carried
+                and d.signature is not None and not d.provisional]  # fmt: skip
+        for d in sorted(gone, key=lambda d: -d.ts):
+            if free and self._just_shown_unconfirmed(d):
+                k = max(free, key=lambda j: _iou(d.box, b[j]))
+                if _iou(d.box, b[k]) >= _CONTINUE_IOU:
+                    free.remove(k)
+                    self._show(d, out, k, b[k], ts)
+        gone = [d for d in gone if d.ts < ts]
+        cost = np.full((len(free), len(gone)), _NONE)
+        for r, k in enumerate(free):
+            sig = looks.signature(k) if gone else None
+            if sig is None:
+                continue
+            for c, d in enumerate(gone):
+                assert d.signature is not None
+                sim = similarity(sig, d.signature)
+                if sim >= self._opt.min_similarity and self._reachable(d, b[k], ts):
+                    cost[r, c] = 1.0 - sim
+        for r, c in _pairs(cost):
+            self._show(gone[c], out, free[r], b[free[r]], ts)
+
+    def _show(self, d: _Identity, out: npt.NDArray[np.int64], k: int, box: Box, ts: float) -> None:
+        out[k] = d.out_id
+        d.box, d.ts, d.shown_unconfirmed = box, ts, ts
+        _follow(d, box, ts)
 
     def _uncross(
         self, out: npt.NDArray[np.int64], rows: list[int], lib_ids: npt.NDArray[np.int64],
@@ -321,9 +395,7 @@ class Relinker:
         if d is None:  # a library track whose id was handed on came back
             d = self._ids[out_id] = _Identity(out_id, box, ts, born=ts, provisional=False)
         d.box, d.ts = box, ts
-        d.trail.append((ts, (box[:2] + box[2:]) / 2))
-        while d.trail[0][0] < ts - _TRAIL_S:
-            d.trail.popleft()
+        _follow(d, box, ts)
         if d.signature is not None and ts - d.learnt < _LEARN_EVERY_S - _EPS:
             return False
         seen = looks(k)
@@ -442,6 +514,29 @@ class Relinker:
             d.contacts = {i: t for i, t in d.contacts.items() if t >= horizon and i in self._ids}
 
 
+def _follow(d: _Identity, box: Box, ts: float) -> None:
+    """Add the box's centre to the identity's trail (the last ``_TRAIL_S``)."""
+    d.trail.append((ts, (box[:2] + box[2:]) / 2))
+    while d.trail[0][0] < ts - _TRAIL_S:
+        d.trail.popleft()
+
+
+def _pairs(cost: npt.NDArray[np.float64]) -> list[tuple[int, int]]:
+    """The cheapest one-to-one pairs of rows and columns, leaving out the barred."""
+    if cost.size == 0:
+        return []
+    return [(int(r), int(c)) for r, c in zip(*linear_sum_assignment(cost), strict=True)
+            if cost[r, c] < _NONE]  # fmt: skip
+
+
+def _iou(a: Box, b: Box) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, float(w)) * max(0.0, float(h))
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def _velocity(d: _Identity) -> npt.NDArray[np.float64]:
     """Pixels a second over the last ``_TRAIL_S`` (box jitter averages out over it)."""
     (t0, c0), (t1, c1) = d.trail[0], d.trail[-1]
@@ -473,6 +568,10 @@ class _Looks:
             nearer = [b[j] for j in range(len(b)) if j != k and b[j][3] > b[k][3]]
             self._seen[k] = look(self._image, b[k], nearer)
         return self._seen[k]
+
+    @property
+    def pictured(self) -> bool:
+        return self._image is not None
 
     def signature(self, k: int) -> Signature | None:
         seen = self(k)
