@@ -135,7 +135,9 @@ def test_3000_idle_connections_cost_no_threads_and_health_stays_under_100ms(
     supervisor = psutil.Process(proc.pid)
     host, port = listen.rsplit(":", 1)
     quiet = slowest_health(listen)
-    fds_before = supervisor.num_fds()
+    # The fewest of a few samples: a descriptor open for a moment (a log rotation, a
+    # health probe's socket) must not raise the bar the 3,000 have to clear.
+    fds_before = min(_sampled(supervisor.num_fds, 5, 0.1))
     idle: list[socket.socket] = []
     slowest_connect = 0.0
     try:
@@ -143,7 +145,10 @@ def test_3000_idle_connections_cost_no_threads_and_health_stays_under_100ms(
             t0 = time.perf_counter()
             idle.append(socket.create_connection((host, int(port)), timeout=10))
             slowest_connect = max(slowest_connect, time.perf_counter() - t0)
-        held = wait_until(lambda: supervisor.num_fds() >= fds_before + CONNECTIONS, 10)
+        # Accepting 3,000 queued connections on a busy 2-core machine takes a while; what
+        # is asserted is that they are all held, not how fast.
+        held = wait_until(lambda: supervisor.num_fds() >= fds_before + CONNECTIONS, 30)
+        fds_open = supervisor.num_fds()
         threads = supervisor.num_threads()
         while_open = slowest_health(listen)
     finally:
@@ -153,13 +158,21 @@ def test_3000_idle_connections_cost_no_threads_and_health_stays_under_100ms(
     figures = {"quiet_s": quiet, "open_s": while_open, "closing_s": after_close,
                "threads": threads, "slowest_connect_s": slowest_connect}  # fmt: skip
     print(f"\nhttp load figures: {json.dumps(figures)}")
-    assert held, f"the daemon holds {supervisor.num_fds()} descriptors"
+    assert held, f"{CONNECTIONS} open: the daemon held {fds_open} descriptors ({fds_before} before)"
     assert threads < MAX_THREADS, figures
     assert slowest_connect < 1.0, figures  # a full backlog costs a 1 s SYN retry
     assert while_open < LATENCY_S and after_close < LATENCY_S, figures
     time.sleep(0.5)
     text = log.read_text()
     assert "Traceback" not in text and "BrokenPipeError" not in text, text[-3000:]
+
+
+def _sampled(read: Callable[[], int], n: int, every_s: float) -> list[int]:
+    out = []
+    for _ in range(n):
+        out.append(read())
+        time.sleep(every_s)
+    return out
 
 
 def _viewer(listen: str) -> tuple[socket.socket, bytes]:

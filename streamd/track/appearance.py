@@ -306,13 +306,16 @@ class Relinker:
         gone = [d for d in gone if d.ts < ts]
         cost = np.full((len(free), len(gone)), _NONE)
         for r, k in enumerate(free):
-            sig = looks.signature(k) if gone else None
+            # Reach first: a look costs, and most unconfirmed boxes have nobody near.
+            near = [c for c, d in enumerate(gone) if self._reachable(d, b[k], ts)]
+            sig = looks.signature(k) if near else None
             if sig is None:
                 continue
-            for c, d in enumerate(gone):
-                assert d.signature is not None
-                sim = similarity(sig, d.signature)
-                if sim >= self._opt.min_similarity and self._reachable(d, b[k], ts):
+            for c in near:
+                theirs = gone[c].signature
+                assert theirs is not None
+                sim = similarity(sig, theirs)
+                if sim >= self._opt.min_similarity:
                     cost[r, c] = 1.0 - sim
         for r, c in _pairs(cost):
             self._show(gone[c], out, free[r], b[free[r]], ts)
