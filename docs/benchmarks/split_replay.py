@@ -1,9 +1,11 @@
-"""The split of a track that went on with somebody else (issue 15), on many scenes.
+"""Parts of the appearance cue (issue 15), on many scenes: the split of a track that
+went on with somebody else, and identities shown on unconfirmed boxes.
 
-Replays the default tracker, with and without ``tracker.appearance.split_similarity``,
+Replays the default tracker, and the same without ``tracker.appearance.split_similarity``
+and without ``tracker.appearance.unconfirmed``,
 on the det frames that ``precision_tracking.py`` kept (``<work>/<scene>/<run>/frames.json``,
 FP32 and INT8 runs of the real daemon), scores each against the scene's truth, writes
-the scores as JSON and prints the split's effect and INT8 against FP32 with the current
+the scores as JSON and prints each part's effect and INT8 against FP32 with each
 tracker (mean, standard error, 95 % t-interval over the scenes).
 
     .venv/bin/python docs/benchmarks/split_replay.py /tmp/ev5 out.json
@@ -22,9 +24,11 @@ from streamd.evaluation.metrics import TrackedFrame, score
 from streamd.evaluation.offline import replay
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "split": {},
+    "default": {},
     "nosplit": {"appearance": {"split_similarity": 0}},
+    "nounconfirmed": {"appearance": {"unconfirmed": False}},
 }
+PARTS = {"split": "nosplit", "unconfirmed": "nounconfirmed"}
 RUNS = ("fp32", "int8")
 
 
@@ -58,12 +62,13 @@ def report(out: dict[str, dict[str, dict[str, float | int]]]) -> None:
         return [float(out[s][a][metric]) - float(out[s][b][metric]) for s in full]
 
     for run in RUNS:
-        print(f"split effect IDF1 ({run}):", spread(diff(f"{run}-split", f"{run}-nosplit")))
-        print(f"split effect HOTA ({run}):",
-              spread(diff(f"{run}-split", f"{run}-nosplit", "hota")))  # fmt: skip
-        before = sum(int(out[s][f"{run}-nosplit"]["idsw"]) for s in full)
-        after = sum(int(out[s][f"{run}-split"]["idsw"]) for s in full)
-        print(f"ID switches ({run}): {before} -> {after}")
+        for part, without in PARTS.items():
+            for metric in ("idf1", "hota"):
+                effect = diff(f"{run}-default", f"{run}-{without}", metric)
+                print(f"{part} effect {metric} ({run}):", spread(effect))
+            before = sum(int(out[s][f"{run}-{without}"]["idsw"]) for s in full)
+            after = sum(int(out[s][f"{run}-default"]["idsw"]) for s in full)
+            print(f"ID switches without {part} -> default ({run}): {before} -> {after}")
     for name in CONFIGS:
         change = diff(f"int8-{name}", f"fp32-{name}")
         print(
@@ -72,7 +77,8 @@ def report(out: dict[str, dict[str, dict[str, float | int]]]) -> None:
             f"median {st.median(change):+.4f}; lose > 0.02: {sum(x < -0.02 for x in change)}",
         )
     for metric in ("hota", "mota"):
-        print(f"INT8 - FP32 {metric} (split):", spread(diff("int8-split", "fp32-split", metric)))
+        print(f"INT8 - FP32 {metric} (default):",
+              spread(diff("int8-default", "fp32-default", metric)))  # fmt: skip
 
 
 if __name__ == "__main__":
