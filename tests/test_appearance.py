@@ -8,6 +8,8 @@ identity there (so the test can fail).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -314,6 +316,128 @@ def test_a_sampled_stream_keeps_the_identity_shown_on_unconfirmed_boxes() -> Non
         elif people:
             later.append(int(out[0]))
     assert first >= 0 and later == [first] * len(later), (first, later)
+
+
+Step = list[tuple[str, Image, float, float, int]]  # name, figure, x, y, library id
+
+
+def _relinked(scene: Callable[[float], Step], seconds: float) -> dict[float, dict[str, int]]:
+    """The Relinker alone, fed each frame's named people with the library ids given;
+    returns each name's published id at each time."""
+    relinker = Relinker(AppearanceOptions(), library_keep_s=1.0)
+    got = {}
+    for k in range(int(seconds * FPS)):
+        t = k / FPS
+        step = sorted(scene(t), key=lambda p: p[3])  # as _scene orders boxes: far first
+        frame, dets = _scene([(fig, x, y) for _, fig, x, y, _ in step])
+        out = relinker.update(dets.xyxy, np.array([p[4] for p in step], np.int64), t, frame)
+        got[round(t, 2)] = {p[0]: int(i) for p, i in zip(step, out.tolist(), strict=True)}
+    return got
+
+
+def test_an_identity_on_weak_boxes_is_followed_while_somebody_hides_them() -> None:
+    """RED (track 3) is lost at 1 s and back on weak boxes at 1.5 s; from 1.8 s GREEN
+    (track 5) walks along just in front, hiding most of RED: no clear look, but each weak
+    box continues the one before."""
+
+    def scene(t: float) -> Step:
+        x = 40 + 60 * t
+        red = [] if 1.0 <= t < 1.5 else [("R", RED, x, 180.0, 3 if t < 1.0 else -1)]
+        return red + ([("G", GREEN, x + 10, 195.0, 5)] if t >= 1.8 else [])
+
+    got = _relinked(scene, 3.0)
+    first = got[0.0]["R"]
+    assert first >= 0 and all(ids["R"] == first for t, ids in got.items() if t >= 1.5), got
+
+
+def test_a_weak_look_alike_out_of_reach_gets_no_id() -> None:
+    """RED (track 3) leaves at the right at 1 s; half a second later a weak box dressed
+    the same shows at the far left: nobody walks 500 px in half a second."""
+
+    def scene(t: float) -> Step:
+        if t < 1.0:
+            return [("R", RED, 520 + 30 * t, 120.0, 3)]
+        return [("L", RED, 20 + 30 * (t - 1.5), 120.0, -1)] if t >= 1.5 else []
+
+    got = _relinked(scene, 3.0)
+    assert got[0.0]["R"] >= 0 and all(ids["L"] == -1 for t, ids in got.items() if t >= 1.5)
+
+
+def test_an_identity_on_weak_boxes_is_not_handed_to_a_look_alike_seen_beside_it() -> None:
+    """A (RED, track 3) is lost at 1 s and back on weak boxes (-1) at 1.5 s; B, dressed
+    the same, walks 70 px ahead on its own track since 0.5 s, hidden behind GREEN until
+    2 s. B was beside A all along: at its first clear look it must not take A's id."""
+
+    def scene(t: float) -> Step:
+        x = 40 + 60 * t
+        a = [] if 1.0 <= t < 1.5 else [("A", RED, x, 180.0, 3 if t < 1.0 else -1)]
+        b = [("B", RED, x + 70, 170.0, 8)] if t >= 0.5 else []
+        g = [("G", GREEN, x + 70, 185.0, 5)] if 0.5 <= t < 2.0 else []
+        return a + b + g
+
+    got = _relinked(scene, 3.0)
+    first, end = got[0.0]["A"], got[2.93]
+    assert first >= 0 and end["A"] == first and end["B"] not in (first, -1), (first, end)
+
+
+def test_a_young_track_behind_does_not_take_the_id_of_the_weak_box_in_front() -> None:
+    """RED (track 3) is lost at 1 s and back on weak boxes at 1.5 s; GREEN, on its own
+    track from 1.5 s, walks just behind RED, mostly hidden by it."""
+
+    def scene(t: float) -> Step:
+        x = 40 + 60 * t
+        red = [] if 1.0 <= t < 1.5 else [("R", RED, x, 180.0, 3 if t < 1.0 else -1)]
+        return red + ([("G", GREEN, x + 12, 170.0, 9)] if t >= 1.5 else [])
+
+    got = _relinked(scene, 3.0)
+    first = got[0.0]["R"]
+    later = [ids for t, ids in got.items() if t >= 1.5]
+    assert first >= 0 and all(ids["R"] == first and ids["G"] != first for ids in later), got
+
+
+def test_somebody_else_on_the_weak_box_in_its_place_does_not_keep_the_id() -> None:
+    """RED (track 3) until 1 s, then on weak boxes; at 1.5 s RED is gone and GREEN is
+    detected weakly where RED's box was, from 2 s on its own track 8."""
+
+    def scene(t: float) -> Step:
+        if t < 1.5:
+            return [("R", RED, 40 + 60 * t, 180.0, 3 if t < 1.0 else -1)]
+        return [("G", GREEN, 130.0, 180.0, -1 if t < 2.0 else 8)]
+
+    got = _relinked(scene, 4.0)
+    red = got[0.0]["R"]
+    assert red >= 0 and got[1.47]["R"] == red
+    assert all(ids["G"] != red for t, ids in got.items() if t >= 1.8), got
+
+
+def test_a_track_that_took_an_id_from_a_weak_box_of_somebody_else_is_split() -> None:
+    """RED (track 3) until 1 s, then on weak boxes; at 1.13 s, before the next look is
+    due, GREEN stands in RED's place on a weak box, and from 1.2 s on its own track 8,
+    which takes RED's identity from that box. Its looks are not RED's: split off."""
+
+    def scene(t: float) -> Step:
+        if t < 1.1:
+            return [("R", RED, 40 + 60 * t, 180.0, 3 if t < 1.0 else -1)]
+        return [("G", GREEN, 106.0, 180.0, -1 if t < 1.19 else 8)]
+
+    got = _relinked(scene, 3.0)
+    red = got[0.0]["R"]
+    assert red >= 0 and got[1.07]["R"] == red
+    assert got[2.93]["G"] not in (red, -1), got
+
+
+def test_weak_boxes_keep_an_identity_at_most_window_s_after_its_track() -> None:
+    """RED (track 3) is lost at 1 s; from 1.1 s a still, weak look-alike (a red coat on
+    a stand, just ahead) is in view: it may take RED's id, but not for longer than
+    ``window_s`` (4 s) after a track last carried it."""
+
+    def scene(t: float) -> Step:
+        red = [("R", RED, 40 + 60 * t, 180.0, 3)] if t < 1.0 else []
+        return red + ([("C", RED, 140.0, 150.0, -1)] if t >= 1.1 else [])
+
+    got = _relinked(scene, 8.0)
+    red = got[0.0]["R"]
+    assert red >= 0 and all(ids["C"] == -1 for t, ids in got.items() if t > 5.1), got
 
 
 def test_a_frame_without_pixels_is_tracked_by_motion_alone() -> None:

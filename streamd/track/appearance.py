@@ -102,6 +102,8 @@ class _Identity:
     strikes: int = 0  # clear looks in a row unlike itself
     met: float = -1e9  # when its box last touched another, or came back after a gap
     shown_unconfirmed: float = -1e9  # when last shown on a box the library had not confirmed
+    shown_looked: float = -1e9  # ... on one that looked like it
+    confirmed: float = -1e9  # when a library track last carried it
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +179,8 @@ class Relinker:
         self, boxes: npt.NDArray[np.floating[Any]], lib_ids: npt.NDArray[np.int64], ts: float,
         image: Image | None,
     ) -> npt.NDArray[np.int64]:  # fmt: skip
-        """The published ids for this frame's boxes (-1, not yet confirmed, stays -1)."""
+        """The published ids for this frame's boxes (-1, not confirmed by the library,
+        stays -1 unless it shows a vanished identity)."""
         b = boxes.astype(np.float64)
         rows = [k for k, i in enumerate(lib_ids) if i >= 0]
         looks = _Looks(image, b)
@@ -230,7 +233,7 @@ class Relinker:
         """New identities, at their first clear box, take over vanished ones they resemble
         (vanished before the new one was born: never two ids of one person at once; or
         shown on the new track's own boxes before the library confirmed it)."""
-        self._continue_unconfirmed(rows, b, lib_ids)
+        self._continue_unconfirmed(rows, b, lib_ids, ts)
         fresh = [k for k in rows if self._ids[self._out_of[int(lib_ids[k])]].provisional
                  and looks.signature(k) is not None]  # fmt: skip
         carried = {self._out_of[int(lib_ids[k])] for k in rows}
@@ -248,7 +251,10 @@ class Relinker:
                 assert d.signature is not None
                 sim = similarity(sig, d.signature)
                 born = self._ids[self._out_of[int(lib_ids[k])]].born
-                before = d.ts < born - _GAP_S or d.shown_unconfirmed == d.ts
+                # Last shown on unconfirmed boxes up to before the track was confirmed:
+                # those (within reach, looking like it) were the track's own boxes.
+                own = d.shown_unconfirmed == d.ts < born
+                before = d.ts < born - _GAP_S or own
                 if sim >= self._opt.min_similarity and before and self._reachable(d, b[k], ts):
                     cost[r, c] = 1.0 - sim
         for r, c in _pairs(cost):
@@ -262,25 +268,21 @@ class Relinker:
         del self._ids[provisional]
 
     def _continue_unconfirmed(
-        self, rows: list[int], b: Box, lib_ids: npt.NDArray[np.int64]
+        self, rows: list[int], b: Box, lib_ids: npt.NDArray[np.int64], ts: float
     ) -> None:
-        """A track the library has just confirmed on the box an identity was shown on
-        in the frame before takes it over at once (no clear look needed: that box was
-        the identity's already)."""
+        """A track the library confirms this frame on the box that best continues the
+        unconfirmed one an identity was shown on in the frame before takes it over at
+        once (no clear look needed: that box was the track's own)."""
         carried = {self._out_of[int(lib_ids[k])] for k in rows}
-        for k in rows:
-            lib = int(lib_ids[k])
-            if not self._ids[self._out_of[lib]].provisional:
+        new = {k for k in rows if self._ids[self._out_of[int(lib_ids[k])]].born == ts
+               and self._ids[self._out_of[int(lib_ids[k])]].provisional}  # fmt: skip
+        for d in [d for d in self._ids.values() if d.out_id not in carried]:
+            if not new or not self._just_shown_unconfirmed(d):
                 continue
-            for d in self._ids.values():
-                if (
-                    d.out_id not in carried
-                    and self._just_shown_unconfirmed(d)
-                    and _iou(d.box, b[k]) >= _CONTINUE_IOU
-                ):
-                    self._take_over(lib, d.out_id)
-                    carried.add(d.out_id)
-                    break
+            k = _best_overlap(d.box, b)
+            if k in new and _iou(d.box, b[k]) >= _CONTINUE_IOU:
+                self._take_over(int(lib_ids[k]), d.out_id)
+                new.discard(k)
 
     def _just_shown_unconfirmed(self, d: _Identity) -> bool:
         """Shown on an unconfirmed box in the frame before, and not carried since."""
@@ -290,20 +292,46 @@ class Relinker:
         self, out: npt.NDArray[np.int64], lib_ids: npt.NDArray[np.int64], b: Box, ts: float,
         looks: _Looks,
     ) -> None:  # fmt: skip
-        """Vanished identities on boxes the library has not confirmed: a box overlapping
-        one shown so in the frame before goes on showing it; else an identity within
-        reach that the box looks like (one box each, best likeness first)."""
+        """Vanished identities on boxes the library has not confirmed, for at most
+        ``window_s`` after a library track last carried them: the box that best
+        continues one shown so in the frame before goes on showing it; else an identity
+        within reach that the box looks like (the assignment with the best total
+        likeness, one box each)."""
         free = [k for k in range(len(lib_ids)) if lib_ids[k] < 0]
         carried = {int(i) for i in out if i >= 0}
         gone = [d for d in self._ids.values() if d.out_id not in carried
-                and d.signature is not None and not d.provisional]  # fmt: skip
+                and d.signature is not None and not d.provisional
+                and ts - d.confirmed <= self._opt.window_s]  # fmt: skip
         for d in sorted(gone, key=lambda d: -d.ts):
             if free and self._just_shown_unconfirmed(d):
-                k = max(free, key=lambda j: _iou(d.box, b[j]))
-                if _iou(d.box, b[k]) >= _CONTINUE_IOU:
-                    free.remove(k)
-                    self._show(d, out, k, b[k], ts)
-        gone = [d for d in gone if d.ts < ts]
+                self._follow_unconfirmed(d, free, out, b, ts, looks)
+        self._match_unconfirmed([d for d in gone if d.ts < ts], free, out, b, ts, looks)
+
+    def _follow_unconfirmed(
+        self, d: _Identity, free: list[int], out: npt.NDArray[np.int64], b: Box, ts: float,
+        looks: _Looks,
+    ) -> None:  # fmt: skip
+        """Go on showing ``d`` on the unconfirmed box that best continues its box of the
+        frame before (of all this frame's boxes); once every ``_LEARN_EVERY_S`` only if
+        that box, seen clearly enough, still looks like it."""
+        k = _best_overlap(d.box, b)
+        if k not in free or _iou(d.box, b[k]) < _CONTINUE_IOU:
+            return
+        looked = False
+        if ts - d.shown_looked >= _LEARN_EVERY_S - _EPS:
+            sig = looks.signature(k)
+            if sig is not None:
+                assert d.signature is not None
+                if similarity(sig, d.signature) < self._opt.min_similarity:
+                    return
+                looked = True
+        free.remove(k)
+        self._show(d, out, k, b[k], ts, looked)
+
+    def _match_unconfirmed(
+        self, gone: list[_Identity], free: list[int], out: npt.NDArray[np.int64], b: Box,
+        ts: float, looks: _Looks,
+    ) -> None:  # fmt: skip
         cost = np.full((len(free), len(gone)), _NONE)
         for r, k in enumerate(free):
             # Reach first: a look costs, and most unconfirmed boxes have nobody near.
@@ -318,11 +346,19 @@ class Relinker:
                 if sim >= self._opt.min_similarity:
                     cost[r, c] = 1.0 - sim
         for r, c in _pairs(cost):
-            self._show(gone[c], out, free[r], b[free[r]], ts)
+            self._show(gone[c], out, free[r], b[free[r]], ts, looked=True)
 
-    def _show(self, d: _Identity, out: npt.NDArray[np.int64], k: int, box: Box, ts: float) -> None:
+    def _show(
+        self, d: _Identity, out: npt.NDArray[np.int64], k: int, box: Box, ts: float,
+        looked: bool,
+    ) -> None:  # fmt: skip
         out[k] = d.out_id
         d.box, d.ts, d.shown_unconfirmed = box, ts, ts
+        if looked:
+            d.shown_looked = ts
+        # Boxes the library did not tie to the identity: a chance it passed to somebody
+        # (so a track confirmed on them that then looks unlike it is split, not learnt).
+        d.met = ts
         _follow(d, box, ts)
 
     def _uncross(
@@ -397,7 +433,7 @@ class Relinker:
         d = self._ids.get(out_id)
         if d is None:  # a library track whose id was handed on came back
             d = self._ids[out_id] = _Identity(out_id, box, ts, born=ts, provisional=False)
-        d.box, d.ts = box, ts
+        d.box, d.ts, d.confirmed = box, ts, ts
         _follow(d, box, ts)
         if d.signature is not None and ts - d.learnt < _LEARN_EVERY_S - _EPS:
             return False
@@ -530,6 +566,11 @@ def _pairs(cost: npt.NDArray[np.float64]) -> list[tuple[int, int]]:
         return []
     return [(int(r), int(c)) for r, c in zip(*linear_sum_assignment(cost), strict=True)
             if cost[r, c] < _NONE]  # fmt: skip
+
+
+def _best_overlap(box: Box, b: Box) -> int:
+    """The row of ``b`` that overlaps ``box`` most."""
+    return max(range(len(b)), key=lambda j: _iou(box, b[j]))
 
 
 def _iou(a: Box, b: Box) -> float:

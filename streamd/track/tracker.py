@@ -3,8 +3,9 @@
 Every kind is told the media time of each frame, so a frame dropped by sampling or
 overload is a longer Kalman step, and a lost track is kept ``lost_track_s`` seconds
 whatever the rate. Every kind answers with every detection it was given (checked in
-tests/test_tracker_kinds.py), ``tracker_id`` -1 until its track is confirmed, so a det
-event carries every box the detector found.
+tests/test_tracker_kinds.py), ``tracker_id`` -1 until its track is confirmed (unless the
+appearance cue shows a vanished identity on it), so a det event carries every box the
+detector found.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def build_tracker(cfg: TrackerConfig) -> BaseTracker:
 
 class StreamTracker:
     """``update(detections, ts, frame) -> detections`` with ``tracker_id`` (-1 = not yet
-    confirmed): the library's tracker, then identities kept by appearance (a frame
+    confirmed, and showing no vanished identity): the library's tracker, then identities kept by appearance (a frame
     without pixels, e.g. evicted before its boxes came, is tracked by motion alone)."""
 
     def __init__(self, cfg: TrackerConfig, pixels: bool = True) -> None:
