@@ -395,32 +395,32 @@ def test_a_young_track_behind_does_not_take_the_id_of_the_weak_box_in_front() ->
     assert first >= 0 and all(ids["R"] == first and ids["G"] != first for ids in later), got
 
 
-def test_somebody_else_on_the_weak_box_in_its_place_does_not_keep_the_id() -> None:
-    """RED (track 3) until 1 s, then on weak boxes; at 1.5 s RED is gone and GREEN is
-    detected weakly where RED's box was, from 2 s on its own track 8."""
+def _green_in_reds_place(until: float, x: float, track_from: float) -> Callable[[float], Step]:
+    """RED (track 3) walks right until 1 s, then on weak boxes until ``until``; then
+    GREEN stands at ``x`` (where RED's box was) on weak boxes, on its own track 8 from
+    ``track_from``."""
 
     def scene(t: float) -> Step:
-        if t < 1.5:
+        if t < until:
             return [("R", RED, 40 + 60 * t, 180.0, 3 if t < 1.0 else -1)]
-        return [("G", GREEN, 130.0, 180.0, -1 if t < 2.0 else 8)]
+        return [("G", GREEN, x, 180.0, -1 if t < track_from else 8)]
 
-    got = _relinked(scene, 4.0)
+    return scene
+
+
+def test_somebody_else_on_the_weak_box_in_its_place_does_not_keep_the_id() -> None:
+    """GREEN in RED's place from 1.5 s, on its own track from 2 s."""
+    got = _relinked(_green_in_reds_place(1.5, 130.0, 2.0), 4.0)
     red = got[0.0]["R"]
     assert red >= 0 and got[1.47]["R"] == red
     assert all(ids["G"] != red for t, ids in got.items() if t >= 1.8), got
 
 
 def test_a_track_that_took_an_id_from_a_weak_box_of_somebody_else_is_split() -> None:
-    """RED (track 3) until 1 s, then on weak boxes; at 1.13 s, before the next look is
-    due, GREEN stands in RED's place on a weak box, and from 1.2 s on its own track 8,
-    which takes RED's identity from that box. Its looks are not RED's: split off."""
-
-    def scene(t: float) -> Step:
-        if t < 1.1:
-            return [("R", RED, 40 + 60 * t, 180.0, 3 if t < 1.0 else -1)]
-        return [("G", GREEN, 106.0, 180.0, -1 if t < 1.19 else 8)]
-
-    got = _relinked(scene, 3.0)
+    """GREEN in RED's place from 1.13 s, before the next look at the weak boxes is due,
+    and from 1.2 s on its own track, which takes RED's identity from that box. Its
+    looks are not RED's: split off."""
+    got = _relinked(_green_in_reds_place(1.1, 106.0, 1.19), 3.0)
     red = got[0.0]["R"]
     assert red >= 0 and got[1.07]["R"] == red
     assert got[2.93]["G"] not in (red, -1), got
