@@ -21,8 +21,11 @@ visible that still look like it.
   the two ids fits the colours better by ``2 * swap_margin``, they are exchanged.
 - **Unconfirmed boxes**: a box the library has not confirmed (a person detected too
   weakly to start a track, or whose new track is still young) shows a vanished
-  identity within reach that it looks like; in the next frame the box that overlaps
-  it goes on showing it, and a track the library then confirms there takes it over.
+  identity within reach that it looks like, for at most ``window_s`` after a library
+  track last carried it; in the next frame the box that best continues it goes on
+  showing it (looked at again every ``_LEARN_EVERY_S``), and a track the library
+  confirms there takes it over (at once in the next frame, else at its first clear
+  look if the identity was last shown before the track was confirmed).
 - **Splits**: a library track whose clear looks stop resembling its identity (below
   ``split_similarity``, twice in a row) after a chance to pass to somebody (its box
   touched another, or it came back after a gap) went on with somebody else's boxes;
@@ -252,7 +255,7 @@ class Relinker:
                 sim = similarity(sig, d.signature)
                 born = self._ids[self._out_of[int(lib_ids[k])]].born
                 # Last shown on unconfirmed boxes up to before the track was confirmed:
-                # those (within reach, looking like it) were the track's own boxes.
+                # within reach and looking like it, those are taken for its own boxes.
                 own = d.shown_unconfirmed == d.ts < born
                 before = d.ts < born - _GAP_S or own
                 if sim >= self._opt.min_similarity and before and self._reachable(d, b[k], ts):

@@ -103,8 +103,9 @@ def build_tracker(cfg: TrackerConfig) -> BaseTracker:
 
 class StreamTracker:
     """``update(detections, ts, frame) -> detections`` with ``tracker_id`` (-1 = not yet
-    confirmed, and showing no vanished identity): the library's tracker, then identities kept by appearance (a frame
-    without pixels, e.g. evicted before its boxes came, is tracked by motion alone)."""
+    confirmed, and showing no vanished identity): the library's tracker, then identities
+    kept by appearance (a frame without pixels, e.g. evicted before its boxes came, is
+    tracked by motion alone)."""
 
     def __init__(self, cfg: TrackerConfig, pixels: bool = True) -> None:
         """``pixels``: whether every frame comes with its pixels. Where only some do (a
