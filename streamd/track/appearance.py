@@ -45,6 +45,7 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
+import supervision as sv
 from scipy.optimize import linear_sum_assignment
 
 from streamd.config.tracker import AppearanceOptions
@@ -277,13 +278,13 @@ class Relinker:
         unconfirmed one an identity was shown on in the frame before takes it over at
         once (no clear look needed: that box was the track's own)."""
         carried = {self._out_of[int(lib_ids[k])] for k in rows}
-        new = {k for k in rows if self._ids[self._out_of[int(lib_ids[k])]].born == ts
-               and self._ids[self._out_of[int(lib_ids[k])]].provisional}  # fmt: skip
+        tracks = {k: self._ids[self._out_of[int(lib_ids[k])]] for k in rows}
+        new = {k for k, t in tracks.items() if t.born == ts and t.provisional}
         for d in [d for d in self._ids.values() if d.out_id not in carried]:
             if not new or not self._just_shown_unconfirmed(d):
                 continue
-            k = _best_overlap(d.box, b)
-            if k in new and _iou(d.box, b[k]) >= _CONTINUE_IOU:
+            k, iou = _best_overlap(d.box, b)
+            if k in new and iou >= _CONTINUE_IOU:
                 self._take_over(int(lib_ids[k]), d.out_id)
                 new.discard(k)
 
@@ -317,8 +318,8 @@ class Relinker:
         """Go on showing ``d`` on the unconfirmed box that best continues its box of the
         frame before (of all this frame's boxes); once every ``_LEARN_EVERY_S`` only if
         that box, seen clearly enough, still looks like it."""
-        k = _best_overlap(d.box, b)
-        if k not in free or _iou(d.box, b[k]) < _CONTINUE_IOU:
+        k, iou = _best_overlap(d.box, b)
+        if k not in free or iou < _CONTINUE_IOU:
             return
         looked = False
         if ts - d.shown_looked >= _LEARN_EVERY_S - _EPS:
@@ -571,17 +572,11 @@ def _pairs(cost: npt.NDArray[np.float64]) -> list[tuple[int, int]]:
             if cost[r, c] < _NONE]  # fmt: skip
 
 
-def _best_overlap(box: Box, b: Box) -> int:
-    """The row of ``b`` that overlaps ``box`` most."""
-    return max(range(len(b)), key=lambda j: _iou(box, b[j]))
-
-
-def _iou(a: Box, b: Box) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, float(w)) * max(0.0, float(h))
-    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
-    return inter / union if union > 0 else 0.0
+def _best_overlap(box: Box, b: Box) -> tuple[int, float]:
+    """The row of ``b`` (not empty) that overlaps ``box`` most, and their IoU."""
+    iou = sv.box_iou_batch(box[None, :], b)[0]
+    k = int(np.argmax(iou))
+    return k, float(iou[k])
 
 
 def _velocity(d: _Identity) -> npt.NDArray[np.float64]:
