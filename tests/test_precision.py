@@ -268,6 +268,47 @@ def test_guard_refuses_a_blank_calibration_and_auto_falls_back(
     assert time.monotonic() - t0 < 20  # the model and its figures came from the cache
 
 
+def test_openvino_int8_keeps_the_heads_last_convolutions_in_float(
+    person_model: Path, model_cache: Path, tmp_path: Path
+) -> None:
+    """OpenVINO's INT8 model runs the detect head's last convolutions (the class scores and
+    box edges themselves) in FP32, as the head after them; the convolutions before them
+    take quantised inputs."""
+    from streamd.detect import openvino_backend
+
+    if not (openvino_backend.available() and openvino_backend.nncf_available()):
+        pytest.skip("OpenVINO and NNCF are not installed (pip install 'streamd[openvino]')")
+    import openvino as ov
+
+    from streamd.synth import SceneSpec, render_frames
+
+    frames, _ = render_frames(SceneSpec(width=640, height=360, fps=15, seconds=1.0, people=4,
+                                        seed=5, kind="crowd", noise=4.0, light=0.4))  # fmt: skip
+    rows = [(CalibrationFrame(f"f-{i:03d}.png", "crowd", i / 15, held=i % 4 == 3), f)
+            for i, f in enumerate(frames[:8])]  # fmt: skip
+    folder = tmp_path / "crowd.calibration"
+    write_calibration(folder, rows, {})
+    cs = load_calibration(folder)
+    assert cs is not None
+    cfg = ModelConfig(weights=str(person_model), imgsz=320, calibration=str(folder),
+                      cache_dir=str(model_cache), backend="openvino", precision="int8",
+                      guard_recall=0.0, guard_precision=0.0)  # fmt: skip
+    assert create_detector(cfg, max_batch=1).precision == "int8"
+    (ir,) = model_cache.glob(f"*-ov-int8-c{cs.digest[:12]}-*.xml")
+    convs = {op.get_friendly_name().removesuffix("/WithoutBiases"): op
+             for op in ov.Core().read_model(str(ir)).get_ordered_ops()
+             if op.get_type_name() == "Convolution"}  # fmt: skip
+
+    def quantised(name: str) -> bool:  # its input comes through a FakeQuantize
+        source = convs[name].input(0).get_source_output().get_node()
+        return bool(source.get_type_name() == "FakeQuantize")
+
+    last = [f"/model.22/{b}.{i}/{b}.{i}.2/Conv" for b in ("cv2", "cv3") for i in range(3)]
+    before = [f"/model.22/{b}.{i}/{b}.{i}.1/conv/Conv" for b in ("cv2", "cv3") for i in range(3)]
+    assert [n for n in last if quantised(n)] == []
+    assert [n for n in before if not quantised(n)] == []
+
+
 def test_a_new_calibration_set_is_a_new_build(tmp_path: Path) -> None:
     """The set's digest is in both cache keys; a folder of plain images is a set too (every
     fourth held out), and changing one frame changes its digest."""

@@ -44,7 +44,7 @@ from streamd.runtime.logs import logged_output
 
 log = logging.getLogger(__name__)
 
-METHOD = "nncf-performance-fp32head-fp32sigmoid"
+METHOD = "nncf-performance-fp32head-fp32lastconvs-fp32sigmoid"
 MAX_SIZES = 8  # input sizes kept compiled at once; the least recently used goes first
 
 
@@ -96,8 +96,9 @@ def quant_key(model_sha256: str, imgsz: int, calibration_sha256: str) -> OvQuant
 def build_int8(fp32_onnx: Path, out: Path, inputs: Sequence[npt.NDArray[np.float32]],
                keep_float: set[str]) -> None:  # fmt: skip
     """Quantise ``fp32_onnx`` with NNCF on ``inputs`` (letterboxed (1, 3, H, W) frames) and
-    write the IR to ``out`` (.xml) and its weights beside it (.bin). ``keep_float``: node
-    names left in floating point (the detect head)."""
+    write the IR to ``out`` (.xml) and its weights beside it (.bin). ``keep_float``: ONNX
+    node names left in floating point (the detect head and its last convolutions; OpenVINO
+    names a convolution's parts ``<node>/...``)."""
     if not nncf_available():
         raise DetectorError("OpenVINO INT8 needs nncf: pip install 'streamd[openvino]'")
     import nncf
@@ -109,7 +110,7 @@ def build_int8(fp32_onnx: Path, out: Path, inputs: Sequence[npt.NDArray[np.float
         try:
             model = ov.convert_model(str(fp32_onnx))
             ignored = [op.get_friendly_name() for op in model.get_ordered_ops()
-                       if op.get_friendly_name() in keep_float
+                       if op.get_friendly_name().split("/WithoutBiases")[0] in keep_float
                        or op.get_type_name() == "Sigmoid"]  # fmt: skip
             quantised = nncf.quantize(
                 model, nncf.Dataset(list(inputs)), preset=nncf.QuantizationPreset.PERFORMANCE,

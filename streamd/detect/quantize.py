@@ -99,6 +99,17 @@ def head_nodes(model: Any) -> list[str]:
             if n.name.startswith(prefix) and not n.name.startswith(prefix + "cv")]  # fmt: skip
 
 
+def head_last_convs(model: Any) -> list[str]:
+    """The detect head's last convolutions (each branch's class scores and box
+    distribution, 1x1): the ``cv*`` convolutions whose output leaves the ``cv*`` branches.
+    Their outputs are the scores and box edges themselves, so their rounding moves boxes
+    across the confidence thresholds that decide detections and tracks."""
+    head = set(head_nodes(model))
+    into_head = {i for n in model.graph.node if n.name in head for i in n.input}
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in head
+            and any(o in into_head for o in n.output)]  # fmt: skip
+
+
 def build_int8(fp32_onnx: Path, out: Path, frames: Sequence[npt.NDArray[np.uint8]], imgsz: int,
                stride: int) -> None:  # fmt: skip
     """Quantise ``fp32_onnx`` calibrated on ``frames`` and write the QDQ model to ``out``."""
