@@ -193,7 +193,16 @@ def test_a_person_back_before_the_split_gets_their_id_back() -> None:
     """The library's track 7 follows RED; RED is hidden from 1 s, and from 1.2 s track 7
     goes on with GREEN's boxes. RED is back at 1.4 s on a new track 9 while 7 still
     holds RED's identity (so re-linking could not offer it). When 7 is split off, RED's
-    identity goes to track 9."""
+    identity goes to track 9; not where track 9's box is of another class."""
+    first, red, green = _split_while_back(9, 0)
+    assert first >= 0 and red == first, (first, red)
+    assert green != first
+    first, red, green = _split_while_back(9, 2)
+    assert red not in (first, -1) and green != first, (first, red)
+
+
+def _split_while_back(back: int, cls: int) -> tuple[int, int, int]:
+    """RED's id first, then track ``back``'s (class ``cls``) and track 7's at the end."""
     relinker = Relinker(AppearanceOptions(), library_keep_s=1.0)
     first = red = green = -1
     for k in range(int(2 * FPS)):
@@ -205,17 +214,17 @@ def test_a_person_back_before_the_split_gets_their_id_back() -> None:
         elif t >= 1.2:
             people, libs = [(GREEN, 112 + 300 * (t - 1.2), 180.0)], [7]
         if t >= 1.4:
-            people, libs = [*people, (RED, 40.0, 180.0)], [*libs, 9]
+            people, libs = [*people, (RED, 40.0, 180.0)], [*libs, back]
         frame, dets = _scene(people)
         ids = np.array(libs, np.int64)  # _scene's boxes: in this order (same height)
-        out = relinker.update(dets.xyxy, ids, t, frame)
+        classes = np.array([cls if i == back else 0 for i in libs], np.int64)
+        out = relinker.update(dets.xyxy, ids, t, frame, classes)
         got = dict(zip(ids.tolist(), out.tolist(), strict=True))
         if t < 1.0:
             first = got[7]
         elif t >= 1.2:
-            green, red = got[7], got.get(9, -1)
-    assert first >= 0 and red == first, (first, red)
-    assert green != first
+            green, red = got[7], got.get(back, -1)
+    return first, red, green
 
 
 def test_a_look_alike_out_of_reach_gets_an_id_of_its_own() -> None:
@@ -316,6 +325,38 @@ def test_a_sampled_stream_keeps_the_identity_shown_on_unconfirmed_boxes() -> Non
         elif people:
             later.append(int(out[0]))
     assert first >= 0 and later == [first] * len(later), (first, later)
+
+
+def _back_as(cls: int) -> tuple[int, list[int], list[int]]:
+    """RED (library track 3, class 0) walks right and is lost at 1 s; from 1.5 s a box
+    dressed the same is where RED would be, of class ``cls``: unconfirmed (-1) until 2 s,
+    then library track 8. Returns RED's id before, the box's ids while unconfirmed and
+    once tracked."""
+    relinker = Relinker(AppearanceOptions(), library_keep_s=1.0)
+    first, weak, tracked = -1, [], []
+    for k in range(int(3 * FPS)):
+        t = k / FPS
+        shown = t < 1.0 or t >= 1.5
+        frame, dets = _scene([(RED, 40 + 60 * t, 120.0)] if shown else [])
+        libs = [3 if t < 1.0 else -1 if t < 2.0 else 8] if shown else []
+        classes = np.array([0 if t < 1.0 else cls] * len(libs), np.int64)
+        out = relinker.update(dets.xyxy, np.array(libs, np.int64), t, frame, classes)
+        if t < 1.0:
+            first = int(out[0])
+        elif shown:
+            (weak if t < 2.0 else tracked).append(int(out[0]))
+    return first, weak, tracked
+
+
+def test_an_identity_is_never_shown_on_a_box_of_another_class() -> None:
+    """A pipeline detecting several classes: a box of another class that looks like a
+    vanished person, where the person would be, shows neither on weak boxes nor on its
+    track the person's id; of the person's class, it does (so the test can fail)."""
+    first, weak, tracked = _back_as(0)
+    assert first >= 0 and weak == [first] * len(weak) and tracked == [first] * len(tracked)
+    first, weak, tracked = _back_as(2)
+    assert weak == [-1] * len(weak), weak
+    assert first not in tracked and -1 not in tracked, (first, tracked)
 
 
 Step = list[tuple[str, Image, float, float, int]]  # name, figure, x, y, library id

@@ -33,7 +33,10 @@ visible that still look like it.
   and the track goes on under a new id. Without such a chance the person's look
   changed: the identity learns it.
 
-Look-alikes (the same clothes) are left as the library had them.
+Look-alikes (the same clothes) are left as the library had them. Matched by look, an
+identity goes only to a box of its class (a weak car box never shows a vanished
+person's id); a box that continues the last one by overlap, or an exchange after a
+crossing, follows the library, which tracks across classes.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class _Identity:
     shown_unconfirmed: float = -1e9  # when last shown on a box the library had not confirmed
     shown_looked: float = -1e9  # ... on one that looked like it
     confirmed: float = -1e9  # when a library track last carried it
+    cls: int = 0  # the class of its last box: identities pass only within a class
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,14 +182,17 @@ class Relinker:
         self._ids: dict[int, _Identity] = {}  # published id -> what it looked like
         self._next = 0
         self._prev_ts = -1e9  # the frame before this one
+        self._cls: npt.NDArray[np.int64] = np.zeros(0, np.int64)  # this frame's box classes
 
     def update(
         self, boxes: npt.NDArray[np.floating[Any]], lib_ids: npt.NDArray[np.int64], ts: float,
-        image: Image | None,
+        image: Image | None, classes: npt.NDArray[np.int64] | None = None,
     ) -> npt.NDArray[np.int64]:  # fmt: skip
         """The published ids for this frame's boxes (-1, not confirmed by the library,
-        stays -1 unless it shows a vanished identity)."""
+        stays -1 unless it shows a vanished identity). ``classes``: the boxes' class ids
+        (None: one class); a vanished identity is only shown on a box of its class."""
         b = boxes.astype(np.float64)
+        self._cls = np.zeros(len(b), np.int64) if classes is None else classes
         rows = [k for k, i in enumerate(lib_ids) if i >= 0]
         looks = _Looks(image, b)
         for k in rows:
@@ -193,11 +200,12 @@ class Relinker:
             self._lib_seen[lib] = ts
             if lib not in self._out_of:
                 new = self._map(lib, self._new_id())
-                self._ids[new] = _Identity(new, b[k], ts, born=ts)
+                self._ids[new] = _Identity(new, b[k], ts, born=ts, cls=self._kind(k))
             elif self._out_of[lib] not in self._ids:
                 # Its identity was handed on, or forgotten while the library kept it lost.
                 old = self._out_of[lib]
-                self._ids[old] = _Identity(old, b[k], ts, born=ts, provisional=False)
+                self._ids[old] = _Identity(old, b[k], ts, born=ts, provisional=False,
+                                           cls=self._kind(k))  # fmt: skip
         self._relink(rows, b, lib_ids, ts, looks)
         out = np.full(len(lib_ids), -1, np.int64)
         for k in rows:
@@ -225,6 +233,10 @@ class Relinker:
         """How much it remembers (bounded by the last ``window_s`` of tracks)."""
         return {"library_ids": len(self._out_of), "published_ids": len(self._lib_of),
                 "identities": len(self._ids)}  # fmt: skip
+
+    def _kind(self, k: int) -> int:
+        """The class of this frame's box ``k``."""
+        return int(self._cls[k])
 
     def _new_id(self) -> int:
         self._next += 1
@@ -259,6 +271,8 @@ class Relinker:
                 # within reach and looking like it, those are taken for its own boxes.
                 own = d.shown_unconfirmed == d.ts < born
                 before = d.ts < born - _GAP_S or own
+                if d.cls != self._kind(k):
+                    continue
                 if sim >= self._opt.min_similarity and before and self._reachable(d, b[k], ts):
                     cost[r, c] = 1.0 - sim
         for r, c in _pairs(cost):
@@ -339,7 +353,8 @@ class Relinker:
         cost = np.full((len(free), len(gone)), _NONE)
         for r, k in enumerate(free):
             # Reach first: a look costs, and most unconfirmed boxes have nobody near.
-            near = [c for c, d in enumerate(gone) if self._reachable(d, b[k], ts)]
+            near = [c for c, d in enumerate(gone)
+                    if d.cls == self._kind(k) and self._reachable(d, b[k], ts)]  # fmt: skip
             sig = looks.signature(k) if near else None
             if sig is None:
                 continue
@@ -437,7 +452,7 @@ class Relinker:
         d = self._ids.get(out_id)
         if d is None:  # a library track whose id was handed on came back
             d = self._ids[out_id] = _Identity(out_id, box, ts, born=ts, provisional=False)
-        d.box, d.ts, d.confirmed = box, ts, ts
+        d.box, d.ts, d.confirmed, d.cls = box, ts, ts, self._kind(k)
         _follow(d, box, ts)
         if d.signature is not None and ts - d.learnt < _LEARN_EVERY_S - _EPS:
             return False
@@ -492,7 +507,7 @@ class Relinker:
             if self._lib_of.get(d.out_id) == lib:
                 del self._lib_of[d.out_id]
             new = self._map(lib, self._new_id())
-            self._ids[new] = _Identity(new, b[k], ts, born=ts)
+            self._ids[new] = _Identity(new, b[k], ts, born=ts, cls=self._kind(k))
             self._reclaim(d, [r for r in rows if r not in jumped], b, lib_ids, ts, looks)
         self._relink(rows, b, lib_ids, ts, looks)
 
@@ -520,6 +535,8 @@ class Relinker:
             young = self._ids.get(self._out_of[int(lib_ids[k])])
             sig = looks.signature(k)
             if young is None or sig is None or young.born <= d.ts + _GAP_S:
+                continue
+            if self._kind(k) != d.cls:
                 continue
             assert d.signature is not None
             sim = similarity(sig, d.signature)

@@ -126,7 +126,8 @@ class StreamTracker:
         tracked = self._tracker.update(detections, frame=image, timestamp=ts)
         if self.relinker is not None and tracked.tracker_id is not None:
             boxes = np.asarray(tracked.xyxy, np.float32)
+            classes = None if tracked.class_id is None else tracked.class_id.astype(np.int64)
             tracked.tracker_id = self.relinker.update(
-                boxes, tracked.tracker_id.astype(np.int64), ts, frame
+                boxes, tracked.tracker_id.astype(np.int64), ts, frame, classes
             )
         return tracked
