@@ -268,18 +268,38 @@ def test_guard_refuses_a_blank_calibration_and_auto_falls_back(
     assert time.monotonic() - t0 < 20  # the model and its figures came from the cache
 
 
-def test_openvino_int8_keeps_the_heads_last_convolutions_in_float(
-    person_model: Path, model_cache: Path, tmp_path: Path
-) -> None:
-    """OpenVINO's INT8 model runs the detect head's last convolutions (the class scores and
-    box edges themselves) in FP32, as the head after them; the convolutions before them
-    take quantised inputs."""
-    from streamd.detect import openvino_backend
-
-    if not (openvino_backend.available() and openvino_backend.nncf_available()):
-        pytest.skip("OpenVINO and NNCF are not installed (pip install 'streamd[openvino]')")
+def _ov_quantised(model: Path) -> dict[str, bool]:
+    """Each convolution of an OpenVINO IR: whether its input comes through a FakeQuantize."""
     import openvino as ov
 
+    return {op.get_friendly_name().removesuffix("/WithoutBiases"):
+            op.input(0).get_source_output().get_node().get_type_name() == "FakeQuantize"
+            for op in ov.Core().read_model(str(model)).get_ordered_ops()
+            if op.get_type_name() == "Convolution"}  # fmt: skip
+
+
+def _qdq_quantised(model: Path) -> dict[str, bool]:
+    """Each Conv of a QDQ model: whether its weights come through a DequantizeLinear."""
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    return {n.name: made_by.get(n.input[1]) == "DequantizeLinear"
+            for n in graph.node if n.op_type == "Conv"}  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_int8_keeps_the_heads_last_convolutions_in_float(
+    backend: str, person_model: Path, model_cache: Path, tmp_path: Path
+) -> None:
+    """Both INT8 builds run the detect head's last convolutions (the class scores and box
+    edges themselves) in FP32, as the head after them; the convolutions before them are
+    quantised."""
+    from streamd.detect import openvino_backend
+
+    if backend == "openvino" and not (openvino_backend.available()
+                                      and openvino_backend.nncf_available()):  # fmt: skip
+        pytest.skip("OpenVINO and NNCF are not installed (pip install 'streamd[openvino]')")
     from streamd.synth import SceneSpec, render_frames
 
     frames, _ = render_frames(SceneSpec(width=640, height=360, fps=15, seconds=1.0, people=4,
@@ -291,22 +311,19 @@ def test_openvino_int8_keeps_the_heads_last_convolutions_in_float(
     cs = load_calibration(folder)
     assert cs is not None
     cfg = ModelConfig(weights=str(person_model), imgsz=320, calibration=str(folder),
-                      cache_dir=str(model_cache), backend="openvino", precision="int8",
+                      cache_dir=str(model_cache), backend=backend, precision="int8",
                       guard_recall=0.0, guard_precision=0.0)  # fmt: skip
     assert create_detector(cfg, max_batch=1).precision == "int8"
-    (ir,) = model_cache.glob(f"*-ov-int8-c{cs.digest[:12]}-*.xml")
-    convs = {op.get_friendly_name().removesuffix("/WithoutBiases"): op
-             for op in ov.Core().read_model(str(ir)).get_ordered_ops()
-             if op.get_type_name() == "Convolution"}  # fmt: skip
-
-    def quantised(name: str) -> bool:  # its input comes through a FakeQuantize
-        source = convs[name].input(0).get_source_output().get_node()
-        return bool(source.get_type_name() == "FakeQuantize")
-
+    if backend == "openvino":
+        (ir,) = model_cache.glob(f"*-ov-int8-c{cs.digest[:12]}-*.xml")
+        quantised = _ov_quantised(ir)
+    else:
+        (qdq,) = model_cache.glob(f"*-320-int8-c{cs.digest[:12]}-*.onnx")
+        quantised = _qdq_quantised(qdq)
     last = [f"/model.22/{b}.{i}/{b}.{i}.2/Conv" for b in ("cv2", "cv3") for i in range(3)]
     before = [f"/model.22/{b}.{i}/{b}.{i}.1/conv/Conv" for b in ("cv2", "cv3") for i in range(3)]
-    assert [n for n in last if quantised(n)] == []
-    assert [n for n in before if not quantised(n)] == []
+    assert [n for n in last if quantised[n]] == []
+    assert [n for n in before if not quantised[n]] == []
 
 
 def test_a_new_calibration_set_is_a_new_build(tmp_path: Path) -> None:

@@ -274,7 +274,7 @@ class _Build:
     def _ov_int8_path(self, calib: CalibrationSet | None) -> Path:
         from streamd.detect.engine_cache import EngineCache, file_sha256
         from streamd.detect.openvino_backend import build_int8, nncf_available, quant_key
-        from streamd.detect.quantize import head_last_convs, head_nodes, letterboxed
+        from streamd.detect.quantize import float_nodes, letterboxed
 
         if calib is None:  # precision_candidates never offers int8 without a set
             raise DetectorError("model.precision int8 needs a calibration set")
@@ -288,9 +288,7 @@ class _Build:
         def build(out: Path) -> None:
             inputs = letterboxed(calib.images(calib.calibrate), self.cfg.imgsz, self.stride)
             graph = onnx.load(str(fp32), load_external_data=False)
-            # The last convolutions too: on 29 scenes INT8 with them quantised lost 10
-            # boxes a scene against FP32, with them in FP32 5 (docs/benchmarks.md).
-            build_int8(fp32, out, inputs, set(head_nodes(graph) + head_last_convs(graph)))
+            build_int8(fp32, out, inputs, set(float_nodes(graph)))
 
         t0 = time.monotonic()
         cache = EngineCache(model_cache_dir(self.cfg), companions=(".bin",))
