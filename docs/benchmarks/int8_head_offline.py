@@ -5,7 +5,7 @@ calibration set as `streamd calibrate` samples it, 256 frames at 320) runs on ev
 of the clip, one frame at a time, in FP32 (onnxruntime) and in OpenVINO INT8, built two
 ways: ``old``, the head's last convolutions quantised (streamd before 5cb0905), and
 ``new``, left in FP32 (what streamd builds since); ``ort_old`` and ``ort_new``: the same
-two on onnxruntime (QDQ). The default tracker is then replayed
+two on onnxruntime (QDQ; old: streamd before f634b40). The default tracker is then replayed
 on each run's boxes (``streamd.evaluation.offline.replay``, the daemon's tracker fed as the
 daemon feeds it) and scored against the scene's truth (IDF1, HOTA, MOTA).
 
