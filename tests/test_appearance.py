@@ -199,10 +199,14 @@ def test_a_person_back_before_the_split_gets_their_id_back() -> None:
     assert green != first
     first, red, green = _split_while_back(9, 2)
     assert red not in (first, -1) and green != first, (first, red)
+    # GREEN another kind of object: RED's identity goes back to RED's class with it.
+    first, red, green = _split_while_back(9, 0, jumped_to=2)
+    assert first >= 0 and red == first and green != first, (first, red, green)
 
 
-def _split_while_back(back: int, cls: int) -> tuple[int, int, int]:
-    """RED's id first, then track ``back``'s (class ``cls``) and track 7's at the end."""
+def _split_while_back(back: int, cls: int, jumped_to: int = 0) -> tuple[int, int, int]:
+    """RED's id first, then track ``back``'s (class ``cls``) and track 7's at the end
+    (class ``jumped_to`` once on GREEN)."""
     relinker = Relinker(AppearanceOptions(), library_keep_s=1.0)
     first = red = green = -1
     for k in range(int(2 * FPS)):
@@ -217,7 +221,8 @@ def _split_while_back(back: int, cls: int) -> tuple[int, int, int]:
             people, libs = [*people, (RED, 40.0, 180.0)], [*libs, back]
         frame, dets = _scene(people)
         ids = np.array(libs, np.int64)  # _scene's boxes: in this order (same height)
-        classes = np.array([cls if i == back else 0 for i in libs], np.int64)
+        on_green = jumped_to if t >= 1.2 else 0
+        classes = np.array([cls if i == back else on_green for i in libs], np.int64)
         out = relinker.update(dets.xyxy, ids, t, frame, classes)
         got = dict(zip(ids.tolist(), out.tolist(), strict=True))
         if t < 1.0:
@@ -357,6 +362,42 @@ def test_an_identity_is_never_shown_on_a_box_of_another_class() -> None:
     first, weak, tracked = _back_as(2)
     assert weak == [-1] * len(weak), weak
     assert first not in tracked and -1 not in tracked, (first, tracked)
+
+
+def test_classes_that_are_states_of_one_object_keep_the_identity() -> None:
+    """The person model's Normal and Fall with agnostic NMS: RED, lost while one class,
+    back weakly detected as the other, shows their id; with classes apart it does not."""
+
+    def weak_ids(apart: bool) -> tuple[int, list[int]]:
+        tracker = StreamTracker(TrackerConfig(), classes_apart=apart)
+        before, weak = -1, []
+        for k in range(int(3.5 * FPS)):
+            t = k / FPS
+            x = 40 + 60 * t
+            frame, dets = _scene([] if 1.0 <= t < 2.2 else [(RED, x, 120.0)],
+                                 {0: 0.8 if t < 1.0 else 0.3})  # fmt: skip
+            dets.class_id = np.full(len(dets), 0 if t < 1.0 else 1, np.int64)
+            out = tracker.update(dets, t, frame)
+            if t < 1.0:
+                before = _id_near(out, x + 30)
+            elif t >= 2.2:
+                weak.append(_id_near(out, x + 30))
+        return before, weak
+
+    before, weak = weak_ids(apart=False)
+    assert before >= 0 and weak == [before] * len(weak), (before, weak)
+    _, weak = weak_ids(apart=True)
+    assert weak == [-1] * len(weak), weak
+
+
+def test_classes_not_one_per_box_are_refused_before_anything_changes() -> None:
+    relinker = Relinker(AppearanceOptions(), library_keep_s=1.0)
+    frame, dets = _scene([(RED, 40.0, 120.0), (GREEN, 300.0, 120.0)])
+    with pytest.raises(ValueError, match="classes for 2 boxes"):
+        relinker.update(dets.xyxy, np.array([1, 2], np.int64), 0.0, frame, np.zeros(1, np.int64))
+    assert relinker.sizes() == {"library_ids": 0, "published_ids": 0, "identities": 0}
+    out = relinker.update(dets.xyxy, np.array([1, 2], np.int64), 0.0, frame, np.zeros(2, np.int64))
+    assert sorted(out.tolist()) == [0, 1]
 
 
 Step = list[tuple[str, Image, float, float, int]]  # name, figure, x, y, library id

@@ -326,6 +326,30 @@ def test_int8_keeps_the_heads_last_convolutions_in_float(
     assert [n for n in before if not quantised[n]] == []
 
 
+def test_an_export_without_the_head_layout_is_quantised_whole_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An export whose head's output is not fed by convolutions (as ultralytics' is, by
+    each scale's last one): nothing extra is kept in FP32, and the log says so."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from streamd.detect.quantize import float_nodes
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], [0.1] * 12)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["y"], name="conv"),
+         helper.make_node("Sigmoid", ["y"], ["s"], name="act"),
+         helper.make_node("Concat", ["s"], ["out"], name="head", axis=1)],
+        "flat", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], [weight],
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="streamd.detect.quantize"):
+        kept = float_nodes(onnx.helper.make_model(graph))
+    assert kept == ["head"]
+    assert "no last convolutions of a detect head" in caplog.text
+
+
 def test_a_new_calibration_set_is_a_new_build(tmp_path: Path) -> None:
     """The set's digest is in both cache keys; a folder of plain images is a set too (every
     fourth held out), and changing one frame changes its digest."""

@@ -169,7 +169,8 @@ class StreamAnalysis:
         self._control = Outbox(spec.control)
         self.publisher = Publisher(spec.bus, BUS_HWM, epoch=spec.epoch, bus=True)
         self.analytics = _analytics(stream, spec, self.publisher, clips)
-        self.tracker = StreamTracker(cfg.tracker, pixels=stream.decode_in != "detector")
+        self.tracker = StreamTracker(cfg.tracker, pixels=stream.decode_in != "detector",
+                                     classes_apart=not cfg.model.agnostic_nms)  # fmt: skip
         self.feed = ViewFeed(spec.view, stream.id) if spec.view is not None else None
         sinks: list[FrameSink] = [DetSink(self.publisher), self.analytics, MeterSink(stream.id)]
         if self.feed is not None:

@@ -33,10 +33,12 @@ visible that still look like it.
   and the track goes on under a new id. Without such a chance the person's look
   changed: the identity learns it.
 
-Look-alikes (the same clothes) are left as the library had them. Matched by look, an
-identity goes only to a box of its class (a weak car box never shows a vanished
-person's id); a box that continues the last one by overlap, or an exchange after a
-crossing, follows the library, which tracks across classes.
+Look-alikes (the same clothes) are left as the library had them. Where the model's
+classes are different objects (``classes`` given to ``update``), an identity matched by
+look goes only to a box of its class (a weak car box never shows a vanished person's
+id); a box that continues the last one by overlap, or an exchange after a crossing,
+follows the library, which tracks across classes. Classes that are states of one object
+(the person model's Normal and Fall, with ``model.agnostic_nms``) are not given.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class _Identity:
     provisional: bool = True  # new, not yet compared with the vanished (no clear box)
     contacts: dict[int, float] = field(default_factory=dict)  # other id -> last touch
     # When, where and how fast it last looked like itself (a split goes back there).
-    vouched: tuple[float, Box, npt.NDArray[np.float64]] | None = None
+    vouched: tuple[float, Box, npt.NDArray[np.float64], int] | None = None  # ... its class
     strikes: int = 0  # clear looks in a row unlike itself
     met: float = -1e9  # when its box last touched another, or came back after a gap
     shown_unconfirmed: float = -1e9  # when last shown on a box the library had not confirmed
@@ -192,7 +194,9 @@ class Relinker:
         stays -1 unless it shows a vanished identity). ``classes``: the boxes' class ids
         (None: one class); a vanished identity is only shown on a box of its class."""
         b = boxes.astype(np.float64)
-        self._cls = np.zeros(len(b), np.int64) if classes is None else classes
+        if classes is not None and np.shape(classes) != (len(b),):
+            raise ValueError(f"{np.shape(classes)} classes for {len(b)} boxes")
+        self._cls = np.zeros(len(b), np.int64) if classes is None else np.asarray(classes, np.int64)
         rows = [k for k, i in enumerate(lib_ids) if i >= 0]
         looks = _Looks(image, b)
         for k in rows:
@@ -265,14 +269,14 @@ class Relinker:
             assert sig is not None
             for c, d in enumerate(gone):
                 assert d.signature is not None
+                if d.cls != self._kind(k):
+                    continue
                 sim = similarity(sig, d.signature)
                 born = self._ids[self._out_of[int(lib_ids[k])]].born
                 # Last shown on unconfirmed boxes up to before the track was confirmed:
                 # within reach and looking like it, those are taken for its own boxes.
                 own = d.shown_unconfirmed == d.ts < born
                 before = d.ts < born - _GAP_S or own
-                if d.cls != self._kind(k):
-                    continue
                 if sim >= self._opt.min_similarity and before and self._reachable(d, b[k], ts):
                     cost[r, c] = 1.0 - sim
         for r, c in _pairs(cost):
@@ -461,14 +465,14 @@ class Relinker:
             return False
         d.learnt, sig = ts, seen.signature
         if d.signature is None:
-            d.signature, d.vouched = sig, (ts, box, _velocity(d))
+            d.signature, d.vouched = sig, _vouch(d, ts, box)
             return False
         sim = similarity(sig, d.signature)
         if sim >= _LEARN_SIMILAR:
             # Learnt only from boxes that still look like it: a wrong box is not absorbed.
             d.signature = ((1 - _LEARN) * d.signature + _LEARN * sig).astype(np.float32)
         if sim >= self._opt.min_similarity:
-            d.vouched = (ts, box, _velocity(d))
+            d.vouched = _vouch(d, ts, box)
         return self._jumped(d, sim, sig, box, ts)
 
     def _meet(self, d: _Identity | None, touches: bool, ts: float) -> None:
@@ -488,7 +492,7 @@ class Relinker:
             return False
         if d.met >= d.vouched[0] - _LEARN_EVERY_S - _EPS:
             return True
-        d.signature, d.vouched, d.strikes = sig, (ts, box, _velocity(d)), 0
+        d.signature, d.vouched, d.strikes = sig, _vouch(d, ts, box), 0
         return False
 
     def _split_all(
@@ -516,7 +520,8 @@ class Relinker:
         then; what it touched since was somebody else's."""
         d = self._ids[out_id]
         assert d.vouched is not None
-        d.ts, d.box, velocity = d.vouched
+        # Its class too: the boxes it took since may have been of another object.
+        d.ts, d.box, velocity, d.cls = d.vouched
         centre = (d.box[:2] + d.box[2:]) / 2
         d.trail = deque([(d.ts - _TRAIL_S, centre - velocity * _TRAIL_S), (d.ts, centre)])
         d.contacts = {i: t for i, t in d.contacts.items() if t <= d.ts}
@@ -533,10 +538,10 @@ class Relinker:
         best, best_sim = None, self._opt.min_similarity
         for k in rows:
             young = self._ids.get(self._out_of[int(lib_ids[k])])
-            sig = looks.signature(k)
-            if young is None or sig is None or young.born <= d.ts + _GAP_S:
+            if young is None or young.born <= d.ts + _GAP_S or self._kind(k) != d.cls:
                 continue
-            if self._kind(k) != d.cls:
+            sig = looks.signature(k)
+            if sig is None:
                 continue
             assert d.signature is not None
             sim = similarity(sig, d.signature)
@@ -572,6 +577,11 @@ class Relinker:
                 del self._lib_of[out_id]
         for d in self._ids.values():
             d.contacts = {i: t for i, t in d.contacts.items() if t >= horizon and i in self._ids}
+
+
+def _vouch(d: _Identity, ts: float, box: Box) -> tuple[float, Box, npt.NDArray[np.float64], int]:
+    """When, where, how fast and as what it looks like itself now (a split goes back there)."""
+    return ts, box, _velocity(d), d.cls
 
 
 def _follow(d: _Identity, box: Box, ts: float) -> None:

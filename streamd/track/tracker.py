@@ -107,11 +107,15 @@ class StreamTracker:
     kept by appearance (a frame without pixels, e.g. evicted before its boxes came, is
     tracked by motion alone)."""
 
-    def __init__(self, cfg: TrackerConfig, pixels: bool = True) -> None:
+    def __init__(self, cfg: TrackerConfig, pixels: bool = True, classes_apart: bool = True) -> None:
         """``pixels``: whether every frame comes with its pixels. Where only some do (a
         stream decoded in the detector process gets them back for the live view and
-        snapshots only), the appearance cue is off: ids must not depend on who watches."""
+        snapshots only), the appearance cue is off: ids must not depend on who watches.
+        ``classes_apart``: the model's classes are different objects, so an identity is
+        matched by look only within its class; false where they are states of one
+        object (``model.agnostic_nms``: a person who falls stays the same person)."""
         self._cfg = cfg
+        self._classes_apart = classes_apart
         self._tracker = build_tracker(cfg)
         # Of the library's trackers only BoT-SORT with camera-motion compensation looks
         # at pixels.
@@ -126,7 +130,8 @@ class StreamTracker:
         tracked = self._tracker.update(detections, frame=image, timestamp=ts)
         if self.relinker is not None and tracked.tracker_id is not None:
             boxes = np.asarray(tracked.xyxy, np.float32)
-            classes = None if tracked.class_id is None else tracked.class_id.astype(np.int64)
+            cls = tracked.class_id
+            classes = cls.astype(np.int64) if self._classes_apart and cls is not None else None
             tracked.tracker_id = self.relinker.update(
                 boxes, tracked.tracker_id.astype(np.int64), ts, frame, classes
             )
