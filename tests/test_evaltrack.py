@@ -60,6 +60,25 @@ def test_unconfirmed_boxes_are_not_scored(crowd_truth: list[list[dict[str, Any]]
 
 
 @pytest.mark.e2e
+def test_replay_takes_each_boxs_class_from_the_det_event() -> None:
+    """A det event's classes come into the frame, survive its JSON, and reach the replayed
+    tracker with their boxes (it answers with them in its own order)."""
+    from streamd.config import TrackerConfig
+    from streamd.evaluation.offline import replay
+
+    far = {"bbox": [200.0, 10.0, 240.0, 90.0], "conf": 0.9, "track_id": None, "class_id": 0}
+    near = {"bbox": [10.0, 10.0, 50.0, 90.0], "conf": 0.6, "track_id": 4, "class_id": 2}
+    event = {"frame": 0, "media_ts": 0.0, "objects": [near, far]}
+    frame = TrackedFrame.from_event(event)
+    assert frame.classes is not None and frame.classes.tolist() == [2, 0]
+    again = TrackedFrame.from_dict(json.loads(json.dumps(frame.as_dict())))
+    assert again.classes is not None and again.classes.tolist() == [2, 0]
+    (out,) = replay([again], TrackerConfig())
+    assert out.classes is not None
+    by_x = sorted(zip(out.boxes[:, 0].tolist(), out.classes.tolist(), strict=True))
+    assert by_x == [(10.0, 2), (200.0, 0)]
+
+
 def test_eval_tracking_runs_the_daemon(person_model: Path, tmp_path: Path) -> None:
     """`streamd eval-tracking` on the short scene: daemon, replays and the ultralytics
     loop all scored, and the daemon equals the same tracker run offline."""

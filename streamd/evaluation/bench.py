@@ -71,7 +71,8 @@ def _one_load(
     extra = {"analysed": len(done.frames), "of": len(truth), "dropped": done.dropped,
              "wall_s": round(done.wall_s, 1)}  # fmt: skip
     _row(report, scene, load, daemon_cfg.kind, "daemon", score(truth, done.frames), extra)
-    same = replay(done.frames, daemon_cfg, video)
+    apart = not spec.agnostic_nms  # as the daemon's tracker took the classes
+    same = replay(done.frames, daemon_cfg, video, apart)
     agree = agreement(done.frames, same)
     same_scores = score(truth, same)
     report["agreement"].append({
@@ -82,7 +83,8 @@ def _one_load(
     })  # fmt: skip
     for kind in spec.kinds:
         cfg = daemon_cfg if kind == daemon_cfg.kind else _kind_like(daemon_cfg, kind)
-        _row(report, scene, load, kind, "replay", score(truth, replay(done.frames, cfg, video)))
+        _row(report, scene, load, kind, "replay",
+             score(truth, replay(done.frames, cfg, video, apart)))  # fmt: skip
 
 
 def _model(spec: EvalSpec) -> dict[str, Any]:

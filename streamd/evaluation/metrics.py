@@ -24,23 +24,28 @@ MATCH_IOU = 0.5
 
 @dataclass(frozen=True, slots=True)
 class TrackedFrame:
-    """One analysed frame: every box, its confidence and its track id (-1: unconfirmed)."""
+    """One analysed frame: every box, its confidence, its track id (-1: unconfirmed) and
+    its class (None: not known, taken as one class)."""
 
     frame: int
     ts: float
     boxes: Boxes  # (n, 4) x1 y1 x2 y2, source pixels
     conf: npt.NDArray[np.float64]
     ids: Ids
+    classes: Ids | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"frame": self.frame, "ts": self.ts, "boxes": self.boxes.tolist(),
-                "conf": self.conf.tolist(), "ids": self.ids.tolist()}  # fmt: skip
+        d = {"frame": self.frame, "ts": self.ts, "boxes": self.boxes.tolist(),
+             "conf": self.conf.tolist(), "ids": self.ids.tolist()}  # fmt: skip
+        return d if self.classes is None else d | {"classes": self.classes.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrackedFrame:
+        classes = np.array(d["classes"], np.int64) if "classes" in d else None
         return cls(int(d["frame"]), float(d["ts"]),
                    np.array(d["boxes"], np.float64).reshape(-1, 4),
-                   np.array(d["conf"], np.float64), np.array(d["ids"], np.int64))  # fmt: skip
+                   np.array(d["conf"], np.float64), np.array(d["ids"], np.int64),
+                   classes)  # fmt: skip
 
     @classmethod
     def from_event(cls, payload: dict[str, Any]) -> TrackedFrame:
@@ -52,6 +57,7 @@ class TrackedFrame:
             boxes=np.array([o["bbox"] for o in objs], np.float64).reshape(-1, 4),
             conf=np.array([o["conf"] for o in objs], np.float64),
             ids=np.array([-1 if o["track_id"] is None else o["track_id"] for o in objs], np.int64),
+            classes=np.array([o["class_id"] for o in objs], np.int64),
         )
 
 

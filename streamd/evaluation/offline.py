@@ -19,16 +19,18 @@ from streamd.track import StreamTracker
 
 
 def replay(
-    frames: Sequence[TrackedFrame], cfg: TrackerConfig, video: Path | None = None
-) -> list[TrackedFrame]:
-    """A fresh tracker fed each analysed frame's boxes at its media time, and the frame's
-    pixels decoded from ``video`` as the daemon decodes them (for the appearance cue).
+    frames: Sequence[TrackedFrame], cfg: TrackerConfig, video: Path | None = None,
+    classes_apart: bool = True,
+) -> list[TrackedFrame]:  # fmt: skip
+    """A fresh tracker fed each analysed frame's boxes (and classes) at its media time, and
+    the frame's pixels decoded from ``video`` as the daemon decodes them (for the
+    appearance cue). ``classes_apart``: as the daemon's (not ``model.agnostic_nms``).
 
     A det event lists every box the detector found (trackers answer with all of them),
     as the tracker returned them; the detector hands them over best first, so sorting by
     confidence gives back the order the daemon's tracker was given them in.
     """
-    tracker = StreamTracker(cfg)
+    tracker = StreamTracker(cfg, classes_apart=classes_apart)
     wanted = video is not None and tracker.relinker is not None
     pictures = _pictures(video, [f.frame for f in frames]) if wanted and video else None
     out = []
@@ -37,13 +39,14 @@ def replay(
         dets = sv.Detections(
             xyxy=f.boxes[order].astype(np.float32),
             confidence=f.conf[order].astype(np.float32),
-            class_id=np.zeros(len(order), np.int64),
+            class_id=np.zeros(len(order), np.int64) if f.classes is None else f.classes[order],
         )
         got = tracker.update(dets, f.ts, None if pictures is None else next(pictures))
         ids = np.full(len(got), -1, np.int64) if got.tracker_id is None else got.tracker_id
         conf = np.ones(len(got)) if got.confidence is None else got.confidence
+        cls = None if f.classes is None or got.class_id is None else got.class_id.astype(np.int64)
         out.append(TrackedFrame(f.frame, f.ts, got.xyxy.astype(np.float64),
-                                conf.astype(np.float64), ids.astype(np.int64)))  # fmt: skip
+                                conf.astype(np.float64), ids.astype(np.int64), cls))  # fmt: skip
     return out
 
 
