@@ -113,7 +113,7 @@ class _Identity:
     shown_unconfirmed: float = -1e9  # when last shown on a box the library had not confirmed
     shown_looked: float = -1e9  # ... on one that looked like it
     confirmed: float = -1e9  # when a library track last carried it
-    cls: int = 0  # the class of its last box: identities pass only within a class
+    cls: int = 0  # the class of its track's last box (matched by look only within it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +192,7 @@ class Relinker:
     ) -> npt.NDArray[np.int64]:  # fmt: skip
         """The published ids for this frame's boxes (-1, not confirmed by the library,
         stays -1 unless it shows a vanished identity). ``classes``: the boxes' class ids
-        (None: one class); a vanished identity is only shown on a box of its class."""
+        (None: one class); a vanished identity is matched by look only to a box of its class."""
         b = boxes.astype(np.float64)
         if classes is not None and np.shape(classes) != (len(b),):
             raise ValueError(f"{np.shape(classes)} classes for {len(b)} boxes")
