@@ -403,6 +403,11 @@ def test_classes_not_one_per_box_are_refused_before_anything_changes() -> None:
 Step = list[tuple[str, Image, float, float, int]]  # name, figure, x, y, library id
 
 
+def _red_lost_then_weak(t: float, x: float, name: str = "R") -> Step:
+    """RED on library track 3 until 1 s, unseen until 1.5 s, then on weak boxes (-1)."""
+    return [] if 1.0 <= t < 1.5 else [(name, RED, x, 180.0, 3 if t < 1.0 else -1)]
+
+
 def _relinked(scene: Callable[[float], Step], seconds: float) -> dict[float, dict[str, int]]:
     """The Relinker alone, fed each frame's named people with the library ids given;
     returns each name's published id at each time."""
@@ -424,8 +429,7 @@ def test_an_identity_on_weak_boxes_is_followed_while_somebody_hides_them() -> No
 
     def scene(t: float) -> Step:
         x = 40 + 60 * t
-        red = [] if 1.0 <= t < 1.5 else [("R", RED, x, 180.0, 3 if t < 1.0 else -1)]
-        return red + ([("G", GREEN, x + 10, 195.0, 5)] if t >= 1.8 else [])
+        return _red_lost_then_weak(t, x) + ([("G", GREEN, x + 10, 195.0, 5)] if t >= 1.8 else [])
 
     got = _relinked(scene, 3.0)
     first = got[0.0]["R"]
@@ -452,7 +456,7 @@ def test_an_identity_on_weak_boxes_is_not_handed_to_a_look_alike_seen_beside_it(
 
     def scene(t: float) -> Step:
         x = 40 + 60 * t
-        a = [] if 1.0 <= t < 1.5 else [("A", RED, x, 180.0, 3 if t < 1.0 else -1)]
+        a = _red_lost_then_weak(t, x, "A")
         b = [("B", RED, x + 70, 170.0, 8)] if t >= 0.5 else []
         g = [("G", GREEN, x + 70, 185.0, 5)] if 0.5 <= t < 2.0 else []
         return a + b + g
@@ -468,8 +472,7 @@ def test_a_young_track_behind_does_not_take_the_id_of_the_weak_box_in_front() ->
 
     def scene(t: float) -> Step:
         x = 40 + 60 * t
-        red = [] if 1.0 <= t < 1.5 else [("R", RED, x, 180.0, 3 if t < 1.0 else -1)]
-        return red + ([("G", GREEN, x + 12, 170.0, 9)] if t >= 1.5 else [])
+        return _red_lost_then_weak(t, x) + ([("G", GREEN, x + 12, 170.0, 9)] if t >= 1.5 else [])
 
     got = _relinked(scene, 3.0)
     first = got[0.0]["R"]

@@ -100,12 +100,12 @@ def head_nodes(model: Any) -> list[str]:
             if n.name.startswith(prefix) and not n.name.startswith(prefix + "cv")]  # fmt: skip
 
 
-def head_last_convs(model: Any) -> list[str]:
+def head_last_convs(model: Any, head: set[str]) -> list[str]:
     """The detect head's last convolutions (each branch's class scores and box
-    distribution, 1x1): the ``cv*`` convolutions whose output leaves the ``cv*`` branches.
-    Their outputs are the scores and box edges themselves, so their rounding moves boxes
-    across the confidence thresholds that decide detections and tracks."""
-    head = set(head_nodes(model))
+    distribution, 1x1): the convolutions whose output goes into ``head`` (its nodes after
+    the ``cv*`` branches, ``head_nodes``). Their outputs are the scores and box edges
+    themselves, so their rounding moves boxes across the confidence thresholds that
+    decide detections and tracks."""
     into_head = {i for n in model.graph.node if n.name in head for i in n.input}
     return [n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in head
             and any(o in into_head for o in n.output)]  # fmt: skip
@@ -115,11 +115,12 @@ def float_nodes(model: Any) -> list[str]:
     """What INT8 leaves in floating point: the detect head after its convolutions, and its
     last convolutions (quantised, they cost OpenVINO's INT8 twice the boxes FP32 found and
     it did not, on 74 scenes: docs/benchmarks.md)."""
-    last = head_last_convs(model)
+    head = head_nodes(model)
+    last = head_last_convs(model, set(head))
     if not last:  # an export laid out otherwise: INT8 as before, but say so
         log.warning("INT8: no last convolutions of a detect head found in this export; "
                     "they are quantised with the rest")  # fmt: skip
-    return head_nodes(model) + last
+    return head + last
 
 
 def build_int8(fp32_onnx: Path, out: Path, frames: Sequence[npt.NDArray[np.uint8]], imgsz: int,
