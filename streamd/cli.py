@@ -395,6 +395,7 @@ def _cmd_eval_tracking(args: argparse.Namespace) -> int:
     import yaml
 
     from streamd.evaluation.bench import EvalSpec, format_table, run
+    from streamd.evaluation.targets import as_json, format_checks, judge
 
     configure_logging("WARNING", "eval")
 
@@ -409,8 +410,11 @@ def _cmd_eval_tracking(args: argparse.Namespace) -> int:
     )  # fmt: skip
     report = run(spec, say=lambda m: print(m, file=sys.stderr, flush=True))
     report["command"] = "streamd " + " ".join(sys.argv[1:])
+    checks = judge(report["rows"], report["daemon_tracker"]["kind"])
+    report["targets"] = as_json(checks)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(format_table(report))
+    print(format_checks(checks))
     same = all(a["identical"] and a["scores_equal"] for a in report["agreement"])
     return 0 if same else 1
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from streamd.evaluation import TrackedFrame, score
+from streamd.evaluation.targets import format_checks, judge
 from streamd.synth import SceneSpec, render_frames
 
 
@@ -104,3 +105,44 @@ def test_eval_tracking_runs_the_daemon(person_model: Path, tmp_path: Path) -> No
         assert daemon["tracks"] >= 1, "the detector found people and they were tracked"
     assert [a["identical"] and a["scores_equal"] for a in report["agreement"]] == [True, True]
     assert "| short | every |" in done.stdout and "identical" in done.stdout
+    judged = {(c["scene"], c["load"], c["metric"]) for c in report["targets"]}
+    assert judged == {(sc, lo, m) for sc in ("short", "all") for lo, m in
+                      (("every", "idf1"), ("every", "hota"), ("fps5", "idf1"),
+                       ("every", "idsw"), ("fps5", "idsw"))}  # fmt: skip
+    assert "target short/every: IDF1" in done.stdout
+    assert "target all scenes/fps5: ID switches" in done.stdout
+
+
+def _row(scene: str, load: str, source: str, idf1: float, hota: float, idsw: int,
+         tracker: str = "botsort") -> dict[str, Any]:  # fmt: skip
+    return {"scene": scene, "load": load, "tracker": tracker, "source": source,
+            "idf1": idf1, "hota": hota, "idsw": idsw}  # fmt: skip
+
+
+def test_targets_are_judged_per_scene_and_over_all_scenes() -> None:
+    """A scene under a bar fails on its own while the mean over the scenes passes, and
+    the other way round; ID switches are compared with the ultralytics loop on the same
+    clip and load; replayed kinds and other trackers' rows are not judged."""
+    rows = [
+        _row("a", "every", "daemon", 0.95, 0.70, 3), _row("b", "every", "daemon", 0.70, 0.62, 5),
+        _row("a", "every", "ultralytics", 0.60, 0.50, 4, "bytetrack"),
+        _row("b", "every", "ultralytics", 0.60, 0.50, 2, "bytetrack"),
+        _row("a", "fps5", "daemon", 0.69, 0.6, 1), _row("b", "fps5", "daemon", 0.70, 0.6, 1),
+        _row("a", "every", "replay", 0.10, 0.10, 99), _row("a", "every", "daemon", 0.1, 0.1, 99,
+                                                             "sort"),
+    ]  # fmt: skip
+    got = {(c.scene, c.load, c.metric): (round(c.value, 4), c.met) for c in judge(rows, "botsort")}
+    assert got == {
+        ("a", "every", "idf1"): (0.95, True), ("b", "every", "idf1"): (0.70, False),
+        ("all", "every", "idf1"): (0.825, True),
+        ("a", "every", "hota"): (0.70, True), ("b", "every", "hota"): (0.62, False),
+        ("all", "every", "hota"): (0.66, True),
+        ("a", "every", "idsw"): (3, True), ("b", "every", "idsw"): (5, False),
+        ("all", "every", "idsw"): (8, False),
+        ("a", "fps5", "idf1"): (0.69, False), ("b", "fps5", "idf1"): (0.70, True),
+        ("all", "fps5", "idf1"): (0.695, False),
+    }  # fmt: skip
+    text = format_checks(judge(rows, "botsort"))
+    assert "target b/every: IDF1 0.700 (bar 0.80): NOT met" in text
+    assert "target all scenes/every: mean IDF1 0.825 (bar 0.80): met" in text
+    assert "target all scenes/every: ID switches 8 vs ultralytics 6: NOT met" in text
