@@ -284,6 +284,9 @@ class StreamRow:
     active: tuple[ActiveTrack, ...] = ()  # its confirmed tracks now
     journal: JournalHealth = field(default_factory=JournalHealth)
     generation: int = 0  # which of the stream's processes sent it (restarts so far)
+    # Sent by the camera's process (False: the supervisor's placeholder until its first
+    # row, whose empty zones and lines mean "not known yet", not "none").
+    reported: bool = False
 
     def beat_fields(self, state: SourceState | None) -> dict[str, Any]:
         """The row as it appears in a heartbeat."""
@@ -299,6 +302,7 @@ class StreamRow:
             "lines": {k: dict(v) for k, v in self.lines.items()},
             "alert_seq": self.alert_seq,
             "journal": self.journal.fields(),
+            "reported": self.reported,
         }
 
 

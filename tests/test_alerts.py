@@ -158,6 +158,8 @@ def test_alerts_match_the_scene_and_are_journaled(
     assert beats[-1]["streams"]["walk"]["lines"] == {"a": {"in": 1, "out": 1},
                                                     "b": {"in": 1, "out": 1}}  # fmt: skip
     assert beats[-1]["streams"]["walk"]["alert_seq"] == alerts[-1].seq
+    # The camera's own rows say so (MQTT clears a zone only on such a row's word).
+    assert beats[-1]["streams"]["walk"]["reported"] is True
     walk = state["streams"]["walk"]
     assert walk["lines"]["a"]["in"] == 1 and walk["zones"]["left"]["occupancy"] == 0
     assert state["alert_seq"]["walk"] == alerts[-1].seq

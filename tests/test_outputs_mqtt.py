@@ -168,6 +168,12 @@ def test_mqtt_alerts_state_discovery_and_a_broker_outage(tmp_path: Path) -> None
     assert (tmp_path / "alerts.sqlite.outputs" / "mqtt.json").stat().st_mode & 0o777 == 0o600
 
 
+def _row(zones: list[str], lines: list[str], reported: bool = True) -> dict[str, Any]:
+    """A camera's heartbeat row (``reported``: sent by its process, not a placeholder)."""
+    return {"state": "streaming", "zones": dict.fromkeys(zones, 1),
+            "lines": {n: {"in": 1, "out": 0} for n in lines}, "reported": reported}  # fmt: skip
+
+
 def test_a_removed_zone_leaves_no_retained_entity(tmp_path: Path) -> None:
     """A zone (and a line) gone from the heartbeat, e.g. removed over the API: its retained
     occupancy and its Home Assistant configs are cleared on the broker; a subscriber that
@@ -186,9 +192,7 @@ def test_a_removed_zone_leaves_no_retained_entity(tmp_path: Path) -> None:
     yard = "homeassistant/binary_sensor/streamd/streamd_cam_zone_yard_occupied/config"
 
     def beat(zones: list[str], lines: list[str]) -> None:
-        row = {"state": "streaming", "zones": dict.fromkeys(zones, 1),
-               "lines": {n: {"in": 1, "out": 0} for n in lines}}  # fmt: skip
-        out.offer_event(LiveEvent("heartbeat", None, {"streams": {"cam": row}}))
+        out.offer_event(LiveEvent("heartbeat", None, {"streams": {"cam": _row(zones, lines)}}))
 
     def retained_now() -> dict[str, bytes]:
         """What a subscriber coming now gets: the broker's retained copies."""
@@ -218,16 +222,84 @@ def test_a_removed_zone_leaves_no_retained_entity(tmp_path: Path) -> None:
         assert not {"streamd/cam/zone/yard/occupancy", "streamd/cam/line/gate/counts"} & set(after)
         assert not gone & set(after)
         assert configs - gone <= set(after)  # the camera's state and door's stay
-        # A row its camera has not filled yet (a restart) clears nothing; the yard named
+        # A row its camera has not filled yet (just added) clears nothing; the yard named
         # again comes back, on the broker and for a subscriber that comes later.
-        out.offer_event(LiveEvent("heartbeat", None, {"streams": {"cam": {
-            "state": "streaming", "zones": {}, "lines": {}}}}))  # fmt: skip
+        out.offer_event(LiveEvent("heartbeat", None, {"streams": {"cam": _row([], [], False)}}))
         beat(["door", "yard"], [])
         assert live.wait(lambda: live.topic(yard)[-1:] != [b""], 10), "yard not back"
         back = retained_now()
         assert "streamd/cam/zone/door/occupancy" in back and yard in back
         door = yard.replace("zone_yard", "zone_door")
         assert b"" not in live.topic(door)  # never deleted, by the unfilled row either
+    finally:
+        out.close(5)
+        live.close()
+        broker.stop()
+
+
+def test_a_removed_camera_and_a_last_zone_leave_nothing_retained(tmp_path: Path) -> None:
+    """A camera whose last zone is removed has that zone's entities cleared; a camera the
+    heartbeat stops naming (removed at runtime) has every retained topic cleared, its
+    state, availability and snapshot included, its Home Assistant device emptied, and
+    no snapshot of an alert still due for it; the other camera keeps all of its own,
+    and the removed one, added again, comes back."""
+    from streamd.config.outputs import MqttConfig
+    from streamd.outputs.base import Cursor, JournaledAlert, LiveEvent
+    from streamd.outputs.mqtt import MqttOutput
+
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    topics = ["streamd/#", "homeassistant/#"]
+    live = Recorder(broker.port, topics, False, None)
+    out = MqttOutput(MqttConfig(host="127.0.0.1", port=broker.port, discovery=True),
+                     Cursor({}, 0))  # fmt: skip
+    out.start()
+
+    def beat(rows: dict[str, dict[str, Any]]) -> None:
+        out.offer_event(LiveEvent("heartbeat", None, {"streams": rows}))
+
+    def retained_now() -> dict[str, bytes]:
+        rec = Recorder(broker.port, topics, False, None)
+        try:
+            assert rec.wait(lambda: "streamd/keep/state" in rec.retained(), 10)
+            time.sleep(1.0)
+            return rec.retained()
+        finally:
+            rec.close()
+
+    try:
+        assert live.wait(lambda: out.connected, 10), "the output did not connect"
+        # What an earlier alert left: the camera's last snapshot, retained.
+        live.client.publish("streamd/gone/snapshot", b"jpeg", qos=1, retain=True)
+        beat({"gone": _row(["yard"], ["gate"]), "keep": _row(["door"], [])})
+        assert live.wait(lambda: live.topic("streamd/keep/zone/door/occupancy"), 10)
+        first = retained_now()
+        theirs = {t for t in first if "gone" in t}
+        ours = {t for t in first if "keep" in t}
+        assert {"streamd/gone/state", "streamd/gone/availability", "streamd/gone/snapshot",
+                "streamd/gone/zone/yard/occupancy"} <= theirs  # fmt: skip
+        assert len([t for t in theirs if t.startswith("homeassistant/")]) == 5
+        # The kept camera's last zone goes: its two entities and the occupancy topic.
+        beat({"gone": _row(["yard"], ["gate"]), "keep": _row([], [])})
+        door = "streamd/keep/zone/door/occupancy"
+        assert live.wait(lambda: live.topic(door)[-1:] == [b""], 10), "last zone not cleared"
+        # The camera is removed; an alert of it still due from the journal comes after.
+        beat({"keep": _row([], [])})
+        assert live.wait(lambda: live.topic("streamd/gone/state")[-1:] == [b""], 10)
+        late = JournaledAlert(id=1, stream="gone", seq=1, epoch=0, ts=time.time(),
+                              payload={"seq": 1}, snapshot=b"late-jpeg")  # fmt: skip
+        assert out.offer_alert(late)
+        assert live.wait(lambda: live.topic("streamd/gone/alert"), 10), "the alert still goes"
+        after = retained_now()
+        assert not {t for t in after if "gone" in t}, sorted(t for t in after if "gone" in t)
+        assert door not in after
+        assert ours - {door} - {t for t in ours if "zone_door" in t} <= set(after)
+        assert b"late-jpeg" not in live.topic("streamd/gone/snapshot")
+        # Added again: its topics and entities come back.
+        beat({"gone": _row(["yard"], []), "keep": _row([], [])})
+        assert live.wait(lambda: live.topic("streamd/gone/state")[-1:] == [b"streaming"], 10)
+        back = retained_now()
+        assert {"streamd/gone/state", "streamd/gone/zone/yard/occupancy"} <= set(back)
     finally:
         out.close(5)
         live.close()

@@ -322,7 +322,7 @@ class StreamAnalysis:
             zones=counts.zones, lines=counts.lines, alert_seq=counts.alert_seq,
             tracks=self.analytics.state(), active=self.analytics.active_tracks(),
             journal=counts.journal,
-            generation=self.spec.generation,
+            generation=self.spec.generation, reported=True,
         )  # fmt: skip
 
     def _beat(self) -> None:

@@ -20,7 +20,8 @@ per topic (nothing queues while the broker is away): on every (re)connection
 all of them, and the discovery configs, are published again. A zone or line that a
 camera's heartbeat stops naming leaves an empty value (a tombstone) in their place:
 published like any value, it deletes the broker's retained copy and the Home
-Assistant entity, again on every connection.
+Assistant entity, again on every connection. So does every retained topic of a camera
+the heartbeat stops naming (removed at runtime: API or SIGHUP), its snapshot included.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class MqttOutput(Output):
         # removed at runtime (API, SIGHUP) has its retained copies cleared, not left as
         # entities Home Assistant shows forever.
         self._regions: dict[str, set[str]] = {}
+        self._named: set[str] = set()  # the cameras the last heartbeat named
+        # Cameras removed since: their alerts still due from the journal go out, but
+        # leave no snapshot retained for a camera that no longer exists.
+        self._removed: set[str] = set()
         self._resync = threading.Event()  # (re)connected: publish state and discovery
         self._thread = threading.Thread(target=self._run, name="output-mqtt", daemon=True)
 
@@ -168,16 +173,23 @@ class MqttOutput(Output):
     def _alert(self, alert: JournaledAlert) -> None:
         body = json.dumps(alert.payload, separators=(",", ":"))
         base = f"{self.prefix}/{alert.stream}"
-        if alert.snapshot is not None and self.cfg.snapshot:
+        if alert.snapshot is not None and self.cfg.snapshot and alert.stream not in self._removed:
+            self._state.pop(f"{base}/snapshot", None)  # its removal's tombstone, if re-added
             self._publish(f"{base}/snapshot", alert.snapshot, "snapshot", retain=True)
         # Even while the broker is away: paho keeps it and sends it on reconnection.
         self._publish(f"{base}/alert", body, alert)
 
     def _event(self, ev: LiveEvent) -> None:
         if ev.kind == "status" and ev.stream is not None:
+            self._removed.discard(ev.stream)
             self._stream_state(ev.stream, str(ev.payload.get("state")))
         elif ev.kind == "heartbeat":
-            for sid, row in (ev.payload.get("streams") or {}).items():
+            streams: dict[str, Any] = ev.payload.get("streams") or {}
+            for sid in sorted(self._named - set(streams)):
+                self._clear_camera(sid)
+            self._named = set(streams)
+            for sid, row in streams.items():
+                self._removed.discard(sid)
                 if row.get("state") is not None:
                     self._stream_state(sid, str(row["state"]))
                 now: set[str] = set()
@@ -234,6 +246,19 @@ class MqttOutput(Output):
                 self._publish(topic, b"", kind, retain=True)
         self._regions[stream] = now
 
+    def _clear_camera(self, stream: str) -> None:
+        """A camera the heartbeat stopped naming was removed: its zones, lines and Home
+        Assistant configs go as a removed zone's do, and its state, availability and
+        snapshot topics get the same empty value."""
+        self._clear_gone(stream, set())
+        del self._regions[stream]
+        for leaf in ("state", "availability", "snapshot"):
+            topic = f"{self.prefix}/{stream}/{leaf}"
+            self._state[topic] = b""
+            if self.connected:
+                self._publish(topic, b"", "state", retain=True)
+        self._removed.add(stream)
+
     def _publish_all_state(self) -> None:
         self._publish(f"{self.prefix}/availability", "online", "state", retain=True)
         for topic, body in list(self._discovery.items()):
@@ -255,6 +280,7 @@ class MqttOutput(Output):
 
 
 def _names_its_regions(row: dict[str, Any]) -> bool:
-    """Whether a heartbeat row says which zones and lines its camera has: a row not yet
-    filled by its camera (a new or restarted one) has none, and must not clear them."""
-    return bool(row.get("zones") or row.get("lines")) and "zones" in row and "lines" in row
+    """Whether a heartbeat row says which zones and lines its camera has (none at all,
+    once its last is removed): a row its camera has not filled yet (just added) has
+    none because they are not known, and must not clear them."""
+    return bool(row.get("reported")) and "zones" in row and "lines" in row
