@@ -287,16 +287,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
             return EXIT_BAD_CONFIG
     try:
         address = _status_address(targets[0])
+        token = args.token or os.environ.get("STREAMD_HTTP_TOKEN") or _file_token(targets[0])
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_BAD_CONFIG
     try:
         request = urllib.request.Request(f"http://{address}/status")
-        token = args.token or os.environ.get("STREAMD_HTTP_TOKEN")
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         with urllib.request.urlopen(request, timeout=args.timeout) as r:
             status = json.load(r)
+    except urllib.error.HTTPError as e:
+        hint = " (its token: --token, STREAMD_HTTP_TOKEN or the file's http.token)"
+        print(f"streamd status: the daemon on {address} answered {e.code} {e.reason}"
+              f"{hint if e.code == 401 else ''}", file=sys.stderr)  # fmt: skip
+        return 1
     except (urllib.error.URLError, OSError) as e:
         print(f"streamd status: no daemon answering on {address}: {e}", file=sys.stderr)
         return 1
@@ -305,6 +310,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(status))
     return status_exit_code(status)
+
+
+def _file_token(target: str) -> str | None:
+    """The HTTP token of the pipeline file ``target`` names (None for an address)."""
+    return load_config(target).http.token if Path(target).is_file() else None
 
 
 EXIT_STREAMS_DOWN = 3  # `streamd status`: the daemon is healthy, but a camera is not streaming
@@ -480,7 +490,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
     try:
         address = _status_address(args.target)
-        token = load_config(args.target).http.token if Path(args.target).is_file() else None
+        token = _file_token(args.target)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_BAD_CONFIG

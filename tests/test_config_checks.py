@@ -27,6 +27,10 @@ def _problems(data: dict[str, Any]) -> dict[str, str]:
         ("http//cam/x.mjpg", "no ':' after 'http'"),
         ("rtsp:/cam.local/live", "needs '//'"),
         ("rtsp://user:secret@/live", "has no host"),
+        ("rtps://user:secret@cam/live", "unsupported URL scheme 'rtps'"),
+        ("udp://239.0.0.1:5000", "unsupported URL scheme 'udp'"),
+        ("rtsp://user:secret@cam:99999/live", "its port cannot be read"),
+        ("rtsp://user:secret@cam la/live", "its host has a space in it"),
     ],
 )
 def test_a_malformed_url_is_refused_naming_its_key(url: str, reason: str) -> None:
@@ -36,7 +40,8 @@ def test_a_malformed_url_is_refused_naming_its_key(url: str, reason: str) -> Non
 
 
 def test_well_formed_urls_pass() -> None:
-    urls = ["rtsp://u:p@cam:554/x", "https://cam/x.mjpg", "file:clip.mp4", "clips/a.mp4", "0"]
+    urls = ["rtsp://u:p@cam:554/x", "https://cam/x.mjpg", "file:clip.mp4", "clips/a.mp4", "0",
+            "file:///srv/clip.mp4", "rtsp://[::1]:8554/x", "/dev/video0"]
     parse_config(json.dumps({"streams": [{"id": f"s{i}", "url": u} for i, u in enumerate(urls)]}))
 
 

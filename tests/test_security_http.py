@@ -3,9 +3,13 @@ and the real HTTP server accepts only ``Bearer <token>`` (any case) or ``?token=
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +93,24 @@ def test_query_token_still_works_and_a_refusal_names_the_scheme(server: str) -> 
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{server}/healthz", timeout=5)
     assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_status_of_a_pipeline_file_uses_its_token(server: str, tmp_path: Path) -> None:
+    """``streamd status FILE`` sends the file's ``http.token`` (as ``view FILE`` does); a
+    wrong one is reported as the daemon's refusal, not as no daemon answering."""
+    listen = server.removeprefix("http://")
+
+    def status(token: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "p.yaml"
+        path.write_text(http_section(listen, token))
+        env = {k: v for k, v in os.environ.items() if k != "STREAMD_HTTP_TOKEN"}
+        return subprocess.run([sys.executable, "-m", "streamd.cli", "status", str(path)],
+                              capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+
+    good = status(TOKEN)
+    assert "401" not in good.stderr and "no daemon" not in good.stderr, good.stderr
+    assert "STREAM" in good.stdout and "a: DOWN" in good.stdout  # the board answered
+    bad = status("wrong-token-wrong-token")
+    assert bad.returncode == 1
+    assert "answered 401" in bad.stderr and "http.token" in bad.stderr
+    assert "wrong-token" not in bad.stderr + bad.stdout

@@ -21,13 +21,26 @@ def url_problem(url: str) -> str | None:
     if m:
         return f"malformed URL: {m['scheme']} needs '//' after '{m['scheme']}:'"
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme and scheme != "file" and scheme not in NETWORK_SCHEMES:
+        # Else read as a file path ("rtps:/cam/x"): 'no such file' would hide the typo.
+        return (f"unsupported URL scheme {scheme!r}: streamd reads rtsp://, rtsps://, "
+                "http://, https://, files (a path or file:) and webcams (/dev/videoN or "
+                "an index)")  # fmt: skip
     if scheme in NETWORK_SCHEMES:
-        try:
-            host = urlsplit(url).hostname
-        except ValueError as e:  # a bad port or IPv6 literal
-            # Not urllib's words: they quote the URL's text, which may hold a secret.
-            what = "port" if "port" in str(e).lower() else "host (IPv6 literal?)"
-            return f"malformed URL: its {what} cannot be read"
-        if not host:
-            return f"malformed URL: {scheme}:// has no host"
+        return _network_problem(url, scheme)
+    return None
+
+
+def _network_problem(url: str, scheme: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port  # .port raises for one out of range
+    except ValueError as e:  # a bad port or IPv6 literal
+        # Not urllib's words: they quote the URL's text, which may hold a secret.
+        what = "port" if "port" in str(e).lower() else "host (IPv6 literal?)"
+        return f"malformed URL: its {what} cannot be read"
+    if not host:
+        return f"malformed URL: {scheme}:// has no host"
+    if any(c.isspace() for c in host):
+        return "malformed URL: its host has a space in it"
     return None
