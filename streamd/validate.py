@@ -49,10 +49,15 @@ def _tls_files(cfg: PipelineConfig) -> list[Problem]:
 
 
 def check_classes(cfg: PipelineConfig) -> list[Problem]:
-    """``model.classes`` the model does not have (a .pt or .onnx file; others unread)."""
-    wanted = cfg.model.classes
+    """``model.classes``, and the ``classes`` of zones and lines, that the model does not
+    detect (a .pt or .onnx file; others unread): a zone counting a class never detected
+    never fires."""
+    regions = [(f"streams.{i}.{kind}.{j}.classes", r.classes)
+               for i, s in enumerate(cfg.streams)
+               for kind, rs in (("zones", s.zones), ("lines", s.lines))
+               for j, r in enumerate(rs) if r.classes]  # fmt: skip
     weights = Path(cfg.model.weights)
-    if not wanted or cfg.model.backend == "null" or not weights.is_file():
+    if not (cfg.model.classes or regions) or cfg.model.backend == "null" or not weights.is_file():
         return []
     try:
         names = model_class_names(weights)
@@ -60,10 +65,17 @@ def check_classes(cfg: PipelineConfig) -> list[Problem]:
         return [("model.weights", f"cannot read the model's classes: {e}")]
     if names is None:
         return []
-    unknown = [c for c in wanted if c not in names]
-    if unknown:
-        return [("model.classes", f"{unknown} not in the model's classes {sorted(names)}")]
-    return []
+    problems = _not_in("model.classes", cfg.model.classes or [], names, "the model's classes")
+    detected = set(cfg.model.classes or names)
+    what = "model.classes" if cfg.model.classes else "the model's classes"
+    for key, classes in regions:
+        problems += _not_in(key, classes or [], detected, what)
+    return problems
+
+
+def _not_in(key: str, wanted: list[str], have: set[str], what: str) -> list[Problem]:
+    unknown = [c for c in wanted if c not in have]
+    return [(key, f"{unknown} not in {what} {sorted(have)}")] if unknown else []
 
 
 def model_class_names(weights: Path) -> set[str] | None:

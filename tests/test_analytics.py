@@ -253,3 +253,40 @@ def test_a_zone_edit_before_the_next_frame_loses_no_exit_and_refires_nothing() -
     _, gone = engine.update([obj(1, 200, 200), obj(2, 250, 200)], 5, 0.5, W, H)
     assert [(a.extra["reason"], a.extra["occupancy"]) for a in gone] == [
         ("zone_removed", 1), ("zone_removed", 0)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("polygon", "reason"),
+    [
+        ([[0, 0], [float("nan"), 10], [10, 10]], "finite number"),
+        ([[0, 0], [1e12, 0], [0, 10]], "within 0..16384"),
+        ([[-5, 0], [10, 0], [0, 10]], "within 0..16384"),
+        ([[0, 0], [100, 100], [200, 200]], "encloses no area"),
+    ],
+)
+def test_a_zone_that_could_never_count_or_would_choke_is_refused(
+    polygon: list[list[float]], reason: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        ZoneConfig.model_validate({"name": "z", "polygon": polygon})
+    assert reason in str(refused.value)
+
+
+def test_a_zone_past_the_frame_costs_the_frames_memory_and_says_it_never_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A polygon reaching far past the frame is rasterised at the frame's size (it used
+    to take its largest coordinates squared: 16,000 px, 256 MB), still counts who is in
+    the frame's part of it; one wholly outside is logged as never counting."""
+    wide = {"name": "wide", "polygon": [[100, 100], [16000, 100], [16000, 16000], [100, 300]],
+            "alert_on": ["enter"], "debounce_s": 0.0}  # fmt: skip
+    away = {"name": "away", "polygon": [[5000, 5000], [6000, 5000], [6000, 6000]]}
+    engine = analytics([wide, away])
+    with caplog.at_level("WARNING"):
+        _, alerts = run(engine, at(1, 50, 200) + at(1, 200, 200))
+    assert [a.zone for a in alerts] == ["wide"]
+    for zone in engine.zones:
+        assert zone._zone is not None and zone._zone.mask.shape == (H + 2, W + 2)
+    assert [r.getMessage() for r in caplog.records if "never counts" in r.getMessage()] == [
+        f"zone away lies outside the {W}x{H} frame: it never counts anyone"
+    ]

@@ -40,8 +40,16 @@ def test_a_malformed_url_is_refused_naming_its_key(url: str, reason: str) -> Non
 
 
 def test_well_formed_urls_pass() -> None:
-    urls = ["rtsp://u:p@cam:554/x", "https://cam/x.mjpg", "file:clip.mp4", "clips/a.mp4", "0",
-            "file:///srv/clip.mp4", "rtsp://[::1]:8554/x", "/dev/video0"]
+    urls = [
+        "rtsp://u:p@cam:554/x",
+        "https://cam/x.mjpg",
+        "file:clip.mp4",
+        "clips/a.mp4",
+        "0",
+        "file:///srv/clip.mp4",
+        "rtsp://[::1]:8554/x",
+        "/dev/video0",
+    ]
     parse_config(json.dumps({"streams": [{"id": f"s{i}", "url": u} for i, u in enumerate(urls)]}))
 
 
@@ -87,6 +95,33 @@ def test_validate_checks_model_classes(tmp_path: Path, person_model: Path) -> No
     bad = {"weights": str(person_model), "classes": ["unicorn"]}
     out = _validate(tmp_path, {"model": bad, "streams": streams})
     assert out.returncode == 2 and "model.classes: ['unicorn'] not in" in out.stderr
+
+
+def test_validate_checks_the_classes_zones_and_lines_count(
+    tmp_path: Path, person_model: Path
+) -> None:
+    """A zone or line counting a class the model does not detect, or that model.classes
+    leaves out, would never fire: refused naming its key."""
+    (tmp_path / "a.mp4").write_bytes(b"")
+    square = [[0, 0], [10, 0], [10, 10]]
+
+    def stream(zone_classes: list[str], line_classes: list[str]) -> dict[str, Any]:
+        line = {"name": "l", "points": [[0, 5], [10, 5]], "classes": line_classes}
+        zone = {"name": "z", "polygon": square, "classes": zone_classes}
+        return {"id": "a", "url": "a.mp4", "zones": [zone], "lines": [line]}
+
+    weights = str(person_model)
+    ok = _validate(tmp_path, {"model": {"weights": weights}, "streams": [stream(["Fall"], [])]})
+    assert ok.returncode == 0, ok.stderr
+    out = _validate(tmp_path, {"model": {"weights": weights},
+                               "streams": [stream(["person"], ["Normal", "car"])]})  # fmt: skip
+    assert out.returncode == 2
+    assert "streams.0.zones.0.classes: ['person'] not in the model's classes" in out.stderr
+    assert "streams.0.lines.0.classes: ['car'] not in the model's classes" in out.stderr
+    only = {"weights": weights, "classes": ["Normal"]}
+    out = _validate(tmp_path, {"model": only, "streams": [stream(["Fall"], [])]})
+    assert out.returncode == 2
+    assert "streams.0.zones.0.classes: ['Fall'] not in model.classes ['Normal']" in out.stderr
 
 
 def test_version_comes_from_the_package_metadata() -> None:

@@ -9,7 +9,12 @@ from pydantic import Field, field_validator, model_validator
 
 from streamd.config.base import _Strict
 
-Point = Annotated[list[float], Field(min_length=2, max_length=2)]
+# Pixel coordinates up to this (16K frames and then some): a zone far outside any frame is
+# a typo, and never fires.
+MAX_PIXEL = 16384.0
+Point = Annotated[
+    list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=2, max_length=2)
+]
 
 ZONE_RULE = re.compile(r"^(enter|exit|dwell>=(\d+(?:\.\d+)?)s?|occupancy>=(\d+))$")
 LINE_RULES = ("in", "out")
@@ -43,6 +48,8 @@ class _Region(_Strict):
     def _check_points(self, points: list[list[float]]) -> None:
         if self.normalized and any(not 0.0 <= v <= 1.0 for p in points for v in p):
             raise ValueError("normalized coordinates must be within 0..1")
+        if any(not 0.0 <= v <= MAX_PIXEL for p in points for v in p):
+            raise ValueError(f"pixel coordinates must be within 0..{MAX_PIXEL:g}")
 
 
 class ZoneConfig(_Region):
@@ -65,6 +72,8 @@ class ZoneConfig(_Region):
     @model_validator(mode="after")
     def _coords(self) -> ZoneConfig:
         self._check_points(self.polygon)
+        if _area(self.polygon) == 0.0:
+            raise ValueError("the polygon encloses no area (its points are on one line)")
         return self
 
 
@@ -82,6 +91,13 @@ class LineConfig(_Region):
         if self.points[0] == self.points[1]:
             raise ValueError("a line needs two different points")
         return self
+
+
+def _area(points: list[list[float]]) -> float:
+    """The polygon's area (shoelace; its absolute value, self-crossings netted out)."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    n = len(points)
+    return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
 
 
 class TracksConfig(_Strict):

@@ -62,6 +62,7 @@ class LiveView:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(endpoint)
         self._stop = threading.Event()
+        self.failed: dict[str, int] = {}  # pictures that could not be drawn, per stream
         self._thread = threading.Thread(target=self._run, name="live-view", daemon=True)
 
     def start(self) -> None:
@@ -141,9 +142,19 @@ class LiveView:
                         meta = ViewMeta.decode(head)
                         latest[meta.stream] = (meta, pixels)
                 for meta, pixels in latest.values():
-                    self._render(meta, pixels)
+                    self._render_contained(meta, pixels)
         finally:
             self._sock.close()
+
+    def _render_contained(self, meta: ViewMeta, pixels: bytes) -> None:
+        """One stream's picture that cannot be drawn (a frame or a region the drawing
+        code chokes on) costs that picture, not the live view of every stream."""
+        try:
+            self._render(meta, pixels)
+        except Exception:
+            self.failed[meta.stream] = self.failed.get(meta.stream, 0) + 1
+            if self.failed[meta.stream] == 1:  # once a stream: a bad region fails every frame
+                log.exception("live view: a picture of %s could not be drawn", meta.stream)
 
     def _render(self, meta: ViewMeta, pixels: bytes) -> None:
         s = self.streams.get(meta.stream)
