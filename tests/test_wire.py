@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 
 import jsonschema
@@ -171,3 +173,43 @@ def test_redaction_removes_passwords(url: str, secret: str) -> None:
     assert "Connection refused" in out
     record = logging.LogRecord("t", logging.ERROR, __file__, 1, "open %s failed", (url,), None)
     assert secret not in RedactingFormatter("%(message)s").format(record)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+_HOSTILE = """
+import sys, time, zmq
+sock = zmq.Context().socket(zmq.SUB)
+sock.connect(sys.argv[1])
+for k in range(3):
+    sock.setsockopt(zmq.SUBSCRIBE, bytes([65 + k]) * (4 << 20))
+time.sleep(3)
+"""  # its own process: libzmq's trie of a 4 MiB key may crash the process holding it
+
+
+def test_a_huge_subscription_is_refused_and_costs_no_memory() -> None:
+    """A subscriber sending 4 MiB subscriptions (each kept in libzmq's trie: 460 MB each
+    before) is disconnected; the publisher's memory stays, others still receive."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pub = Publisher(endpoint, hwm=1000, epoch=7)
+    sub = _connected(endpoint, pub, topics=["det."])
+    before = _rss_mib()
+    hostile = subprocess.Popen([sys.executable, "-c", _HOSTILE, endpoint])
+    try:
+        deadline = time.monotonic() + 3.0
+        got = []
+        while time.monotonic() < deadline:  # the publisher keeps working meanwhile
+            pub.publish("det", "cam", 1.0, {"i": len(got)})
+            if (ev := sub.recv(0.1)) is not None:
+                got.append(ev)
+        grown = _rss_mib() - before
+    finally:
+        hostile.kill()
+        hostile.wait()
+        sub.close()
+        pub.close()
+    assert got, "the other subscriber stopped receiving"
+    assert grown < 100, f"the publisher's process grew by {grown:.0f} MiB"

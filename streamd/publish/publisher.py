@@ -21,9 +21,18 @@ from streamd.publish.wire import SCHEMA_VERSION, encode, topic_for
 log = logging.getLogger(__name__)
 
 
+# What a subscriber sends a PUB is its subscriptions (a topic prefix each): far more than
+# any topic ("alert." and a 64-character stream id). libzmq keeps each in a trie, so one
+# subscription of 4 MiB took the supervisor from 214 to 674 MB, and stayed; a peer
+# sending more than this is disconnected instead.
+MAX_SUBSCRIPTION_BYTES = 1024
+
+
 def configure_pub(sock: zmq.Socket[Any], hwm: int, sndbuf_kib: int) -> None:
-    """The public PUB socket's limits: a slow subscriber loses messages, never the daemon."""
+    """The public PUB socket's limits: a slow subscriber loses messages, never the daemon;
+    a hostile one cannot grow its memory with a huge subscription."""
     sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
     if sndbuf_kib > 0:
         # Bounds what the kernel holds per subscriber on top of the HWM: without it
         # a stalled subscriber gets megabytes of stale events instead of a gap.
