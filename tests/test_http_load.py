@@ -7,6 +7,7 @@ cap and idle timeout are checked on an in-process server with small limits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import signal
@@ -256,6 +257,62 @@ def test_beyond_max_connections_a_503_names_the_limit(small_server: str) -> None
         for s in idle:
             s.close()
     assert wait_until(lambda: ask(small_server, "/status").status == 200, 2.0)
+
+
+@pytest.fixture
+def token_server() -> Iterator[str]:
+    """Off the daemon: 1 viewer slot, so few workers (the default has 48), a token, and
+    the default idle timeout."""
+    board = StatusBoard(f"tcp://127.0.0.1:{free_port()}", ["a"], heartbeat_s=1.0)
+    listen = f"127.0.0.1:{free_port()}"
+    limits = Limits(max_connections=400, max_viewers=1, idle_timeout_s=2.0)
+    http = ControlServer(listen, board, token="0123456789abcdef-token", limits=limits)
+    http.start()
+    yield listen
+    http.close()
+    board.close()
+
+
+def test_clients_trickling_a_request_hold_no_worker(token_server: str) -> None:
+    """Slowloris without the token: 60 clients send a request a byte at a time (every
+    0.3 s, each byte progress); /healthz is still answered at once (401 here: the probe
+    has no token, the point is that a worker reads it), and each trickler is closed
+    when its head is not whole within the idle timeout of its accept."""
+    host, port = token_server.rsplit(":", 1)
+    slow = [socket.create_connection((host, int(port)), timeout=5) for _ in range(60)]
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100
+    try:
+        worst = 0.0
+        for k in range(8):  # 2.4 s: beyond the 2 s idle timeout
+            for c in slow:
+                with contextlib.suppress(OSError):
+                    c.send(request[k : k + 1])
+            answer = ask(token_server, "/healthz", limit_s=5.0)
+            assert answer.status == 401, answer.status
+            worst = max(worst, answer.elapsed_s)
+            time.sleep(0.3)
+        assert worst < 1.0, f"/healthz took {worst:.2f} s behind the tricklers"
+        for c in slow:  # closed by the server: the end, or a reset
+            c.settimeout(3.0)
+            with contextlib.suppress(ConnectionResetError):
+                assert c.recv(1024) == b""
+    finally:
+        for c in slow:
+            c.close()
+
+
+def test_a_request_head_over_the_cap_gets_a_431(token_server: str) -> None:
+    host, port = token_server.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        head = b"GET /healthz HTTP/1.1\r\n" + b"".join(
+            b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(99)
+        )
+        with contextlib.suppress(OSError):
+            s.sendall(head)
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.0 431 "), answer[:60]
+    assert b"request head over 32768 bytes" in answer
+    assert ask(token_server, "/healthz").status == 401  # and it goes on serving
 
 
 @pytest.mark.parametrize(

@@ -1,19 +1,25 @@
 """The HTTP server's connections: accepted on one thread, answered by a fixed pool.
 
 A thread per connection made 3,000 idle sockets cost 3,000 threads. Here a
-connection waits in a selector, costing one file descriptor, until its first
-bytes arrive; only then does a worker take it, answer one request and close
-it (the handler speaks HTTP/1.0: no keep-alive to park). A connection that
-sends nothing within the idle timeout is closed; beyond ``max_connections`` a
-new one gets a canned 503 from the selector thread, no worker involved. A
-client that connected and went away is closed on the selector thread too, so
-thousands closing at once never queue in front of a real request.
+connection waits in a selector, costing one file descriptor, while its request
+head (request line and headers) arrives, read by the selector thread; only
+once it is whole does a worker take it, answer one request and close it (the
+handler speaks HTTP/1.0: no keep-alive to park). A head not whole within the
+idle timeout of the connection's accept is closed, so a client trickling a
+byte every few seconds (slowloris) holds a descriptor, never a worker: before
+the token is even read, 50 such clients took all 48 workers and /healthz went
+unanswered. A head over ``MAX_HEAD_BYTES`` gets a canned 431; beyond
+``max_connections`` a new connection gets a canned 503, both from the
+selector thread, no worker involved. A client that connected and went away
+is closed on the selector thread too, so thousands closing at once never
+queue in front of a real request.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import queue
 import resource
@@ -28,11 +34,16 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-Serve = Callable[[socket.socket, Any], None]  # answers one request, then closes the socket
+# Answers one request, then closes the socket; the bytes are what was read of it already.
+Serve = Callable[[socket.socket, Any, bytes], None]
 
 TICK_S = 0.25  # idle timeouts are checked this often
 ACCEPT_PAUSE_S = 0.1  # out of file descriptors: stop accepting this long, then retry
 _FD_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# A request line and headers larger than this are refused (431): every route's head is a
+# few hundred bytes; 99 headers of 65 KB each held 6 MB a request, 0.8 GB on 48 workers.
+MAX_HEAD_BYTES = 32 * 1024
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 _LISTENER, _WAKE = object(), object()
 
 
@@ -43,6 +54,7 @@ class _Parked:
     sock: socket.socket
     addr: Any
     since: float  # accepted at (monotonic)
+    head: bytearray  # what arrived of the request so far
 
 
 def allow_descriptors(wanted: int) -> None:
@@ -63,15 +75,25 @@ def allow_descriptors(wanted: int) -> None:
 
 def busy_answer(max_connections: int) -> bytes:
     """The 503 sent beyond the connection cap, built once."""
-    body = (
-        f'{{"error": "too many open connections (http.max_connections={max_connections}); '
-        'retry shortly"}'
-    ).encode()
+    return _canned(
+        "503 Service Unavailable",
+        f"too many open connections (http.max_connections={max_connections}); retry shortly",
+        "Retry-After: 1\r\n",
+    )
+
+
+def _canned(status: str, error: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": error}).encode()
     head = (
-        "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\n{extra}"
+        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+_HEAD_TOO_LARGE = _canned(
+    "431 Request Header Fields Too Large", f"request head over {MAX_HEAD_BYTES} bytes"
+)
 
 
 class ConnectionPool:
@@ -91,10 +113,11 @@ class ConnectionPool:
         self._max = max_connections
         self._idle_s = idle_timeout_s
         self._refusal = busy_answer(max_connections)
+        self.heads_refused = 0  # heads too large (431)
         self._parked: OrderedDict[int, _Parked] = OrderedDict()  # oldest first
         self._busy = 0  # handed to the workers, not yet closed
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[socket.socket, Any, bytes] | None] = queue.SimpleQueue()
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._closing = threading.Event()
@@ -164,17 +187,17 @@ class ConnectionPool:
                 self._pause_accepting(e)
                 return
             if self.open_connections() >= self._max:
-                self._refuse(sock)
+                self._refuse(sock, self._refusal)
                 continue
-            sock.setblocking(True)  # the worker sets its timeout; the selector only peeks
+            sock.setblocking(True)  # the worker sets its timeout; the selector reads DONTWAIT
             with self._lock:
-                self._parked[sock.fileno()] = _Parked(sock, addr, time.monotonic())
+                self._parked[sock.fileno()] = _Parked(sock, addr, time.monotonic(), bytearray())
             self._sel.register(sock, selectors.EVENT_READ, None)
 
-    def _refuse(self, sock: socket.socket) -> None:
-        """Beyond the cap: a 503 written without blocking, then closed."""
+    def _refuse(self, sock: socket.socket, answer: bytes) -> None:
+        """A canned answer (503, 431) written without blocking, then closed."""
         with contextlib.suppress(OSError):
-            sock.send(self._refusal, socket.MSG_DONTWAIT)
+            sock.send(answer, socket.MSG_DONTWAIT)
             sock.shutdown(socket.SHUT_WR)
             # Unread request bytes would make close() a reset that loses the 503.
             sock.recv(65536, socket.MSG_DONTWAIT)
@@ -192,22 +215,31 @@ class ConnectionPool:
         self._paused_until = now + ACCEPT_PAUSE_S
 
     def _ready(self, fd: int) -> None:
-        """Bytes (or the end) arrived on a waiting connection."""
+        """Bytes (or the end) arrived on a waiting connection: a whole head goes to a
+        worker, with the bytes read so far."""
         parked = self._parked[fd]
         try:
-            first = parked.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            got = parked.sock.recv(MAX_HEAD_BYTES + 1 - len(parked.head), socket.MSG_DONTWAIT)
         except BlockingIOError:
             return  # spurious wake-up: keep waiting
         except OSError:
-            first = b""  # reset by the client
+            got = b""  # reset by the client
+        parked.head += got
+        whole = any(end in parked.head for end in _HEAD_ENDS)
+        too_large = not whole and len(parked.head) > MAX_HEAD_BYTES
+        if got and not whole and not too_large:
+            return  # more to come, within the idle timeout of its accept
         self._sel.unregister(parked.sock)
         with self._lock:
             del self._parked[fd]
-            if first:
+            if whole:
                 self._busy += 1
-        if first:
-            self._jobs.put((parked.sock, parked.addr))
-        else:  # connected and went away without a request: nothing to answer
+        if whole:
+            self._jobs.put((parked.sock, parked.addr, bytes(parked.head)))
+        elif too_large:
+            self.heads_refused += 1
+            self._refuse(parked.sock, _HEAD_TOO_LARGE)
+        else:  # went away before its request was whole: nothing to answer
             parked.sock.close()
 
     def _expire(self, now: float) -> None:
@@ -225,9 +257,9 @@ class ConnectionPool:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            sock, addr = job
+            sock, addr, head = job
             try:
-                self._serve(sock, addr)
+                self._serve(sock, addr, head)
             finally:
                 with self._lock:
                     self._busy -= 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -94,9 +95,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         # A read or write that makes no progress this long ends the request (a client that
-        # sends half a request, or an MJPEG viewer that stopped reading).
+        # sends half a body, or an MJPEG viewer that stopped reading).
         super().setup()
         self.connection.settimeout(self.server.limits.idle_timeout_s)
+        # The head was read by the connection thread (conns.py): it is read from there.
+        self.rfile = io.BufferedReader(_Prefixed(self.server.head.value, self.connection))
 
     def do_HEAD(self) -> None:
         self.do_GET()  # _send_raw and _mjpeg leave the body out
@@ -381,12 +384,15 @@ class _Server(HTTPServer):
         self.jpeg_waiters = threading.BoundedSemaphore(JPEG_WAITERS)
         self.api_changes = threading.BoundedSemaphore(API_CHANGES)
         self.closing = threading.Event()
+        self.head = threading.local()  # each worker's request head (serve_one → _Handler)
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
         super().__init__(addr, _Handler)
 
-    def serve_one(self, request: socket.socket, client_address: Any) -> None:
-        """Answer the connection's request and close it (one request per connection)."""
+    def serve_one(self, request: socket.socket, client_address: Any, head: bytes) -> None:
+        """Answer the connection's request and close it (one request per connection);
+        ``head``: its bytes read already (the handler, on this thread, reads them first)."""
+        self.head.value = head
         try:
             self.finish_request(request, client_address)
         except Exception:
@@ -402,6 +408,25 @@ class _Server(HTTPServer):
             log.debug("http: client %s went away: %s", client_address[0], err)
         else:
             log.error("http: request from %s failed", client_address[0], exc_info=True)
+
+
+class _Prefixed(io.RawIOBase):
+    """A connection's bytes: those read already, then the socket's."""
+
+    def __init__(self, head: bytes, sock: socket.socket) -> None:
+        self._head = memoryview(head)
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._sock.recv_into(b)
 
 
 class ControlServer:
