@@ -175,6 +175,33 @@ def test_redaction_removes_passwords(url: str, secret: str) -> None:
     assert secret not in RedactingFormatter("%(message)s").format(record)
 
 
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("http://10.0.0.9/video.cgi?user=admin&pwd=QuerySecret99", ["QuerySecret99", "admin"]),
+        ("http://cam/snap.jpg?Password=Qs3cret&x=1;token=t0ken-xyz", ["Qs3cret", "t0ken-xyz"]),
+        ("rtsp://admin:it'sPw2@cam.local/s", ["it'sPw2"]),
+        ("rtsp://admin:pass word<1>@cam.local/s", ["pass word<1>"]),
+    ],
+)
+def test_credentials_in_the_query_or_with_quotes_and_spaces_are_redacted(
+    url: str, secrets: list[str]
+) -> None:
+    """As the API and /status show a configured URL (whole), and in any message once the
+    URL was configured (a password with a quote ends the free-text pattern early)."""
+    from streamd.runtime.redact import redact_whole_url, register_secrets
+
+    whole = redact_whole_url(url)
+    assert not any(s in whole for s in secrets), whole
+    assert whole.split("://")[0] == url.split("://")[0] and "***" in whole
+    register_secrets(url)
+    text = f"[Errno 111] Connection refused: '{url}'"
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "open failed: %s", (text,), None)
+    logged = RedactingFormatter("%(message)s").format(record)
+    assert not any(s in logged for s in secrets if s != "admin"), logged
+    assert "Connection refused" in logged
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024

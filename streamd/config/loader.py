@@ -30,7 +30,7 @@ from streamd.config.pipeline import PipelineConfig
 from streamd.config.security import resolve_key_paths
 from streamd.config.stream import StreamConfig
 from streamd.config.suggest import did_you_mean
-from streamd.runtime.redact import redact_url
+from streamd.runtime.redact import redact_url, register_secrets
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -271,11 +271,20 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None) -> PipelineCon
         raise ConfigError(source, [("", str(e))]) from None
     if substitute.problems:
         raise ConfigError(source, substitute.problems)
+    _register_stream_secrets(data)  # before a refusal's message could quote them
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
         errs = [(_loc_to_path(err["loc"]), _redacted_reason(err)) for err in e.errors()]
         raise ConfigError(source, errs) from None
+
+
+def _register_stream_secrets(data: dict[str, Any]) -> None:
+    """The streams' URL credentials, redacted wherever this process writes them."""
+    streams = data.get("streams")
+    for s in streams if isinstance(streams, list) else []:
+        if isinstance(s, dict) and isinstance(s.get("url"), str):
+            register_secrets(s["url"])
 
 
 def _redacted_reason(err: Any) -> str:

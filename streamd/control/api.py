@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from streamd.config import StreamConfig
 from streamd.control.admin import AdminError, StreamAdmin
-from streamd.runtime.redact import redact_url
+from streamd.runtime.redact import redact_url, redact_whole_url
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ Answer = tuple[int, Any]
 def shown(stream: StreamConfig) -> dict[str, Any]:
     """A stream as the API answers it: the pipeline file's form, no password."""
     data = stream.model_dump(mode="json")
-    data["url"] = redact_url(stream.url)
+    data["url"] = redact_whole_url(stream.url)
     return data
 
 

@@ -43,7 +43,7 @@ from streamd.config import ConfigError, PipelineConfig, StreamConfig, source_kin
 from streamd.config.loader import _redacted_reason, expand_env, raw_streams, resolve_clips_dir
 from streamd.config.shard import ShardConfig, shard_of
 from streamd.control.admin import AdminError
-from streamd.runtime.redact import redact_url
+from streamd.runtime.redact import redact_whole_url, register_secrets
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ def parse_stream(body: object, base_dir: Path, prefix: str = "") -> StreamConfig
     expanded, problems = expand_env(body, prefix.rstrip("."))
     if problems:
         raise AdminError(422, problems)
+    if isinstance(expanded.get("url"), str):
+        register_secrets(expanded["url"])
     try:
         stream = resolve_url(StreamConfig.model_validate(expanded), base_dir)
         return resolve_clips_dir(stream, base_dir)
@@ -311,7 +313,7 @@ class StreamChanges:
         url = body.get("url")
         if current is None or not isinstance(url, str) or "***@" not in url:
             return body
-        if url != redact_url(current.url):
+        if url != redact_whole_url(current.url):
             return body
         written = self._bodies.get(current.id, {}).get("url", current.url)
         return {**body, "url": written}

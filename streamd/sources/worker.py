@@ -25,7 +25,7 @@ from streamd.frames.ring import FrameRing, ring_name, segment_prefix
 from streamd.runtime.channel import Outbox
 from streamd.runtime.exits import WorkerExit
 from streamd.runtime.process import StopFlag, run_logged, setup_worker
-from streamd.runtime.redact import redact_url
+from streamd.runtime.redact import redact_url, register_secrets
 from streamd.runtime.watchdog import Watchdog
 from streamd.sources.nvdec import DecoderChoice
 from streamd.sources.reader import (
@@ -179,6 +179,7 @@ class Backoff:
 def source_main(spec: SourceSpec) -> None:
     """Process entry point."""
     log_format = spec.analysis.pipeline.log.format
+    register_secrets(spec.open.url)  # before anything of this process can log it
     stop = setup_worker(f"source {spec.stream}", spec.log_level, log_format, spec.stream)
 
     def body() -> int:
