@@ -50,7 +50,9 @@ def ask(listen: str, path: str, method: str = "GET", limit_s: float = 10.0) -> A
     host, port = listen.rsplit(":", 1)
     t0 = time.perf_counter()
     with socket.create_connection((host, int(port)), timeout=limit_s) as s:
-        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
         chunks = []
         while (chunk := s.recv(65536)) and time.perf_counter() - t0 < limit_s:
             chunks.append(chunk)
@@ -180,7 +182,7 @@ def _viewer(listen: str) -> tuple[socket.socket, bytes]:
     """An MJPEG request and what came back first: a 200 and a frame, or a whole refusal."""
     host, port = listen.rsplit(":", 1)
     s = socket.create_connection((host, int(port)), timeout=10)
-    s.sendall(b"GET /streams/cam.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(b"GET /streams/cam.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     got = b""
     while b"image/jpeg" not in got.partition(b"\r\n\r\n")[2] and (chunk := s.recv(65536)):
         got += chunk
@@ -280,7 +282,7 @@ def test_clients_trickling_a_request_hold_no_worker(token_server: str) -> None:
     when its head is not whole within the idle timeout of its accept."""
     host, port = token_server.rsplit(":", 1)
     slow = [socket.create_connection((host, int(port)), timeout=5) for _ in range(60)]
-    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 100
     try:
         worst = 0.0
         for k in range(8):  # 2.4 s: beyond the 2 s idle timeout

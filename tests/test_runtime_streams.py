@@ -108,6 +108,24 @@ def test_api_adds_updates_rezones_and_removes_one_stream_and_a_restart_keeps_it(
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(forged, timeout=10)
         assert refused.value.code == 415
+        # A page same-origin by DNS rebinding: its own name as Host (421), or, via a
+        # loopback name, its Origin on a change (403); neither adds the stream.
+        for headers, code in (({"Host": "rebind.attacker.example"}, 421),
+                              ({"Origin": "http://rebind.attacker.example"}, 403)):  # fmt: skip
+            rebound = urllib.request.Request(
+                f"http://{_listen(cfg)}/api/streams", method="POST",
+                data=json.dumps(_live("d", clip)).encode(),
+                headers={"Content-Type": "application/json", **headers},
+            )  # fmt: skip
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(rebound, timeout=10)
+            assert refused.value.code == code
+        peek = urllib.request.Request(f"http://{_listen(cfg)}/status",
+                                      headers={"Host": "rebind.attacker.example:8090"})  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(peek, timeout=10)
+        assert refused.value.code == 421
+        assert "d" not in {s["id"] for s in _api(cfg, "GET", "/api/streams")[1]["streams"]}
         assert "d" not in _pids(cfg)
 
         # A bad body: 422 naming the key, nothing changes.

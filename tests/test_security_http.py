@@ -114,3 +114,39 @@ def test_status_of_a_pipeline_file_uses_its_token(server: str, tmp_path: Path) -
     assert bad.returncode == 1
     assert "answered 401" in bad.stderr and "http.token" in bad.stderr
     assert "wrong-token" not in bad.stderr + bad.stdout
+
+
+def test_without_a_token_only_a_loopback_host_is_answered(tmp_path: Path) -> None:
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 sends its own name as Host.
+    Without a token that is refused (421); loopback names are answered; with a token the
+    token is what counts."""
+    board = StatusBoard(f"tcp://127.0.0.1:{free_port()}", ["a"], heartbeat_s=1.0)
+    open_listen, closed_listen = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    servers = [ControlServer(open_listen, board), ControlServer(closed_listen, board, token=TOKEN)]
+    for s in servers:
+        s.start()
+    try:
+
+        def status(listen: str, host: str, auth: str | None = None) -> int:
+            headers = {"Host": host} | ({} if auth is None else {"Authorization": auth})
+            return get_with(f"http://{listen}/status", headers)
+
+        port = open_listen.rsplit(":", 1)[1]
+        assert status(open_listen, f"rebind.attacker.example:{port}") == 421
+        assert status(open_listen, "10.1.2.3") == 421
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "127.0.0.7"):
+            assert status(open_listen, host) == 200, host
+        assert status(closed_listen, "cams.example.com", f"Bearer {TOKEN}") == 200
+        assert status(closed_listen, "cams.example.com") == 401
+    finally:
+        for s in servers:
+            s.close()
+        board.close()
+
+
+def get_with(url: str, headers: dict[str, str]) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code

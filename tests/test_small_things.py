@@ -63,7 +63,7 @@ def _ask_and_vanish(listen: str, path: str) -> None:
     host, port = listen.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         time.sleep(0.2)
 
 

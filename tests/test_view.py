@@ -292,7 +292,7 @@ def test_a_stalled_viewer_slows_nobody_and_buffers_nothing(
                       if str(cfg) in " ".join(p.info["cmdline"] or []))  # fmt: skip
     stalled = socket.create_connection((host, int(port)))
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.sendall(b"GET /streams/cam.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+    stalled.sendall(b"GET /streams/cam.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # and never reads
     try:
         time.sleep(2)
         rss_before = supervisor.memory_info().rss

@@ -76,7 +76,7 @@ def _open_viewer(listen: str, sid: str) -> tuple[socket.socket, int]:
     """An MJPEG request; the socket and the status of the answer (its head read)."""
     host, port = listen.rsplit(":", 1)
     s = socket.create_connection((host, int(port)), timeout=10)
-    s.sendall(f"GET /streams/{sid}.mjpg HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    s.sendall(f"GET /streams/{sid}.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     got = b""
     while b"\r\n\r\n" not in got and (chunk := s.recv(4096)):
         got += chunk

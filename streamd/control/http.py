@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -107,6 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         path, query = url.path, parse_qs(url.query)
+        if not self._host_answered():
+            return
         if not self._authorised(query):
             self._send(
                 401,
@@ -147,8 +150,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._api_request("DELETE")
 
+    def _host_answered(self) -> bool:
+        """Without a token only a loopback ``Host`` is answered: a web page whose name
+        its DNS turns into 127.0.0.1 (DNS rebinding) is same-origin with this server for
+        the browser, and sends its own name. True to go on, else the 421 is sent."""
+        host = self.headers.get("Host")
+        if self.server.token is not None or host is None or _loopback_name(host):
+            return True
+        self._send(421, {"error": "this server answers only a loopback Host (localhost, "
+                         "127.0.0.1, [::1]) without http.token; a proxy in front must pass "
+                         "its upstream's address as Host, or set http.token"})  # fmt: skip
+        return False
+
     def _api_request(self, method: str) -> None:
         url = urlsplit(self.path)
+        if not self._host_answered():
+            return
         if not self._authorised(parse_qs(url.query)):
             self._send(401, {"error": "missing or wrong token (Authorization: Bearer ...)"},
                        {"WWW-Authenticate": 'Bearer realm="streamd"'})  # fmt: skip
@@ -158,8 +175,10 @@ class _Handler(BaseHTTPRequestHandler):
             # A web page can make a browser send text/plain cross-origin without asking;
             # application/json needs a CORS preflight this server never grants.
             self._send(415, {"error": "send the body as Content-Type: application/json"})
-        elif method == "DELETE" and self.headers.get("Origin"):
-            self._send(403, {"error": "cross-origin requests are refused"})
+        elif self.headers.get("Origin"):
+            # No page of streamd's changes streams: a browser's change comes from a page
+            # of somebody else's (or one same-origin by DNS rebinding).
+            self._send(403, {"error": "requests from a web page (Origin) are refused"})
         else:
             self._api(method, url.path)
 
@@ -481,6 +500,22 @@ def byte_range(header: str, size: int) -> tuple[int, int, bool] | None:
     start = int(first)
     end = min(size, int(last) + 1) if last else size
     return (start, end, True) if start < size and start < end else None
+
+
+def _loopback_name(host: str) -> bool:
+    """Whether a ``Host`` header (name or address, with or without a port) is loopback."""
+    name = host.strip()
+    if name.startswith("["):  # [::1]:8090
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _json_body(content_type: str) -> bool:
