@@ -42,7 +42,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_all(args.file)  # every stream: each is checked, whichever shard runs it
     if cfg is None:
         return EXIT_BAD_CONFIG
+    from streamd.control.streams import StreamsFile
     from streamd.validate import check_classes, check_files
+
+    # What run starts: the streams as changed at runtime, if they were (the overlay
+    # next to the file, or in systemd's state directory).
+    overlay = StreamsFile(Path(args.file))
+    try:
+        cfg = overlay.apply(cfg.model_copy(update={"shard": None})).model_copy(
+            update={"shard": cfg.shard}
+        )
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_BAD_CONFIG
 
     problems = check_files(cfg) or check_classes(cfg)  # classes only from a model that is there
     if problems:
@@ -54,7 +66,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except KeyFileError as e:
         print(f"{args.file}: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    print(f"{args.file}: ok ({len(cfg.streams)} stream(s))")
+    changed = f", as changed at runtime in {overlay.path}" if overlay.path.exists() else ""
+    print(f"{args.file}: ok ({len(cfg.streams)} stream(s){changed})")
     shard = args.shard or cfg.shard
     if shard is not None:
         print("\n".join(shard_lines(cfg, shard)))

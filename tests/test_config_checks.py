@@ -138,3 +138,22 @@ def test_a_malformed_url_is_refused_without_quoting_it() -> None:
 
     reason = url_problem("rtsp://[s3cret-from-env]/cam")
     assert reason is not None and "malformed URL" in reason and "s3cret" not in reason
+
+
+def test_validate_checks_the_streams_as_changed_at_runtime(tmp_path: Path) -> None:
+    """`run` starts the overlay's streams (``<name>.streams.yaml``, saved by the stream
+    API); `validate` (the systemd unit's ExecStartPre) checks those, not only the file's."""
+    (tmp_path / "a.mp4").write_bytes(b"")
+    cfg = {"streams": [{"id": "a", "url": "a.mp4"}]}
+    overlay = tmp_path / "p.streams.yaml"
+    overlay.write_text("streams: [{id: a, url: a.mp4}, {id: b, urll: a.mp4}]")
+    out = _validate(tmp_path, cfg)
+    assert out.returncode == 2, out.stdout
+    assert "p.streams.yaml" in out.stderr and "streams.1.urll" in out.stderr
+    overlay.write_text("streams: [{id: a, url: a.mp4}, {id: b, url: gone.mp4}]")
+    out = _validate(tmp_path, cfg)
+    assert out.returncode == 2 and "streams.1.url: no such file" in out.stderr
+    overlay.write_text("streams: [{id: a, url: a.mp4}, {id: b, url: a.mp4}]")
+    out = _validate(tmp_path, cfg)
+    assert out.returncode == 0, out.stderr
+    assert "ok (2 stream(s), as changed at runtime in" in out.stdout

@@ -134,6 +134,19 @@ def test_api_adds_updates_rezones_and_removes_one_stream_and_a_restart_keeps_it(
         assert {k for k, _ in body["problems"]} == {"url", "buffer"}
         code, body = _api(cfg, "PUT", "/api/streams/a", _live("a", clip, drop_policy="nope"))
         assert code == 422 and body["problems"][0][0] == "drop_policy"
+        # As the file's checks: a missing file is refused, a typo gets its hint; and
+        # clips.dir (a folder the daemon makes private and prunes) only from the file.
+        code, body = _api(cfg, "POST", "/api/streams", _live("d", tmp_path / "nope.mp4"))
+        assert code == 422 and body["problems"][0][0] == "url"
+        assert "no such file" in body["problems"][0][1]
+        code, body = _api(cfg, "POST", "/api/streams", _live("d", clip, max_fsp=5))
+        assert code == 422 and "did you mean 'max_fps'?" in body["problems"][0][1]
+        elsewhere = {"enabled": True, "dir": str(tmp_path / "any-folder")}
+        code, body = _api(cfg, "POST", "/api/streams", _live("d", clip, clips=elsewhere))
+        assert code == 422 and body["problems"] == [
+            ["clips.dir", "set in the pipeline file only, not from a request"]
+        ]
+        assert not (tmp_path / "any-folder").exists()
         listed = _api(cfg, "GET", "/api/streams")[1]["streams"]
         assert [s["id"] for s in listed] == ["a", "b", "c"]
         assert _api(cfg, "DELETE", "/api/streams/zz")[0] == 404

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
@@ -287,11 +287,12 @@ def _register_stream_secrets(data: dict[str, Any]) -> None:
             register_secrets(s["url"])
 
 
-def _redacted_reason(err: Any) -> str:
+def _redacted_reason(err: Any, root: type[BaseModel] = PipelineConfig) -> str:
+    """``root``: the model ``err``'s location starts from (a stream alone for the API)."""
     # pydantic echoes the input in some messages; a URL may carry a password.
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
-        return "unknown key" + did_you_mean(PipelineConfig, err["loc"])
+        return "unknown key" + did_you_mean(root, err["loc"])
     if err["type"] == "missing":
         return "required key is missing"
     return redact_url(msg.removeprefix("Value error, "))

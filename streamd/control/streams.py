@@ -92,7 +92,8 @@ def diff_streams(old: list[StreamConfig], new: list[StreamConfig]) -> StreamDiff
 
 def _problems(e: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     return [
-        (prefix + ".".join(str(p) for p in err["loc"]), _redacted_reason(err)) for err in e.errors()
+        (prefix + ".".join(str(p) for p in err["loc"]), _redacted_reason(err, StreamConfig))
+        for err in e.errors()
     ]
 
 
@@ -122,6 +123,19 @@ def parse_stream(body: object, base_dir: Path, prefix: str = "") -> StreamConfig
         return resolve_clips_dir(stream, base_dir)
     except ValidationError as e:
         raise AdminError(422, _problems(e, prefix)) from None
+
+
+def _refuse_from_a_request(stream: StreamConfig, current: StreamConfig | None) -> None:
+    """What the file's checks refuse (a missing file), and what only the pipeline file's
+    author may set: ``clips.dir`` (the daemon makes the folder private and prunes it: from
+    a request, any folder it can write). AdminError 422 naming the key."""
+    problems = []
+    if source_kind(stream.url) == "file" and not Path(stream.url).is_file():
+        problems.append(("url", f"no such file: {stream.url}"))
+    if stream.clips.dir is not None and stream.clips.dir != (current and current.clips.dir):
+        problems.append(("clips.dir", "set in the pipeline file only, not from a request"))
+    if problems:
+        raise AdminError(422, problems)
 
 
 def _refuse_env_references(body: object, path: str = "") -> None:
@@ -294,6 +308,7 @@ class StreamChanges:
         _refuse_env_references(body)
         stream = parse_stream(body, self._base_dir)
         refuse_other_shard(stream.id, self._shard)
+        _refuse_from_a_request(stream, None)
         return self._submit(_Request("add", stream.id, stream, body))
 
     def update_stream(self, stream_id: str, body: dict[str, Any]) -> StreamConfig:
@@ -304,6 +319,7 @@ class StreamChanges:
         if isinstance(body, dict):
             body = self._unredacted({**body, "id": stream_id})
         stream = parse_stream(body, self._base_dir)
+        _refuse_from_a_request(stream, self.get_stream(stream_id))
         return self._submit(_Request("update", stream_id, stream, body))
 
     def _unredacted(self, body: Body) -> Body:
