@@ -24,7 +24,7 @@ def view(url: str, out: str | None, seconds: float | None, fps: float) -> int:
     if not cap.isOpened():
         print("streamd view: cannot open the live view (is the daemon running?)", file=sys.stderr)
         return 1
-    writer: cv2.VideoWriter | None = None
+    writer: _Recorder | None = None
     start, frames = time.monotonic(), 0
     try:
         while seconds is None or time.monotonic() - start < seconds:
@@ -37,16 +37,43 @@ def view(url: str, out: str | None, seconds: float | None, fps: float) -> int:
                 if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                     break
                 continue
-            if writer is None:
-                h, w = frame.shape[:2]
-                writer = cv2.VideoWriter(out, cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
-            writer.write(frame)
+            writer = writer or _Recorder(out, fps, frame, start)
+            writer.add(frame)
     finally:
         cap.release()
         if writer is not None:
-            writer.release()
+            writer.close()
         if out is None:
             cv2.destroyAllWindows()
-    if out is not None:
-        print(f"wrote {frames} frames to {out}")
+    if writer is not None:
+        print(f"wrote {writer.written} frames ({writer.written / fps:.1f} s at {fps:g} "
+              f"frames/s) from {frames} pictures to {out}")  # fmt: skip
     return 0 if frames else 1
+
+
+class _Recorder:
+    """An MP4 at ``fps`` that plays in real time whatever rate the pictures came at:
+    each picture is written as many times as the file's clock has advanced since the
+    last (none, for pictures faster than ``fps``); it used to write each once, so a
+    camera at 2 frames/s played five times too fast in a 10 frames/s file."""
+
+    def __init__(self, out: str, fps: float, first: cv2.typing.MatLike, start: float) -> None:
+        h, w = first.shape[:2]
+        self._writer = cv2.VideoWriter(out, cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
+        self._fps, self._start = fps, start
+        self._last = first
+        self.written = 0
+
+    def add(self, frame: cv2.typing.MatLike) -> None:
+        self._last = frame
+        self._fill(time.monotonic())
+
+    def _fill(self, now: float) -> None:
+        due = int((now - self._start) * self._fps) + 1  # frames the file holds by now
+        while self.written < due:
+            self._writer.write(self._last)
+            self.written += 1
+
+    def close(self) -> None:
+        self._fill(time.monotonic())  # the last picture shows until the end
+        self._writer.release()
