@@ -325,6 +325,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_exit_code(status)
 
 
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
 def _file_token(target: str) -> str | None:
     """The HTTP token of the pipeline file ``target`` names (None for an address)."""
     return load_config(target).http.token if Path(target).is_file() else None
@@ -594,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5556",
                    help="a pipeline file (its publish.endpoint) or ZeroMQ endpoint")  # fmt: skip
     s.add_argument("--topic", action="append", help="topic prefix filter, e.g. det. (repeatable)")
-    s.add_argument("--count", type=int, default=None, help="exit after N events")
+    s.add_argument("--count", type=_positive_int, default=None, help="exit after N events")
     s.add_argument("--timeout", type=float, default=None,
                    help="stop after this many seconds (exit 1 if no event came)")  # fmt: skip
     s.add_argument("--client-key", help="security.curve: this client's .key_secret file")

@@ -157,3 +157,21 @@ def test_validate_checks_the_streams_as_changed_at_runtime(tmp_path: Path) -> No
     out = _validate(tmp_path, cfg)
     assert out.returncode == 0, out.stderr
     assert "ok (2 stream(s), as changed at runtime in" in out.stdout
+
+
+def test_nan_and_every_bad_rule_are_named_as_what_they_are() -> None:
+    zone = {
+        "name": "z",
+        "polygon": [[0, 0], [9, 0], [0, 9]],
+        "alert_on": ["entr", "exit", "dwel>=3"],
+    }
+    stream = {"id": "a", "url": "x.mp4", "max_fps": float("nan"), "zones": [zone]}
+    problems = _problems({"streams": [stream]})
+    assert problems["streams.0.max_fps"] == "Input should be a finite number"
+    assert "unknown rules 'entr', 'dwel>=3'" in problems["streams.0.zones.0.alert_on"]
+
+
+def test_subscribe_count_must_be_positive() -> None:
+    out = subprocess.run([sys.executable, "-m", "streamd.cli", "subscribe", "--count", "0"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2 and "must be 1 or more, not 0" in out.stderr

@@ -61,12 +61,12 @@ class ZoneConfig(_Region):
     @field_validator("alert_on")
     @classmethod
     def _rules(cls, rules: list[str]) -> list[str]:
-        for r in rules:
-            if not ZONE_RULE.match(r):
-                raise ValueError(
-                    f"unknown rule {r!r}: use enter, exit, dwell>=SECONDS (e.g. dwell>=30s) "
-                    "or occupancy>=N"
-                )
+        bad = [r for r in rules if not ZONE_RULE.match(r)]  # each named, not the first only
+        if bad:
+            raise ValueError(
+                f"unknown rule{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}: use "
+                "enter, exit, dwell>=SECONDS (e.g. dwell>=30s) or occupancy>=N"
+            )
         return rules
 
     @model_validator(mode="after")

@@ -22,7 +22,9 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused as what they are ("a finite number"), not by a bound
+    # they happen to fail ("max_fps: .nan" read "should be at most 1000").
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def is_loopback_host(host: str) -> bool:

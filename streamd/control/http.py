@@ -93,6 +93,9 @@ class Limits:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    # The Server header says what answers, not which Python (BaseHTTP/0.6 Python/3.11.7).
+    server_version = "streamd"
+    sys_version = ""
 
     def setup(self) -> None:
         # A read or write that makes no progress this long ends the request (a client that
