@@ -49,16 +49,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     # next to the file, or in systemd's state directory).
     overlay = StreamsFile(Path(args.file))
     try:
+        if cfg.shard is not None:
+            overlay.apply(cfg)  # as run applies it: refused if none of it is this shard's
         cfg = overlay.apply(cfg.model_copy(update={"shard": None})).model_copy(
             update={"shard": cfg.shard}
         )
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_BAD_CONFIG
-
+    # With an overlay, streams.N are its streams: its problems name its path.
+    source = str(overlay.path) if overlay.path.exists() else args.file
     problems = check_files(cfg) or check_classes(cfg)  # classes only from a model that is there
     if problems:
-        print(ConfigError(args.file, problems), file=sys.stderr)
+        print(ConfigError(source, problems), file=sys.stderr)
         return EXIT_BAD_CONFIG
     try:
         if cfg.security.curve is not None:

@@ -259,8 +259,9 @@ def test_a_zone_edit_before_the_next_frame_loses_no_exit_and_refires_nothing() -
     ("polygon", "reason"),
     [
         ([[0, 0], [float("nan"), 10], [10, 10]], "finite number"),
-        ([[0, 0], [1e12, 0], [0, 10]], "within 0..16384"),
-        ([[-5, 0], [10, 0], [0, 10]], "within 0..16384"),
+        ([[0, 0], [1e12, 0], [0, 10]], "within -16384..16384"),
+        ([[-20000, 0], [10, 0], [0, 10]], "within -16384..16384"),
+        ([[5, 5], [5, 5], [5, 5]], "encloses no area"),
         ([[0, 0], [100, 100], [200, 200]], "encloses no area"),
     ],
 )
@@ -270,6 +271,14 @@ def test_a_zone_that_could_never_count_or_would_choke_is_refused(
     with pytest.raises(ValidationError) as refused:
         ZoneConfig.model_validate({"name": "z", "polygon": polygon})
     assert reason in str(refused.value)
+
+
+def test_zones_past_the_edge_and_crossed_ones_are_taken() -> None:
+    """A zone reaching past the frame's edge, and one whose corners are out of order (a
+    bow tie: it has an inside, unlike points on one line), are valid."""
+    ZoneConfig.model_validate({"name": "z", "polygon": [[-50, -50], [100, -50], [100, 100]]})
+    ZoneConfig.model_validate({"name": "z", "polygon": [[0, 0], [40, 40], [40, 0], [0, 40]]})
+    LineConfig.model_validate({"name": "l", "points": [[-50, 300], [700, 300]]})
 
 
 def test_a_zone_past_the_frame_costs_the_frames_memory_and_says_it_never_counts(

@@ -153,6 +153,7 @@ def test_validate_checks_the_streams_as_changed_at_runtime(tmp_path: Path) -> No
     overlay.write_text("streams: [{id: a, url: a.mp4}, {id: b, url: gone.mp4}]")
     out = _validate(tmp_path, cfg)
     assert out.returncode == 2 and "streams.1.url: no such file" in out.stderr
+    assert "p.streams.yaml" in out.stderr  # its streams.1, not the file's
     overlay.write_text("streams: [{id: a, url: a.mp4}, {id: b, url: a.mp4}]")
     out = _validate(tmp_path, cfg)
     assert out.returncode == 0, out.stderr

@@ -283,8 +283,14 @@ def test_a_removed_camera_and_a_last_zone_leave_nothing_retained(tmp_path: Path)
         beat({"gone": _row(["yard"], ["gate"]), "keep": _row([], [])})
         door = "streamd/keep/zone/door/occupancy"
         assert live.wait(lambda: live.topic(door)[-1:] == [b""], 10), "last zone not cleared"
+        # A camera added and removed before its process reported: its state entity goes.
+        brief = "homeassistant/sensor/streamd/streamd_brief_state/config"
+        beat({"gone": _row(["yard"], ["gate"]), "keep": _row([], []),
+              "brief": _row([], [], reported=False)})  # fmt: skip
+        assert live.wait(lambda: live.topic(brief), 10)
         # The camera is removed; an alert of it still due from the journal comes after.
         beat({"keep": _row([], [])})
+        assert live.wait(lambda: live.topic(brief)[-1:] == [b""], 10), "brief's state stays"
         assert live.wait(lambda: live.topic("streamd/gone/state")[-1:] == [b""], 10)
         late = JournaledAlert(id=1, stream="gone", seq=1, epoch=0, ts=time.time(),
                               payload={"seq": 1}, snapshot=b"late-jpeg")  # fmt: skip

@@ -203,6 +203,13 @@ def test_the_overlay_keeps_env_references_and_a_get_put_round_trip_keeps_the_url
         assert in_zone.value.problems[0][0] == "zones.0.name"
         changes.add_stream({"id": "c", "url": "rtsp://cam:given@10.0.0.9/c"})
         assert changes.get_stream("c").url == "rtsp://cam:given@10.0.0.9/c"
+        # Credentials in the query are shown as *** too, and written back they stay.
+        query = "http://10.0.0.9/video.cgi?user=admin&pwd=hunter22"
+        changes.add_stream({"id": "q", "url": query})
+        seen = shown(changes.get_stream("q"))
+        assert seen["url"] == "http://10.0.0.9/video.cgi?user=***&pwd=***"
+        changes.update_stream("q", {**seen, "zones": [zone]})
+        assert changes.get_stream("q").url == query
     saved = (tmp_path / "cams.streams.yaml").read_text()
     assert "s3cret-one" not in saved and "***" not in saved
     assert saved.count("${CAM_PASS}") == 1

@@ -272,7 +272,7 @@ def test_streamd_view_records_the_annotated_stream(
     cap.release()
     # Pictures come at the view's 4 a second; the 10 frames/s file still plays 3 s (each
     # picture written until the next is due), not 1.2 s fast-forwarded.
-    assert 3 * 0.85 <= len(frames) / FILE_FPS <= 3 * 1.2, f"{len(frames)} frames"
+    assert 3 * 0.7 <= len(frames) / FILE_FPS <= 3 * 1.2, f"{len(frames)} frames"
     assert frames[0].shape == (360, 640, 3)
     share = min(_edge_share(frames[-1], box) for box in _boxes(sub))
     assert share > 0.7, f"box edges on {share:.0%} of rows in the recording"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import zmq
 
 from streamd.config import parse_config
@@ -48,3 +49,28 @@ def test_a_picture_that_cannot_be_drawn_costs_only_its_stream(tmp_path: Path) ->
     finally:
         push.close()
         view.close()
+
+
+def test_a_recording_holds_each_picture_until_the_next_came(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``streamd view --out`` at 10 frames/s from pictures at 0, 0.5 and 1.0 s: five
+    frames of the first, five of the second, then the last: the file plays in real time."""
+    import cv2
+
+    from streamd.view import viewer
+
+    clock = iter([0.0, 0.5, 1.0, 1.0])
+    monkeypatch.setattr(viewer.time, "monotonic", lambda: next(clock))
+    out = tmp_path / "v.mp4"
+    shades = [np.full((48, 64, 3), v, np.uint8) for v in (0, 120, 250)]
+    rec = viewer._Recorder(str(out), 10.0, shades[0])
+    rec.add(shades[1])
+    rec.add(shades[2])
+    rec.close()
+    cap = cv2.VideoCapture(str(out))
+    seen = []
+    while (got := cap.read())[0]:
+        seen.append(round(float(got[1].mean()) / 10) * 10)
+    cap.release()
+    assert seen == [0] * 5 + [120] * 5 + [250], seen

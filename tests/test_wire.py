@@ -202,6 +202,18 @@ def test_credentials_in_the_query_or_with_quotes_and_spaces_are_redacted(
     assert "Connection refused" in logged
 
 
+def test_only_secrets_the_patterns_cannot_delimit_are_redacted_everywhere() -> None:
+    """A plain password is found by the URL patterns; registered, a short one would blank
+    ordinary text ("frame 81234" with password 1234), so it is not."""
+    from streamd.runtime.redact import register_secrets
+
+    register_secrets("rtsp://admin:1234@cam/x?token=abc")
+    assert redact_url("frame 81234 of admin, token abc") == "frame 81234 of admin, token abc"
+    assert redact_url("open rtsp://admin:1234@cam/x?token=abc failed") == (
+        "open rtsp://***@cam/x?token=*** failed"
+    )
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024

@@ -48,8 +48,10 @@ class _Region(_Strict):
     def _check_points(self, points: list[list[float]]) -> None:
         if self.normalized and any(not 0.0 <= v <= 1.0 for p in points for v in p):
             raise ValueError("normalized coordinates must be within 0..1")
-        if any(not 0.0 <= v <= MAX_PIXEL for p in points for v in p):
-            raise ValueError(f"pixel coordinates must be within 0..{MAX_PIXEL:g}")
+        # Past the frame's edges is fine (a line across the whole picture, a zone to its
+        # border): the frame clips them.
+        if any(not -MAX_PIXEL <= v <= MAX_PIXEL for p in points for v in p):
+            raise ValueError(f"pixel coordinates must be within -{MAX_PIXEL:g}..{MAX_PIXEL:g}")
 
 
 class ZoneConfig(_Region):
@@ -72,7 +74,7 @@ class ZoneConfig(_Region):
     @model_validator(mode="after")
     def _coords(self) -> ZoneConfig:
         self._check_points(self.polygon)
-        if _area(self.polygon) == 0.0:
+        if _on_one_line(self.polygon):
             raise ValueError("the polygon encloses no area (its points are on one line)")
         return self
 
@@ -93,11 +95,15 @@ class LineConfig(_Region):
         return self
 
 
-def _area(points: list[list[float]]) -> float:
-    """The polygon's area (shoelace; its absolute value, self-crossings netted out)."""
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    n = len(points)
-    return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
+def _on_one_line(points: list[list[float]]) -> bool:
+    """Whether every point lies on the line through the first and another (or all are one
+    point): such a polygon has no inside. A crossed one (corners out of order) has."""
+    (x0, y0), rest = points[0], points[1:]
+    far = next(((x, y) for x, y in rest if (x, y) != (x0, y0)), None)
+    if far is None:
+        return True
+    dx, dy = far[0] - x0, far[1] - y0
+    return all(dx * (y - y0) - dy * (x - x0) == 0 for x, y in rest)
 
 
 class TracksConfig(_Strict):

@@ -224,8 +224,11 @@ class ConnectionPool:
             return  # spurious wake-up: keep waiting
         except OSError:
             got = b""  # reset by the client
+        start = max(0, len(parked.head) - 3)  # an end split across reads is found too
         parked.head += got
-        whole = any(end in parked.head for end in _HEAD_ENDS)
+        # Only the new bytes are searched: a head trickled in 1,000 pieces must not cost
+        # the connection thread 1,000 searches of 32 KiB.
+        whole = any(parked.head.find(end, start) >= 0 for end in _HEAD_ENDS)
         too_large = not whole and len(parked.head) > MAX_HEAD_BYTES
         if got and not whole and not too_large:
             return  # more to come, within the idle timeout of its accept

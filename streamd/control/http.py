@@ -95,7 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     # The Server header says what answers, not which Python (BaseHTTP/0.6 Python/3.11.7).
     server_version = "streamd"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version
 
     def setup(self) -> None:
         # A read or write that makes no progress this long ends the request (a client that
@@ -516,9 +518,11 @@ def _loopback_name(host: str) -> bool:
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _json_body(content_type: str) -> bool:

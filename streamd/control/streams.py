@@ -116,10 +116,9 @@ def parse_stream(body: object, base_dir: Path, prefix: str = "") -> StreamConfig
     expanded, problems = expand_env(body, prefix.rstrip("."))
     if problems:
         raise AdminError(422, problems)
-    if isinstance(expanded.get("url"), str):
-        register_secrets(expanded["url"])
     try:
         stream = resolve_url(StreamConfig.model_validate(expanded), base_dir)
+        register_secrets(stream.url)  # valid: it may be opened, and its errors logged
         return resolve_clips_dir(stream, base_dir)
     except ValidationError as e:
         raise AdminError(422, _problems(e, prefix)) from None
@@ -323,13 +322,14 @@ class StreamChanges:
         return self._submit(_Request("update", stream_id, stream, body))
 
     def _unredacted(self, body: Body) -> Body:
-        """A URL sent back as a GET showed it (``rtsp://***@host/...``): the stream's own,
+        """A URL sent back as a GET showed it (``rtsp://***@host/...?pwd=***``): the stream's own,
         so that reading a stream and writing it back does not make ``***`` its password."""
         current = self.get_stream(str(body["id"]))
         url = body.get("url")
-        if current is None or not isinstance(url, str) or "***@" not in url:
+        # The query's secrets are shown as *** too (?user=***&pwd=***), not only userinfo.
+        if current is None or not isinstance(url, str):
             return body
-        if url != redact_whole_url(current.url):
+        if url != redact_whole_url(current.url) or url == current.url:
             return body
         written = self._bodies.get(current.id, {}).get("url", current.url)
         return {**body, "url": written}

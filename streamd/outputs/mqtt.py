@@ -63,6 +63,9 @@ class MqttOutput(Output):
         # entities Home Assistant shows forever.
         self._regions: dict[str, set[str]] = {}
         self._named: set[str] = set()  # the cameras the last heartbeat named
+        # Every discovery config published for a camera, its placeholder rows' included
+        # (its state entity appears before its process reports).
+        self._configs: dict[str, set[str]] = {}
         # Cameras removed since: their alerts still due from the journal go out, but
         # leave no snapshot retained for a camera that no longer exists.
         self._removed: set[str] = set()
@@ -201,7 +204,9 @@ class MqttOutput(Output):
                     now.add(topic := f"{self.prefix}/{sid}/line/{line}/counts")
                     self._set(topic, body)
                 if self.cfg.discovery:
-                    now |= self._discover(sid, row)
+                    configs = self._discover(sid, row)
+                    self._configs.setdefault(sid, set()).update(configs)
+                    now |= configs
                 if _names_its_regions(row):
                     self._clear_gone(sid, now)
 
@@ -250,6 +255,7 @@ class MqttOutput(Output):
         """A camera the heartbeat stopped naming was removed: its zones, lines and Home
         Assistant configs go as a removed zone's do, and its state, availability and
         snapshot topics get the same empty value."""
+        self._regions[stream] = self._regions.get(stream, set()) | self._configs.pop(stream, set())
         self._clear_gone(stream, set())
         del self._regions[stream]
         for leaf in ("state", "availability", "snapshot"):

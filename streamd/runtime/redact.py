@@ -10,28 +10,28 @@ from urllib.parse import parse_qsl, urlsplit
 # '@', '/' or ':' (unescaped passwords), so take everything up to the *last* '@'
 # before the next whitespace or quote as userinfo.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"<>]*)@")
-# Cameras take credentials in the query too (video.cgi?user=admin&pwd=...).
-_SECRET_KEYS = (r"pass|passwd|password|pwd|pw|token|access_token|auth|key|api_?key|secret"
-                r"|sig|signature|user|username|login|usr")  # fmt: skip
-_QUERY = re.compile(rf"(?P<key>[?&;](?:{_SECRET_KEYS})=)[^&;#\s'\"<>]*", re.IGNORECASE)
-# ... of which these are secret wherever their values appear (a user name is not: "admin"
-# would be blanked in every message).
-_QUERY_SECRET = re.compile(r"^(?:pass|passwd|password|pwd|pw|token|access_token|auth|key"
-                           r"|api_?key|secret|sig|signature)$", re.IGNORECASE)  # fmt: skip
-# Secrets of the configured URLs, replaced wherever they appear: a password holding a
-# quote or a space ends the patterns above early ("rtsp://admin:it's@cam" in a message).
-_known: set[str] = set()
+# Cameras take credentials in the query too (video.cgi?user=admin&pwd=..., presigned
+# X-Amz-Signature=..., client_secret=...): a key holding any of these words.
+_SECRET_WORDS = r"pass|pwd|pw|token|secret|key|sig|auth|cred|user|usr|login"
+_VALUE_END = r"&;#\s'\"<>"
+_QUERY = re.compile(
+    rf"(?P<key>[?&;][^={_VALUE_END}]*(?:{_SECRET_WORDS})[^={_VALUE_END}]*=)[^{_VALUE_END}]*",
+    re.IGNORECASE,
+)
+# A configured URL's secret that the patterns above cannot delimit (it holds a quote, a
+# space or '<', '>'): redacted wherever it appears. Only those: a plain one is found by
+# the patterns, and a short one ("1234", "admin") would blank ordinary text.
+_UNDELIMITED = re.compile(r"[\s'\"<>]")
+_MAX_KNOWN, _MAX_SECRET = 256, 256  # bounded: the stream API may register them
+_known: tuple[str, ...] = ()  # longest first
 _lock = threading.Lock()
-_MIN_SECRET = 3  # shorter ones would blank ordinary words
 
 
 def redact_url(text: str) -> str:
     """Replace the password (and user) of every URL in ``text``, credentials in its
-    query, and every secret of a configured URL, with ``***``."""
-    out = _QUERY.sub(lambda m: f"{m.group('key')}***", _USERINFO.sub(r"\g<scheme>***@", text))
-    with _lock:
-        known = sorted(_known, key=len, reverse=True)
-    for secret in known:
+    query, and every undelimited secret of a configured URL, with ``***``."""
+    out = _QUERY.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
+    for secret in _known:
         out = out.replace(secret, "***")
     return out
 
@@ -43,22 +43,36 @@ def redact_whole_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if sep and "@" in rest:
         rest = "***@" + rest.rpartition("@")[2]
-    return redact_url(f"{scheme}{sep}{rest}" if sep else url)
+    whole = f"{scheme}{sep}{rest}" if sep else url
+    base, q, query = whole.partition("?")
+    if not q:
+        return redact_url(whole)
+    parts = re.split(r"([&;])", query)  # pairs, with their separators between
+    for i in range(0, len(parts), 2):
+        k, eq, _ = parts[i].partition("=")
+        if eq and re.search(_SECRET_WORDS, k, re.I):
+            parts[i] = f"{k}=***"
+    return redact_url(base) + "?" + "".join(parts)
 
 
 def register_secrets(url: str) -> None:
-    """Remember ``url``'s password, user and query credentials, to be redacted wherever
-    they are written (every process that opens or logs the URL calls this)."""
+    """Remember ``url``'s password and query credentials that the patterns cannot
+    delimit, to be redacted wherever they are written (each process that loads, accepts
+    or opens the URL calls this, once it is valid)."""
     found = set()
     _, sep, rest = url.partition("://")
     if sep and "@" in rest:
         userinfo = rest.rpartition("@")[0]
-        if ":" in userinfo:  # a user alone ("admin") is not secret, and is an ordinary word
+        if ":" in userinfo:  # a user alone ("admin") is not secret
             found |= {userinfo, userinfo.partition(":")[2]}
     try:
         query = urlsplit(url).query
     except ValueError:
         query = ""
-    found |= {v for k, v in parse_qsl(query, keep_blank_values=True) if _QUERY_SECRET.match(k)}
+    found |= {v for k, v in parse_qsl(query, keep_blank_values=True)
+              if re.search(_SECRET_WORDS, k, re.I)}  # fmt: skip
+    new = {s for s in found if _UNDELIMITED.search(s) and len(s) <= _MAX_SECRET}
+    global _known
     with _lock:
-        _known.update(s for s in found if len(s) >= _MIN_SECRET)
+        if new - set(_known) and len(_known) < _MAX_KNOWN:
+            _known = tuple(sorted({*_known, *new}, key=len, reverse=True)[:_MAX_KNOWN])

@@ -37,8 +37,10 @@ def view(url: str, out: str | None, seconds: float | None, fps: float) -> int:
                 if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                     break
                 continue
-            writer = writer or _Recorder(out, fps, frame, start)
-            writer.add(frame)
+            if writer is None:
+                writer = _Recorder(out, fps, frame)
+            else:
+                writer.add(frame)
     finally:
         cap.release()
         if writer is not None:
@@ -52,28 +54,30 @@ def view(url: str, out: str | None, seconds: float | None, fps: float) -> int:
 
 
 class _Recorder:
-    """An MP4 at ``fps`` that plays in real time whatever rate the pictures came at:
-    each picture is written as many times as the file's clock has advanced since the
-    last (none, for pictures faster than ``fps``); it used to write each once, so a
-    camera at 2 frames/s played five times too fast in a 10 frames/s file."""
+    """An MP4 at ``fps`` that plays in real time whatever rate the pictures come at: each
+    picture holds the file's frames until the next picture came (none, for pictures
+    faster than ``fps``); the file starts at the first picture. It used to write each
+    picture once, so a camera at 2 frames/s played five times too fast at 10 frames/s."""
 
-    def __init__(self, out: str, fps: float, first: cv2.typing.MatLike, start: float) -> None:
+    def __init__(self, out: str, fps: float, first: cv2.typing.MatLike) -> None:
         h, w = first.shape[:2]
         self._writer = cv2.VideoWriter(out, cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
-        self._fps, self._start = fps, start
+        self._fps, self._start = fps, time.monotonic()
         self._last = first
         self.written = 0
 
     def add(self, frame: cv2.typing.MatLike) -> None:
+        self._hold(time.monotonic())  # the picture before shows until now
         self._last = frame
-        self._fill(time.monotonic())
 
-    def _fill(self, now: float) -> None:
-        due = int((now - self._start) * self._fps) + 1  # frames the file holds by now
+    def _hold(self, now: float) -> None:
+        due = int((now - self._start) * self._fps)  # the file's frames before now
         while self.written < due:
             self._writer.write(self._last)
             self.written += 1
 
     def close(self) -> None:
-        self._fill(time.monotonic())  # the last picture shows until the end
+        self._hold(time.monotonic())
+        self._writer.write(self._last)  # the last picture, once at least
+        self.written += 1
         self._writer.release()
