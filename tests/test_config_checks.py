@@ -30,7 +30,8 @@ def _problems(data: dict[str, Any]) -> dict[str, str]:
         ("rtps://user:secret@cam/live", "unsupported URL scheme 'rtps'"),
         ("udp://239.0.0.1:5000", "unsupported URL scheme 'udp'"),
         ("rtsp://user:secret@cam:99999/live", "its port cannot be read"),
-        ("rtsp://user:secret@cam la/live", "its host has a space in it"),
+        ("rtsp://user:secret@cam la/live", "its host has a space or a control character"),
+        ("rtsp://user:secret@cam:0/live", "port 0 is no camera's"),
     ],
 )
 def test_a_malformed_url_is_refused_naming_its_key(url: str, reason: str) -> None:

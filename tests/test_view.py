@@ -280,6 +280,12 @@ def test_streamd_view_records_the_annotated_stream(
                                 capture_output=True, text=True, timeout=60,
                                 env={"PATH": "/usr/bin:/bin"})  # fmt: skip
     assert no_display.returncode == 2 and "--out" in no_display.stderr
+    unknown = subprocess.run(
+        [sys.executable, "-m", "streamd.cli", "view", "nope", str(cfg), "--out",
+         str(tmp_path / "nope.mp4"), "--seconds", "1"],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert unknown.returncode == 1 and "no such stream" in unknown.stderr, unknown.stderr
 
 
 def test_a_stalled_viewer_slows_nobody_and_buffers_nothing(

@@ -34,13 +34,15 @@ def url_problem(url: str) -> str | None:
 def _network_problem(url: str, scheme: str) -> str | None:
     try:
         parts = urlsplit(url)
-        host, _port = parts.hostname, parts.port  # .port raises for one out of range
+        host, port = parts.hostname, parts.port  # .port raises for one out of range
     except ValueError as e:  # a bad port or IPv6 literal
         # Not urllib's words: they quote the URL's text, which may hold a secret.
         what = "port" if "port" in str(e).lower() else "host (IPv6 literal?)"
         return f"malformed URL: its {what} cannot be read"
     if not host:
         return f"malformed URL: {scheme}:// has no host"
-    if any(c.isspace() for c in host):
-        return "malformed URL: its host has a space in it"
+    if any(c.isspace() or not c.isprintable() for c in host):
+        return "malformed URL: its host has a space or a control character in it"
+    if port == 0:
+        return "malformed URL: port 0 is no camera's"
     return None

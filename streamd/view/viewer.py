@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from urllib.parse import quote
 
 import cv2
@@ -22,7 +24,7 @@ def view(url: str, out: str | None, seconds: float | None, fps: float) -> int:
         return 2
     cap = cv2.VideoCapture(url)
     if not cap.isOpened():
-        print("streamd view: cannot open the live view (is the daemon running?)", file=sys.stderr)
+        print(f"streamd view: cannot open the live view: {_why(url)}", file=sys.stderr)
         return 1
     writer: _Recorder | None = None
     start, frames = time.monotonic(), 0
@@ -51,6 +53,22 @@ def view(url: str, out: str | None, seconds: float | None, fps: float) -> int:
         print(f"wrote {writer.written} frames ({writer.written / fps:.1f} s at {fps:g} "
               f"frames/s) from {frames} pictures to {out}")  # fmt: skip
     return 0 if frames else 1
+
+
+def _why(url: str) -> str:
+    """What the daemon answers at ``url``, in words: the stream or token it refused, or
+    nobody answering (OpenCV only says it could not open it)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5):
+            return "the daemon answered, but the picture could not be read"
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return "the daemon has no such stream (streamd status lists them)"
+        if e.code == 401:
+            return "the daemon wants its token (--token, or the pipeline file's http.token)"
+        return f"the daemon answered {e.code} {e.reason}"
+    except (urllib.error.URLError, OSError):
+        return "no daemon answering (is it running?)"
 
 
 class _Recorder:
