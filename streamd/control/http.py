@@ -105,6 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.settimeout(self.server.limits.idle_timeout_s)
         # The head was read by the connection thread (conns.py): it is read from there.
+        # The socket's own reader is closed first: left open it holds a reference that
+        # keeps the socket's descriptor open after the request, until a garbage collection.
+        self.rfile.close()
         self.rfile = io.BufferedReader(_Prefixed(self.server.head.value, self.connection))
 
     def do_HEAD(self) -> None:
