@@ -31,13 +31,15 @@ def is_loopback_host(host: str) -> bool:
     """Whether ``host`` (a bind address, brackets allowed) is this machine only:
     ``localhost`` by name or a loopback IP literal. Any other name is not, whatever it
     looks like (``127.example.com`` is whatever DNS says, now or later)."""
-    host = host.removeprefix("[").removesuffix("]")
+    host = host.removeprefix("[").removesuffix("]").lower()
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def source_kind(url: str) -> SourceKind:

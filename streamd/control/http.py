@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import io
-import ipaddress
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamd.clips import ClipIndex
+from streamd.config.base import is_loopback_host
 from streamd.control import api
 from streamd.control.admin import StreamAdmin
 from streamd.control.board import StatusBoard
@@ -511,21 +511,14 @@ def byte_range(header: str, size: int) -> tuple[int, int, bool] | None:
 
 
 def _loopback_name(host: str) -> bool:
-    """Whether a ``Host`` header (name or address, with or without a port) is loopback."""
+    """Whether a ``Host`` header (name or address, with or without a port) is loopback,
+    judged as ``http.listen`` is."""
     name = host.strip()
     if name.startswith("["):  # [::1]:8090
-        name = name[1 : name.find("]")] if "]" in name else name
+        name = name[: name.find("]") + 1] if "]" in name else name
     elif name.count(":") == 1:
         name = name.partition(":")[0]
-    name = name.lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+    return is_loopback_host(name.rstrip("."))
 
 
 def _json_body(content_type: str) -> bool:

@@ -9,15 +9,19 @@ from urllib.parse import parse_qsl, urlsplit
 # scheme://userinfo@host...  The userinfo of a hand-written URL may itself hold
 # '@', '/' or ':' (unescaped passwords), so take everything up to the *last* '@'
 # before the next whitespace or quote as userinfo.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"<>]*)@")
+# A scheme starts where a run of scheme characters starts: tried from inside a long run
+# too, the pattern took 0.3 s on 20 KB of letters.
+_USERINFO = re.compile(
+    r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"<>]*)@"
+)
 # Cameras take credentials in the query too (video.cgi?user=admin&pwd=..., presigned
 # X-Amz-Signature=..., client_secret=...): a key holding any of these words.
 _SECRET_WORDS = r"pass|pwd|pw|token|secret|key|sig|auth|cred|user|usr|login"
-_VALUE_END = r"&;#\s'\"<>"
-_QUERY = re.compile(
-    rf"(?P<key>[?&;][^={_VALUE_END}]*(?:{_SECRET_WORDS})[^={_VALUE_END}]*=)[^{_VALUE_END}]*",
-    re.IGNORECASE,
-)
+_SECRET_KEY = re.compile(_SECRET_WORDS, re.IGNORECASE)
+# Every key=value pair, matched in one pass without backtracking (the key holds no
+# delimiter); whether its key names a secret is decided per match. A pattern with the
+# secret words inside the key took 3 s on 5 KB of "?pass?pass..." (any logged text).
+_QUERY = re.compile(r"(?P<key>[?&;](?P<name>[^=?&;#\s'\"<>]*)=)(?P<value>[^&;#\s'\"<>]*)")
 # A configured URL's secret that the patterns above cannot delimit (it holds a quote, a
 # space or '<', '>'): redacted wherever it appears. Only those: a plain one is found by
 # the patterns, and a short one ("1234", "admin") would blank ordinary text.
@@ -30,10 +34,14 @@ _lock = threading.Lock()
 def redact_url(text: str) -> str:
     """Replace the password (and user) of every URL in ``text``, credentials in its
     query, and every undelimited secret of a configured URL, with ``***``."""
-    out = _QUERY.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
+    out = _QUERY.sub(_hide_secret_value, _USERINFO.sub(r"\g<scheme>***@", text))
     for secret in _known:
         out = out.replace(secret, "***")
     return out
+
+
+def _hide_secret_value(m: re.Match[str]) -> str:
+    return f"{m['key']}***" if _SECRET_KEY.search(m["name"]) else m[0]
 
 
 def redact_whole_url(url: str) -> str:
@@ -50,7 +58,7 @@ def redact_whole_url(url: str) -> str:
     parts = re.split(r"([&;])", query)  # pairs, with their separators between
     for i in range(0, len(parts), 2):
         k, eq, _ = parts[i].partition("=")
-        if eq and re.search(_SECRET_WORDS, k, re.I):
+        if eq and _SECRET_KEY.search(k):
             parts[i] = f"{k}=***"
     return redact_url(base) + "?" + "".join(parts)
 
@@ -70,7 +78,7 @@ def register_secrets(url: str) -> None:
     except ValueError:
         query = ""
     found |= {v for k, v in parse_qsl(query, keep_blank_values=True)
-              if re.search(_SECRET_WORDS, k, re.I)}  # fmt: skip
+              if _SECRET_KEY.search(k)}  # fmt: skip
     new = {s for s in found if _UNDELIMITED.search(s) and len(s) <= _MAX_SECRET}
     global _known
     with _lock:
